@@ -1,0 +1,112 @@
+"""Atomic file outputs and checked inputs: a killed stage never leaves a half-written file."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class StageInputError(RuntimeError):
+    """An input file another stage makes is missing or unreadable."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path | str) -> Iterator[Path]:
+    """Yield a temp path beside `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: Path | str) -> Iterator[Path]:
+    """Yield an empty temp directory; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: Path | str, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: Path | str, data: Any) -> None:
+    write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+
+
+def write_csv(path: Path | str, rows: Sequence[dict[str, Any]]) -> None:
+    if not rows:
+        raise ValueError(f"no rows to write to {path}")
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def save_tensors(path: Path | str, tensors: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(tensors, tmp)
+
+
+def load_tensors(path: Path | str, made_by: str, required: Sequence[str] = ()) -> dict[str, Any]:
+    """Load a torch file written by stage `made_by`, naming file and stage when it is unusable."""
+    path = Path(path)
+    fix = f"run `dvc repro {made_by}` to make it again"
+    if not path.is_file():
+        raise StageInputError(f"{path} is missing: {fix}")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many kinds for a truncated or foreign file
+        raise StageInputError(f"{path} is unreadable ({type(err).__name__}): {fix}") from None
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise StageInputError(f"{path} lacks {', '.join(missing)}: {fix}")
+    return data
+
+
+def read_json(path: Path | str, made_by: str) -> Any:
+    path = Path(path)
+    fix = f"run `dvc repro {made_by}` to make it again"
+    if not path.is_file():
+        raise StageInputError(f"{path} is missing: {fix}")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise StageInputError(f"{path} is not valid JSON: {fix}") from None
