@@ -28,7 +28,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     )
     log.info("training %s run on %s: λ ∈ %s", args.run, device, list(lambdas))
 
-    with tracker.run(_run_name(args.run, lambdas), params | _lambda_params(lambdas), run_run_tags(args.run)) as run_id:
+    with tracker.run(_run_name(args.run, lambdas), params | _lambda_params(lambdas), run_tags(f"synthetic-{args.run}")) as run_id:
         result = linreg.train_grid(
             train_set, lambdas, settings.synthetic.train, settings.seed, device, eval_sets={"test": test_set}
         )
@@ -36,17 +36,13 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             tracker.log_metrics(run_id, *_metrics_of(result, 0))
         else:
             for g, lam in enumerate(lambdas):
-                with tracker.run(f"λ={lam:g}", params | {"lambda": lam}, run_run_tags("grid-member"), parent_id=run_id) as child:
+                with tracker.run(f"λ={lam:g}", params | {"lambda": lam}, run_tags("synthetic-grid-member"), parent_id=run_id) as child:
                     tracker.log_metrics(child, *_metrics_of(result, g))
 
     save_tensors(paths.synthetic_model(args.run), _checkpoint(result, run_id))
     write_csv(paths.synthetic_history(args.run), history_rows(result))
     for lam, train_loss, test_loss, w_norm in zip(lambdas, result.final("train_loss"), result.final("test_loss"), result.final("w_norm")):
         log.info("λ=%-8g train loss %.3g  test loss %.3g  ‖w‖ %.3f", lam, train_loss, test_loss, w_norm)
-
-
-def run_run_tags(role: str) -> dict[str, str]:
-    return run_tags(f"synthetic-{role}")
 
 
 def _run_name(run: str, lambdas: tuple[float, ...]) -> str:
@@ -66,7 +62,7 @@ def _metrics_of(result: linreg.GridRun, g: int) -> tuple[dict, dict]:
 
 def _checkpoint(result: linreg.GridRun, run_id: str | None) -> dict:
     return {
-        "lambdas": torch.tensor(result.lambdas),
+        "lambdas": torch.tensor(result.lambdas, dtype=torch.float64),
         "weight": result.weight,
         "bias": result.bias,
         "diverged_epoch": torch.tensor([-1 if e is None else e for e in result.diverged_epoch]),

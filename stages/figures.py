@@ -1,0 +1,52 @@
+"""Figure helpers shared by the report stages: one seaborn look, λ axes, atomic PNG output."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display in CI or under DVC
+
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from stages.files import atomic_path  # noqa: E402
+
+PALETTE = "colorblind"
+DPI = 130
+
+
+def set_theme() -> None:
+    sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE)
+
+
+def lambda_palette(lambdas: Sequence[float]) -> dict[float, tuple]:
+    """A sequential colour per λ (light = weak decay, dark = strong), readable for colour-blind readers."""
+    colours = sns.color_palette("viridis_r", n_colors=len(lambdas))
+    return dict(zip(sorted(lambdas), colours))
+
+
+def lambda_axis(ax: plt.Axes, lambdas: Sequence[float], axis: str = "x") -> None:
+    """Symmetric-log λ axis: log-spaced values stay evenly spaced and λ = 0 still has a place."""
+    positive = [v for v in lambdas if v > 0]
+    linthresh = min(positive) if positive else 1.0
+    if axis == "x":
+        ax.set_xscale("symlog", linthresh=linthresh, linscale=0.5)
+        ax.set_xlim(0, max(lambdas) * 1.6 if positive else 1.0)
+    else:
+        ax.set_yscale("symlog", linthresh=linthresh, linscale=0.5)
+
+
+def save(fig: plt.Figure, path: Path) -> Path:
+    """Write a PNG atomically and close the figure."""
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=DPI, format="png")
+    plt.close(fig)
+    return path
+
+
+def fmt_lambda(value: float) -> str:
+    return "0" if value == 0 else f"{value:g}"
