@@ -30,8 +30,9 @@ def project_root() -> Path:
 
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S", force=True)
-    for noisy in ("mlflow", "alembic", "matplotlib", "PIL", "urllib3", "git"):
+    for noisy in ("mlflow", "alembic", "matplotlib", "PIL", "git"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # MLflow's retries; the failure is reported once
 
 
 def run_stage(main: Callable[[Settings, argparse.Namespace], None], parser: argparse.ArgumentParser) -> None:

@@ -75,9 +75,8 @@ class Tracker:
                 artifacts = (Path(self.uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
             return self.client.create_experiment(name, artifact_location=artifacts)
         except Exception as err:  # MLflow raises many kinds for an unreachable or broken store
-            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise StageError(
-                f"MLflow store {self.uri} is unusable ({first_line[:160]}): start the server, fix "
+                f"MLflow store {self.uri} is unusable ({_reason(err)}): start the server, fix "
                 "MLFLOW_TRACKING_URI, or set `tracking.enabled: false` in params.yaml"
             ) from None
 
@@ -140,6 +139,14 @@ class Tracker:
             return True
         except Exception:
             return False
+
+
+def _reason(err: Exception) -> str:
+    text = str(err)
+    if "Connection refused" in text or "Max retries" in text or "Failed to establish" in text:
+        return "cannot connect"
+    first_line = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+    return first_line[:120]
 
 
 def flatten(prefix: str, obj: Any) -> dict[str, Any]:

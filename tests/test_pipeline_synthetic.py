@@ -1,0 +1,138 @@
+"""The synthetic study through the real tools: `dvc repro`, `dvc exp run -S wd=3`, metrics, plots, MLflow."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import mlflow
+import pytest
+
+from tests.conftest import commit_all, dvc, git
+
+pytestmark = pytest.mark.slow
+
+TARGET = "report_synthetic"  # the whole synthetic branch of the DAG
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def headline(project) -> dict:
+    return json.loads((project / "metrics/synthetic.json").read_text())["headline"]
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """One real `dvc repro` of the synthetic branch in a fresh git repo, shared by this module's tests."""
+    from tests.conftest import ROOT, TRACKED_FOR_COPY, git  # noqa: F401  (module-scoped copy of `project`)
+    import shutil
+
+    dest = tmp_path_factory.mktemp("pipeline") / "project"
+    dest.mkdir()
+    for name in TRACKED_FOR_COPY:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
+        elif src.exists():
+            shutil.copy2(src, dest / name)
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "config", "user.email", "tests@wd-lab.invalid")
+    git(dest, "config", "user.name", "wd-lab tests")
+    first = dvc(dest, "repro", TARGET)
+    commit_all(dest, "baseline λ = 0")
+    return dest, first.stdout
+
+
+def test_repro_runs_every_synthetic_stage_and_meets_the_bar(reproduced):
+    project, output = reproduced
+    assert ran_stages(output) == {
+        "generate", "train_synthetic@headline", "train_synthetic@grid", "cross_validate", "evaluate_synthetic", "report_synthetic",
+    }
+    metrics = json.loads((project / "metrics/synthetic.json").read_text())
+    base, three = metrics["grid"]["lambda_0"], metrics["grid"]["lambda_3"]
+    assert 12 < base["w_norm"] < 16 and base["test_loss"] > 50 and base["train_loss"] < 1e-3
+    assert 0.3 < three["w_norm"] < 0.55 and three["test_loss"] < 1 and three["test_loss"] * 100 < base["test_loss"]
+    assert metrics["headline"]["lambda"] == 0.0
+    assert metrics["headline"]["test_loss"] == pytest.approx(base["test_loss"], rel=1e-4)
+    assert metrics["cv"]["best_lambda"] > 0
+    for figure in ("synthetic_loss_curves", "synthetic_loss_vs_lambda", "synthetic_wnorm_vs_lambda", "synthetic_wnorm_vs_epoch"):
+        png = project / "reports/figures" / f"{figure}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    page = (project / "reports/synthetic.md").read_text()
+    assert "## Finding" in page and "λ = 0" in page and "cross-validation" in page
+
+
+def test_second_repro_does_nothing(reproduced):
+    project, _ = reproduced
+    again = dvc(project, "repro", TARGET)
+    assert ran_stages(again.stdout) == set()
+    assert "Data and pipelines are up to date" in dvc(project, "status").stdout
+
+
+def test_metrics_and_plots_commands_work(reproduced, tmp_path):
+    project, _ = reproduced
+    shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
+    assert shown[""]["data"]["metrics/synthetic.json"]["data"]["headline"] == headline(project)
+    out = tmp_path / "plots"
+    dvc(project, "plots", "show", "-o", str(out))
+    html = (out / "index.html").read_text()
+    assert "Final loss vs" in html and "Synthetic headline run" in html
+    assert '"symlog"' in html, "the custom λ-axis template must be used"
+
+
+def test_mlflow_holds_every_training_run(reproduced):
+    project, _ = reproduced
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("wd-synthetic")
+    runs = client.search_runs([experiment.experiment_id], max_results=500)
+    by_role: dict[str, list] = {}
+    for run in runs:
+        by_role.setdefault(run.data.tags.get("wd_lab.role"), []).append(run)
+    (grid,) = by_role["synthetic-grid"]
+    members = by_role["synthetic-grid-member"]
+    assert len(members) == 10 and {m.data.tags["mlflow.parentRunId"] for m in members} == {grid.info.run_id}
+    assert {float(m.data.params["lambda"]) for m in members} == {0, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100}
+    assert all(run.info.status == "FINISHED" for run in runs)
+    history = client.get_metric_history(members[0].info.run_id, "test_loss")
+    assert [m.step for m in history] == list(range(101))
+    artifacts = {a.path for a in client.list_artifacts(grid.info.run_id, "report")}
+    assert "report/synthetic_loss_vs_lambda.png" in artifacts and "report/synthetic.md" in artifacts
+
+
+def test_exp_run_wd3_reruns_only_what_depends_on_wd(reproduced):
+    project, _ = reproduced
+    before = headline(project)
+    run = dvc(project, "exp", "run", "-S", "wd=3", TARGET)
+    assert ran_stages(run.stdout) == {"train_synthetic@headline", "evaluate_synthetic", "report_synthetic"}
+    after = headline(project)
+    assert after["lambda"] == 3.0
+    assert before["test_loss"] > 50 and after["test_loss"] < 1 and after["test_loss"] * 100 < before["test_loss"]
+    assert 12 < before["w_norm"] < 16 and 0.3 < after["w_norm"] < 0.55
+
+    rows = json.loads(dvc(project, "exp", "show", "--json").stdout)
+    exps = {}
+    for row in rows:
+        for exp in row.get("experiments") or []:
+            for rev in exp["revs"]:
+                data = rev["data"]
+                exps[exp.get("name") or rev["name"]] = data
+    (name, data), = exps.items()
+    wd = data["params"]["params.yaml"]["data"]["wd"]
+    test_loss = data["metrics"]["metrics/synthetic.json"]["data"]["headline"]["test_loss"]
+    assert wd == 3 and test_loss == pytest.approx(after["test_loss"])
+
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    tagged = client.search_runs(
+        [client.get_experiment_by_name("wd-synthetic").experiment_id], filter_string=f"tags.`dvc.exp_name` = '{name}'"
+    )
+    assert [r.data.params["lambda"] for r in tagged] == ["3"]
+    baseline = git(project, "rev-parse", "HEAD").stdout.strip()
+    assert tagged[0].data.tags["dvc.exp_baseline_rev"] == baseline
+    assert re.fullmatch("[0-9a-f]{40}", tagged[0].data.tags["mlflow.source.git.commit"])
+
+    # back to λ = 0: restored from DVC's run cache, the original metrics exactly
+    back = dvc(project, "exp", "run", "-S", "wd=0", TARGET)
+    assert "train_synthetic@headline" not in ran_stages(back.stdout)
+    assert headline(project) == before

@@ -1,0 +1,100 @@
+"""params.yaml is validated once, before any work: each bad value stops with one line naming the key."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from stages.settings import ParamsError, parse_settings
+from tests.conftest import ROOT, load_params, set_key, stage, write_params
+
+BASE = load_params()
+
+
+def test_committed_params_are_valid():
+    settings = parse_settings(BASE)
+    assert settings.wd == BASE["wd"]
+    assert 3.0 in settings.synthetic.lambda_grid and 0.0 in settings.synthetic.lambda_grid
+    assert len(settings.synthetic.lambda_grid) >= 10
+    assert max(settings.synthetic.lambda_grid) >= 100
+    assert 5e-4 in settings.cifar10.lambda_grid
+
+
+def test_yaml_1_2_floats_without_a_dot_are_numbers():
+    params = copy.deepcopy(BASE)
+    set_key(params, "cifar10.wd", 5e-4)
+    assert parse_settings(params).cifar10.wd == pytest.approx(5e-4)
+
+
+BAD = [
+    # (key, value, words the message must contain)
+    ("wd", -1, "must be >= 0"),
+    ("wd", "three", "must be a number"),
+    ("wd", float("nan"), "finite"),
+    ("seed", 1.5, "must be an integer"),
+    ("seed", True, "must be an integer"),
+    ("device", "tpu", "one of auto, cpu, cuda, mps"),
+    ("synthetic.lambda_grid", [], "at least one"),
+    ("synthetic.lambda_grid", [0, -0.1], ">= 0"),
+    ("synthetic.lambda_grid", [1, 1], "distinct"),
+    ("synthetic.lambda_grid", 3, "a list"),
+    ("synthetic.lambda_grid", [0, "x"], "a number"),
+    ("synthetic.train.lr", -0.1, "> 0"),
+    ("synthetic.train.lr", 0, "> 0"),
+    ("synthetic.train.batch_size", 0, ">= 1"),
+    ("synthetic.train.epochs", "100", "an integer"),
+    ("synthetic.train.implementation", "fancy", "scratch, concise"),
+    ("synthetic.data.n_train", 1, ">= 2"),
+    ("synthetic.data.noise_std", -0.01, ">= 0"),
+    ("synthetic.cv_folds", 1, ">= 2"),
+    ("cifar10.train.optimizer", "adam", "sgd, adamw"),
+    ("cifar10.train.momentum", 1.0, "[0, 1)"),
+    ("cifar10.lambda_grid", [], "at least one"),
+    ("tracking.enabled", "yes", "true or false"),
+    ("synthetic.data", 5, "mapping"),
+]
+
+
+@pytest.mark.parametrize(("key", "value", "words"), BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])
+def test_bad_value_names_key_value_and_rule(key, value, words):
+    params = set_key(copy.deepcopy(BASE), key, value)
+    with pytest.raises(ParamsError) as err:
+        parse_settings(params)
+    message = str(err.value)
+    assert key in message and words in message
+    assert "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("mutate", "words"),
+    [
+        (lambda p: p.__setitem__("wd_gird", [1]), "unknown key 'wd_gird'"),
+        (lambda p: p["synthetic"]["train"].__setitem__("learning_rate", 1), "unknown key 'synthetic.train.learning_rate'"),
+        (lambda p: p.pop("seed"), "missing key 'seed'"),
+        (lambda p: p["synthetic"].pop("lambda_grid"), "missing key 'synthetic.lambda_grid'"),
+    ],
+    ids=["typo-top", "typo-nested", "missing-top", "missing-nested"],
+)
+def test_unknown_and_missing_keys(mutate, words):
+    params = copy.deepcopy(BASE)
+    mutate(params)
+    with pytest.raises(ParamsError, match=words.replace("(", r"\(").replace(".", r"\.")):
+        parse_settings(params)
+
+
+def test_stage_with_bad_params_exits_before_work(tmp_path):
+    bad = write_params(tmp_path / "params.yaml", set_key(copy.deepcopy(BASE), "synthetic.train.lr", -1))
+    proc = stage("generate", tmp_path, "--params", str(bad), check=False, PYTHONPATH=str(ROOT))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: " + proc.stderr.strip().removeprefix("error: ")]
+    assert "synthetic.train.lr = -1 must be > 0" in proc.stderr
+    assert not (tmp_path / "data").exists(), "no output may be written when params are invalid"
+
+
+def test_broken_yaml_is_one_line(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("seed: [0\n")
+    proc = stage("generate", tmp_path, "--params", str(path), check=False, PYTHONPATH=str(ROOT))
+    assert proc.returncode == 2
+    assert "not valid YAML" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,88 @@
+"""MLflow tracking against a real store: run states, nesting, and a fast failure when the store is unreachable."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+
+import mlflow
+import pytest
+
+from stages.common import StageError
+from stages.settings import parse_settings
+from stages.tracking import Tracker, tracking_uri
+from tests.conftest import load_params
+
+TRACKING = parse_settings(load_params()).tracking
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> str:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def test_relative_sqlite_uri_is_anchored_at_the_project_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert tracking_uri(TRACKING) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_environment_overrides_params(monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking_uri(TRACKING) == "http://127.0.0.1:5000"
+
+
+def test_nested_runs_params_and_history(store, tmp_path):
+    tracker = Tracker(TRACKING, "test-experiment")
+    artifact = tmp_path / "note.txt"
+    artifact.write_text("hello")
+    with tracker.run("grid", {"lr": 0.1}, {"wd_lab.role": "grid"}) as parent:
+        with tracker.run("λ=3", {"lambda": 3.0}, {}, parent_id=parent) as child:
+            tracker.log_metrics(child, series={"test_loss": [3.0, 2.0, 1.0]}, final={"final_test_loss": 1.0})
+            tracker.log_artifacts(child, [artifact], folder="extra")
+    client = mlflow.MlflowClient(store)
+    child_run = client.get_run(child)
+    assert child_run.info.status == "FINISHED"
+    assert child_run.data.tags["mlflow.parentRunId"] == parent
+    assert child_run.data.params == {"lambda": "3.0"}
+    history = client.get_metric_history(child, "test_loss")
+    assert [(m.step, m.value) for m in history] == [(0, 3.0), (1, 2.0), (2, 1.0)]
+    assert [a.path for a in client.list_artifacts(child, "extra")] == ["extra/note.txt"]
+    assert client.get_run(parent).data.params == {"lr": "0.1"}
+
+
+def test_a_failing_block_marks_the_run_failed(store):
+    tracker = Tracker(TRACKING, "test-experiment")
+    with pytest.raises(RuntimeError), tracker.run("boom", {}, {}) as run_id:
+        raise RuntimeError("training broke")
+    assert mlflow.MlflowClient(store).get_run(run_id).info.status == "FAILED"
+
+
+def test_an_interrupted_block_marks_the_run_killed(store):
+    tracker = Tracker(TRACKING, "test-experiment")
+    with pytest.raises(KeyboardInterrupt), tracker.run("ctrl-c", {}, {}) as run_id:
+        raise KeyboardInterrupt
+    assert mlflow.MlflowClient(store).get_run(run_id).info.status == "KILLED"
+
+
+def test_unreachable_server_fails_in_seconds(monkeypatch):
+    with socket.socket() as sock:  # a port on which nothing listens
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    with pytest.raises(StageError) as err:
+        Tracker(TRACKING, "test-experiment")
+    assert time.monotonic() - start < 30
+    assert f"127.0.0.1:{port}" in str(err.value) and "tracking.enabled: false" in str(err.value)
+
+
+def test_tracking_off_logs_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'never.db'}")
+    tracker = Tracker(dataclasses.replace(TRACKING, enabled=False), "x")
+    with tracker.run("r", {"a": 1}, {}) as run_id:
+        tracker.log_metrics(run_id, series={"loss": [1.0]})
+    assert run_id is None and not (tmp_path / "never.db").exists()
