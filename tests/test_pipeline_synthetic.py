@@ -132,6 +132,11 @@ def test_exp_run_wd3_reruns_only_what_depends_on_wd(reproduced):
     assert tagged[0].data.tags["dvc.exp_baseline_rev"] == baseline
     assert re.fullmatch("[0-9a-f]{40}", tagged[0].data.tags["mlflow.source.git.commit"])
 
+    # the λ = 3 curves beside the committed λ = 0 ones
+    diff_dir = project / "plots-diff"
+    dvc(project, "plots", "diff", "HEAD", "-o", str(diff_dir))
+    assert "workspace" in (diff_dir / "index.html").read_text() and "HEAD" in (diff_dir / "index.html").read_text()
+
     # back to λ = 0: restored from DVC's run cache, the original metrics exactly
     back = dvc(project, "exp", "run", "-S", "wd=0", TARGET)
     assert "train_synthetic@headline" not in ran_stages(back.stdout)
