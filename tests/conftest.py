@@ -70,23 +70,25 @@ def git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 TRACKED_FOR_COPY = ("stages", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore", "tests")
 
 
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A fresh copy of the project's code in a new git + DVC repo, with no outputs yet."""
-    dest = tmp_path / "project"
-    dest.mkdir()
+def copy_project(dest: Path) -> Path:
+    """A fresh copy of the project's code at `dest`, as a new git + DVC repo with no outputs yet."""
+    dest.mkdir(parents=True)
     for name in TRACKED_FOR_COPY:
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "tmp", "cache"))
         elif src.exists():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    (dest / ".dvc" / "tmp").mkdir(exist_ok=True)
     git(dest, "init", "-q", "-b", "main")
     git(dest, "config", "user.email", "tests@wd-lab.invalid")
     git(dest, "config", "user.name", "wd-lab tests")
     return dest
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A fresh copy of the project in a new git + DVC repo, with no outputs yet."""
+    return copy_project(tmp_path / "project")
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import re
 import mlflow
 import pytest
 
-from tests.conftest import commit_all, dvc, git
+from tests.conftest import commit_all, copy_project, dvc, git
 
 pytestmark = pytest.mark.slow
 
@@ -26,20 +26,7 @@ def headline(project) -> dict:
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
     """One real `dvc repro` of the synthetic branch in a fresh git repo, shared by this module's tests."""
-    from tests.conftest import ROOT, TRACKED_FOR_COPY, git  # noqa: F401  (module-scoped copy of `project`)
-    import shutil
-
-    dest = tmp_path_factory.mktemp("pipeline") / "project"
-    dest.mkdir()
-    for name in TRACKED_FOR_COPY:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "tmp", "cache"))
-        elif src.exists():
-            shutil.copy2(src, dest / name)
-    git(dest, "init", "-q", "-b", "main")
-    git(dest, "config", "user.email", "tests@wd-lab.invalid")
-    git(dest, "config", "user.name", "wd-lab tests")
+    dest = copy_project(tmp_path_factory.mktemp("pipeline") / "project")
     first = dvc(dest, "repro", TARGET)
     commit_all(dest, "baseline λ = 0")
     return dest, first.stdout
