@@ -50,14 +50,17 @@ def evaluate_run(run: dict, train_set: linreg.Split, test_set: linreg.Split) -> 
     for g, lam in enumerate(run["lambdas"].tolist()):
         weight, bias = run["weight"][g : g + 1], run["bias"][g : g + 1]
         ridge_w, ridge_b = linreg.ridge_solution(train_set, lam)
+        train_loss, ridge_train_loss = _loss(train_set, weight, bias), _loss(train_set, ridge_w[None], ridge_b[None])
         rows.append({
             "lambda": lam,
-            "train_loss": _loss(train_set, weight, bias),
+            "train_loss": train_loss,
             "test_loss": _loss(test_set, weight, bias),
             "w_norm": weight.norm().item(),
-            "ridge_train_loss": _loss(train_set, ridge_w[None], ridge_b[None]),
+            "objective": train_loss + lam / 2 * weight.double().norm().item() ** 2,  # L + λ/2·‖w‖², what SGD minimises
+            "ridge_train_loss": ridge_train_loss,
             "ridge_test_loss": _loss(test_set, ridge_w[None], ridge_b[None]),
             "ridge_w_norm": ridge_w.norm().item(),
+            "ridge_objective": ridge_train_loss + lam / 2 * ridge_w.norm().item() ** 2,
             "diverged": bool(run["diverged_epoch"][g] >= 0) if "diverged_epoch" in run else False,
         })
     return pd.DataFrame(rows)
@@ -71,7 +74,7 @@ def _loss(split: linreg.Split, weight: torch.Tensor, bias: torch.Tensor) -> floa
 
 def metrics(headline: pd.Series, grid: pd.DataFrame, best: float, train_set: linreg.Split, test_set: linreg.Split, settings: Settings) -> dict:
     """The DVC metrics file: headline run, every λ of the grid, the CV choice and two reference levels."""
-    keys = ["train_loss", "test_loss", "w_norm", "ridge_test_loss", "diverged"]
+    keys = ["train_loss", "test_loss", "w_norm", "objective", "ridge_test_loss", "ridge_objective", "diverged"]
     return {
         "headline": {"lambda": float(headline["lambda"])} | _clean(headline[keys].to_dict()),
         "grid": {f"lambda_{lam:g}": _clean(row[keys + ["cv_loss"]].to_dict()) for lam, (_, row) in zip(grid["lambda"], grid.iterrows())},
