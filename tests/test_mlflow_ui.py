@@ -1,0 +1,282 @@
+"""The MLflow UI over a store that a real pipeline run filled: the real server's REST API, then headless Chromium.
+
+One real `dvc repro report_synthetic` in a temp copy of the project, then the README's
+`mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port …` started in that copy.
+The browser checks need Debian's `chromium` (.ci/install-chromium) and skip, saying so, without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import math
+import os
+import re
+import signal
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import commit_all, copy_project, dvc, git, load_params, tool_env
+from tests.mlflow_server import get_bytes, get_json, kill_group, mlflow_server, post_json
+
+pytestmark = pytest.mark.slow
+
+TARGET = "report_synthetic"
+EXPERIMENT = "wd-synthetic"
+PNG = b"\x89PNG\r\n\x1a\n"
+FIGURES = ("synthetic_loss_curves", "synthetic_loss_vs_lambda", "synthetic_wnorm_vs_lambda", "synthetic_wnorm_vs_epoch")
+PARAMS = load_params()
+GRID = [float(v) for v in PARAMS["synthetic"]["lambda_grid"]]
+EPOCHS = int(PARAMS["synthetic"]["train"]["epochs"])
+WD = float(PARAMS["wd"])
+
+CHROMIUM_MISSING = "Chromium is not installed: run .ci/install-chromium (Debian) to enable the MLflow UI browser check"
+CHECK_SECONDS = 85  # the most one browser check may take, retries included
+# MLflow 3's UI opens in its GenAI mode (an experiment opens on a traces overview); this query picks the
+# "Model training" mode, where an experiment opens on its runs table. The UI remembers the choice.
+TRAINING = "?workflowType=machine_learning"
+
+
+# ---------- fixtures: one pipeline run, one server, shared by the module ----------
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """A temp copy of the project (git + DVC) after one real `dvc repro report_synthetic`."""
+    dest = copy_project(tmp_path_factory.mktemp("mlflow-ui") / "project")
+    commit_all(dest, "code")  # so the runs carry mlflow.source.git.commit
+    dvc(dest, "repro", TARGET)
+    assert (dest / "mlflow.db").is_file() and (dest / "mlruns").is_dir()
+    return dest
+
+
+@pytest.fixture(scope="module")
+def server(project, tmp_path_factory):
+    """The README's command, run in the copy: a relative sqlite URI resolves against the project root there."""
+    log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
+    with mlflow_server(cwd=project, log=log, backend_store_uri="sqlite:///mlflow.db", timeout=60) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def experiment(server) -> dict:
+    return get_json(server, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]
+
+
+@pytest.fixture(scope="module")
+def runs(server, experiment) -> list[dict]:
+    """Every run of the experiment, as runs/search returns it, with tags and params flattened to dicts."""
+    found, token = [], None
+    while True:
+        body = {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000} | ({"page_token": token} if token else {})
+        page = post_json(server, "/api/2.0/mlflow/runs/search", body)
+        found += page.get("runs", [])
+        if not (token := page.get("next_page_token")):
+            break
+    for run in found:
+        run["tags"] = {t["key"]: t["value"] for t in run["data"].get("tags", [])}
+        run["params"] = {p["key"]: p["value"] for p in run["data"].get("params", [])}
+    return found
+
+
+def by_role(runs: list[dict], role: str) -> list[dict]:
+    return [run for run in runs if run["tags"].get("wd_lab.role") == role]
+
+
+def grid_parent(runs: list[dict]) -> dict:
+    (parent,) = by_role(runs, "synthetic-grid")
+    return parent
+
+
+def grid_members(runs: list[dict]) -> list[dict]:
+    parent_id = grid_parent(runs)["info"]["run_id"]
+    return [run for run in runs if run["tags"].get("mlflow.parentRunId") == parent_id]
+
+
+def headline_run(runs: list[dict]) -> dict:
+    (run,) = by_role(runs, "synthetic-headline")
+    return run
+
+
+# ---------- the REST API of the real server ----------
+
+
+def test_server_lists_the_experiment_with_artifacts_next_to_the_store(server, experiment, project):
+    assert experiment["lifecycle_stage"] == "active"
+    assert experiment["artifact_location"] == (project / "mlruns").as_uri()
+    names = {e["name"] for e in post_json(server, "/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]}
+    assert EXPERIMENT in names
+
+
+def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, project):
+    parent = grid_parent(runs)
+    assert parent["info"]["run_name"] == f"grid of {len(GRID)} λ" and parent["info"]["status"] == "FINISHED"
+    assert [float(v) for v in parent["params"]["lambda_grid"].split(",")] == GRID
+    commit = git(project, "rev-parse", "HEAD").stdout.strip()
+    assert parent["tags"]["mlflow.source.git.commit"] == commit
+
+    members = grid_members(runs)
+    assert len(members) == len(GRID) == len(by_role(runs, "synthetic-grid-member"))
+    assert sorted(float(m["params"]["lambda"]) for m in members) == sorted(GRID)
+    for member in members:
+        lam = float(member["params"]["lambda"])
+        assert member["info"]["run_name"] == f"λ={lam:g}" and member["info"]["status"] == "FINISHED"
+        assert member["params"]["train.epochs"] == str(EPOCHS) and member["params"]["seed"] == str(PARAMS["seed"])
+        history = get_json(
+            server, "/api/2.0/mlflow/metrics/get-history", run_id=member["info"]["run_id"], metric_key="test_loss", max_results=10_000
+        )["metrics"]
+        assert sorted(m["step"] for m in history) == list(range(EPOCHS + 1)), f"λ={lam:g}: test_loss steps"
+        assert all(math.isfinite(m["value"]) for m in history)
+        latest = {m["key"]: m for m in member["data"]["metrics"]}
+        assert latest["test_loss"]["step"] == EPOCHS and "final_test_loss" in latest and "w_norm" in latest
+
+    three = next(m for m in members if float(m["params"]["lambda"]) == 3)
+    curve = get_json(server, "/api/2.0/mlflow/metrics/get-history", run_id=three["info"]["run_id"], metric_key="test_loss")["metrics"]
+    values = [m["value"] for m in sorted(curve, key=lambda m: m["step"])]
+    assert values[-1] < values[0] / 10, "λ = 3: the test loss falls over training"
+
+
+def test_headline_run_is_there(server, runs):
+    run = headline_run(runs)
+    assert run["info"]["run_name"] == f"headline λ={WD:g}" and run["info"]["status"] == "FINISHED"
+    assert float(run["params"]["lambda"]) == WD and "mlflow.parentRunId" not in run["tags"]
+    history = get_json(server, "/api/2.0/mlflow/metrics/get-history", run_id=run["info"]["run_id"], metric_key="test_loss")["metrics"]
+    assert sorted(m["step"] for m in history) == list(range(EPOCHS + 1))
+    assert all(run["info"]["status"] == "FINISHED" for run in runs)
+
+
+@pytest.mark.parametrize("role", ["synthetic-grid", "synthetic-headline"])
+def test_report_figures_are_listed_and_downloadable_through_the_server(server, runs, project, role):
+    """What the UI's artifact view does: list the run's `report` folder, then GET /get-artifact for each file."""
+    (run,) = by_role(runs, role)
+    run_id = run["info"]["run_id"]
+    assert run["info"]["artifact_uri"] == f"{(project / 'mlruns').as_uri()}/{run_id}/artifacts"
+    listing = get_json(server, "/api/2.0/mlflow/artifacts/list", run_id=run_id, path="report")
+    files = {f["path"]: f for f in listing["files"]}
+    assert {f"report/{name}.png" for name in FIGURES} | {"report/synthetic.md"} <= set(files)
+    for name in FIGURES:
+        served = get_bytes(server, "/get-artifact", path=f"report/{name}.png", run_uuid=run_id)
+        assert served[:8] == PNG, f"{name}.png is not a PNG"
+        assert served == (project / "reports/figures" / f"{name}.png").read_bytes()
+        assert int(files[f"report/{name}.png"]["file_size"]) == len(served)
+    page = get_bytes(server, "/get-artifact", path="report/synthetic.md", run_uuid=run_id).decode()
+    assert "## Finding" in page
+
+
+# ---------- the UI in headless Chromium ----------
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    for candidate in (shutil.which("chromium"), "/usr/bin/chromium", shutil.which("chromium-browser")):
+        if candidate and Path(candidate).is_file():
+            return candidate
+    pytest.skip(CHROMIUM_MISSING)
+
+
+def dom_text(dom: str) -> str:
+    """The visible text of a DOM dump, whitespace collapsed."""
+    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom))).strip()
+
+
+def run_links(dom: str) -> dict[str, str]:
+    """run id → the link text of every `#/experiments/<id>/runs/<run id>` link on the page."""
+    links = re.findall(r'<a\b[^>]*\bhref="#/experiments/[^/"]+/runs/([0-9a-f]{32})"[^>]*>(.*?)</a>', dom, flags=re.S)
+    return {run_id: html.unescape(re.sub(r"<[^>]+>", "", text)).strip() for run_id, text in links}
+
+
+def render(chromium: str, url: str, profile: Path, ready, screenshot: Path | None = None) -> str:
+    """The DOM of `url` after the single-page app has rendered, as Chromium's --dump-dom gives it.
+
+    The virtual-time budget lets the React app fetch and render; if `ready(dom)` is still false a longer
+    budget is tried, all within CHECK_SECONDS. Returns the last DOM.
+    """
+    deadline = time.monotonic() + CHECK_SECONDS
+    dom, notes = "", []
+    for attempt, budget_ms in enumerate((15_000, 40_000)):
+        left = deadline - time.monotonic()
+        if left < 10:
+            break
+        cmd = [
+            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+            "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            "--hide-scrollbars", f"--user-data-dir={profile}-{attempt}", "--window-size=1400,900",
+            f"--virtual-time-budget={budget_ms}",
+            *([f"--screenshot={screenshot}"] if screenshot else []),
+            "--dump-dom", url,
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tool_env(), start_new_session=True
+        )
+        try:
+            dom, err = proc.communicate(timeout=left)
+        except subprocess.TimeoutExpired:
+            kill_group(proc, grace=2)
+            dom, err = proc.communicate()
+            err = f"(killed after {left:.0f} s) {err}"
+        finally:
+            kill_group(proc, grace=2)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)  # no renderer or GPU process of this browser left behind
+        if dom and ready(dom):
+            return dom
+        notes.append(f"budget {budget_ms} ms: exit {proc.returncode}; stderr tail: {err[-800:]}")
+    pytest.fail(f"Chromium never rendered {url} as expected.\n" + "\n".join(notes) + f"\nvisible text: {dom_text(dom)[:2000]}")
+
+
+def test_experiment_page_lists_the_runs(chromium, server, experiment, runs, project, tmp_path):
+    """The experiment page lists every top-level run (λ runs nest under the grid run); screenshot: reports/mlflow_ui.png."""
+    url = f"{server}/#/experiments/{experiment['experiment_id']}{TRAINING}"
+    top_level = {run["info"]["run_id"]: run["info"]["run_name"] for run in runs if "mlflow.parentRunId" not in run["tags"]}
+    shot = project / "reports" / "mlflow_ui.png"
+    shot.unlink(missing_ok=True)
+
+    def ready(dom: str) -> bool:
+        return all(run_links(dom).get(run_id) == name for run_id, name in top_level.items())
+
+    dom = render(chromium, url, tmp_path / "profile", ready, screenshot=shot)
+    text = dom_text(dom)
+    assert f"{len(runs)} matching runs" in text, text[:2000]
+    assert {f"grid of {len(GRID)} λ", f"headline λ={WD:g}", "cross-validation (5 folds)"} <= set(top_level.values())
+    assert EXPERIMENT in text and "Run Name" in text
+    assert re.search(r"<title>\s*Runs - Experiment", dom), "not the experiment's runs page"
+
+    assert shot.is_file() and shot.read_bytes()[:8] == PNG and shot.stat().st_size > 20_000, "no screenshot"
+    kept = tmp_path / "mlflow_ui.png"
+    shutil.copy2(shot, kept)
+    print(f"\nMLflow UI screenshot: {kept}  (in the project copy: {shot})")
+
+
+def test_grid_run_page_lists_every_lambda_child(chromium, server, experiment, runs, tmp_path):
+    parent = grid_parent(runs)
+    children = {run["info"]["run_id"]: run["info"]["run_name"] for run in grid_members(runs)}
+    url = f"{server}/#/experiments/{experiment['experiment_id']}/runs/{parent['info']['run_id']}{TRAINING}"
+
+    def ready(dom: str) -> bool:
+        links = run_links(dom)
+        return all(links.get(run_id) == name for run_id, name in children.items())
+
+    text = dom_text(render(chromium, url, tmp_path / "profile", ready))
+    assert f"grid of {len(GRID)} λ" in text and "Child runs" in text and "λ=3" in text and "lambda_grid" in text
+
+
+def test_artifact_view_shows_a_report_figure(chromium, server, experiment, runs, tmp_path):
+    """The figure is fetched by the page itself (an <img> from a blob the UI downloaded from /get-artifact)."""
+    run_id = grid_parent(runs)["info"]["run_id"]
+    path = "report/synthetic_loss_vs_lambda.png"
+    url = f"{server}/#/experiments/{experiment['experiment_id']}/runs/{run_id}/artifacts/{path}{TRAINING}"
+
+    def ready(dom: str) -> bool:
+        for tag in re.findall(r"<img\b[^>]*>", dom):
+            attrs = dict(re.findall(r'\b(alt|src)="([^"]*)"', tag))
+            if html.unescape(attrs.get("alt", "")) == path and attrs.get("src", "").startswith("blob:"):
+                return True
+        return False
+
+    text = dom_text(render(chromium, url, tmp_path / "profile", ready))
+    assert "synthetic_loss_vs_lambda.png" in text
