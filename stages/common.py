@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -40,6 +41,7 @@ def run_stage(main: Callable[[Settings, argparse.Namespace], None], parser: argp
     parser.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default: params.yaml)")
     args = parser.parse_args()
     setup_logging()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `dvc queue kill` end a stage like Ctrl-C does
     try:
         settings = load_settings(args.params)
         main(settings, args)
@@ -49,6 +51,10 @@ def run_stage(main: Callable[[Settings, argparse.Namespace], None], parser: argp
     except KeyboardInterrupt:
         print(f"error: {parser.prog} interrupted; earlier outputs are intact, rerun `dvc repro`", file=sys.stderr)
         sys.exit(130)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def stage_parser(module_doc: str | None, prog: str) -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from stages.settings import TrackingSettings
 log = logging.getLogger("wd-lab.tracking")
 
 METRICS_PER_BATCH = 1000  # MLflow's limit for one log_batch call
+PID_TAG, HOST_TAG = "wd_lab.pid", "wd_lab.host"  # who owns a RUNNING run, to end it if that process was killed
 
 
 def tracking_uri(settings: TrackingSettings) -> str:
@@ -63,6 +65,20 @@ class Tracker:
         self.client = mlflow.MlflowClient()
         self.experiment_id = self._experiment(experiment)
         log.info("MLflow: experiment '%s' in %s", experiment, self.uri)
+        self._end_orphans()
+
+    def _end_orphans(self) -> None:
+        """Mark KILLED the runs left RUNNING by a stage process of this machine that no longer exists (SIGKILL)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{socket.gethostname()}'",
+            max_results=1000,
+        )
+        for run in runs:
+            pid = int(run.data.tags.get(PID_TAG, "0"))
+            if pid and not _alive(pid):
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+                log.warning("MLflow run %s (%s) was left RUNNING by a killed process; marked KILLED", run.info.run_id, run.info.run_name)
 
     def _experiment(self, name: str) -> str:
         try:
@@ -86,7 +102,7 @@ class Tracker:
         if not self.enabled:
             yield None
             return
-        all_tags = dict(tags)
+        all_tags = dict(tags) | {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
         if parent_id:
             all_tags["mlflow.parentRunId"] = parent_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
@@ -139,6 +155,16 @@ class Tracker:
             return True
         except Exception:
             return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _reason(err: Exception) -> str:

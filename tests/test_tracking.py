@@ -86,3 +86,18 @@ def test_tracking_off_logs_nothing(tmp_path, monkeypatch):
     with tracker.run("r", {"a": 1}, {}) as run_id:
         tracker.log_metrics(run_id, series={"loss": [1.0]})
     assert run_id is None and not (tmp_path / "never.db").exists()
+
+
+def test_runs_left_running_by_a_killed_process_are_marked_killed(store):
+    import socket
+    import subprocess
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    client = mlflow.MlflowClient(store)
+    experiment_id = Tracker(TRACKING, "test-experiment").experiment_id
+    orphan = client.create_run(experiment_id, tags={"wd_lab.pid": str(dead.pid), "wd_lab.host": socket.gethostname()})
+    alive = client.create_run(experiment_id, tags={"wd_lab.pid": "1", "wd_lab.host": socket.gethostname()})
+    Tracker(TRACKING, "test-experiment")  # a new stage starts
+    assert client.get_run(orphan.info.run_id).info.status == "KILLED"
+    assert client.get_run(alive.info.run_id).info.status == "RUNNING"

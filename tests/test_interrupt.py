@@ -1,0 +1,92 @@
+"""A stage killed mid-training (Ctrl-C or SIGKILL) loses nothing: cache, lock and MLflow stay consistent."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import mlflow
+import pytest
+
+from tests.conftest import commit_all, copy_project, dvc, load_params, set_key, tool_env, write_params
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def baseline(tmp_path):
+    project = copy_project(tmp_path / "project")
+    dvc(project, "repro", "report_synthetic")
+    commit_all(project, "baseline")
+    return project
+
+
+def start_long_training(project) -> subprocess.Popen:
+    """`dvc repro` with training long enough to be killed mid-way (the headline run comes first), in its own process group."""
+    write_params(project / "params.yaml", set_key(load_params(project / "params.yaml"), "synthetic.train.epochs", 40_000))
+    return subprocess.Popen(
+        [sys.executable, "-m", "dvc", "repro", "report_synthetic"],
+        cwd=project, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+
+
+def wait_for_running_training(project, timeout: float = 120) -> str:
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment_id = client.get_experiment_by_name("wd-synthetic").experiment_id
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = client.search_runs([experiment_id], "attributes.status = 'RUNNING' and tags.`wd_lab.role` = 'synthetic-headline'")
+        if runs:
+            time.sleep(2)  # well inside the training loop
+            return runs[0].info.run_id
+        time.sleep(0.5)
+    raise AssertionError("the headline training never started")
+
+
+def run_status(project, run_id: str) -> str:
+    return mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_run(run_id).info.status
+
+
+def assert_nothing_lost(project, lock_before: str, metrics_before: str) -> None:
+    assert (project / "dvc.lock").read_text() == lock_before, "dvc.lock must not change for an unfinished stage"
+    assert (project / "metrics/synthetic.json").read_text() == metrics_before
+    assert not [p for p in project.rglob(".*.tmp") if ".dvc" not in p.parts], "no half-written file may remain"
+    # the previous outputs come back from the untouched cache
+    dvc(project, "checkout", "--force")
+    dvc(project, "status")  # exits 0
+    status = json.loads(dvc(project, "status", "--json").stdout)
+    assert set(status) == {"train_synthetic@headline", "train_synthetic@grid", "cross_validate", "report_synthetic"}  # params only
+    assert all(list(entry) == ["changed deps"] for entries in status.values() for entry in entries), status
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_killed_training_loses_nothing_and_repro_recovers(baseline, how):
+    project = baseline
+    lock_before = (project / "dvc.lock").read_text()
+    metrics_before = (project / "metrics/synthetic.json").read_text()
+    proc = start_long_training(project)
+    run_id = wait_for_running_training(project)
+    os.killpg(proc.pid, getattr(signal, how))  # the whole group, as Ctrl-C in a terminal does
+    output, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+
+    if how == "SIGINT":
+        assert run_status(project, run_id) == "KILLED"
+        assert "interrupted" in output
+    assert_nothing_lost(project, lock_before, metrics_before)
+
+    # back to the committed params: the next repro completes, and a SIGKILLed run no longer shows RUNNING
+    subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=project, check=True)
+    dvc(project, "repro", "report_synthetic")
+    if how == "SIGKILL":
+        # nothing could end that run from inside; the next training stage of the study marks it KILLED
+        assert run_status(project, run_id) == "RUNNING"
+        dvc(project, "repro", "--force", "--single-item", "train_synthetic@headline")
+        dvc(project, "repro", "report_synthetic")
+    assert run_status(project, run_id) == "KILLED"
+    assert dvc(project, "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    assert (project / "metrics/synthetic.json").read_text() == metrics_before
