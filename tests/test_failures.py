@@ -1,0 +1,94 @@
+"""Bad inputs between stages and diverging runs: a clear one-line error, or a recorded divergence, never a crash."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, stage, write_params, load_params, set_key
+
+SYNTHETIC_STAGES = [
+    ("generate",), ("train_synthetic", "headline"), ("train_synthetic", "grid"),
+    ("cross_validate",), ("evaluate_synthetic",), ("report_synthetic",),
+]
+
+
+def run_stage(workdir, name, *args, check=True):
+    return stage(name, workdir, *args, check=check, PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    write_params(tmp_path / "params.yaml", load_params())
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda p: p.unlink(), "is missing"),
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "is unreadable"),
+        (lambda p: torch.save({"x_train": torch.zeros(20, 200), "y_train": torch.zeros(19), "x_test": torch.zeros(5, 200),
+                               "y_test": torch.zeros(5)}, p), "malformed train split"),
+        (lambda p: torch.save({"x_train": torch.zeros(20, 200)}, p), "lacks y_train"),
+    ],
+    ids=["deleted", "truncated", "wrong-shape", "missing-key"],
+)
+def test_broken_data_file_names_the_file_and_the_stage_that_makes_it(workdir, damage, words):
+    run_stage(workdir, "generate")
+    damage(workdir / "data/synthetic/dataset.pt")
+    proc = run_stage(workdir, "train_synthetic", "grid", check=False)
+    assert proc.returncode == 2
+    (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert "data/synthetic/dataset.pt" in line and words in line and "dvc repro generate" in line
+    assert not (workdir / "models").exists(), "no output may be written from a broken input"
+
+
+@pytest.mark.slow
+def test_diverging_lambdas_are_recorded_and_the_rest_completes(workdir):
+    params = load_params()
+    set_key(params, "synthetic.train.lr", 0.05)  # ηλ = 5 > 2 at λ = 100: the decay step overshoots and explodes
+    set_key(params, "synthetic.train.epochs", 20)
+    write_params(workdir / "params.yaml", params)
+    for args in SYNTHETIC_STAGES:
+        run_stage(workdir, *args)
+    metrics = json.loads((workdir / "metrics/synthetic.json").read_text())
+    diverged = {k for k, v in metrics["grid"].items() if v["diverged"]}
+    assert diverged == {"lambda_100"}
+    assert metrics["grid"]["lambda_100"]["test_loss"] is None  # NaN is written as null
+    assert metrics["cv"]["best_lambda"] != 100.0
+    (row,) = [l for l in (workdir / "reports/synthetic.md").read_text().splitlines() if l.startswith("| 100 |")]
+    assert row.endswith("| yes |")
+    rows = list(csv.DictReader((workdir / "results/synthetic/by_lambda.csv").open()))
+    assert {r["lambda"] for r in rows if r["diverged"] == "True"} == {"100.0"}
+    for png in (workdir / "reports/figures").glob("synthetic_*.png"):
+        assert png.stat().st_size > 10_000
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("wd-synthetic")
+    members = client.search_runs([experiment.experiment_id], "tags.`wd_lab.role` = 'synthetic-grid-member'")
+    flags = {float(r.data.params["lambda"]): r.data.metrics["diverged"] for r in members}
+    assert flags[100.0] == 1.0 and flags[0.0] == 0.0
+    assert all(r.info.status == "FINISHED" for r in members)
+
+
+@pytest.mark.slow
+def test_same_params_and_seed_give_identical_outputs_twice(tmp_path):
+    outputs = []
+    for attempt in ("first", "second"):
+        workdir = tmp_path / attempt
+        workdir.mkdir()
+        write_params(workdir / "params.yaml", load_params())
+        for args in SYNTHETIC_STAGES[:-1]:
+            run_stage(workdir, *args)
+        outputs.append({
+            name: (workdir / name).read_bytes()
+            for name in ("metrics/synthetic.json", "results/synthetic/by_lambda.csv", "results/synthetic/grid_history.csv",
+                         "results/synthetic/cv.csv")
+        })
+    assert outputs[0] == outputs[1]
