@@ -25,3 +25,18 @@ def synthetic_model(run: str) -> Path:
 
 def synthetic_history(run: str) -> Path:
     return SYNTHETIC_RESULTS / f"{run}_history.csv"
+
+
+CIFAR_BY_LAMBDA = CIFAR_RESULTS / "by_lambda.csv"
+
+
+def cifar_model(run: str) -> Path:
+    return CIFAR_MODELS / f"{run}.pt"
+
+
+def cifar_history(run: str) -> Path:
+    return CIFAR_RESULTS / f"{run}_history.csv"
+
+
+def cifar_layer_norms(run: str) -> Path:
+    return CIFAR_RESULTS / f"{run}_layer_norms.csv"

@@ -97,7 +97,8 @@ class CifarDownload:
 
 @dataclass(frozen=True)
 class CifarData:
-    train_subset: int = check(_non_negative, "0 = the whole training set")
+    train_subset: int = check(_non_negative, "0 = every training image not held out for validation")
+    valid_size: int = check(_at_least(10), "training images held out to choose λ; never trained on")
     augment: bool
 
 
@@ -118,6 +119,7 @@ class CifarTrain:
     warmup_fraction: float = check(_probability)
     label_smoothing: float = check(_probability)
     decay_norm_and_bias: bool
+    mixed_precision: bool  # bf16 autocast where the hardware computes in bf16 (CUDA, CPUs with AVX512-BF16)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,134 @@
+"""CIFAR-10 training throughput (images/s): this project's tensor trainer against a typical tutorial loop.
+
+Both train the same net (cifar10.model.width) with the same batch size on random uint8 images of
+CIFAR shape, which cost exactly what real images cost:
+
+  tutorial   a Dataset yielding PIL images, transforms.Compose([RandomCrop(32, padding=4),
+             RandomHorizontalFlip(), ToTensor(), Normalize]), a shuffling DataLoader; float32, NCHW
+  tutorial+  the same data pipeline feeding this trainer's device formats (bf16 autocast, channels_last
+             where they apply), to separate the data pipeline's share from the formats' share
+  trainer    stages.cifar.train_epoch: the dataset as one uint8 tensor on the device, flips and
+             crops as batched tensor ops, the same device formats
+
+    python -m benchmarks.cifar_throughput                 # params.yaml's width and batch size
+    python -m benchmarks.cifar_throughput --images 5120 --workers 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+
+from stages import cifar
+from stages.common import pick_device, seeded_generator
+from stages.settings import load_settings
+
+
+class ArrayCIFAR(Dataset):
+    """torchvision's CIFAR10 without its md5 checks: HWC uint8 arrays, one PIL image per item."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform: transforms.Compose):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.transform(Image.fromarray(self.images[index])), int(self.labels[index])
+
+
+def tutorial_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, workers: int) -> DataLoader:
+    augment = transforms.Compose([
+        transforms.RandomCrop(32, padding=4),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(cifar.MEAN, cifar.STD),
+    ])
+    dataset = ArrayCIFAR(images.permute(0, 2, 3, 1).numpy(), labels.numpy(), augment)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+
+
+def tutorial_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, formats: cifar.Formats) -> None:
+    model.train()
+    for images, labels in loader:
+        images = images.to(formats.device).contiguous(memory_format=formats.memory_format)
+        with formats.autocast():
+            loss = F.cross_entropy(model(images).float(), labels.to(formats.device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def measure(epochs: dict[str, Callable[[], None]], n_images: int, repeats: int) -> dict[str, float]:
+    """Images per second of each loop: the best of `repeats` epochs after a warm-up one, the loops taking turns
+    so that a busy spell on a shared machine slows all of them alike."""
+    for epoch in epochs.values():
+        epoch()
+    best = dict.fromkeys(epochs, float("inf"))
+    for _ in range(repeats):
+        for name, epoch in epochs.items():
+            start = time.perf_counter()
+            epoch()
+            sync()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return {name: n_images / seconds for name, seconds in best.items()}
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("--images", type=int, default=2560, help="images per timed epoch (default 2560)")
+    cli.add_argument("--repeats", type=int, default=3, help="timed epochs per loop; the best counts")
+    cli.add_argument("--workers", type=int, default=2, help="DataLoader workers of the tutorial loop (its usual 2)")
+    cli.add_argument("--params", default="params.yaml")
+    args = cli.parse_args()
+
+    settings = load_settings(args.params)
+    study = settings.cifar10
+    # Both loops augment (flip + crop), whatever cifar10.data.augment says: that is the work being compared.
+    spec = dataclasses.replace(study, data=dataclasses.replace(study.data, augment=True), train=dataclasses.replace(study.train, epochs=1))
+    device = pick_device(settings.device)
+    fast = cifar.device_formats(device, study.train.mixed_precision)
+    plain = cifar.Formats(device, torch.contiguous_format, None)
+    gen = seeded_generator(settings.seed, 0)
+    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    labels = torch.randint(0, 10, (args.images,), generator=gen)
+    n = (args.images // study.train.batch_size) * study.train.batch_size  # both loops drop the last partial batch
+    print(f"device {device} ({torch.get_num_threads()} threads), width {study.model.width}, batch {study.train.batch_size}, "
+          f"{n} images per epoch, trainer formats: {fast.describe()}")
+
+    def fresh(formats: cifar.Formats) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        model = cifar.build_model(study.model.width, settings.seed).to(device, memory_format=formats.memory_format)
+        return model, cifar.make_optimizer(model, study.train, study.wd)
+
+    loader = tutorial_loader(images, labels, study.train.batch_size, args.workers)
+    tutorial, tutorial_plus, trainer = fresh(plain), fresh(fast), fresh(fast)
+    schedule = torch.optim.lr_scheduler.LambdaLR(trainer[1], lambda step: 1.0)
+    split = cifar.Split(images, labels).to(device)
+    order, augment = seeded_generator(settings.seed, 1), seeded_generator(settings.seed, 2)
+    results = measure({
+        "tutorial": lambda: tutorial_epoch(*tutorial, loader, plain),
+        "tutorial+": lambda: tutorial_epoch(*tutorial_plus, loader, fast),
+        "trainer": lambda: cifar.train_epoch(*trainer, schedule, split, spec, order, augment, fast),
+    }, n, args.repeats)
+    for name, rate in results.items():
+        print(f"{name:<10} {rate:8.0f} images/s")
+    print(f"trainer / tutorial  = {results['trainer'] / results['tutorial']:.2f}×")
+    print(f"trainer / tutorial+ = {results['trainer'] / results['tutorial+']:.2f}×  (data pipeline alone)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,348 @@
+"""Report the CIFAR-10 study: seaborn figures and a Markdown page that leads with the finding."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
+import pandas as pd
+import seaborn as sns
+
+from stages import figures, paths
+from stages.common import run_stage, stage_parser
+from stages.files import StageInputError, load_tensors, read_json, write_text
+from stages.settings import CifarSettings, Settings
+from stages.tracking import Tracker
+
+log = logging.getLogger("wd-lab.report_cifar10")
+
+PAGE = paths.REPORTS / "cifar10.md"
+FIG_ACCURACY = paths.FIGURES / "cifar10_accuracy_vs_lambda.png"
+FIG_GAP = paths.FIGURES / "cifar10_gap_vs_lambda.png"
+FIG_CURVES = paths.FIGURES / "cifar10_curves.png"
+FIG_LAYER_NORMS = paths.FIGURES / "cifar10_layer_norms.png"
+FIGURES = (FIG_ACCURACY, FIG_GAP, FIG_CURVES, FIG_LAYER_NORMS)
+
+
+def main(settings: Settings, args: argparse.Namespace) -> None:
+    metrics = read_json(paths.CIFAR_METRICS, made_by="evaluate_cifar10")
+    by_lambda = read_csv(paths.CIFAR_BY_LAMBDA, "evaluate_cifar10")
+    history = read_csv(paths.cifar_history("grid"), "train_cifar10@grid")
+    layer_norms = read_csv(paths.cifar_layer_norms("grid"), "train_cifar10@grid")
+    grid_run = load_tensors(paths.cifar_model("grid"), made_by="train_cifar10@grid")
+    chosen = (metrics.get("chosen_by_validation") or {}).get("lambda")
+
+    figures.set_theme()
+    pngs = [
+        plot_accuracy_vs_lambda(by_lambda, chosen),
+        plot_gap_vs_lambda(by_lambda),
+        plot_curves(history),
+        plot_layer_norms(layer_norms),
+    ]
+    write_text(PAGE, render_page(metrics, by_lambda, grid_run, settings))
+    log_to_mlflow(settings, pngs + [PAGE])
+    log.info("wrote %s and %d figures", PAGE, len(pngs))
+
+
+def read_csv(path: Path, made_by: str) -> pd.DataFrame:
+    if not path.is_file():
+        raise StageInputError(f"{path} is missing: run `dvc repro {made_by}` to make it again")
+    return pd.read_csv(path)
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def lam(value: float) -> str:
+    return f"λ = {figures.fmt_lambda(value)}"
+
+
+def finite(by_lambda: pd.DataFrame) -> pd.DataFrame:
+    return by_lambda[~by_lambda["diverged"].astype(bool)].dropna(subset=["test_accuracy"])
+
+
+# ── figures ───────────────────────────────────────────────────────────────────────────────────────
+
+
+def lambda_ticks(ax: plt.Axes, lambdas: pd.Series) -> None:
+    """Symlog λ axis with a labelled tick at each λ of the grid, so every point reads off directly."""
+    figures.lambda_axis(ax, lambdas)
+    values = sorted(set(lambdas))
+    ax.set_xticks(values, [figures.fmt_lambda(v) for v in values], rotation=30)
+    ax.minorticks_off()
+
+
+def mark_diverged(ax: plt.Axes, by_lambda: pd.DataFrame) -> None:
+    """A cross on the λ axis for each diverged run, so a missing point reads as 'diverged', not 'forgotten'."""
+    diverged = by_lambda[by_lambda["diverged"].astype(bool)]
+    if not diverged.empty:
+        ax.scatter(diverged["lambda"], [0.02] * len(diverged), marker="x", s=80, color="black",
+                   transform=ax.get_xaxis_transform(), label="diverged (stopped)", zorder=5, clip_on=False)
+
+
+def plot_accuracy_vs_lambda(by_lambda: pd.DataFrame, chosen: float | None) -> Path:
+    long = by_lambda.melt(id_vars="lambda", value_vars=["train_accuracy", "valid_accuracy", "test_accuracy"], var_name="split", value_name="accuracy")
+    long["split"] = long["split"].str.removesuffix("_accuracy")
+    long["accuracy"] *= 100
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    sns.lineplot(data=long.dropna(), x="lambda", y="accuracy", hue="split", style="split", markers=True, dashes=False, ax=ax)
+    if chosen is not None:
+        picked = 100 * by_lambda.loc[by_lambda["lambda"] == chosen, "test_accuracy"]
+        ax.scatter([chosen], picked, marker="*", s=260, color="black", zorder=6, clip_on=False, label=f"picked by validation ({lam(chosen)})")
+    mark_diverged(ax, by_lambda)
+    lambda_ticks(ax, by_lambda["lambda"])
+    ax.set(xlabel="weight decay λ", ylabel="accuracy (%)", title=accuracy_title(by_lambda))
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    return figures.save(fig, FIG_ACCURACY)
+
+
+def accuracy_title(by_lambda: pd.DataFrame) -> str:
+    runs = finite(by_lambda)
+    if runs.empty:
+        return "Every λ diverged: no accuracy to compare"
+    top = runs.loc[runs["test_accuracy"].idxmax()]
+    title = f"Test accuracy is highest at {lam(top['lambda'])} ({pct(top['test_accuracy'])})"
+    base = runs[runs["lambda"] == 0.0]
+    if not base.empty and top["lambda"] != 0.0:
+        title += f", vs {pct(base['test_accuracy'].iloc[0])} at λ = 0"
+    return title
+
+
+def plot_gap_vs_lambda(by_lambda: pd.DataFrame) -> Path:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, column, label in (
+        (axes[0], "gap_accuracy", "train − test accuracy (points)"),
+        (axes[1], "gap_loss", "test − train loss (cross-entropy)"),
+    ):
+        data = by_lambda.dropna(subset=[column]).assign(value=lambda d: d[column] * (100 if column == "gap_accuracy" else 1))
+        sns.lineplot(data=data, x="lambda", y="value", marker="o", ax=ax)
+        mark_diverged(ax, by_lambda)
+        lambda_ticks(ax, by_lambda["lambda"])
+        ax.set(xlabel="weight decay λ", ylabel=label)
+    fig.suptitle(gap_title(by_lambda))
+    return figures.save(fig, FIG_GAP)
+
+
+def gap_title(by_lambda: pd.DataFrame) -> str:
+    runs = finite(by_lambda).sort_values("lambda")
+    if len(runs) < 2:
+        return "Generalisation gap per λ"
+    first, last = runs.iloc[0], runs.iloc[-1]
+    trend = "falls" if last["gap_accuracy"] < first["gap_accuracy"] else "rises"
+    return (
+        f"The generalisation gap {trend} from {100 * first['gap_accuracy']:.1f} points at {lam(first['lambda'])} "
+        f"to {100 * last['gap_accuracy']:.1f} at {lam(last['lambda'])}"
+    )
+
+
+def plot_curves(history: pd.DataFrame) -> Path:
+    lambdas = sorted(history["lambda"].unique())
+    palette = {figures.fmt_lambda(v): colour for v, colour in figures.lambda_palette(lambdas).items()}
+    history = history.assign(λ=history["lambda"].map(figures.fmt_lambda))
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    for ax, metric, label in ((axes[0], "loss", "cross-entropy"), (axes[1], "accuracy", "accuracy (%)")):
+        long = history.melt(id_vars=["λ", "epoch"], value_vars=[f"train_{metric}", f"test_{metric}"], var_name="split", value_name=metric)
+        long["split"] = long["split"].str.removesuffix(f"_{metric}")
+        if metric == "accuracy":
+            long[metric] *= 100
+        sns.lineplot(data=long, x="epoch", y=metric, hue="λ", style="split", palette=palette, ax=ax, legend=ax is axes[0])
+        ax.set(xlabel="epoch", ylabel=label)
+    axes[0].legend(fontsize="x-small", ncols=2)
+    sns.lineplot(data=history, x="epoch", y="w_norm", hue="λ", palette=palette, ax=axes[2], legend=False)
+    axes[2].set(xlabel="epoch", ylabel="‖θ‖₂ (all parameters)")
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.suptitle(curves_title(history))
+    return figures.save(fig, FIG_CURVES)
+
+
+def curves_title(history: pd.DataFrame) -> str:
+    final = history.sort_values("epoch").groupby("lambda").tail(1).dropna(subset=["w_norm"]).sort_values("lambda")
+    if len(final) < 2:
+        return "Training curves"
+    first, last = final.iloc[0], final.iloc[-1]
+    return (
+        f"{lam(first['lambda'])} ends at {pct(first['train_accuracy'])} train / {pct(first['test_accuracy'])} test accuracy, "
+        f"{lam(last['lambda'])} at {pct(last['train_accuracy'])} / {pct(last['test_accuracy'])}"
+    )
+
+
+def plot_layer_norms(layer_norms: pd.DataFrame) -> Path:
+    final = layer_norms[layer_norms["epoch"] == layer_norms.groupby("lambda")["epoch"].transform("max")]
+    table = final.pivot(index="layer", columns="lambda", values="norm").reindex(pd.unique(layer_norms["layer"]))
+    relative = 0.0 in table.columns and table[0.0].notna().all()
+    shown = table.div(table[0.0], axis=0) if relative else table
+    shown.columns = [figures.fmt_lambda(v) for v in shown.columns]
+    fig, ax = plt.subplots(figsize=(1.1 * len(shown.columns) + 3, 0.45 * len(shown) + 2))
+    sns.heatmap(shown, annot=True, fmt=".2f", cmap="viridis", ax=ax,
+                cbar_kws={"label": "‖W‖ / ‖W‖ at λ = 0" if relative else "‖W‖₂"})
+    ax.set(xlabel="weight decay λ", ylabel="layer (input → output)", title=layer_title(shown, relative))
+    return figures.save(fig, FIG_LAYER_NORMS)
+
+
+def layer_title(shown: pd.DataFrame, relative: bool) -> str:
+    finished = shown.dropna(axis="columns")
+    if not relative or finished.shape[1] < 2:
+        return "Final ‖W‖ of each layer per λ"
+    strongest = finished.columns[-1]
+    column = finished[strongest]
+    low, high = f"{column.min():.0%}", f"{column.max():.0%}"
+    if low == high:
+        return f"λ = {strongest} leaves every layer about {low} of its λ = 0 weight norm"
+    return f"λ = {strongest} leaves each layer {low}–{high} of its λ = 0 weight norm (least: {column.idxmin()})"
+
+
+# ── the page ──────────────────────────────────────────────────────────────────────────────────────
+
+
+def render_page(metrics: dict, by_lambda: pd.DataFrame, grid_run: dict, settings: Settings) -> str:
+    study = settings.cifar10
+    head = metrics["headline"]
+    lines = [
+        "# Weight decay on CIFAR-10",
+        "",
+        setup_line(study, grid_run, settings.seed),
+        "",
+        "## Finding",
+        "",
+        finding(metrics, by_lambda),
+        "",
+        interpretation(by_lambda),
+        "",
+        f"Headline run (`cifar10.wd` = {figures.fmt_lambda(head['lambda'])}): {headline_sentence(head)}",
+        "",
+        "## Figures",
+        "",
+        *[f"![{p.stem}](figures/{p.name})" for p in FIGURES],
+        "",
+        "## Metrics per λ",
+        "",
+        markdown_table(by_lambda),
+        "",
+        "Gap = train − test accuracy (percentage points) and test − train cross-entropy, both measured in eval mode "
+        "without augmentation. ‖θ‖ is the norm of all parameters.",
+        "",
+        "_Generated by `python -m stages.report_cifar10` from `metrics/cifar10.json`; rerun `dvc repro` to refresh._",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def setup_line(study: CifarSettings, grid_run: dict, seed: int) -> str:
+    t = study.train
+    n = grid_run.get("n_images", {})
+    optimizer = (
+        f"SGD with {'Nesterov ' if t.nesterov and t.momentum > 0 else ''}momentum {t.momentum:g}, weight decay added to the gradient (L2)"
+        if t.optimizer == "sgd" else f"AdamW (decoupled weight decay, β₁ = {t.momentum:g})"
+    )
+    decayed = (
+        "every parameter is decayed, biases and BatchNorm scales/shifts included" if t.decay_norm_and_bias
+        else "λ applies to conv and linear weights only; biases and BatchNorm scales/shifts are not decayed"
+    )
+    return (
+        f"_{n.get('train', '?'):,} training images (class-balanced subset), {n.get('valid', '?'):,} held-out validation "
+        f"images, {n.get('test', '?'):,} test images. ResNet-9 layout, width {study.model.width}; {optimizer}; "
+        f"{decayed}. Peak lr {t.lr:g}, {t.schedule} schedule with {t.warmup_fraction:.0%} warm-up, batch {t.batch_size}, "
+        f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}, label smoothing {t.label_smoothing:g}, augmentation "
+        f"{'flip + crop' if study.data.augment else 'off'}; {grid_run.get('device', '?')} ({grid_run.get('formats', '?')}), "
+        f"seed {seed}._"
+    )
+
+
+def finding(metrics: dict, by_lambda: pd.DataFrame) -> str:
+    """The conclusion and the numbers behind it: the λ validation picks, against λ = 0."""
+    chosen = metrics.get("chosen_by_validation")
+    rows = by_lambda.set_index("lambda")
+    if chosen is None:
+        return "Every λ of the grid diverged; lower `cifar10.train.lr` and rerun."
+    text = (
+        f"Validation accuracy on held-out training images picks {lam(chosen['lambda'])}: test accuracy "
+        f"{pct(chosen['test_accuracy'])}"
+    )
+    if 0.0 in rows.index and not rows.loc[0.0, "diverged"] and chosen["lambda"] != 0.0:
+        base = rows.loc[0.0]
+        delta = 100 * (chosen["test_accuracy"] - base["test_accuracy"])
+        text += f", {delta:+.1f} points against no weight decay (λ = 0: {pct(base['test_accuracy'])})"
+    text += "."
+    top = metrics.get("highest_test_accuracy")
+    if top and top["lambda"] != chosen["lambda"]:
+        text += (
+            f" The highest test accuracy of the grid, {pct(top['test_accuracy'])} at {lam(top['lambda'])}, is reported "
+            "but not used to choose: choosing on the test set would make it an optimistic estimate."
+        )
+    return text
+
+
+def interpretation(by_lambda: pd.DataFrame) -> str:
+    """Two or three sentences read off the numbers: accuracy, gap and weight norm as λ grows."""
+    runs = finite(by_lambda).sort_values("lambda")
+    sentences = []
+    if len(runs) >= 2:
+        first, last = runs.iloc[0], runs.iloc[-1]
+        spread = 100 * (runs["test_accuracy"].max() - runs["test_accuracy"].min())
+        sentences.append(
+            f"Across the grid test accuracy spans {spread:.1f} points "
+            f"({pct(runs['test_accuracy'].min())}–{pct(runs['test_accuracy'].max())})"
+            + (", within the noise of a single seed at this budget." if spread < 1.0 else ".")
+        )
+        gap_trend = "falls" if last["gap_accuracy"] < first["gap_accuracy"] else "rises"
+        sentences.append(
+            f"From {lam(first['lambda'])} to {lam(last['lambda'])} the generalisation gap {gap_trend} from "
+            f"{100 * first['gap_accuracy']:.1f} to {100 * last['gap_accuracy']:.1f} points (train accuracy "
+            f"{pct(first['train_accuracy'])} → {pct(last['train_accuracy'])}), and ‖θ‖ goes from {first['w_norm']:.1f} "
+            f"to {last['w_norm']:.1f}{' — it falls at every step of λ' if runs['w_norm'].is_monotonic_decreasing else ''}."
+        )
+    diverged = by_lambda[by_lambda["diverged"].astype(bool)]
+    if not diverged.empty:
+        which = ", ".join(figures.fmt_lambda(v) for v in diverged["lambda"])
+        sentences.append(
+            f"λ = {which} diverged (non-finite loss) and was stopped early; its values are left empty and it is never picked."
+        )
+    return " ".join(sentences) or "Too few finished runs to compare λ."
+
+
+def headline_sentence(head: dict) -> str:
+    if head["diverged"]:
+        return f"diverged after {head['epochs_run']} epochs (non-finite loss)."
+    return (
+        f"test accuracy {pct(head['test_accuracy'])}, train accuracy {pct(head['train_accuracy'])}, "
+        f"gap {100 * head['gap_accuracy']:.1f} points, ‖θ‖ = {head['w_norm']:.1f}."
+    )
+
+
+def markdown_table(by_lambda: pd.DataFrame) -> str:
+    columns = {
+        "lambda": "λ", "train_accuracy": "train acc", "valid_accuracy": "valid acc", "test_accuracy": "test acc",
+        "gap_accuracy": "gap (points)", "gap_loss": "gap (loss)", "w_norm": "‖θ‖", "epochs_run": "epochs", "diverged": "diverged",
+    }
+    formats = {
+        "train_accuracy": pct, "valid_accuracy": pct, "test_accuracy": pct,
+        "gap_accuracy": lambda v: f"{100 * v:.1f}", "gap_loss": lambda v: f"{v:.3f}", "w_norm": lambda v: f"{v:.1f}",
+        "epochs_run": lambda v: f"{int(v)}",
+    }
+    rows = ["| " + " | ".join(columns.values()) + " |", "|" + "---:|" * len(columns)]
+    for _, row in by_lambda.iterrows():
+        cells = [figures.fmt_lambda(row["lambda"])]
+        cells += ["—" if pd.isna(row[c]) else formats[c](row[c]) for c in list(columns)[1:-1]]
+        cells.append("yes" if row["diverged"] else "no")
+        rows.append("| " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def log_to_mlflow(settings: Settings, files: list[Path]) -> None:
+    """Attach the figures and the page to the MLflow runs they describe."""
+    tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)
+    for run in ("grid", "headline"):
+        run_id = load_tensors(paths.cifar_model(run), made_by=f"train_cifar10@{run}").get("mlflow_run_id")
+        if tracker.run_exists(run_id):
+            tracker.log_artifacts(run_id, files, folder="report")
+        elif tracker.enabled:
+            log.warning("MLflow run of the %s training is not in %s; figures not attached", run, tracker.uri)
+
+
+if __name__ == "__main__":
+    run_stage(main, stage_parser(__doc__, "python -m stages.report_cifar10"))
