@@ -108,7 +108,7 @@ def synthetic_invariants(m: dict, slack: float) -> Iterator[Row]:
 def cifar10_invariants(m: dict, slack: float) -> Iterator[Row]:
     grid = {float(k.removeprefix("lambda_")): v for k, v in m["grid"].items()}
     lambdas = sorted(lam for lam in grid if not grid[lam].get("diverged"))
-    norms = [grid[lam]["weight_norm"] for lam in lambdas]
+    norms = [grid[lam]["w_norm"] for lam in lambdas]
     yield Row("invariant: weight norm falls as λ grows", norms[0], norms[-1], "monotone", all(a >= b for a, b in zip(norms, norms[1:])))
     for lam in lambdas:
         acc = grid[lam]["test_accuracy"]

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.conftest import tool_env
+from tests.workspace import tool_env
 
 HOST = "127.0.0.1"  # the UI has no authentication: never bind it beyond this machine
 

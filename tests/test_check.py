@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from stages import check
-from tests.conftest import ROOT, commit_all, copy_project, dvc, run
+from tests.workspace import ROOT, commit_all, copy_project, dvc, run
 
 SYNTHETIC = json.loads((ROOT / "baselines/default/synthetic.json").read_text())
 RULES = check.load_checks(ROOT / "checks.yaml")["studies"]["synthetic"]["tolerances"]

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.conftest import ROOT, stage
+from tests.workspace import ROOT, stage
 
 STAGE_MODULES = sorted(
     {m for m in re.findall(r"python -m stages\.(\w+)", (ROOT / "dvc.yaml").read_text())}

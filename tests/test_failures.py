@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from tests.conftest import ROOT, stage, write_params, load_params, set_key
+from tests.workspace import ROOT, stage, write_params, load_params, set_key
 
 SYNTHETIC_STAGES = [
     ("generate",), ("train_synthetic", "headline"), ("train_synthetic", "grid"),

@@ -12,7 +12,7 @@ import time
 import mlflow
 import pytest
 
-from tests.conftest import commit_all, copy_project, dvc, load_params, set_key, tool_env, write_params
+from tests.workspace import commit_all, copy_project, dvc, load_params, set_key, tool_env, write_params
 
 pytestmark = pytest.mark.slow
 

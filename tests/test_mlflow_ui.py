@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import commit_all, copy_project, dvc, git, load_params, tool_env
+from tests.workspace import commit_all, copy_project, dvc, git, load_params, tool_env
 from tests.mlflow_server import get_bytes, get_json, kill_group, mlflow_server, post_json
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ import re
 import mlflow
 import pytest
 
-from tests.conftest import commit_all, copy_project, dvc, git
+from tests.workspace import commit_all, copy_project, dvc, git
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ import time
 import mlflow
 import pytest
 
-from tests.conftest import commit_all, copy_project, dvc
+from tests.workspace import commit_all, copy_project, dvc
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,7 @@ import copy
 import pytest
 
 from stages.settings import ParamsError, parse_settings
-from tests.conftest import ROOT, load_params, set_key, stage, write_params
+from tests.workspace import ROOT, load_params, set_key, stage, write_params
 
 BASE = load_params()
 

@@ -10,7 +10,7 @@ import torch
 
 from stages import linreg
 from stages.settings import parse_settings
-from tests.conftest import load_params
+from tests.workspace import load_params
 
 SETTINGS = parse_settings(load_params())
 DATA = SETTINGS.synthetic.data

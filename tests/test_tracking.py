@@ -12,7 +12,7 @@ import pytest
 from stages.common import StageError
 from stages.settings import parse_settings
 from stages.tracking import Tracker, tracking_uri
-from tests.conftest import load_params
+from tests.workspace import load_params
 
 TRACKING = parse_settings(load_params()).tracking
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: a temp copy of the project as a real git + DVC repo, and small params files."""
+"""Test workspace helpers: a temp copy of the project as a real git + DVC repo, params files, real subprocesses."""
 
 from __future__ import annotations
 
@@ -6,11 +6,9 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from ruamel.yaml import YAML
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,25 +81,6 @@ def copy_project(dest: Path) -> Path:
     git(dest, "config", "user.email", "tests@wd-lab.invalid")
     git(dest, "config", "user.name", "wd-lab tests")
     return dest
-
-
-@pytest.fixture
-def project(tmp_path: Path) -> Path:
-    """A fresh copy of the project in a new git + DVC repo, with no outputs yet."""
-    return copy_project(tmp_path / "project")
-
-
-@pytest.fixture
-def params_file(project: Path) -> Callable[..., Path]:
-    """Write the project's params.yaml with overrides {'a.b': value}; returns its path."""
-
-    def write(overrides: dict[str, Any] | None = None, path: Path | None = None) -> Path:
-        params = load_params()
-        for key, value in (overrides or {}).items():
-            set_key(params, key, value)
-        return write_params(path or project / "params.yaml", params)
-
-    return write
 
 
 def commit_all(cwd: Path, message: str = "snapshot") -> None:
