@@ -7,12 +7,9 @@ Usage (from the project root, in the venv): python .ci/profile.py [--update-base
 from __future__ import annotations
 
 import argparse
-import functools
-import http.server
 import shutil
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,8 +17,15 @@ sys.path.insert(0, str(ROOT))
 
 from ruamel.yaml import YAML  # noqa: E402
 
-from tests.cifar_fixture import build_archive  # noqa: E402
-from tests.workspace import commit_all, copy_project, dvc, load_params, run, write_params  # noqa: E402
+from tests.cifar_fixture import build_archive, served  # noqa: E402
+from tests.workspace import (  # noqa: E402
+    commit_all,
+    copy_project,
+    dvc,
+    load_params,
+    run,
+    write_params,
+)
 
 PROFILE = ROOT / ".ci" / "profile.yaml"
 IMAGES_PER_BATCH = 120
@@ -33,14 +37,6 @@ def merge(base: dict, override: dict) -> dict:
     return base
 
 
-def serve(directory: Path) -> http.server.ThreadingHTTPServer:
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(directory))
-    handler.log_message = lambda *args: None  # quiet
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
 def main() -> int:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("--update-baseline", action="store_true", help="accept this run's metrics as baselines/ci, on purpose")
@@ -48,35 +44,37 @@ def main() -> int:
     args = cli.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="wd-lab-ci-"))
+    try:
+        return run_profile(scratch, args.update_baseline)
+    finally:
+        if not args.keep:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_profile(scratch: Path, update_baseline: bool) -> int:
     project = copy_project(scratch / "project")
     shutil.copytree(ROOT / "baselines", project / "baselines")
     shutil.copy(ROOT / "checks.yaml", project / "checks.yaml")
     archive = build_archive(scratch / "serve", images_per_batch=IMAGES_PER_BATCH)
-    server = serve(archive.path.parent)
-    try:
+    with served(archive) as url:
         params = merge(load_params(), YAML(typ="safe", pure=True).load(PROFILE.read_text()))
-        params["cifar10"]["download"] |= {"url": f"http://127.0.0.1:{server.server_port}/{archive.path.name}", "md5": archive.md5}
+        params["cifar10"]["download"] |= {"url": url, "md5": archive.md5}
         write_params(project / "params.yaml", params)
         commit_all(project, "CI profile")
         print(f"CI profile: dvc repro in {project}", flush=True)
         repro = dvc(project, "repro", check=False, timeout=1800)
-        print(repro.stdout[-3000:], repro.stderr[-3000:], sep="\n", flush=True)
-        if repro.returncode != 0:
-            print("CI profile: dvc repro failed", file=sys.stderr)
-            return repro.returncode
-        if args.update_baseline:
-            run([sys.executable, "-m", "stages.check", "--profile", "ci", "--update"], cwd=project)
-            for metrics in (project / "baselines" / "ci").glob("*.json"):
-                shutil.copy(metrics, ROOT / "baselines" / "ci" / metrics.name)
-                print(f"updated baselines/ci/{metrics.name}")
-        check = run([sys.executable, "-m", "stages.check", "--profile", "ci"], cwd=project, check=False)
-        print(check.stdout, check.stderr, sep="\n")
-        return check.returncode
-    finally:
-        server.shutdown()
-        if not args.keep:
-            shutil.rmtree(scratch, ignore_errors=True)
-
+    print(repro.stdout[-3000:], repro.stderr[-3000:], sep="\n", flush=True)
+    if repro.returncode != 0:
+        print("CI profile: dvc repro failed", file=sys.stderr)
+        return repro.returncode
+    if update_baseline:
+        run([sys.executable, "-m", "stages.check", "--profile", "ci", "--update"], cwd=project)
+        for metrics in (project / "baselines" / "ci").glob("*.json"):
+            shutil.copy(metrics, ROOT / "baselines" / "ci" / metrics.name)
+            print(f"updated baselines/ci/{metrics.name}")
+    check = run([sys.executable, "-m", "stages.check", "--profile", "ci"], cwd=project, check=False)
+    print(check.stdout, check.stderr, sep="\n")
+    return check.returncode
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -10,13 +10,17 @@ and seed always give the same bytes, hence the same md5.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gzip
 import hashlib
+import http.server
 import io
 import pickle
 import struct
 import tarfile
-from collections.abc import Iterable, Mapping
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -152,3 +156,22 @@ class _Py2Pickler(pickle._Pickler):
             self.memoize(obj)
         else:
             super().save_global(obj, name)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # keep test and CI output quiet
+        pass
+
+
+@contextlib.contextmanager
+def served(archive: FixtureArchive) -> Iterator[str]:
+    """Serve the archive over real HTTP from 127.0.0.1 on a free port; yields its URL."""
+    handler = functools.partial(_QuietHandler, directory=str(archive.path.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/{archive.path.name}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -1,0 +1,99 @@
+"""The CIFAR-10 branch through the real tools: download over HTTP from 127.0.0.1, train, evaluate, report."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import mlflow
+import pytest
+import torch
+
+from tests.cifar_fixture import build_archive, served
+from tests.workspace import commit_all, copy_project, dvc, load_params, set_key, write_params
+
+pytestmark = pytest.mark.slow
+
+TARGET = "report_cifar10"
+TINY = {
+    "cifar10.data.train_subset": 0,
+    "cifar10.data.valid_size": 60,
+    "cifar10.model.width": 8,
+    "cifar10.train.epochs": 3,
+    "cifar10.train.batch_size": 50,
+    "cifar10.lambda_grid": [0, 1.0e-2],
+}
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cifar-pipeline")
+    project = copy_project(root / "project")
+    archive = build_archive(root / "serve", images_per_batch=60)
+    params = load_params()
+    for key, value in TINY.items():
+        set_key(params, key, value)
+    with served(archive) as url:
+        set_key(params, "cifar10.download", {"url": url, "md5": archive.md5})
+        write_params(project / "params.yaml", params)
+        commit_all(project, "tiny CIFAR-10 profile")
+        first = dvc(project, "repro", TARGET)
+    return project, first.stdout
+
+
+def metrics(project) -> dict:
+    return json.loads((project / "metrics/cifar10.json").read_text())
+
+
+def test_the_branch_runs_and_the_model_learns(reproduced):
+    project, output = reproduced
+    assert ran_stages(output) == {"download", "train_cifar10@headline", "train_cifar10@grid", "evaluate_cifar10", TARGET}
+    result = metrics(project)
+    assert set(result["grid"]) == {"lambda_0", "lambda_0.01"}
+    for run in [result["headline"], *result["grid"].values()]:
+        assert run["test_accuracy"] > 0.5, "the generated images carry a class signal: well above 10 % chance"
+        assert run["epochs_run"] == 3 and not run["diverged"]
+    assert result["grid"]["lambda_0.01"]["w_norm"] < result["grid"]["lambda_0"]["w_norm"]
+    page = (project / "reports/cifar10.md").read_text()
+    assert "λ" in page and "|" in page
+    for png in ("accuracy_vs_lambda", "gap_vs_lambda", "curves", "layer_norms"):
+        assert (project / f"reports/figures/cifar10_{png}.png").stat().st_size > 10_000
+    data = torch.load(project / "data/cifar10/train.pt", weights_only=True)
+    assert data["images"].dtype == torch.uint8 and data["images"].shape[1:] == (3, 32, 32)
+
+
+def test_mlflow_has_a_parent_with_nested_runs_and_their_weights(reproduced):
+    project, _ = reproduced
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("wd-cifar10")
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("wd_lab.role") == "cifar10-grid"]
+    members = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert {float(r.data.params["lambda"]) for r in members} == {0.0, 0.01}
+    for member in members:
+        assert member.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(member.info.run_id, "test_accuracy")] == [0, 1, 2, 3]
+        weights = [a.path for a in client.list_artifacts(member.info.run_id, "model")]
+        assert len(weights) == 1 and weights[0].endswith(".pt")
+
+
+def test_exp_run_on_cifar_wd_reruns_only_the_headline_branch(reproduced):
+    project, _ = reproduced
+    before = metrics(project)
+    run = dvc(project, "exp", "run", "-S", "cifar10.wd=0.01", TARGET)
+    assert ran_stages(run.stdout) == {"train_cifar10@headline", "evaluate_cifar10", TARGET}
+    after = metrics(project)
+    assert after["headline"]["lambda"] == 0.01 and after["grid"] == before["grid"]
+    # the headline run at λ = 0.01 is the grid's λ = 0.01 run: same seed, same data, same device
+    assert after["headline"]["test_accuracy"] == after["grid"]["lambda_0.01"]["test_accuracy"]
+
+
+def test_same_seed_gives_identical_metrics_on_cpu(reproduced):
+    project, _ = reproduced
+    history = (project / "results/cifar10/grid_history.csv").read_bytes()
+    dvc(project, "repro", "--force", "--single-item", "train_cifar10@grid")
+    assert (project / "results/cifar10/grid_history.csv").read_bytes() == history
