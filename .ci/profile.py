@@ -7,6 +7,7 @@ Usage (from the project root, in the venv): python .ci/profile.py [--update-base
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import tempfile
@@ -74,6 +75,9 @@ def run_profile(scratch: Path, update_baseline: bool) -> int:
             print(f"updated baselines/ci/{metrics.name}")
     check = run([sys.executable, "-m", "stages.check", "--profile", "ci"], cwd=project, check=False)
     print(check.stdout, check.stderr, sep="\n")
+    if summary := os.environ.get("GITHUB_STEP_SUMMARY"):  # the table in the GitHub Actions job summary
+        with open(summary, "a") as handle:
+            handle.write(f"## Regression check (CI profile)\n\n```\n{check.stdout}{check.stderr}```\n")
     return check.returncode
 
 if __name__ == "__main__":

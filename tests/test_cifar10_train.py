@@ -135,6 +135,12 @@ def test_same_seed_gives_identical_metrics_and_weights(splits, default_run):
     assert not torch.equal(cifar.build_model(8, seed=1).prep.conv.weight, cifar.build_model(8, seed=0).prep.conv.weight)
 
 
+def test_mixed_precision_runs_are_identical_too(splits):
+    settings = tiny_settings(**{"cifar10.train.mixed_precision": True, "cifar10.train.epochs": 1, "cifar10.data.augment": True})
+    first, second = train(splits, settings), train(splits, settings)
+    assert first.history == second.history and math.isfinite(first.final["train_loss"])
+
+
 def test_weight_decay_shrinks_the_weights(splits):
     settings = tiny_settings(**{"cifar10.train.epochs": 1})
     plain, decayed = train(splits, settings, weight_decay=0.0), train(splits, settings, weight_decay=0.05)
