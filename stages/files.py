@@ -10,9 +10,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class StageInputError(RuntimeError):
@@ -99,6 +102,16 @@ def load_tensors(path: Path | str, made_by: str, required: Sequence[str] = ()) -
     if missing:
         raise StageInputError(f"{path} lacks {', '.join(missing)}: {fix}")
     return data
+
+
+def read_table(path: Path | str, made_by: str) -> "pd.DataFrame":
+    """A CSV written by stage `made_by`, as a DataFrame."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise StageInputError(f"{path} is missing: run `dvc repro {made_by}` to make it again")
+    return pd.read_csv(path)
 
 
 def read_json(path: Path | str, made_by: str) -> Any:

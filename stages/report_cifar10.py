@@ -13,9 +13,9 @@ from matplotlib.ticker import MaxNLocator
 
 from stages import figures, paths
 from stages.common import run_stage, stage_parser
-from stages.files import StageInputError, load_tensors, read_json, write_text
+from stages.files import load_tensors, read_json, read_table, write_text
 from stages.settings import CifarSettings, Settings
-from stages.tracking import Tracker
+from stages.tracking import attach_report
 
 log = logging.getLogger("wd-lab.report_cifar10")
 
@@ -29,9 +29,9 @@ FIGURES = (FIG_ACCURACY, FIG_GAP, FIG_CURVES, FIG_LAYER_NORMS)
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
     metrics = read_json(paths.CIFAR_METRICS, made_by="evaluate_cifar10")
-    by_lambda = read_csv(paths.CIFAR_BY_LAMBDA, "evaluate_cifar10")
-    history = read_csv(paths.cifar_history("grid"), "train_cifar10@grid")
-    layer_norms = read_csv(paths.cifar_layer_norms("grid"), "train_cifar10@grid")
+    by_lambda = read_table(paths.CIFAR_BY_LAMBDA, "evaluate_cifar10")
+    history = read_table(paths.cifar_history("grid"), "train_cifar10@grid")
+    layer_norms = read_table(paths.cifar_layer_norms("grid"), "train_cifar10@grid")
     grid_run = load_tensors(paths.cifar_model("grid"), made_by="train_cifar10@grid")
     chosen = (metrics.get("chosen_by_validation") or {}).get("lambda")
 
@@ -43,14 +43,11 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         plot_layer_norms(layer_norms),
     ]
     write_text(PAGE, render_page(metrics, by_lambda, grid_run, settings))
-    log_to_mlflow(settings, pngs + [PAGE])
+    attach_report(
+        settings.tracking, settings.tracking.experiment_cifar10,
+        {f"train_cifar10@{run}": paths.cifar_model(run) for run in ("grid", "headline")}, pngs + [PAGE],
+    )
     log.info("wrote %s and %d figures", PAGE, len(pngs))
-
-
-def read_csv(path: Path, made_by: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise StageInputError(f"{path} is missing: run `dvc repro {made_by}` to make it again")
-    return pd.read_csv(path)
 
 
 def pct(value: float) -> str:
@@ -333,17 +330,6 @@ def markdown_table(by_lambda: pd.DataFrame) -> str:
         cells.append("yes" if row["diverged"] else "no")
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
-
-
-def log_to_mlflow(settings: Settings, files: list[Path]) -> None:
-    """Attach the figures and the page to the MLflow runs they describe."""
-    tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)
-    for run in ("grid", "headline"):
-        run_id = load_tensors(paths.cifar_model(run), made_by=f"train_cifar10@{run}").get("mlflow_run_id")
-        if tracker.run_exists(run_id):
-            tracker.log_artifacts(run_id, files, folder="report")
-        elif tracker.enabled:
-            log.warning("MLflow run of the %s training is not in %s; figures not attached", run, tracker.uri)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,9 @@ import seaborn as sns
 
 from stages import figures, paths
 from stages.common import run_stage, stage_parser
-from stages.files import StageInputError, load_tensors, read_json, write_text
+from stages.files import read_json, read_table, write_text
 from stages.settings import Settings
-from stages.tracking import Tracker
+from stages.tracking import attach_report
 
 log = logging.getLogger("wd-lab.report_synthetic")
 
@@ -27,9 +27,9 @@ FIG_NORM_VS_EPOCH = paths.FIGURES / "synthetic_wnorm_vs_epoch.png"
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
     metrics = read_json(paths.SYNTHETIC_METRICS, made_by="evaluate_synthetic")
-    by_lambda = read_csv(paths.SYNTHETIC_BY_LAMBDA, "evaluate_synthetic")
-    grid_history = read_csv(paths.synthetic_history("grid"), "train_synthetic@grid")
-    headline_history = read_csv(paths.synthetic_history("headline"), "train_synthetic@headline")
+    by_lambda = read_table(paths.SYNTHETIC_BY_LAMBDA, "evaluate_synthetic")
+    grid_history = read_table(paths.synthetic_history("grid"), "train_synthetic@grid")
+    headline_history = read_table(paths.synthetic_history("headline"), "train_synthetic@headline")
     contrast = contrast_lambda(settings.wd, metrics)
 
     figures.set_theme()
@@ -40,14 +40,11 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         plot_norm_vs_epoch(grid_history),
     ]
     write_text(PAGE, render_page(metrics, by_lambda, contrast, settings))
-    log_to_mlflow(settings, pngs + [PAGE])
+    attach_report(
+        settings.tracking, settings.tracking.experiment_synthetic,
+        {f"train_synthetic@{run}": paths.synthetic_model(run) for run in ("grid", "headline")}, pngs + [PAGE],
+    )
     log.info("wrote %s and %d figures", PAGE, len(pngs))
-
-
-def read_csv(path: Path, made_by: str) -> pd.DataFrame:
-    if not path.is_file():
-        raise StageInputError(f"{path} is missing: run `dvc repro {made_by}` to make it again")
-    return pd.read_csv(path)
 
 
 def contrast_lambda(wd: float, metrics: dict) -> float:
@@ -182,17 +179,6 @@ def markdown_table(by_lambda: pd.DataFrame) -> str:
         cells = [figures.fmt_lambda(row["lambda"])] + [f"{row[c]:.3g}" for c in list(columns)[1:-1]] + ["yes" if row["diverged"] else "no"]
         rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
-
-
-def log_to_mlflow(settings: Settings, files: list[Path]) -> None:
-    """Attach the figures and the page to the MLflow runs they describe."""
-    tracker = Tracker(settings.tracking, settings.tracking.experiment_synthetic)
-    for run in ("grid", "headline"):
-        run_id = load_tensors(paths.synthetic_model(run), made_by=f"train_synthetic@{run}").get("mlflow_run_id")
-        if tracker.run_exists(run_id):
-            tracker.log_artifacts(run_id, files, folder="report")
-        elif tracker.enabled:
-            log.warning("MLflow run of the %s training is not in %s; figures not attached", run, tracker.uri)
 
 
 if __name__ == "__main__":

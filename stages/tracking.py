@@ -46,6 +46,15 @@ def run_tags(role: str) -> dict[str, str]:
     return tags
 
 
+def training_run_name(run: str, lambdas: tuple[float, ...]) -> str:
+    """The MLflow name of a training stage's run: `headline λ=3` or `grid of 10 λ`."""
+    return f"headline λ={lambdas[0]:g}" if run == "headline" else f"grid of {len(lambdas)} λ"
+
+
+def lambda_params(lambdas: tuple[float, ...]) -> dict[str, str]:
+    return {"lambda": f"{lambdas[0]:g}"} if len(lambdas) == 1 else {"lambda_grid": ",".join(f"{v:g}" for v in lambdas)}
+
+
 class Tracker:
     """Logs to MLflow, or does nothing when `tracking.enabled` is false."""
 
@@ -155,6 +164,19 @@ class Tracker:
             return True
         except Exception:
             return False
+
+
+def attach_report(settings: TrackingSettings, experiment: str, checkpoints: Mapping[str, Path], files: Sequence[Path]) -> None:
+    """Attach report files to the MLflow runs that trained the checkpoints {stage name: path} (ids stored in them)."""
+    from stages.files import load_tensors
+
+    tracker = Tracker(settings, experiment)
+    for made_by, checkpoint in checkpoints.items():
+        run_id = load_tensors(checkpoint, made_by=made_by).get("mlflow_run_id")
+        if tracker.run_exists(run_id):
+            tracker.log_artifacts(run_id, files, folder="report")
+        elif tracker.enabled:
+            log.warning("the MLflow run of %s is not in %s; report not attached", made_by, tracker.uri)
 
 
 def _alive(pid: int) -> bool:

@@ -15,7 +15,7 @@ from stages import cifar, paths
 from stages.common import pick_device, run_stage, stage_parser
 from stages.files import save_tensors, write_csv
 from stages.settings import Settings
-from stages.tracking import Tracker, flatten, run_tags
+from stages.tracking import Tracker, flatten, lambda_params, run_tags, training_run_name
 
 log = logging.getLogger("wd-lab.train_cifar10")
 
@@ -38,7 +38,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     splits = splits.to(device)  # the whole dataset as uint8 tensors on the device, once
 
     results = []
-    with tracker.run(_run_name(args.run, lambdas), params | _lambda_params(lambdas), run_tags(f"cifar10-{args.run}")) as run_id:
+    with tracker.run(training_run_name(args.run, lambdas), params | lambda_params(lambdas), run_tags(f"cifar10-{args.run}")) as run_id:
         for lam in lambdas:
             with _member_run(tracker, args.run, lam, params, run_id) as member_id:
                 result = cifar.train(splits, study, lam, settings.seed, formats)
@@ -74,14 +74,6 @@ def _member_run(tracker: Tracker, run: str, lam: float, params: dict, parent_id:
         return
     with tracker.run(f"λ={lam:g}", params | {"lambda": lam}, run_tags("cifar10-grid-member"), parent_id=parent_id) as child:
         yield child
-
-
-def _run_name(run: str, lambdas: tuple[float, ...]) -> str:
-    return f"headline λ={lambdas[0]:g}" if run == "headline" else f"grid of {len(lambdas)} λ"
-
-
-def _lambda_params(lambdas: tuple[float, ...]) -> dict[str, str]:
-    return {"lambda": f"{lambdas[0]:g}"} if len(lambdas) == 1 else {"lambda_grid": ",".join(f"{v:g}" for v in lambdas)}
 
 
 def log_result(tracker: Tracker, run_id: str | None, result: cifar.RunResult, width: int) -> None:

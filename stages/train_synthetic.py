@@ -11,7 +11,7 @@ from stages import linreg, paths
 from stages.common import pick_device, run_stage, stage_parser
 from stages.files import save_tensors, write_csv
 from stages.settings import Settings
-from stages.tracking import Tracker, flatten, run_tags
+from stages.tracking import Tracker, flatten, lambda_params, run_tags, training_run_name
 
 log = logging.getLogger("wd-lab.train_synthetic")
 
@@ -28,7 +28,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     )
     log.info("training %s run on %s: λ ∈ %s", args.run, device, list(lambdas))
 
-    with tracker.run(_run_name(args.run, lambdas), params | _lambda_params(lambdas), run_tags(f"synthetic-{args.run}")) as run_id:
+    with tracker.run(training_run_name(args.run, lambdas), params | lambda_params(lambdas), run_tags(f"synthetic-{args.run}")) as run_id:
         result = linreg.train_grid(
             train_set, lambdas, settings.synthetic.train, settings.seed, device, eval_sets={"test": test_set}
         )
@@ -43,14 +43,6 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     write_csv(paths.synthetic_history(args.run), history_rows(result))
     for lam, train_loss, test_loss, w_norm in zip(lambdas, result.final("train_loss"), result.final("test_loss"), result.final("w_norm")):
         log.info("λ=%-8g train loss %.3g  test loss %.3g  ‖w‖ %.3f", lam, train_loss, test_loss, w_norm)
-
-
-def _run_name(run: str, lambdas: tuple[float, ...]) -> str:
-    return f"headline λ={lambdas[0]:g}" if run == "headline" else f"grid of {len(lambdas)} λ"
-
-
-def _lambda_params(lambdas: tuple[float, ...]) -> dict[str, str]:
-    return {"lambda": f"{lambdas[0]:g}"} if len(lambdas) == 1 else {"lambda_grid": ",".join(f"{v:g}" for v in lambdas)}
 
 
 def _metrics_of(result: linreg.GridRun, g: int) -> tuple[dict, dict]:
