@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 
+from stages import generate
+from stages.common import run_stage, stage_parser
 from stages.settings import ParamsError, parse_settings
 from tests.workspace import ROOT, load_params, set_key, stage, write_params
 
@@ -57,13 +60,16 @@ BAD = [
 
 
 @pytest.mark.parametrize(("key", "value", "words"), BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])
-def test_bad_value_names_key_value_and_rule(key, value, words):
-    params = set_key(copy.deepcopy(BASE), key, value)
-    with pytest.raises(ParamsError) as err:
-        parse_settings(params)
-    message = str(err.value)
-    assert key in message and words in message
-    assert "\n" not in message
+def test_bad_value_stops_the_stage_with_one_line_and_touches_nothing(key, value, words, tmp_path, monkeypatch, capsys):
+    params = write_params(tmp_path / "params.yaml", set_key(copy.deepcopy(BASE), key, value))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["generate", "--params", str(params)])
+    with pytest.raises(SystemExit) as stop:
+        run_stage(generate.main, stage_parser(generate.__doc__, "python -m stages.generate"))
+    assert stop.value.code == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: ") and key in line and words in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"], "no output may be written"
 
 
 @pytest.mark.parametrize(
