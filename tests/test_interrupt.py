@@ -16,11 +16,13 @@ from tests.workspace import commit_all, copy_project, dvc, load_params, set_key,
 
 pytestmark = pytest.mark.slow
 
+TARGET = "report_synthetic"  # the synthetic branch: quick to reproduce, and its training can run long
+
 
 @pytest.fixture
 def baseline(tmp_path):
     project = copy_project(tmp_path / "project")
-    dvc(project, "repro", "report_synthetic")
+    dvc(project, "repro", TARGET)
     commit_all(project, "baseline")
     return project
 
@@ -29,7 +31,7 @@ def start_long_training(project) -> subprocess.Popen:
     """`dvc repro` with training long enough to be killed mid-way (the headline run comes first), in its own process group."""
     write_params(project / "params.yaml", set_key(load_params(project / "params.yaml"), "synthetic.train.epochs", 40_000))
     return subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", "report_synthetic"],
+        [sys.executable, "-m", "dvc", "repro", TARGET],
         cwd=project, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
 
@@ -56,9 +58,8 @@ def assert_nothing_lost(project, lock_before: str, metrics_before: str) -> None:
     assert (project / "metrics/synthetic.json").read_text() == metrics_before
     assert not [p for p in project.rglob(".*.tmp") if ".dvc" not in p.parts], "no half-written file may remain"
     # the previous outputs come back from the untouched cache
-    dvc(project, "checkout", "--force")
-    dvc(project, "status")  # exits 0
-    status = json.loads(dvc(project, "status", "--json").stdout)
+    dvc(project, "checkout", "--force", "--with-deps", TARGET)
+    status = json.loads(dvc(project, "status", "--json", "--with-deps", TARGET).stdout)
     assert set(status) == {"train_synthetic@headline", "train_synthetic@grid", "cross_validate", "report_synthetic"}  # params only
     assert all(list(entry) == ["changed deps"] for entries in status.values() for entry in entries), status
 
@@ -81,12 +82,12 @@ def test_killed_training_loses_nothing_and_repro_recovers(baseline, how):
 
     # back to the committed params: the next repro completes, and a SIGKILLed run no longer shows RUNNING
     subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=project, check=True)
-    dvc(project, "repro", "report_synthetic")
+    dvc(project, "repro", TARGET)
     if how == "SIGKILL":
         # nothing could end that run from inside; the next training stage of the study marks it KILLED
         assert run_status(project, run_id) == "RUNNING"
         dvc(project, "repro", "--force", "--single-item", "train_synthetic@headline")
-        dvc(project, "repro", "report_synthetic")
+        dvc(project, "repro", TARGET)
     assert run_status(project, run_id) == "KILLED"
-    assert dvc(project, "status").stdout.strip().endswith("Data and pipelines are up to date.")
+    assert dvc(project, "status", "--with-deps", TARGET).stdout.strip().endswith("Data and pipelines are up to date.")
     assert (project / "metrics/synthetic.json").read_text() == metrics_before

@@ -55,7 +55,7 @@ def test_second_repro_does_nothing(reproduced):
     project, _ = reproduced
     again = dvc(project, "repro", TARGET)
     assert ran_stages(again.stdout) == set()
-    assert "Data and pipelines are up to date" in dvc(project, "status").stdout
+    assert "Data and pipelines are up to date" in dvc(project, "status", "--with-deps", TARGET).stdout
 
 
 def test_metrics_and_plots_commands_work(reproduced, tmp_path):
