@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import json
 import os
 import shutil
@@ -84,8 +85,11 @@ def write_csv(path: Path | str, rows: Sequence[dict[str, Any]]) -> None:
 
 
 def save_tensors(path: Path | str, tensors: dict[str, Any]) -> None:
+    """torch.save, byte-identical for identical tensors (saving to a file would name the zip's folder after it)."""
+    buffer = io.BytesIO()
+    torch.save(tensors, buffer)
     with atomic_path(path) as tmp:
-        torch.save(tensors, tmp)
+        tmp.write_bytes(buffer.getvalue())
 
 
 def load_tensors(path: Path | str, made_by: str, required: Sequence[str] = ()) -> dict[str, Any]:

@@ -23,6 +23,11 @@ def synthetic_model(run: str) -> Path:
     return SYNTHETIC_MODELS / f"{run}.pt"
 
 
+def synthetic_run_record(run: str) -> Path:
+    """The MLflow run a training stage logged to; kept out of the model file so that stays reproducible."""
+    return SYNTHETIC_MODELS / f"{run}_mlflow.json"
+
+
 def synthetic_history(run: str) -> Path:
     return SYNTHETIC_RESULTS / f"{run}_history.csv"
 
@@ -32,6 +37,10 @@ CIFAR_BY_LAMBDA = CIFAR_RESULTS / "by_lambda.csv"
 
 def cifar_model(run: str) -> Path:
     return CIFAR_MODELS / f"{run}.pt"
+
+
+def cifar_run_record(run: str) -> Path:
+    return CIFAR_MODELS / f"{run}_mlflow.json"
 
 
 def cifar_history(run: str) -> Path:

@@ -45,7 +45,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     write_text(PAGE, render_page(metrics, by_lambda, grid_run, settings))
     attach_report(
         settings.tracking, settings.tracking.experiment_cifar10,
-        {f"train_cifar10@{run}": paths.cifar_model(run) for run in ("grid", "headline")}, pngs + [PAGE],
+        {f"train_cifar10@{run}": paths.cifar_run_record(run) for run in ("grid", "headline")}, pngs + [PAGE],
     )
     log.info("wrote %s and %d figures", PAGE, len(pngs))
 

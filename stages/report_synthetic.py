@@ -42,7 +42,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     write_text(PAGE, render_page(metrics, by_lambda, contrast, settings))
     attach_report(
         settings.tracking, settings.tracking.experiment_synthetic,
-        {f"train_synthetic@{run}": paths.synthetic_model(run) for run in ("grid", "headline")}, pngs + [PAGE],
+        {f"train_synthetic@{run}": paths.synthetic_run_record(run) for run in ("grid", "headline")}, pngs + [PAGE],
     )
     log.info("wrote %s and %d figures", PAGE, len(pngs))
 

@@ -156,6 +156,10 @@ class Tracker:
         for path in paths:
             self.client.log_artifact(run_id, str(path), artifact_path=folder)
 
+    def run_record(self, run_id: str | None) -> dict[str, str | None]:
+        """What a training stage writes beside its model so later stages find its MLflow run."""
+        return {"run_id": run_id, "tracking_uri": self.uri if self.enabled else None}
+
     def run_exists(self, run_id: str | None) -> bool:
         if not self.enabled or not run_id:
             return False
@@ -166,13 +170,13 @@ class Tracker:
             return False
 
 
-def attach_report(settings: TrackingSettings, experiment: str, checkpoints: Mapping[str, Path], files: Sequence[Path]) -> None:
-    """Attach report files to the MLflow runs that trained the checkpoints {stage name: path} (ids stored in them)."""
-    from stages.files import load_tensors
+def attach_report(settings: TrackingSettings, experiment: str, records: Mapping[str, Path], files: Sequence[Path]) -> None:
+    """Attach report files to the MLflow runs named in the training stages' run records {stage name: path}."""
+    from stages.files import read_json
 
     tracker = Tracker(settings, experiment)
-    for made_by, checkpoint in checkpoints.items():
-        run_id = load_tensors(checkpoint, made_by=made_by).get("mlflow_run_id")
+    for made_by, record in records.items():
+        run_id = read_json(record, made_by=made_by).get("run_id")
         if tracker.run_exists(run_id):
             tracker.log_artifacts(run_id, files, folder="report")
         elif tracker.enabled:

@@ -13,7 +13,7 @@ import torch
 
 from stages import cifar, paths
 from stages.common import pick_device, run_stage, stage_parser
-from stages.files import save_tensors, write_csv
+from stages.files import save_tensors, write_csv, write_json
 from stages.settings import Settings
 from stages.tracking import Tracker, flatten, lambda_params, run_tags, training_run_name
 
@@ -45,7 +45,8 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
                 log_result(tracker, member_id, result, study.model.width)
             results.append(result)
 
-    save_tensors(paths.cifar_model(args.run), checkpoint(results, study.model.width, splits, formats, run_id))
+    save_tensors(paths.cifar_model(args.run), checkpoint(results, study.model.width, splits, formats))
+    write_json(paths.cifar_run_record(args.run), tracker.run_record(run_id))
     write_csv(paths.cifar_history(args.run), history_rows(results))
     write_csv(paths.cifar_layer_norms(args.run), layer_norm_rows(results))
     for result in results:
@@ -97,7 +98,7 @@ def model_file(result: cifar.RunResult, width: int) -> dict:
     return {"lambda": result.weight_decay, "width": width, "state_dict": result.state_dict}
 
 
-def checkpoint(results: list[cifar.RunResult], width: int, splits: cifar.Splits, formats: cifar.Formats, run_id: str | None) -> dict:
+def checkpoint(results: list[cifar.RunResult], width: int, splits: cifar.Splits, formats: cifar.Formats) -> dict:
     """Every λ's trained weights and how they were made: `cifar.ResNet(width).load_state_dict(state_dicts[g])`."""
     return {
         "lambdas": torch.tensor([r.weight_decay for r in results], dtype=torch.float64),
@@ -108,7 +109,6 @@ def checkpoint(results: list[cifar.RunResult], width: int, splits: cifar.Splits,
         "formats": formats.describe(),
         "state_dicts": [r.state_dict for r in results],
         "diverged_epoch": torch.tensor([-1 if r.diverged_epoch is None else r.diverged_epoch for r in results]),
-        "mlflow_run_id": run_id or "",
     }
 
 

@@ -9,7 +9,7 @@ import torch
 
 from stages import linreg, paths
 from stages.common import pick_device, run_stage, stage_parser
-from stages.files import save_tensors, write_csv
+from stages.files import save_tensors, write_csv, write_json
 from stages.settings import Settings
 from stages.tracking import Tracker, flatten, lambda_params, run_tags, training_run_name
 
@@ -39,7 +39,8 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
                 with tracker.run(f"λ={lam:g}", params | {"lambda": lam}, run_tags("synthetic-grid-member"), parent_id=run_id) as child:
                     tracker.log_metrics(child, *_metrics_of(result, g))
 
-    save_tensors(paths.synthetic_model(args.run), _checkpoint(result, run_id))
+    save_tensors(paths.synthetic_model(args.run), _checkpoint(result))
+    write_json(paths.synthetic_run_record(args.run), tracker.run_record(run_id))
     write_csv(paths.synthetic_history(args.run), history_rows(result))
     for lam, train_loss, test_loss, w_norm in zip(lambdas, result.final("train_loss"), result.final("test_loss"), result.final("w_norm")):
         log.info("λ=%-8g train loss %.3g  test loss %.3g  ‖w‖ %.3f", lam, train_loss, test_loss, w_norm)
@@ -52,13 +53,12 @@ def _metrics_of(result: linreg.GridRun, g: int) -> tuple[dict, dict]:
     return series, final
 
 
-def _checkpoint(result: linreg.GridRun, run_id: str | None) -> dict:
+def _checkpoint(result: linreg.GridRun) -> dict:
     return {
         "lambdas": torch.tensor(result.lambdas, dtype=torch.float64),
         "weight": result.weight,
         "bias": result.bias,
         "diverged_epoch": torch.tensor([-1 if e is None else e for e in result.diverged_epoch]),
-        "mlflow_run_id": run_id or "",
     }
 
 

@@ -236,9 +236,9 @@ def test_stages_write_metrics_curves_and_report(pipeline):
 
 
 def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
-    checkpoint = torch.load(pipeline / paths.cifar_model("grid"), weights_only=True)
+    record = json.loads((pipeline / paths.cifar_run_record("grid")).read_text())
     client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
-    parent = client.get_run(checkpoint["mlflow_run_id"])
+    parent = client.get_run(record["run_id"])
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
