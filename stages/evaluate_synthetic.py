@@ -11,7 +11,7 @@ import torch
 
 from stages import linreg, paths
 from stages.common import run_stage, stage_parser
-from stages.files import StageInputError, load_tensors, write_csv, write_json
+from stages.files import StageInputError, load_tensors, read_table, write_csv, write_json
 from stages.settings import Settings
 
 log = logging.getLogger("wd-lab.evaluate_synthetic")
@@ -36,9 +36,7 @@ def load_run(run: str) -> dict:
 
 
 def load_cv(lambdas: tuple[float, ...]) -> pd.DataFrame:
-    if not paths.SYNTHETIC_CV.is_file():
-        raise StageInputError(f"{paths.SYNTHETIC_CV} is missing: run `dvc repro cross_validate` to make it again")
-    cv = pd.read_csv(paths.SYNTHETIC_CV)
+    cv = read_table(paths.SYNTHETIC_CV, made_by="cross_validate")
     if set(cv.columns) != {"fold", "lambda", "valid_loss"} or set(cv["lambda"]) != set(lambdas):
         raise StageInputError(f"{paths.SYNTHETIC_CV} does not match synthetic.lambda_grid: run `dvc repro cross_validate`")
     return cv

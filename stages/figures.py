@@ -28,15 +28,15 @@ def lambda_palette(lambdas: Sequence[float]) -> dict[float, tuple]:
     return dict(zip(sorted(lambdas), colours))
 
 
-def lambda_axis(ax: plt.Axes, lambdas: Sequence[float], axis: str = "x") -> None:
-    """Symmetric-log λ axis: log-spaced values stay evenly spaced and λ = 0 still has a place."""
-    positive = [v for v in lambdas if v > 0]
-    linthresh = min(positive) if positive else 1.0
-    if axis == "x":
-        ax.set_xscale("symlog", linthresh=linthresh, linscale=0.5)
-        ax.set_xlim(0, max(lambdas) * 1.6 if positive else 1.0)
-    else:
-        ax.set_yscale("symlog", linthresh=linthresh, linscale=0.5)
+def lambda_axis(ax: plt.Axes, lambdas: Sequence[float]) -> None:
+    """Symmetric-log λ axis with a labelled tick at each λ of the grid: log-spaced values stay evenly
+    spaced, λ = 0 still has a place, and every point reads off directly."""
+    values = sorted(set(float(v) for v in lambdas))
+    positive = [v for v in values if v > 0]
+    ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0, linscale=0.5)
+    ax.set_xlim(0, max(values) * 1.6 if positive else 1.0)
+    ax.set_xticks(values, [fmt_lambda(v) for v in values], rotation=30)
+    ax.minorticks_off()
 
 
 def save(fig: plt.Figure, path: Path) -> Path:

@@ -94,7 +94,7 @@ def train_grid(
     weight, bias = initial_params(len(lambdas), x.shape[1], spec.init_std, seed)
     weight, bias = weight.to(device), bias.to(device)
     lam = torch.tensor(list(lambdas), dtype=x.dtype, device=device)
-    step = _scratch_stepper(weight, bias, lam, spec.lr) if spec.implementation == "scratch" else _concise_stepper(
+    step = _ScratchStepper(weight, bias, lam, spec.lr) if spec.implementation == "scratch" else _ConciseStepper(
         weight, bias, lambdas, spec.lr
     )
 
@@ -133,7 +133,7 @@ def train_grid(
     )
 
 
-class _scratch_stepper:
+class _ScratchStepper:
     """L2 penalty in the loss and a hand-written SGD step, for all λ in one tensor op."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, lam: torch.Tensor, lr: float):
@@ -154,7 +154,7 @@ class _scratch_stepper:
         return self.weight.detach(), self.bias.detach()
 
 
-class _concise_stepper:
+class _ConciseStepper:
     """torch.optim.SGD with weight_decay=λ on each model's weight; biases are not decayed."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, lambdas: Sequence[float], lr: float):

@@ -65,14 +65,6 @@ def finite(by_lambda: pd.DataFrame) -> pd.DataFrame:
 # ── figures ───────────────────────────────────────────────────────────────────────────────────────
 
 
-def lambda_ticks(ax: plt.Axes, lambdas: pd.Series) -> None:
-    """Symlog λ axis with a labelled tick at each λ of the grid, so every point reads off directly."""
-    figures.lambda_axis(ax, lambdas)
-    values = sorted(set(lambdas))
-    ax.set_xticks(values, [figures.fmt_lambda(v) for v in values], rotation=30)
-    ax.minorticks_off()
-
-
 def mark_diverged(ax: plt.Axes, by_lambda: pd.DataFrame) -> None:
     """A cross on the λ axis for each diverged run, so a missing point reads as 'diverged', not 'forgotten'."""
     diverged = by_lambda[by_lambda["diverged"].astype(bool)]
@@ -91,7 +83,7 @@ def plot_accuracy_vs_lambda(by_lambda: pd.DataFrame, chosen: float | None) -> Pa
         picked = 100 * by_lambda.loc[by_lambda["lambda"] == chosen, "test_accuracy"]
         ax.scatter([chosen], picked, marker="*", s=260, color="black", zorder=6, clip_on=False, label=f"picked by validation ({lam(chosen)})")
     mark_diverged(ax, by_lambda)
-    lambda_ticks(ax, by_lambda["lambda"])
+    figures.lambda_axis(ax, by_lambda["lambda"])
     ax.set(xlabel="weight decay λ", ylabel="accuracy (%)", title=accuracy_title(by_lambda))
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     return figures.save(fig, FIG_ACCURACY)
@@ -118,7 +110,7 @@ def plot_gap_vs_lambda(by_lambda: pd.DataFrame) -> Path:
         data = by_lambda.dropna(subset=[column])
         sns.lineplot(x=data["lambda"], y=scale * data[column], marker="o", ax=ax)
         mark_diverged(ax, by_lambda)
-        lambda_ticks(ax, by_lambda["lambda"])
+        figures.lambda_axis(ax, by_lambda["lambda"])
         ax.set(xlabel="weight decay λ", ylabel=label)
     fig.suptitle(gap_title(by_lambda))
     return figures.save(fig, FIG_GAP)
