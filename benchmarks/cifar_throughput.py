@@ -7,7 +7,7 @@ CIFAR shape, which cost exactly what real images cost:
              RandomHorizontalFlip(), ToTensor(), Normalize]), a shuffling DataLoader; float32, NCHW
   tutorial+  the same data pipeline feeding this trainer's device formats (bf16 autocast, channels_last
              where they apply), to separate the data pipeline's share from the formats' share
-  trainer    stages.cifar.train_epoch: the dataset as one uint8 tensor on the device, flips and
+  trainer    wdlab.cifar10.training.Trainer.train_epoch: the dataset as one uint8 tensor on the device, flips and
              crops as batched tensor ops, the same device formats
 
     python -m benchmarks.cifar_throughput                 # params.yaml's width and batch size
@@ -17,7 +17,6 @@ CIFAR shape, which cost exactly what real images cost:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from collections.abc import Callable
 
@@ -28,9 +27,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from stages import cifar
-from stages.common import pick_device, seeded_generator
-from stages.settings import load_settings
+from wdlab import streams
+from wdlab.cifar10.data import MEAN, STD, Split
+from wdlab.cifar10.model import build_model
+from wdlab.cifar10.training import Trainer, make_optimizer
+from wdlab.device import Formats, device_formats, pick_device
+from wdlab.settings import load_settings
 
 
 class ArrayCIFAR(Dataset):
@@ -51,13 +53,13 @@ def tutorial_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int,
         transforms.RandomCrop(32, padding=4),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
-        transforms.Normalize(cifar.MEAN, cifar.STD),
+        transforms.Normalize(MEAN, STD),
     ])
     dataset = ArrayCIFAR(images.permute(0, 2, 3, 1).numpy(), labels.numpy(), augment)
     return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
 
 
-def tutorial_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, formats: cifar.Formats) -> None:
+def tutorial_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, formats: Formats) -> None:
     model.train()
     for images, labels in loader:
         images = images.to(formats.device).contiguous(memory_format=formats.memory_format)
@@ -99,30 +101,29 @@ def main() -> None:
     settings = load_settings(args.params)
     study = settings.cifar10
     # Both loops augment (flip + crop), whatever cifar10.data.augment says: that is the work being compared.
-    spec = dataclasses.replace(study, data=dataclasses.replace(study.data, augment=True), train=dataclasses.replace(study.train, epochs=1))
+    spec = study.model_copy(update={"data": study.data.model_copy(update={"augment": True}), "train": study.train.model_copy(update={"epochs": 1})})
     device = pick_device(settings.device)
-    fast = cifar.device_formats(device, study.train.mixed_precision)
-    plain = cifar.Formats(device, torch.contiguous_format, None)
-    gen = seeded_generator(settings.seed, 0)
+    fast = device_formats(device, study.train.mixed_precision)
+    plain = Formats(device, torch.contiguous_format, None)
+    gen = streams.generator(settings.seed, 0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, 10, (args.images,), generator=gen)
     n = (args.images // study.train.batch_size) * study.train.batch_size  # both loops drop the last partial batch
     print(f"device {device} ({torch.get_num_threads()} threads), width {study.model.width}, batch {study.train.batch_size}, "
           f"{n} images per epoch, trainer formats: {fast.describe()}")
 
-    def fresh(formats: cifar.Formats) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        model = cifar.build_model(study.model.width, settings.seed).to(device, memory_format=formats.memory_format)
-        return model, cifar.make_optimizer(model, study.train, study.wd)
+    def fresh(formats: Formats) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        model = build_model(study.model.width, settings.seed).to(device, memory_format=formats.memory_format)
+        return model, make_optimizer(model, study.train, study.wd)
 
     loader = tutorial_loader(images, labels, study.train.batch_size, args.workers)
-    tutorial, tutorial_plus, trainer = fresh(plain), fresh(fast), fresh(fast)
-    schedule = torch.optim.lr_scheduler.LambdaLR(trainer[1], lambda step: 1.0)
-    split = cifar.Split(images, labels).to(device)
-    order, augment = seeded_generator(settings.seed, 1), seeded_generator(settings.seed, 2)
+    tutorial, tutorial_plus = fresh(plain), fresh(fast)
+    trainer = Trainer.create(spec, study.wd, settings.seed, fast, n_train=n)
+    split = Split(images, labels).to(device)
     results = measure({
         "tutorial": lambda: tutorial_epoch(*tutorial, loader, plain),
         "tutorial+": lambda: tutorial_epoch(*tutorial_plus, loader, fast),
-        "trainer": lambda: cifar.train_epoch(*trainer, schedule, split, spec, order, augment, fast),
+        "trainer": lambda: trainer.train_epoch(split),
     }, n, args.repeats)
     for name, rate in results.items():
         print(f"{name:<10} {rate:8.0f} images/s")

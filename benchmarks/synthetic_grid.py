@@ -11,9 +11,10 @@ import time
 
 import torch
 
-from stages import linreg
-from stages.common import pick_device
-from stages.settings import load_settings
+from wdlab.device import pick_device
+from wdlab.settings import load_settings
+from wdlab.synthetic.data import Split, make_dataset
+from wdlab.synthetic.training import train_grid
 
 
 def timed(fn, repeats: int) -> float:
@@ -40,16 +41,16 @@ def main() -> None:
     if args.grid_size:
         lambdas = tuple(torch.logspace(-2, 2, args.grid_size - 1).tolist()) + (0.0,)
     device = pick_device(args.device or settings.device)
-    data = linreg.make_dataset(settings.synthetic.data, settings.seed)
-    train = linreg.Split(data["x_train"], data["y_train"])
-    test = {"test": linreg.Split(data["x_test"], data["y_test"])}
+    data = make_dataset(settings.synthetic.data, settings.seed)
+    train = Split(data["x_train"], data["y_train"])
+    test = {"test": Split(data["x_test"], data["y_test"])}
 
     def batched() -> None:
-        linreg.train_grid(train, lambdas, spec, settings.seed, device, test, progress=False)
+        train_grid(train, lambdas, spec, settings.seed, device, test, progress=False)
 
     def per_lambda() -> None:
         for lam in lambdas:
-            linreg.train_grid(train, (lam,), spec, settings.seed, device, test, progress=False)
+            train_grid(train, (lam,), spec, settings.seed, device, test, progress=False)
 
     torch.set_num_threads(torch.get_num_threads())
     t_batched, t_loop = timed(batched, args.repeats), timed(per_lambda, args.repeats)

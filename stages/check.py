@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import fnmatch
-import json
 import math
 import shutil
 import sys
@@ -18,7 +17,9 @@ from typing import Any
 
 from ruamel.yaml import YAML
 
-from stages.files import StageInputError, atomic_path
+from wdlab.errors import StageInputError
+from wdlab.files import atomic_path, read_json
+from wdlab.results import flatten
 
 CHECKS_FILE = Path("checks.yaml")
 
@@ -43,18 +44,6 @@ class Row:
     now: Any
     tolerance: str
     ok: bool
-
-
-def flatten(data: dict, prefix: str = "") -> dict[str, Any]:
-    """{'grid': {'lambda_3': {'test_loss': 0.08}}} → {'grid.lambda_3.test_loss': 0.08}."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out |= flatten(value, f"{name}.")
-        else:
-            out[name] = value
-    return out
 
 
 def tolerance_for(metric: str, rules: dict[str, dict]) -> Tolerance | None:
@@ -129,12 +118,6 @@ def load_checks(path: Path) -> dict:
     return YAML(typ="safe", pure=True).load(path.read_text())
 
 
-def read_metrics(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise StageInputError(f"{path} is missing: {what}")
-    return json.loads(path.read_text())
-
-
 def render(rows: list[Row]) -> str:
     def cell(value: Any) -> str:
         if isinstance(value, float):
@@ -154,8 +137,8 @@ def run_checks(checks: dict, profile: str, studies: list[str]) -> list[Row]:
     rows: list[Row] = []
     for study in studies:
         spec = checks["studies"][study]
-        now = read_metrics(Path(spec["metrics"]), "run `dvc repro` first")
-        base = read_metrics(baseline_dir / Path(spec["metrics"]).name, f"make it with `python -m stages.check --profile {profile} --update`")
+        now = read_json(spec["metrics"], made_by=f"evaluate_{study}")
+        base = read_json(baseline_dir / Path(spec["metrics"]).name, fix=f"make it with `python -m stages.check --profile {profile} --update`")
         rows += compare(base, now, spec["tolerances"])
         rows += list(INVARIANTS[study](now, float(spec.get("invariant_slack", 0.0))))
     return rows
@@ -165,7 +148,7 @@ def update(checks: dict, profile: str, studies: list[str]) -> None:
     baseline_dir = Path(checks["profiles"][profile]["baselines"])
     for study in studies:
         source = Path(checks["studies"][study]["metrics"])
-        read_metrics(source, "run `dvc repro` first")
+        read_json(source, made_by=f"evaluate_{study}")
         with atomic_path(baseline_dir / source.name) as tmp:
             shutil.copyfile(source, tmp)
         print(f"baseline {baseline_dir / source.name} ← {source}")

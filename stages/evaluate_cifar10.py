@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
+from pathlib import Path
 
 import pandas as pd
 
-from stages import paths
-from stages.common import run_stage, stage_parser
-from stages.files import StageInputError, load_tensors, write_csv, write_json
-from stages.settings import Settings
+from wdlab import stage
+from wdlab.errors import StageInputError
+from wdlab.files import read_table, write_csv, write_json
+from wdlab.results import best_lambda, finite_or_none, json_record
+from wdlab.settings import Settings
 
 log = logging.getLogger("wd-lab.evaluate_cifar10")
 
@@ -23,89 +24,59 @@ FINAL_KEYS = (
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    headline = final_rows("headline")
-    grid = final_rows("grid")
+    headline = final_rows(args.headline_history, "headline").iloc[0]
+    grid = final_rows(args.grid_history, "grid")
     if set(grid["lambda"]) != set(settings.cifar10.lambda_grid):
-        raise StageInputError(f"{paths.cifar_history('grid')} does not match cifar10.lambda_grid: run `dvc repro train_cifar10@grid`")
-    chosen = pick_lambda(grid)
+        raise StageInputError(f"{args.grid_history} does not match cifar10.lambda_grid: run `dvc repro train_cifar10@grid`")
+    chosen = best_lambda(grid, "valid_accuracy", higher_is_better=True)
 
-    write_csv(paths.CIFAR_BY_LAMBDA, csv_records(grid))
-    write_json(paths.CIFAR_METRICS, metrics(headline.iloc[0], grid, chosen))
-    row = headline.iloc[0]
-    log.info("headline λ=%g: test accuracy %.3f, gap %+.3f", row["lambda"], row["test_accuracy"], row["gap_accuracy"])
+    write_csv(args.table, [json_record(row) for row in grid[["lambda", *FINAL_KEYS, "epochs_run", "diverged"]].to_dict("records")])
+    write_json(args.metrics, metrics(headline, grid, chosen))
+    log.info("headline λ=%g: test accuracy %.3f, gap %+.3f", headline["lambda"], headline["test_accuracy"], headline["gap_accuracy"])
     if chosen is not None:
         log.info("validation accuracy picks λ=%g (test accuracy %.3f)", chosen, grid.set_index("lambda").loc[chosen, "test_accuracy"])
 
 
-def final_rows(run: str) -> pd.DataFrame:
-    """The last recorded epoch of every λ of a training run, with its divergence record."""
-    history_path = paths.cifar_history(run)
-    made_by = f"train_cifar10@{run}"
-    if not history_path.is_file():
-        raise StageInputError(f"{history_path} is missing: run `dvc repro {made_by}` to make it again")
-    history = pd.read_csv(history_path)
-    missing = [key for key in ("lambda", "epoch", *FINAL_KEYS) if key not in history.columns]
-    if missing:
-        raise StageInputError(f"{history_path} lacks {', '.join(missing)}: run `dvc repro {made_by}` to make it again")
-    checkpoint = load_tensors(paths.cifar_model(run), made_by=made_by, required=("lambdas", "diverged_epoch"))
-    diverged = dict(zip(checkpoint["lambdas"].tolist(), checkpoint["diverged_epoch"].tolist()))
+def final_rows(path: Path, run: str) -> pd.DataFrame:
+    """The last recorded epoch of every λ of a training run; a run that diverged stopped at the epoch marked so."""
+    history = read_table(path, made_by=f"train_cifar10@{run}", required=("lambda", "epoch", "diverged", *FINAL_KEYS))
     # tail(1), not last(): last() would skip a diverged run's NaN and report an earlier epoch's value.
     final = history.sort_values(["lambda", "epoch"]).groupby("lambda").tail(1).reset_index(drop=True)
-    final = final.rename(columns={"epoch": "epochs_run"})
-    final["diverged"] = [diverged.get(lam, -1) >= 0 for lam in final["lambda"]]
-    return final
-
-
-def pick_lambda(grid: pd.DataFrame) -> float | None:
-    """The λ with the highest validation accuracy (held-out training images); diverged runs never win."""
-    usable = grid[~grid["diverged"] & grid["valid_accuracy"].notna()]
-    if usable.empty:
-        return None
-    return float(usable.sort_values(["valid_accuracy", "lambda"], ascending=[False, True])["lambda"].iloc[0])
+    return final.rename(columns={"epoch": "epochs_run"})
 
 
 def metrics(headline: pd.Series, grid: pd.DataFrame, chosen: float | None) -> dict:
     """The DVC metrics file: the headline run, every λ of the grid, and the λ that validation picks."""
     by_lambda = grid.set_index("lambda")
-    finite = grid[~grid["diverged"]]
-    top_test = finite.sort_values(["test_accuracy", "lambda"], ascending=[False, True]).head(1)
+    top_test = best_lambda(grid, "test_accuracy", higher_is_better=True)
     return {
-        "headline": {"lambda": float(headline["lambda"])} | _summary(headline),
-        "grid": {f"lambda_{lam:g}": _summary(row) for lam, row in by_lambda.iterrows()},
+        "headline": {"lambda": float(headline["lambda"])} | summary(headline),
+        "grid": {f"lambda_{lam:g}": summary(row) for lam, row in by_lambda.iterrows()},
         "chosen_by_validation": None if chosen is None else {
             "lambda": chosen,
-            "valid_accuracy": _number(by_lambda.loc[chosen, "valid_accuracy"]),
-            "test_accuracy": _number(by_lambda.loc[chosen, "test_accuracy"]),
+            "valid_accuracy": finite_or_none(by_lambda.loc[chosen, "valid_accuracy"]),
+            "test_accuracy": finite_or_none(by_lambda.loc[chosen, "test_accuracy"]),
         },
         # Descriptive only: a λ chosen by test accuracy would make that test accuracy an optimistic estimate.
-        "highest_test_accuracy": None if top_test.empty else {
-            "lambda": float(top_test["lambda"].iloc[0]),
-            "test_accuracy": _number(top_test["test_accuracy"].iloc[0]),
+        "highest_test_accuracy": None if top_test is None else {
+            "lambda": top_test,
+            "test_accuracy": finite_or_none(by_lambda.loc[top_test, "test_accuracy"]),
         },
     }
 
 
-def _summary(row: pd.Series) -> dict:
-    return {key: _number(row[key]) for key in FINAL_KEYS} | {
-        "epochs_run": int(row["epochs_run"]),
-        "diverged": bool(row["diverged"]),
-    }
+def summary(row: pd.Series) -> dict:
+    return json_record({key: row[key] for key in FINAL_KEYS}) | {"epochs_run": int(row["epochs_run"]), "diverged": bool(row["diverged"])}
 
 
-def _number(value: float) -> float | None:
-    """JSON-friendly: NaN/inf of a diverged run become null."""
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def csv_records(grid: pd.DataFrame) -> list[dict]:
-    """One row per λ for `dvc plots`; a diverged run's non-finite values are left empty."""
-    columns = ["lambda", *FINAL_KEYS, "epochs_run", "diverged"]
-    return [
-        {key: (value if isinstance(value, (bool, str)) or math.isfinite(value) else None) for key, value in row.items()}
-        for row in grid[columns].to_dict("records")
-    ]
+def parser() -> argparse.ArgumentParser:
+    return stage.parser_with_paths(__doc__, "python -m stages.evaluate_cifar10", {
+        "headline-history": "the headline run's per-epoch history",
+        "grid-history": "the λ grid's per-epoch history",
+        "metrics": "the DVC metrics file (output)",
+        "table": "final metrics per λ, for dvc plots (output)",
+    })
 
 
 if __name__ == "__main__":
-    run_stage(main, stage_parser(__doc__, "python -m stages.evaluate_cifar10"))
+    stage.run_stage(main, parser())

@@ -4,50 +4,51 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
+from pathlib import Path
 
 import pandas as pd
 import torch
 
-from stages import linreg, paths
-from stages.common import run_stage, stage_parser
-from stages.files import StageInputError, load_tensors, read_table, write_csv, write_json
-from stages.settings import Settings
+from wdlab import stage
+from wdlab.errors import StageInputError
+from wdlab.files import load_tensors, read_table, write_csv, write_json
+from wdlab.results import best_lambda, json_record
+from wdlab.settings import Settings
+from wdlab.synthetic.data import Split, load_dataset
+from wdlab.synthetic.ridge import ridge_solution
+from wdlab.synthetic.selection import mean_cv_loss
+from wdlab.synthetic.training import predict, squared_loss
 
 log = logging.getLogger("wd-lab.evaluate_synthetic")
 
+METRIC_KEYS = ["train_loss", "test_loss", "w_norm", "objective", "ridge_test_loss", "ridge_objective", "diverged"]
+
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    train_set, test_set = linreg.load_dataset(paths.SYNTHETIC_DATA)
-    headline = evaluate_run(load_run("headline"), train_set, test_set)
-    grid = evaluate_run(load_run("grid"), train_set, test_set)
-    cv = load_cv(settings.synthetic.lambda_grid)
-    grid = grid.merge(cv.groupby("lambda", as_index=False)["valid_loss"].mean().rename(columns={"valid_loss": "cv_loss"}), on="lambda")
-    best = linreg.pick_lambda(grid["lambda"].tolist(), torch.tensor(grid["cv_loss"].to_numpy())[None])
+    train_set, test_set = load_dataset(args.data)
+    headline = evaluate_run(load_run(args.headline, "headline"), train_set, test_set).iloc[0]
+    grid = evaluate_run(load_run(args.grid, "grid"), train_set, test_set)
+    cv = read_table(args.cv, made_by="cross_validate", required=("fold", "lambda", "valid_loss"))
+    if set(cv["lambda"]) != set(settings.synthetic.lambda_grid):
+        raise StageInputError(f"{args.cv} does not match synthetic.lambda_grid: run `dvc repro cross_validate`")
+    grid = grid.merge(mean_cv_loss(cv), on="lambda")
+    best = best_lambda(grid, "cv_loss", higher_is_better=False)
 
-    write_csv(paths.SYNTHETIC_BY_LAMBDA, grid.to_dict("records"))
-    write_json(paths.SYNTHETIC_METRICS, metrics(headline.iloc[0], grid, best, train_set, test_set, settings))
-    row = headline.iloc[0]
-    log.info("headline λ=%g: test loss %.3g, ‖w‖ %.3f; cross-validation picks λ=%g", row["lambda"], row["test_loss"], row["w_norm"], best)
-
-
-def load_run(run: str) -> dict:
-    return load_tensors(paths.synthetic_model(run), made_by=f"train_synthetic@{run}", required=("lambdas", "weight", "bias"))
+    write_csv(args.table, grid.to_dict("records"))
+    write_json(args.metrics, metrics(headline, grid, best, train_set, test_set, settings))
+    log.info("headline λ=%g: test loss %.3g, ‖w‖ %.3f; cross-validation picks λ=%g", headline["lambda"], headline["test_loss"], headline["w_norm"], best)
 
 
-def load_cv(lambdas: tuple[float, ...]) -> pd.DataFrame:
-    cv = read_table(paths.SYNTHETIC_CV, made_by="cross_validate")
-    if set(cv.columns) != {"fold", "lambda", "valid_loss"} or set(cv["lambda"]) != set(lambdas):
-        raise StageInputError(f"{paths.SYNTHETIC_CV} does not match synthetic.lambda_grid: run `dvc repro cross_validate`")
-    return cv
+def load_run(path: Path, run: str) -> dict:
+    return load_tensors(path, made_by=f"train_synthetic@{run}", required=("lambdas", "weight", "bias", "diverged_epoch"))
 
 
-def evaluate_run(run: dict, train_set: linreg.Split, test_set: linreg.Split) -> pd.DataFrame:
+def evaluate_run(run: dict, train_set: Split, test_set: Split) -> pd.DataFrame:
     """Final losses and ‖w‖ of each trained model beside the exact ridge solution for its λ."""
     rows = []
     for g, lam in enumerate(run["lambdas"].tolist()):
         weight, bias = run["weight"][g : g + 1], run["bias"][g : g + 1]
-        ridge_w, ridge_b = linreg.ridge_solution(train_set, lam)
+        ridge_w, ridge_b = ridge_solution(train_set, lam)
         train_loss, ridge_train_loss = _loss(train_set, weight, bias), _loss(train_set, ridge_w[None], ridge_b[None])
         rows.append({
             "lambda": lam,
@@ -59,23 +60,21 @@ def evaluate_run(run: dict, train_set: linreg.Split, test_set: linreg.Split) -> 
             "ridge_test_loss": _loss(test_set, ridge_w[None], ridge_b[None]),
             "ridge_w_norm": ridge_w.norm().item(),
             "ridge_objective": ridge_train_loss + lam / 2 * ridge_w.norm().item() ** 2,
-            "diverged": bool(run["diverged_epoch"][g] >= 0) if "diverged_epoch" in run else False,
+            "diverged": bool(run["diverged_epoch"][g] >= 0),
         })
     return pd.DataFrame(rows)
 
 
-def _loss(split: linreg.Split, weight: torch.Tensor, bias: torch.Tensor) -> float:
+def _loss(split: Split, weight: torch.Tensor, bias: torch.Tensor) -> float:
     # (ŷ − y)²/2 averaged, in float64 so the exact solution is not blurred by rounding.
-    pred = linreg.predict(split.x.double(), weight.double(), bias.double())
-    return linreg.squared_loss(pred, split.y.double()).item()
+    return squared_loss(predict(split.x.double(), weight.double(), bias.double()), split.y.double()).item()
 
 
-def metrics(headline: pd.Series, grid: pd.DataFrame, best: float, train_set: linreg.Split, test_set: linreg.Split, settings: Settings) -> dict:
+def metrics(headline: pd.Series, grid: pd.DataFrame, best: float, train_set: Split, test_set: Split, settings: Settings) -> dict:
     """The DVC metrics file: headline run, every λ of the grid, the CV choice and two reference levels."""
-    keys = ["train_loss", "test_loss", "w_norm", "objective", "ridge_test_loss", "ridge_objective", "diverged"]
     return {
-        "headline": {"lambda": float(headline["lambda"])} | _clean(headline[keys].to_dict()),
-        "grid": {f"lambda_{lam:g}": _clean(row[keys + ["cv_loss"]].to_dict()) for lam, (_, row) in zip(grid["lambda"], grid.iterrows())},
+        "headline": {"lambda": float(headline["lambda"])} | json_record(headline[METRIC_KEYS].to_dict()),
+        "grid": {f"lambda_{row['lambda']:g}": json_record({k: row[k] for k in METRIC_KEYS + ["cv_loss"]}) for row in grid.to_dict("records")},
         "cv": {"best_lambda": best, "folds": settings.synthetic.cv_folds, "best_cv_loss": float(grid["cv_loss"].min())},
         "reference": {
             "noise_floor": settings.synthetic.data.noise_std**2 / 2,  # Bayes limit: E[ε²]/2
@@ -84,17 +83,16 @@ def metrics(headline: pd.Series, grid: pd.DataFrame, best: float, train_set: lin
     }
 
 
-def _clean(values: dict) -> dict:
-    """JSON-friendly numbers: bools stay bools, NaN/inf of a diverged run become null."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, bool) or key == "diverged":
-            out[key] = bool(value)
-        else:
-            value = float(value)
-            out[key] = value if math.isfinite(value) else None
-    return out
+def parser() -> argparse.ArgumentParser:
+    return stage.parser_with_paths(__doc__, "python -m stages.evaluate_synthetic", {
+        "data": "the dataset the generate stage wrote",
+        "headline": "the headline run's trained weights",
+        "grid": "the λ grid's trained weights",
+        "cv": "cross-validation losses per (fold, λ)",
+        "metrics": "the DVC metrics file (output)",
+        "table": "final metrics per λ, for dvc plots (output)",
+    })
 
 
 if __name__ == "__main__":
-    run_stage(main, stage_parser(__doc__, "python -m stages.evaluate_synthetic"))
+    stage.run_stage(main, parser())

@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
-from stages import linreg, paths
-from stages.common import run_stage, stage_parser
-from stages.files import save_tensors
-from stages.settings import Settings
+from wdlab import stage
+from wdlab.files import save_tensors
+from wdlab.settings import Settings
+from wdlab.synthetic.data import make_dataset
 
 log = logging.getLogger("wd-lab.generate")
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
     spec = settings.synthetic.data
-    dataset = linreg.make_dataset(spec, settings.seed)
-    save_tensors(paths.SYNTHETIC_DATA, dataset)
+    save_tensors(args.out, make_dataset(spec, settings.seed))
     log.info(
         "wrote %s: %d train and %d test samples, %d features (seed %d)",
-        paths.SYNTHETIC_DATA, spec.n_train, spec.n_test, spec.n_features, settings.seed,
+        args.out, spec.n_train, spec.n_test, spec.n_features, settings.seed,
     )
 
 
+def parser() -> argparse.ArgumentParser:
+    return stage.parser_with_paths(__doc__, "python -m stages.generate", {
+        "out": "the dataset (output)",
+    })
+
+
 if __name__ == "__main__":
-    run_stage(main, stage_parser(__doc__, "python -m stages.generate"))
+    stage.run_stage(main, parser())

@@ -11,43 +11,34 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
-from stages import figures, paths
-from stages.common import run_stage, stage_parser
-from stages.files import load_tensors, read_json, read_table, write_text
-from stages.settings import CifarSettings, Settings
-from stages.tracking import attach_report
+from wdlab import figures, stage
+from wdlab.files import read_json, read_table, write_text
+from wdlab.results import fmt_lambda, markdown_table
+from wdlab.settings import CifarSettings, Settings
+from wdlab.tracking import Tracker
 
 log = logging.getLogger("wd-lab.report_cifar10")
 
-PAGE = paths.REPORTS / "cifar10.md"
-FIG_ACCURACY = paths.FIGURES / "cifar10_accuracy_vs_lambda.png"
-FIG_GAP = paths.FIGURES / "cifar10_gap_vs_lambda.png"
-FIG_CURVES = paths.FIGURES / "cifar10_curves.png"
-FIG_LAYER_NORMS = paths.FIGURES / "cifar10_layer_norms.png"
-FIGURES = (FIG_ACCURACY, FIG_GAP, FIG_CURVES, FIG_LAYER_NORMS)
-
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    metrics = read_json(paths.CIFAR_METRICS, made_by="evaluate_cifar10")
-    by_lambda = read_table(paths.CIFAR_BY_LAMBDA, "evaluate_cifar10")
-    history = read_table(paths.cifar_history("grid"), "train_cifar10@grid")
-    layer_norms = read_table(paths.cifar_layer_norms("grid"), "train_cifar10@grid")
-    grid_run = load_tensors(paths.cifar_model("grid"), made_by="train_cifar10@grid")
+    metrics = read_json(args.metrics, made_by="evaluate_cifar10")
+    by_lambda = read_table(args.table, "evaluate_cifar10", required=tuple(TABLE_COLUMNS))
+    history = read_table(args.grid_history, "train_cifar10@grid", required=("lambda", "epoch", "train_accuracy", "test_accuracy", "w_norm"))
+    layer_norms = read_table(args.layer_norms, "train_cifar10@grid", required=("lambda", "epoch", "layer", "norm"))
+    setup = read_json(args.grid_record, made_by="train_cifar10@grid")  # device, formats and image counts of the grid
     chosen = (metrics.get("chosen_by_validation") or {}).get("lambda")
 
     figures.set_theme()
     pngs = [
-        plot_accuracy_vs_lambda(by_lambda, chosen),
-        plot_gap_vs_lambda(by_lambda),
-        plot_curves(history),
-        plot_layer_norms(layer_norms),
+        plot_accuracy_vs_lambda(by_lambda, chosen, args.figures / "accuracy_vs_lambda.png"),
+        plot_gap_vs_lambda(by_lambda, args.figures / "gap_vs_lambda.png"),
+        plot_curves(history, args.figures / "curves.png"),
+        plot_layer_norms(layer_norms, args.figures / "layer_norms.png"),
     ]
-    write_text(PAGE, render_page(metrics, by_lambda, grid_run, settings))
-    attach_report(
-        settings.tracking, settings.tracking.experiment_cifar10,
-        {f"train_cifar10@{run}": paths.cifar_run_record(run) for run in ("grid", "headline")}, pngs + [PAGE],
-    )
-    log.info("wrote %s and %d figures", PAGE, len(pngs))
+    write_text(args.page, render_page(metrics, by_lambda, setup, settings, figures.relative_to_page(pngs, args.page)))
+    records = {"train_cifar10@grid": args.grid_record, "train_cifar10@headline": args.headline_record}
+    Tracker(settings.tracking, settings.tracking.experiment_cifar10).attach_report(records, pngs + [args.page])
+    log.info("wrote %s and %d figures", args.page, len(pngs))
 
 
 def pct(value: float) -> str:
@@ -55,7 +46,7 @@ def pct(value: float) -> str:
 
 
 def lam(value: float) -> str:
-    return f"λ = {figures.fmt_lambda(value)}"
+    return f"λ = {fmt_lambda(value)}"
 
 
 def finite(by_lambda: pd.DataFrame) -> pd.DataFrame:
@@ -73,7 +64,7 @@ def mark_diverged(ax: plt.Axes, by_lambda: pd.DataFrame) -> None:
                    transform=ax.get_xaxis_transform(), label="diverged (stopped)", zorder=5, clip_on=False)
 
 
-def plot_accuracy_vs_lambda(by_lambda: pd.DataFrame, chosen: float | None) -> Path:
+def plot_accuracy_vs_lambda(by_lambda: pd.DataFrame, chosen: float | None, path: Path) -> Path:
     long = by_lambda.melt(id_vars="lambda", value_vars=["train_accuracy", "valid_accuracy", "test_accuracy"], var_name="split", value_name="accuracy")
     long["split"] = long["split"].str.removesuffix("_accuracy")
     long["accuracy"] *= 100
@@ -86,7 +77,7 @@ def plot_accuracy_vs_lambda(by_lambda: pd.DataFrame, chosen: float | None) -> Pa
     figures.lambda_axis(ax, by_lambda["lambda"])
     ax.set(xlabel="weight decay λ", ylabel="accuracy (%)", title=accuracy_title(by_lambda))
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
-    return figures.save(fig, FIG_ACCURACY)
+    return figures.save(fig, path)
 
 
 def accuracy_title(by_lambda: pd.DataFrame) -> str:
@@ -101,7 +92,7 @@ def accuracy_title(by_lambda: pd.DataFrame) -> str:
     return title
 
 
-def plot_gap_vs_lambda(by_lambda: pd.DataFrame) -> Path:
+def plot_gap_vs_lambda(by_lambda: pd.DataFrame, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, column, scale, label in (
         (axes[0], "gap_accuracy", 100, "train − test accuracy (points)"),
@@ -113,7 +104,7 @@ def plot_gap_vs_lambda(by_lambda: pd.DataFrame) -> Path:
         figures.lambda_axis(ax, by_lambda["lambda"])
         ax.set(xlabel="weight decay λ", ylabel=label)
     fig.suptitle(gap_title(by_lambda))
-    return figures.save(fig, FIG_GAP)
+    return figures.save(fig, path)
 
 
 def gap_title(by_lambda: pd.DataFrame) -> str:
@@ -128,10 +119,10 @@ def gap_title(by_lambda: pd.DataFrame) -> str:
     )
 
 
-def plot_curves(history: pd.DataFrame) -> Path:
+def plot_curves(history: pd.DataFrame, path: Path) -> Path:
     lambdas = sorted(history["lambda"].unique())
-    palette = {figures.fmt_lambda(v): colour for v, colour in figures.lambda_palette(lambdas).items()}
-    history = history.assign(λ=history["lambda"].map(figures.fmt_lambda))
+    palette = {fmt_lambda(v): colour for v, colour in figures.lambda_palette(lambdas).items()}
+    history = history.assign(λ=history["lambda"].map(fmt_lambda))
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for ax, metric, label in ((axes[0], "loss", "cross-entropy"), (axes[1], "accuracy", "accuracy (%)")):
         long = history.melt(id_vars=["λ", "epoch"], value_vars=[f"train_{metric}", f"test_{metric}"], var_name="split", value_name=metric)
@@ -146,7 +137,7 @@ def plot_curves(history: pd.DataFrame) -> Path:
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.suptitle(curves_title(history))
-    return figures.save(fig, FIG_CURVES)
+    return figures.save(fig, path)
 
 
 def curves_title(history: pd.DataFrame) -> str:
@@ -160,17 +151,17 @@ def curves_title(history: pd.DataFrame) -> str:
     )
 
 
-def plot_layer_norms(layer_norms: pd.DataFrame) -> Path:
+def plot_layer_norms(layer_norms: pd.DataFrame, path: Path) -> Path:
     final = layer_norms[layer_norms["epoch"] == layer_norms.groupby("lambda")["epoch"].transform("max")]
     table = final.pivot(index="layer", columns="lambda", values="norm").reindex(pd.unique(layer_norms["layer"]))
     relative = 0.0 in table.columns and table[0.0].notna().all()
     shown = table.div(table[0.0], axis=0) if relative else table
-    shown.columns = [figures.fmt_lambda(v) for v in shown.columns]
+    shown.columns = [fmt_lambda(v) for v in shown.columns]
     fig, ax = plt.subplots(figsize=(1.1 * len(shown.columns) + 3, 0.45 * len(shown) + 2))
     sns.heatmap(shown, annot=True, fmt=".2f", cmap="viridis", ax=ax,
                 cbar_kws={"label": "‖W‖ / ‖W‖ at λ = 0" if relative else "‖W‖₂"})
     ax.set(xlabel="weight decay λ", ylabel="layer (input → output)", title=layer_title(shown, relative))
-    return figures.save(fig, FIG_LAYER_NORMS)
+    return figures.save(fig, path)
 
 
 def layer_title(shown: pd.DataFrame, relative: bool) -> str:
@@ -188,13 +179,13 @@ def layer_title(shown: pd.DataFrame, relative: bool) -> str:
 # ── the page ──────────────────────────────────────────────────────────────────────────────────────
 
 
-def render_page(metrics: dict, by_lambda: pd.DataFrame, grid_run: dict, settings: Settings) -> str:
+def render_page(metrics: dict, by_lambda: pd.DataFrame, setup: dict, settings: Settings, figure_links: list[str]) -> str:
     study = settings.cifar10
     head = metrics["headline"]
     lines = [
         "# Weight decay on CIFAR-10",
         "",
-        setup_line(study, grid_run, settings.seed),
+        setup_line(study, setup, settings.seed),
         "",
         "## Finding",
         "",
@@ -202,30 +193,30 @@ def render_page(metrics: dict, by_lambda: pd.DataFrame, grid_run: dict, settings
         "",
         interpretation(by_lambda),
         "",
-        f"Headline run (`cifar10.wd` = {figures.fmt_lambda(head['lambda'])}): {headline_sentence(head)}",
+        f"Headline run (`cifar10.wd` = {fmt_lambda(head['lambda'])}): {headline_sentence(head)}",
         "",
         "## Figures",
         "",
-        *[f"![{p.stem}](figures/{p.name})" for p in FIGURES],
+        *[f"![{Path(link).stem}]({link})" for link in figure_links],
         "",
         "## Metrics per λ",
         "",
-        markdown_table(by_lambda),
+        markdown_table(by_lambda, TABLE_COLUMNS, TABLE_FORMATS),
         "",
         (
             "Gap = train − test accuracy (percentage points) and test − train cross-entropy, both measured in eval "
             "mode without augmentation. ‖θ‖ is the norm of all parameters."
         ),
         "",
-        "_Generated by `python -m stages.report_cifar10` from `metrics/cifar10.json`; rerun `dvc repro` to refresh._",
+        "_Generated by the `report_cifar10` stage of dvc.yaml from the study's metrics; rerun `dvc repro` to refresh._",
         "",
     ]
     return "\n".join(lines)
 
 
-def setup_line(study: CifarSettings, grid_run: dict, seed: int) -> str:
+def setup_line(study: CifarSettings, setup: dict, seed: int) -> str:
     t = study.train
-    n = grid_run.get("n_images", {})
+    n = setup.get("n_images", {})
     optimizer = (
         f"SGD with {'Nesterov ' if t.nesterov and t.momentum > 0 else ''}momentum {t.momentum:g}, weight decay added to the gradient (L2)"
         if t.optimizer == "sgd" else f"AdamW (decoupled weight decay, β₁ = {t.momentum:g})"
@@ -239,7 +230,7 @@ def setup_line(study: CifarSettings, grid_run: dict, seed: int) -> str:
         f"images, {n.get('test', '?'):,} test images. ResNet-9 layout, width {study.model.width}; {optimizer}; "
         f"{decayed}. Peak lr {t.lr:g}, {t.schedule} schedule with {t.warmup_fraction:.0%} warm-up, batch {t.batch_size}, "
         f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}, label smoothing {t.label_smoothing:g}, augmentation "
-        f"{'flip + crop' if study.data.augment else 'off'}; {grid_run.get('device', '?')} ({grid_run.get('formats', '?')}), "
+        f"{'flip + crop' if study.data.augment else 'off'}; {setup.get('device', '?')} ({setup.get('formats', '?')}), "
         f"seed {seed}._"
     )
 
@@ -289,7 +280,7 @@ def interpretation(by_lambda: pd.DataFrame) -> str:
         )
     diverged = by_lambda[by_lambda["diverged"].astype(bool)]
     if not diverged.empty:
-        which = ", ".join(figures.fmt_lambda(v) for v in diverged["lambda"])
+        which = ", ".join(fmt_lambda(v) for v in diverged["lambda"])
         sentences.append(
             f"λ = {which} diverged (non-finite loss) and was stopped early; its values are left empty and it is never picked."
         )
@@ -305,24 +296,29 @@ def headline_sentence(head: dict) -> str:
     )
 
 
-def markdown_table(by_lambda: pd.DataFrame) -> str:
-    columns = {
-        "lambda": "λ", "train_accuracy": "train acc", "valid_accuracy": "valid acc", "test_accuracy": "test acc",
-        "gap_accuracy": "gap (points)", "gap_loss": "gap (loss)", "w_norm": "‖θ‖", "epochs_run": "epochs", "diverged": "diverged",
-    }
-    formats = {
-        "train_accuracy": pct, "valid_accuracy": pct, "test_accuracy": pct,
-        "gap_accuracy": lambda v: f"{100 * v:.1f}", "gap_loss": lambda v: f"{v:.3f}", "w_norm": lambda v: f"{v:.1f}",
-        "epochs_run": lambda v: f"{int(v)}",
-    }
-    rows = ["| " + " | ".join(columns.values()) + " |", "|" + "---:|" * len(columns)]
-    for _, row in by_lambda.iterrows():
-        cells = [figures.fmt_lambda(row["lambda"])]
-        cells += ["—" if pd.isna(row[c]) else formats[c](row[c]) for c in list(columns)[1:-1]]
-        cells.append("yes" if row["diverged"] else "no")
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+TABLE_COLUMNS = {
+    "lambda": "λ", "train_accuracy": "train acc", "valid_accuracy": "valid acc", "test_accuracy": "test acc",
+    "gap_accuracy": "gap (points)", "gap_loss": "gap (loss)", "w_norm": "‖θ‖", "epochs_run": "epochs", "diverged": "diverged",
+}
+TABLE_FORMATS = {
+    "train_accuracy": pct, "valid_accuracy": pct, "test_accuracy": pct,
+    "gap_accuracy": lambda v: f"{100 * v:.1f}", "gap_loss": lambda v: f"{v:.3f}", "w_norm": lambda v: f"{v:.1f}",
+    "epochs_run": lambda v: f"{int(v)}",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    return stage.parser_with_paths(__doc__, "python -m stages.report_cifar10", {
+        "metrics": "the DVC metrics file evaluate_cifar10 wrote",
+        "table": "final metrics per λ",
+        "grid-history": "the grid's per-epoch history",
+        "layer-norms": "the grid's per-layer weight norms",
+        "headline-record": "the headline run's run record",
+        "grid-record": "the grid's run record",
+        "page": "the report page (output)",
+        "figures": "the folder of the report's figures (output)",
+    })
 
 
 if __name__ == "__main__":
-    run_stage(main, stage_parser(__doc__, "python -m stages.report_cifar10"))
+    stage.run_stage(main, parser())

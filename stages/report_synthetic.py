@@ -10,41 +10,35 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from stages import figures, paths
-from stages.common import run_stage, stage_parser
-from stages.files import read_json, read_table, write_text
-from stages.settings import Settings
-from stages.tracking import attach_report
+from wdlab import figures, stage
+from wdlab.files import read_json, read_table, write_text
+from wdlab.results import fmt_lambda, markdown_table
+from wdlab.settings import Settings
+from wdlab.tracking import Tracker
 
 log = logging.getLogger("wd-lab.report_synthetic")
 
-PAGE = paths.REPORTS / "synthetic.md"
-FIG_CURVES = paths.FIGURES / "synthetic_loss_curves.png"
-FIG_LOSS_VS_LAMBDA = paths.FIGURES / "synthetic_loss_vs_lambda.png"
-FIG_NORM_VS_LAMBDA = paths.FIGURES / "synthetic_wnorm_vs_lambda.png"
-FIG_NORM_VS_EPOCH = paths.FIGURES / "synthetic_wnorm_vs_epoch.png"
+HISTORY_COLUMNS = ("lambda", "epoch", "train_loss", "test_loss", "w_norm")
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    metrics = read_json(paths.SYNTHETIC_METRICS, made_by="evaluate_synthetic")
-    by_lambda = read_table(paths.SYNTHETIC_BY_LAMBDA, "evaluate_synthetic")
-    grid_history = read_table(paths.synthetic_history("grid"), "train_synthetic@grid")
-    headline_history = read_table(paths.synthetic_history("headline"), "train_synthetic@headline")
+    metrics = read_json(args.metrics, made_by="evaluate_synthetic")
+    by_lambda = read_table(args.table, "evaluate_synthetic", required=tuple(TABLE_COLUMNS))
+    grid_history = read_table(args.grid_history, "train_synthetic@grid", required=HISTORY_COLUMNS)
+    headline_history = read_table(args.headline_history, "train_synthetic@headline", required=HISTORY_COLUMNS)
     contrast = contrast_lambda(settings.wd, metrics)
 
     figures.set_theme()
     pngs = [
-        plot_loss_curves(grid_history, headline_history, contrast),
-        plot_loss_vs_lambda(by_lambda, metrics),
-        plot_norm_vs_lambda(by_lambda),
-        plot_norm_vs_epoch(grid_history),
+        plot_loss_curves(grid_history, headline_history, contrast, args.figures / "loss_curves.png"),
+        plot_loss_vs_lambda(by_lambda, metrics, args.figures / "loss_vs_lambda.png"),
+        plot_norm_vs_lambda(by_lambda, args.figures / "wnorm_vs_lambda.png"),
+        plot_norm_vs_epoch(grid_history, args.figures / "wnorm_vs_epoch.png"),
     ]
-    write_text(PAGE, render_page(metrics, by_lambda, contrast, settings))
-    attach_report(
-        settings.tracking, settings.tracking.experiment_synthetic,
-        {f"train_synthetic@{run}": paths.synthetic_run_record(run) for run in ("grid", "headline")}, pngs + [PAGE],
-    )
-    log.info("wrote %s and %d figures", PAGE, len(pngs))
+    write_text(args.page, render_page(metrics, by_lambda, contrast, settings, figures.relative_to_page(pngs, args.page)))
+    records = {"train_synthetic@grid": args.grid_record, "train_synthetic@headline": args.headline_record}
+    Tracker(settings.tracking, settings.tracking.experiment_synthetic).attach_report(records, pngs + [args.page])
+    log.info("wrote %s and %d figures", args.page, len(pngs))
 
 
 def contrast_lambda(wd: float, metrics: dict) -> float:
@@ -52,7 +46,7 @@ def contrast_lambda(wd: float, metrics: dict) -> float:
     return wd if wd > 0 else metrics["cv"]["best_lambda"]
 
 
-def plot_loss_curves(grid_history: pd.DataFrame, headline_history: pd.DataFrame, contrast: float) -> Path:
+def plot_loss_curves(grid_history: pd.DataFrame, headline_history: pd.DataFrame, contrast: float, path: Path) -> Path:
     runs = {0.0: grid_history[grid_history["lambda"] == 0.0]}
     runs[contrast] = headline_history if headline_history["lambda"].iloc[0] == contrast else grid_history[grid_history["lambda"] == contrast]
     fig, axes = plt.subplots(1, len(runs), figsize=(11, 4.2), sharey=True, squeeze=False)
@@ -60,12 +54,12 @@ def plot_loss_curves(grid_history: pd.DataFrame, headline_history: pd.DataFrame,
         long = history.melt(id_vars="epoch", value_vars=["train_loss", "test_loss"], var_name="split", value_name="loss")
         long["split"] = long["split"].str.removesuffix("_loss")
         sns.lineplot(data=long, x="epoch", y="loss", hue="split", ax=ax)
-        ax.set(yscale="log", title=f"λ = {figures.fmt_lambda(lam)}", xlabel="epoch", ylabel="squared loss (ŷ − y)²/2")
+        ax.set(yscale="log", title=f"λ = {fmt_lambda(lam)}", xlabel="epoch", ylabel="squared loss (ŷ − y)²/2")
     fig.suptitle("Without weight decay the test loss stays high while the train loss vanishes")
-    return figures.save(fig, FIG_CURVES)
+    return figures.save(fig, path)
 
 
-def plot_loss_vs_lambda(by_lambda: pd.DataFrame, metrics: dict) -> Path:
+def plot_loss_vs_lambda(by_lambda: pd.DataFrame, metrics: dict, path: Path) -> Path:
     long = by_lambda.melt(id_vars="lambda", value_vars=["train_loss", "test_loss", "cv_loss", "ridge_test_loss"], var_name="curve", value_name="loss")
     long["curve"] = long["curve"].map({
         "train_loss": "SGD train", "test_loss": "SGD test", "cv_loss": "SGD cross-validation", "ridge_test_loss": "exact ridge test",
@@ -77,29 +71,29 @@ def plot_loss_vs_lambda(by_lambda: pd.DataFrame, metrics: dict) -> Path:
     figures.lambda_axis(ax, by_lambda["lambda"])
     ax.set(yscale="log", xlabel="weight decay λ", ylabel="final squared loss", title="Test loss falls by orders of magnitude as λ grows")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
-    return figures.save(fig, FIG_LOSS_VS_LAMBDA)
+    return figures.save(fig, path)
 
 
-def plot_norm_vs_lambda(by_lambda: pd.DataFrame) -> Path:
+def plot_norm_vs_lambda(by_lambda: pd.DataFrame, path: Path) -> Path:
     long = by_lambda.melt(id_vars="lambda", value_vars=["w_norm", "ridge_w_norm"], var_name="model", value_name="norm")
     long["model"] = long["model"].map({"w_norm": "SGD, 100-epoch budget", "ridge_w_norm": "exact ridge"})
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.lineplot(data=long, x="lambda", y="norm", hue="model", style="model", markers=True, dashes=False, ax=ax)
     figures.lambda_axis(ax, by_lambda["lambda"])
     ax.set(yscale="log", xlabel="weight decay λ", ylabel="‖w‖₂", title="Weight decay shrinks the weights")
-    return figures.save(fig, FIG_NORM_VS_LAMBDA)
+    return figures.save(fig, path)
 
 
-def plot_norm_vs_epoch(grid_history: pd.DataFrame) -> Path:
+def plot_norm_vs_epoch(grid_history: pd.DataFrame, path: Path) -> Path:
     lambdas = sorted(grid_history["lambda"].unique())
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.lineplot(data=grid_history, x="epoch", y="w_norm", hue="lambda", palette=figures.lambda_palette(lambdas), ax=ax)
     ax.set(yscale="log", xlabel="epoch", ylabel="‖w‖₂", title="Each epoch multiplies w by about (1 − ηλ)^(steps)")
     ax.legend(title="λ", fontsize="small", ncols=2)
-    return figures.save(fig, FIG_NORM_VS_EPOCH)
+    return figures.save(fig, path)
 
 
-def render_page(metrics: dict, by_lambda: pd.DataFrame, contrast: float, settings: Settings) -> str:
+def render_page(metrics: dict, by_lambda: pd.DataFrame, contrast: float, settings: Settings, figure_links: list[str]) -> str:
     base = by_lambda.set_index("lambda").loc[0.0] if 0.0 in set(by_lambda["lambda"]) else None
     reg = by_lambda.set_index("lambda").loc[contrast]
     best = metrics["cv"]["best_lambda"]
@@ -121,23 +115,23 @@ def render_page(metrics: dict, by_lambda: pd.DataFrame, contrast: float, setting
         lines.append(
             f"Without weight decay (λ = 0) SGD fits the {spec.data.n_train} training points almost exactly "
             f"(train loss {base['train_loss']:.2g}) but the test loss is {base['test_loss']:.3g}: it overfits. "
-            f"With λ = {figures.fmt_lambda(contrast)} the train loss rises to {reg['train_loss']:.2g} while the test loss "
+            f"With λ = {fmt_lambda(contrast)} the train loss rises to {reg['train_loss']:.2g} while the test loss "
             f"falls to {reg['test_loss']:.3g}, {ratio:,.0f}× lower, and ‖w‖ shrinks from {base['w_norm']:.3g} to {reg['w_norm']:.3g}."
         )
     lines += ["", cv_sentence(metrics, chosen), "", optimum_sentence(by_lambda, metrics, spec.train.epochs), ""]
     lines += [
-        f"Headline run (`wd` = {figures.fmt_lambda(head['lambda'])}): train loss {head['train_loss']:.3g}, "
+        f"Headline run (`wd` = {fmt_lambda(head['lambda'])}): train loss {head['train_loss']:.3g}, "
         f"test loss {head['test_loss']:.3g}, ‖w‖ = {head['w_norm']:.3g}.",
         "",
         "## Figures",
         "",
-        *[f"![{p.stem}](figures/{p.name})" for p in (FIG_CURVES, FIG_LOSS_VS_LAMBDA, FIG_NORM_VS_LAMBDA, FIG_NORM_VS_EPOCH)],
+        *[f"![{Path(link).stem}]({link})" for link in figure_links],
         "",
         "## Metrics per λ",
         "",
-        markdown_table(by_lambda),
+        markdown_table(by_lambda, TABLE_COLUMNS),
         "",
-        "_Generated by `python -m stages.report_synthetic` from `metrics/synthetic.json`; rerun `dvc repro` to refresh._",
+        "_Generated by the `report_synthetic` stage of dvc.yaml from the study's metrics; rerun `dvc repro` to refresh._",
         "",
     ]
     return "\n".join(lines)
@@ -147,7 +141,7 @@ def cv_sentence(metrics: dict, chosen: pd.Series) -> str:
     best = metrics["cv"]["best_lambda"]
     return (
         f"{metrics['cv']['folds']}-fold cross-validation on the training set (the test set never takes part) picks "
-        f"λ = {figures.fmt_lambda(best)}; its test loss is {chosen['test_loss']:.3g}, against "
+        f"λ = {fmt_lambda(best)}; its test loss is {chosen['test_loss']:.3g}, against "
         f"{chosen['ridge_test_loss']:.3g} for the exact ridge solution at that λ."
     )
 
@@ -157,7 +151,7 @@ def optimum_sentence(by_lambda: pd.DataFrame, metrics: dict, epochs: int) -> str
     ratio = by_lambda["test_loss"] / by_lambda["ridge_test_loss"]
     close = by_lambda.loc[ratio <= 1.25, "lambda"]
     reach = (
-        f"SGD comes within 25% of the exact ridge test loss only from λ = {figures.fmt_lambda(close.min())} on"
+        f"SGD comes within 25% of the exact ridge test loss only from λ = {fmt_lambda(close.min())} on"
         if len(close) else "SGD stays more than 25% above the exact ridge test loss at every λ of the grid"
     )
     return (
@@ -169,17 +163,24 @@ def optimum_sentence(by_lambda: pd.DataFrame, metrics: dict, epochs: int) -> str
     )
 
 
-def markdown_table(by_lambda: pd.DataFrame) -> str:
-    columns = {
-        "lambda": "λ", "train_loss": "train loss", "test_loss": "test loss", "w_norm": "‖w‖",
-        "cv_loss": "CV loss", "ridge_test_loss": "exact ridge test loss", "diverged": "diverged",
-    }
-    rows = ["| " + " | ".join(columns.values()) + " |", "|" + "---:|" * len(columns)]
-    for _, row in by_lambda.iterrows():
-        cells = [figures.fmt_lambda(row["lambda"])] + [f"{row[c]:.3g}" for c in list(columns)[1:-1]] + ["yes" if row["diverged"] else "no"]
-        rows.append("| " + " | ".join(cells) + " |")
-    return "\n".join(rows)
+TABLE_COLUMNS = {
+    "lambda": "λ", "train_loss": "train loss", "test_loss": "test loss", "w_norm": "‖w‖",
+    "cv_loss": "CV loss", "ridge_test_loss": "exact ridge test loss", "diverged": "diverged",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    return stage.parser_with_paths(__doc__, "python -m stages.report_synthetic", {
+        "metrics": "the DVC metrics file evaluate_synthetic wrote",
+        "table": "final metrics per λ",
+        "headline-history": "the headline run's per-epoch history",
+        "grid-history": "the grid's per-epoch history",
+        "headline-record": "the headline run's run record",
+        "grid-record": "the grid's run record",
+        "page": "the report page (output)",
+        "figures": "the folder of the report's figures (output)",
+    })
 
 
 if __name__ == "__main__":
-    run_stage(main, stage_parser(__doc__, "python -m stages.report_synthetic"))
+    stage.run_stage(main, parser())

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from stages import check
+from wdlab.results import flatten
 from tests.workspace import ROOT, commit_all, copy_project, dvc, run
 
 SYNTHETIC = json.loads((ROOT / "baselines/default/synthetic.json").read_text())
@@ -24,7 +25,7 @@ def failed(rows):
 def test_identical_metrics_pass_and_every_metric_is_checked():
     rows = check.compare(SYNTHETIC, SYNTHETIC, RULES)
     assert failed(rows) == []
-    assert len(rows) == len(check.flatten(SYNTHETIC))
+    assert len(rows) == len(flatten(SYNTHETIC))
 
 
 @pytest.mark.parametrize(
@@ -95,7 +96,7 @@ def test_a_wrong_lambda_in_the_code_fails_the_check(tmp_path):
     project = copy_project(tmp_path / "project")
     shutil.copytree(ROOT / "baselines", project / "baselines")
     shutil.copy(ROOT / "checks.yaml", project / "checks.yaml")
-    linreg = project / "stages/linreg.py"
+    linreg = project / "wdlab/synthetic/training.py"
     source = linreg.read_text()
     assert "self.lam / 2 * (self.weight**2)" in source
     linreg.write_text(source.replace("self.lam / 2 * (self.weight**2)", "self.lam / 20 * (self.weight**2)"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -14,10 +13,14 @@ import pytest
 import torch
 from torch import nn
 
-from stages import cifar, evaluate_cifar10, paths, report_cifar10, train_cifar10
-from stages.cifar_archive import Cifar10, save_cifar10
-from stages.settings import Settings, parse_settings
-from tests.workspace import load_params
+from stages import evaluate_cifar10, report_cifar10, train_cifar10
+from tests.workspace import load_params, stage_args
+from wdlab.cifar10 import data as cifar_data
+from wdlab.cifar10 import model as cifar_model
+from wdlab.cifar10 import training as cifar_training
+from wdlab.cifar10.archive import Cifar10, save_cifar10
+from wdlab.device import device_formats
+from wdlab.settings import Settings, parse_settings
 
 CPU = torch.device("cpu")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -52,24 +55,24 @@ def coloured_images(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tens
 
 
 @pytest.fixture(scope="module")
-def splits() -> cifar.Splits:
+def splits() -> cifar_data.Splits:
     (train_x, train_y), (test_x, test_y) = coloured_images(30, seed=1), coloured_images(10, seed=2)
-    train_idx, valid_idx = cifar.split_indices(train_y, train_subset=0, valid_size=50, seed=0)
-    return cifar.Splits(
-        cifar.Split(train_x[train_idx], train_y[train_idx]),
-        cifar.Split(train_x[valid_idx], train_y[valid_idx]),
-        cifar.Split(test_x, test_y),
+    train_idx, valid_idx = cifar_data.split_indices(train_y, train_subset=0, valid_size=50, seed=0)
+    return cifar_data.Splits(
+        cifar_data.Split(train_x[train_idx], train_y[train_idx]),
+        cifar_data.Split(train_x[valid_idx], train_y[valid_idx]),
+        cifar_data.Split(test_x, test_y),
         CLASSES,
     )
 
 
-def train(splits: cifar.Splits, settings: Settings, weight_decay: float = 5e-4) -> cifar.RunResult:
-    formats = cifar.device_formats(CPU, settings.cifar10.train.mixed_precision)
-    return cifar.train(splits, settings.cifar10, weight_decay, settings.seed, formats)
+def train(splits: cifar_data.Splits, settings: Settings, weight_decay: float = 5e-4) -> cifar_training.RunResult:
+    formats = device_formats(CPU, settings.cifar10.train.mixed_precision)
+    return cifar_training.train(splits, settings.cifar10, weight_decay, settings.seed, formats)
 
 
 @pytest.fixture(scope="module")
-def default_run(splits) -> cifar.RunResult:
+def default_run(splits) -> cifar_training.RunResult:
     return train(splits, tiny_settings())
 
 
@@ -77,31 +80,31 @@ def default_run(splits) -> cifar.RunResult:
 
 def test_subsets_are_class_balanced_disjoint_and_seeded():
     labels = torch.arange(10).repeat_interleave(100)[torch.randperm(1000, generator=torch.Generator().manual_seed(0))]
-    train_idx, valid_idx = cifar.split_indices(labels, train_subset=200, valid_size=100, seed=3)
+    train_idx, valid_idx = cifar_data.split_indices(labels, train_subset=200, valid_size=100, seed=3)
     assert len(train_idx) == 200 and len(valid_idx) == 100
     assert not set(train_idx.tolist()) & set(valid_idx.tolist())
     assert torch.bincount(labels[train_idx], minlength=10).tolist() == [20] * 10
     assert torch.bincount(labels[valid_idx], minlength=10).tolist() == [10] * 10
-    again, _ = cifar.split_indices(labels, train_subset=200, valid_size=100, seed=3)
-    other, _ = cifar.split_indices(labels, train_subset=200, valid_size=100, seed=4)
+    again, _ = cifar_data.split_indices(labels, train_subset=200, valid_size=100, seed=3)
+    other, _ = cifar_data.split_indices(labels, train_subset=200, valid_size=100, seed=4)
     assert torch.equal(train_idx, again) and not torch.equal(train_idx, other)
 
 
 def test_augmentation_is_a_batched_tensor_flip_and_crop():
     images = torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    flips, offsets = cifar.augmentation_draws(steps=1, batch=64, gen=torch.Generator().manual_seed(1))
-    out = cifar.augment(images, flips[0], offsets[0])
+    flips, offsets = cifar_data.augmentation_draws(steps=1, batch=64, gen=torch.Generator().manual_seed(1))
+    out = cifar_data.augment(images, flips[0], offsets[0])
     assert out.shape == images.shape and out.dtype == torch.uint8
-    again = cifar.augmentation_draws(steps=1, batch=64, gen=torch.Generator().manual_seed(1))
-    assert torch.equal(out, cifar.augment(images, again[0][0], again[1][0]))  # seeded
+    again = cifar_data.augmentation_draws(steps=1, batch=64, gen=torch.Generator().manual_seed(1))
+    assert torch.equal(out, cifar_data.augment(images, again[0][0], again[1][0]))  # seeded
     assert not torch.equal(out, images)
 
     mask = torch.tensor([True, False] * 32)
-    flipped = cifar.flip(images, mask)
+    flipped = cifar_data.flip(images, mask)
     assert torch.equal(flipped[0], images[0].flip(-1)) and torch.equal(flipped[1], images[1])
 
     offsets = torch.tensor([[0, 4, 8, 2], [8, 4, 0, 7]])  # (top, left) in the padded image; 4 = no shift
-    cropped = cifar.crop(images[:4], offsets, padding=4)
+    cropped = cifar_data.crop(images[:4], offsets, padding=4)
     padded = torch.nn.functional.pad(images[:4], (4, 4, 4, 4))
     for b, (top, left) in enumerate(offsets.T.tolist()):
         assert torch.equal(cropped[b], padded[b, :, top : top + 32, left : left + 32])
@@ -112,8 +115,8 @@ def test_augmentation_is_a_batched_tensor_flip_and_crop():
 
 
 def test_normalise_uses_the_cifar_channel_statistics():
-    mean_image = (torch.tensor(cifar.MEAN) * 255).round().to(torch.uint8).view(1, 3, 1, 1).expand(2, 3, 32, 32)
-    assert cifar.normalise(mean_image).abs().max() < 0.01
+    mean_image = (torch.tensor(cifar_data.MEAN) * 255).round().to(torch.uint8).view(1, 3, 1, 1).expand(2, 3, 32, 32)
+    assert cifar_data.normalise(mean_image).abs().max() < 0.01
 
 
 # ---------- training ----------
@@ -132,7 +135,7 @@ def test_same_seed_gives_identical_metrics_and_weights(splits, default_run):
     again = train(splits, tiny_settings())
     assert again.history == default_run.history  # bit-identical on the CPU
     assert all(torch.equal(again.state_dict[k], v) for k, v in default_run.state_dict.items())
-    assert not torch.equal(cifar.build_model(8, seed=1).prep.conv.weight, cifar.build_model(8, seed=0).prep.conv.weight)
+    assert not torch.equal(cifar_model.build_model(8, seed=1).prep.conv.weight, cifar_model.build_model(8, seed=0).prep.conv.weight)
 
 
 def test_mixed_precision_runs_are_identical_too(splits):
@@ -150,8 +153,8 @@ def test_weight_decay_shrinks_the_weights(splits):
 
 
 def test_norm_and_bias_parameters_are_not_decayed_unless_asked():
-    model = cifar.build_model(width=4, seed=0)
-    groups = {g["name"]: g for g in cifar.param_groups(model, 5e-4, decay_norm_and_bias=False)}
+    model = cifar_model.build_model(width=4, seed=0)
+    groups = {g["name"]: g for g in cifar_training.param_groups(model, 5e-4, decay_norm_and_bias=False)}
     decayed = {id(p) for p in groups["decay"]["params"]}
     for module in model.modules():
         for name, param in module.named_parameters(recurse=False):
@@ -160,24 +163,24 @@ def test_norm_and_bias_parameters_are_not_decayed_unless_asked():
     assert groups["no_decay"]["weight_decay"] == 0.0 and groups["decay"]["weight_decay"] == 5e-4
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) and model.head.bias is not None
 
-    everything = cifar.param_groups(model, 5e-4, decay_norm_and_bias=True)
+    everything = cifar_training.param_groups(model, 5e-4, decay_norm_and_bias=True)
     assert [g["name"] for g in everything] == ["decay"]
     assert len(everything[0]["params"]) == len(list(model.parameters()))
 
 
 def test_optimizer_choice_and_schedule():
-    model = cifar.build_model(width=4, seed=0)
+    model = cifar_model.build_model(width=4, seed=0)
     spec = tiny_settings().cifar10.train
-    sgd = cifar.make_optimizer(model, spec, 5e-4)
+    sgd = cifar_training.make_optimizer(model, spec, 5e-4)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
-    adamw = cifar.make_optimizer(model, dataclasses.replace(spec, optimizer="adamw", lr=1e-3), 0.05)
+    adamw = cifar_training.make_optimizer(model, spec.model_copy(update=dict(optimizer="adamw", lr=1e-3)), 0.05)
     assert isinstance(adamw, torch.optim.AdamW)
-    factors = [cifar.lr_factor(step, 100, spec) for step in range(100)]
+    factors = [cifar_training.lr_factor(step, 100, spec) for step in range(100)]
     assert factors[0] == pytest.approx(0.1) and max(factors) == 1.0 and factors[-1] < 0.02  # warm-up, then decay
-    cosine = dataclasses.replace(spec, schedule="cosine", warmup_fraction=0.0)
-    assert cifar.lr_factor(50, 100, cosine) == pytest.approx(0.5)
-    constant = dataclasses.replace(spec, schedule="constant")
-    assert cifar.lr_factor(99, 100, constant) == 1.0
+    cosine = spec.model_copy(update=dict(schedule="cosine", warmup_fraction=0.0))
+    assert cifar_training.lr_factor(50, 100, cosine) == pytest.approx(0.5)
+    constant = spec.model_copy(update=dict(schedule="constant"))
+    assert cifar_training.lr_factor(99, 100, constant) == 1.0
 
 
 def test_adamw_trains(splits):
@@ -195,6 +198,11 @@ def test_a_diverging_run_is_stopped_and_recorded(splits):
 
 # ---------- the stages, with a real MLflow store ----------
 
+def args(name: str, module) -> "argparse.Namespace":
+    """Stage `name`'s arguments as dvc.yaml gives them: the same paths and run."""
+    return module.parser().parse_args(stage_args(name))
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, splits) -> Path:
     """train_cifar10 headline + grid (one λ diverges), evaluate_cifar10 and report_cifar10 in a temp project."""
@@ -202,41 +210,45 @@ def pipeline(tmp_path_factory, splits) -> Path:
     test = splits.test
     train_x = torch.cat([splits.train.images, splits.valid.images])
     train_y = torch.cat([splits.train.labels, splits.valid.labels])
-    save_cifar10(Cifar10(train_x, train_y, test.images, test.labels, CLASSES), root / paths.CIFAR_DATA, source_md5="0" * 32)
+    save_cifar10(Cifar10(train_x, train_y, test.images, test.labels, CLASSES), root / args("train_cifar10@grid", train_cifar10).data, source_md5="0" * 32)
     settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.lambda_grid": [0.0, 5e-4, 1e3]})
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        for run in train_cifar10.RUNS:
-            train_cifar10.main(settings, argparse.Namespace(run=run))
-        evaluate_cifar10.main(settings, argparse.Namespace())
-        report_cifar10.main(settings, argparse.Namespace())
+        for run in ("headline", "grid"):
+            train_cifar10.main(settings, args(f"train_cifar10@{run}", train_cifar10))
+        evaluate_cifar10.main(settings, args("evaluate_cifar10", evaluate_cifar10))
+        report_cifar10.main(settings, args("report_cifar10", report_cifar10))
     return root
 
 
 def test_stages_write_metrics_curves_and_report(pipeline):
-    metrics = json.loads((pipeline / paths.CIFAR_METRICS).read_text())
+    evaluated, grid, report = args("evaluate_cifar10", evaluate_cifar10), args("train_cifar10@grid", train_cifar10), args("report_cifar10", report_cifar10)
+    metrics = json.loads((pipeline / evaluated.metrics).read_text())
     assert set(metrics["grid"]) == {"lambda_0", "lambda_0.0005", "lambda_1000"}
     assert metrics["grid"]["lambda_1000"]["diverged"] and metrics["grid"]["lambda_1000"]["test_accuracy"] is None
     assert not metrics["headline"]["diverged"] and metrics["headline"]["test_accuracy"] > 0.3
     assert metrics["chosen_by_validation"]["lambda"] in (0.0, 5e-4)  # a diverged run is never picked
 
-    history = pd.read_csv(pipeline / paths.cifar_history("grid"))
+    history = pd.read_csv(pipeline / grid.history)
     assert {"lambda", "epoch", "train_accuracy", "test_loss", "gap_accuracy", "gap_loss", "w_norm"} <= set(history.columns)
-    assert len(pd.read_csv(pipeline / paths.CIFAR_BY_LAMBDA)) == 3
-    assert set(pd.read_csv(pipeline / paths.cifar_layer_norms("grid"))["layer"]) >= {"prep", "head"}
-    checkpoint = torch.load(pipeline / paths.cifar_model("grid"), weights_only=True)
-    model = cifar.ResNet(checkpoint["width"])
+    assert len(pd.read_csv(pipeline / evaluated.table)) == 3
+    assert set(pd.read_csv(pipeline / grid.layer_norms)["layer"]) >= {"prep", "head"}
+    checkpoint = torch.load(pipeline / grid.model, weights_only=True)
+    model = cifar_model.ResNet(checkpoint["width"])
     model.load_state_dict(checkpoint["state_dicts"][0])
 
-    page = (pipeline / report_cifar10.PAGE).read_text()
+    page = (pipeline / report.page).read_text()
     assert "biases and BatchNorm scales/shifts are not decayed" in page and "diverged" in page
-    for figure in report_cifar10.FIGURES:
-        assert (pipeline / figure).stat().st_size > 10_000
+    pngs = sorted((pipeline / report.figures).glob("*.png"))
+    assert len(pngs) == 4, "accuracy, gap, curves and layer norms"
+    for figure in pngs:
+        assert figure.stat().st_size > 10_000
+        assert f"]({report.figures.relative_to(report.page.parent) / figure.name})" in page
 
 
 def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
-    record = json.loads((pipeline / paths.cifar_run_record("grid")).read_text())
+    record = json.loads((pipeline / args("train_cifar10@grid", train_cifar10).record).read_text())
     client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
     parent = client.get_run(record["run_id"])
     children = client.search_runs(
@@ -249,4 +261,4 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
     assert steps == [0, 1]
     assert [a.path for a in client.list_artifacts(by_lambda[0.0].info.run_id, "model")] == ["model/model_lambda_0.pt"]
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert "report/cifar10.md" in report and "report/cifar10_accuracy_vs_lambda.png" in report
+    assert "report/cifar10.md" in report and "report/accuracy_vs_lambda.png" in report

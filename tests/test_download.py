@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import hashlib
 import io
 import json
@@ -25,18 +23,19 @@ import torch
 from ruamel.yaml import YAML
 
 from stages import download as download_stage
-from stages import paths
-from stages.cifar_archive import cached_archive_path, file_md5, load_cifar10
-from stages.common import StageError
-from stages.files import StageInputError
-from stages.settings import CifarDownload, Settings, load_settings
 from tests.cifar_fixture import CLASSES, TRAIN_BATCHES, FixtureArchive, build_archive, make_batches, py2_pickle
+from tests.workspace import stage_args, stage_command
+from wdlab.cifar10.archive import cached_archive_path, file_md5, load_cifar10
+from wdlab.errors import StageError, StageInputError
+from wdlab.settings import CifarDownload, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES_PER_BATCH = 20
 SEED = 7
 ARCHIVE_URL_PATH = "/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
+STAGE_ARGS = download_stage.parser().parse_args(stage_args("download"))  # the paths dvc.yaml gives the stage
+CIFAR_DATA, ARCHIVE_CACHE = STAGE_ARGS.out, STAGE_ARGS.cache
 
 
 # ── a real HTTP server, and how each test runs the stage ──────────────────────────────────────────
@@ -109,8 +108,8 @@ def download(base_settings: Settings, workspace: Path) -> Callable[[str, str], N
     """Run the stage's main() with `cifar10.download` set to (url, md5)."""
 
     def run(url: str, md5: str) -> None:
-        cifar10 = dataclasses.replace(base_settings.cifar10, download=CifarDownload(url=url, md5=md5))
-        download_stage.main(dataclasses.replace(base_settings, cifar10=cifar10), argparse.Namespace())
+        cifar10 = base_settings.cifar10.model_copy(update={"download": CifarDownload(url=url, md5=md5)})
+        download_stage.main(base_settings.model_copy(update={"cifar10": cifar10}), STAGE_ARGS)
 
     return run
 
@@ -154,8 +153,8 @@ def test_http_download_writes_uint8_tensors_in_channel_row_column_layout(downloa
 
     raw = make_batches(IMAGES_PER_BATCH, SEED)
     n = IMAGES_PER_BATCH
-    train = torch.load(paths.CIFAR_DATA / "train.pt", weights_only=True)
-    test = torch.load(paths.CIFAR_DATA / "test.pt", weights_only=True)
+    train = torch.load(CIFAR_DATA / "train.pt", weights_only=True)
+    test = torch.load(CIFAR_DATA / "test.pt", weights_only=True)
     assert train["images"].dtype == torch.uint8 and train["images"].shape == (5 * n, 3, 32, 32)
     assert train["images"].is_contiguous()
     assert test["images"].dtype == torch.uint8 and test["images"].shape == (n, 3, 32, 32)
@@ -170,7 +169,7 @@ def test_http_download_writes_uint8_tensors_in_channel_row_column_layout(downloa
     assert np.array_equal(train["images"][n + 3].numpy(), expected)
     assert np.array_equal(test["images"][0].numpy().reshape(-1), raw["test_batch"][b"data"][0])
 
-    meta = json.loads((paths.CIFAR_DATA / "meta.json").read_text())
+    meta = json.loads((CIFAR_DATA / "meta.json").read_text())
     assert meta == {"classes": list(CLASSES), "source_md5": archive.md5, "n_train": 5 * n, "n_test": n}
     assert server.hits == [ARCHIVE_URL_PATH]
     assert files_under(workspace / "data") == [
@@ -180,8 +179,8 @@ def test_http_download_writes_uint8_tensors_in_channel_row_column_layout(downloa
 
 def test_load_cifar10_returns_what_the_stage_wrote(download, serve_archive, archive):
     download(serve_archive, archive.md5)
-    train_images, train_labels, test_images, test_labels, classes = load_cifar10(paths.CIFAR_DATA)
-    train = torch.load(paths.CIFAR_DATA / "train.pt", weights_only=True)
+    train_images, train_labels, test_images, test_labels, classes = load_cifar10(CIFAR_DATA)
+    train = torch.load(CIFAR_DATA / "train.pt", weights_only=True)
     assert torch.equal(train_images, train["images"]) and torch.equal(train_labels, train["labels"])
     assert test_images.shape == (IMAGES_PER_BATCH, 3, 32, 32) and test_labels.shape == (IMAGES_PER_BATCH,)
     assert classes == CLASSES
@@ -196,7 +195,7 @@ def test_local_copy_works_behind_a_firewall(form, download, archive, workspace):
 
     download(url, archive.md5)
 
-    assert load_cifar10(paths.CIFAR_DATA).train_images.shape == (5 * IMAGES_PER_BATCH, 3, 32, 32)
+    assert load_cifar10(CIFAR_DATA).train_images.shape == (5 * IMAGES_PER_BATCH, 3, 32, 32)
     assert local.exists()  # the user's copy is read, never moved
 
 
@@ -211,7 +210,7 @@ def test_verified_archive_is_not_downloaded_again(download, serve_archive, serve
 
 
 def test_damaged_cached_archive_is_downloaded_again(download, serve_archive, server, archive):
-    cached = cached_archive_path(paths.CIFAR_ARCHIVE_CACHE, archive.md5)
+    cached = cached_archive_path(ARCHIVE_CACHE, archive.md5)
     cached.parent.mkdir(parents=True)
     cached.write_bytes(archive.path.read_bytes()[:1000])
 
@@ -226,14 +225,14 @@ def test_damaged_cached_archive_is_downloaded_again(download, serve_archive, ser
 
 def test_checksum_mismatch_names_both_md5s_and_keeps_the_earlier_dataset(download, serve_archive, archive, workspace):
     download(serve_archive, archive.md5)
-    earlier = snapshot(paths.CIFAR_DATA)
+    earlier = snapshot(CIFAR_DATA)
     wrong = "0123456789abcdef0123456789abcdef"
 
     expect_failure(lambda: download(serve_archive, wrong), f"expected md5 {wrong}", f"got {archive.md5}", "cifar10.download.md5")
 
-    assert snapshot(paths.CIFAR_DATA) == earlier
+    assert snapshot(CIFAR_DATA) == earlier
     # Only the earlier verified archive remains: the mismatching download and any partial file are gone.
-    assert files_under(paths.CIFAR_ARCHIVE_CACHE) == [f"cifar-10-python-{archive.md5}.tar.gz"]
+    assert files_under(ARCHIVE_CACHE) == [f"cifar-10-python-{archive.md5}.tar.gz"]
 
 
 @pytest.mark.parametrize("source", ["HTTP 404", "connection refused", "missing file:// URL", "missing local path"])
@@ -398,7 +397,7 @@ def test_archive_member_escaping_the_target_is_refused(kind, download, archive, 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "wrong shape", "wrong dtype"])
 def test_load_cifar10_names_the_file_and_the_fix(damage, download, archive):
     download(str(archive.path), archive.md5)
-    train_file = paths.CIFAR_DATA / "train.pt"
+    train_file = CIFAR_DATA / "train.pt"
     train = torch.load(train_file, weights_only=True)
     if damage == "missing":
         train_file.unlink()
@@ -410,7 +409,7 @@ def test_load_cifar10_names_the_file_and_the_fix(damage, download, archive):
         torch.save({"images": train["images"].float(), "labels": train["labels"]}, train_file)
 
     with pytest.raises(StageInputError) as caught:
-        load_cifar10(paths.CIFAR_DATA)
+        load_cifar10(CIFAR_DATA)
 
     assert str(train_file) in str(caught.value) and "run `dvc repro download`" in str(caught.value)
 
@@ -425,14 +424,14 @@ def run_stage_command(workspace: Path, url: str, md5: str) -> subprocess.Complet
     yaml.dump(params, workspace / "params.yaml")
     env = {key: value for key, value in os.environ.items() if key != "DVC_ROOT"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "stages.download", "--params", "params.yaml"]
+    command = [sys.executable, *stage_command("download"), "--params", "params.yaml"]
     return subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=120)
 
 
 def test_stage_command_writes_the_dataset_and_exits_0(archive, workspace):
     result = run_stage_command(workspace, str(archive.path), archive.md5)
     assert result.returncode == 0, result.stderr
-    assert files_under(workspace / paths.CIFAR_DATA) == ["meta.json", "test.pt", "train.pt"]
+    assert files_under(workspace / CIFAR_DATA) == ["meta.json", "test.pt", "train.pt"]
 
 
 def test_stage_command_failure_is_one_line_and_exit_2(server, workspace):

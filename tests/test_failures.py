@@ -11,13 +11,12 @@ import torch
 from tests.workspace import ROOT, stage, write_params, load_params, set_key
 
 SYNTHETIC_STAGES = [
-    ("generate",), ("train_synthetic", "headline"), ("train_synthetic", "grid"),
-    ("cross_validate",), ("evaluate_synthetic",), ("report_synthetic",),
+    "generate", "train_synthetic@headline", "train_synthetic@grid", "cross_validate", "evaluate_synthetic", "report_synthetic",
 ]
 
 
-def run_stage(workdir, name, *args, check=True):
-    return stage(name, workdir, *args, check=check, PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
+def run_stage(workdir, name, check=True):
+    return stage(name, workdir, check=check, PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
 
 
 @pytest.fixture
@@ -40,7 +39,7 @@ def workdir(tmp_path):
 def test_broken_data_file_names_the_file_and_the_stage_that_makes_it(workdir, damage, words):
     run_stage(workdir, "generate")
     damage(workdir / "data/synthetic/dataset.pt")
-    proc = run_stage(workdir, "train_synthetic", "grid", check=False)
+    proc = run_stage(workdir, "train_synthetic@grid", check=False)
     assert proc.returncode == 2
     (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert "data/synthetic/dataset.pt" in line and words in line and "dvc repro generate" in line
@@ -53,8 +52,8 @@ def test_diverging_lambdas_are_recorded_and_the_rest_completes(workdir):
     set_key(params, "synthetic.train.lr", 0.05)  # ηλ = 5 > 2 at λ = 100: the decay step overshoots and explodes
     set_key(params, "synthetic.train.epochs", 20)
     write_params(workdir / "params.yaml", params)
-    for args in SYNTHETIC_STAGES:
-        run_stage(workdir, *args)
+    for name in SYNTHETIC_STAGES:
+        run_stage(workdir, name)
     metrics = json.loads((workdir / "metrics/synthetic.json").read_text())
     diverged = {k for k, v in metrics["grid"].items() if v["diverged"]}
     assert diverged == {"lambda_100"}
@@ -64,7 +63,9 @@ def test_diverging_lambdas_are_recorded_and_the_rest_completes(workdir):
     assert row.endswith("| yes |")
     rows = list(csv.DictReader((workdir / "results/synthetic/by_lambda.csv").open()))
     assert {r["lambda"] for r in rows if r["diverged"] == "True"} == {"100.0"}
-    for png in (workdir / "reports/figures").glob("synthetic_*.png"):
+    pngs = sorted((workdir / "reports/figures/synthetic").glob("*.png"))
+    assert len(pngs) == 4, "every figure is drawn, the diverged λ left out of it"
+    for png in pngs:
         assert png.stat().st_size > 10_000
 
     import mlflow
@@ -84,8 +85,8 @@ def test_same_params_and_seed_give_identical_outputs_twice(tmp_path):
         workdir = tmp_path / attempt
         workdir.mkdir()
         write_params(workdir / "params.yaml", load_params())
-        for args in SYNTHETIC_STAGES[:-1]:
-            run_stage(workdir, *args)
+        for name in SYNTHETIC_STAGES[:-1]:
+            run_stage(workdir, name)
         outputs.append({
             name: (workdir / name).read_bytes()
             for name in ("metrics/synthetic.json", "results/synthetic/by_lambda.csv", "results/synthetic/grid_history.csv",

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 TARGET = "report_synthetic"
 EXPERIMENT = "wd-synthetic"
 PNG = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("synthetic_loss_curves", "synthetic_loss_vs_lambda", "synthetic_wnorm_vs_lambda", "synthetic_wnorm_vs_epoch")
+FIGURES = ("loss_curves", "loss_vs_lambda", "wnorm_vs_lambda", "wnorm_vs_epoch")
 PARAMS = load_params()
 GRID = [float(v) for v in PARAMS["synthetic"]["lambda_grid"]]
 EPOCHS = int(PARAMS["synthetic"]["train"]["epochs"])
@@ -161,7 +161,7 @@ def test_report_figures_are_listed_and_downloadable_through_the_server(server, r
     for name in FIGURES:
         served = get_bytes(server, "/get-artifact", path=f"report/{name}.png", run_uuid=run_id)
         assert served[:8] == PNG, f"{name}.png is not a PNG"
-        assert served == (project / "reports/figures" / f"{name}.png").read_bytes()
+        assert served == (project / "reports/figures/synthetic" / f"{name}.png").read_bytes()
         assert int(files[f"report/{name}.png"]["file_size"]) == len(served)
     page = get_bytes(server, "/get-artifact", path="report/synthetic.md", run_uuid=run_id).decode()
     assert "## Finding" in page
@@ -268,7 +268,7 @@ def test_grid_run_page_lists_every_lambda_child(chromium, server, experiment, ru
 def test_artifact_view_shows_a_report_figure(chromium, server, experiment, runs, tmp_path):
     """The figure is fetched by the page itself (an <img> from a blob the UI downloaded from /get-artifact)."""
     run_id = grid_parent(runs)["info"]["run_id"]
-    path = "report/synthetic_loss_vs_lambda.png"
+    path = "report/loss_vs_lambda.png"
     url = f"{server}/#/experiments/{experiment['experiment_id']}/runs/{run_id}/artifacts/{path}{TRAINING}"
 
     def ready(dom: str) -> bool:

@@ -61,7 +61,7 @@ def test_the_branch_runs_and_the_model_learns(reproduced):
     page = (project / "reports/cifar10.md").read_text()
     assert "λ" in page and "|" in page
     for png in ("accuracy_vs_lambda", "gap_vs_lambda", "curves", "layer_norms"):
-        assert (project / f"reports/figures/cifar10_{png}.png").stat().st_size > 10_000
+        assert (project / f"reports/figures/cifar10/{png}.png").stat().st_size > 10_000
     data = torch.load(project / "data/cifar10/train.pt", weights_only=True)
     assert data["images"].dtype == torch.uint8 and data["images"].shape[1:] == (3, 32, 32)
 

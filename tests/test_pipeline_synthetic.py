@@ -44,8 +44,8 @@ def test_repro_runs_every_synthetic_stage_and_meets_the_bar(reproduced):
     assert metrics["headline"]["lambda"] == 0.0
     assert metrics["headline"]["test_loss"] == pytest.approx(base["test_loss"], rel=1e-4)
     assert metrics["cv"]["best_lambda"] > 0
-    for figure in ("synthetic_loss_curves", "synthetic_loss_vs_lambda", "synthetic_wnorm_vs_lambda", "synthetic_wnorm_vs_epoch"):
-        png = project / "reports/figures" / f"{figure}.png"
+    for figure in ("loss_curves", "loss_vs_lambda", "wnorm_vs_lambda", "wnorm_vs_epoch"):
+        png = project / "reports/figures/synthetic" / f"{figure}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     page = (project / "reports/synthetic.md").read_text()
     assert "## Finding" in page and "λ = 0" in page and "cross-validation" in page
@@ -85,7 +85,7 @@ def test_mlflow_holds_every_training_run(reproduced):
     history = client.get_metric_history(members[0].info.run_id, "test_loss")
     assert [m.step for m in history] == list(range(101))
     artifacts = {a.path for a in client.list_artifacts(grid.info.run_id, "report")}
-    assert "report/synthetic_loss_vs_lambda.png" in artifacts and "report/synthetic.md" in artifacts
+    assert "report/loss_vs_lambda.png" in artifacts and "report/synthetic.md" in artifacts
 
 
 def test_exp_run_wd3_reruns_only_what_depends_on_wd(reproduced):

@@ -8,9 +8,9 @@ import sys
 import pytest
 
 from stages import generate
-from stages.common import run_stage, stage_parser
-from stages.settings import ParamsError, parse_settings
-from tests.workspace import ROOT, load_params, set_key, stage, write_params
+from tests.workspace import ROOT, load_params, set_key, stage, stage_args, write_params
+from wdlab.settings import ParamsError, parse_settings
+from wdlab.stage import run_stage
 
 BASE = load_params()
 
@@ -63,9 +63,9 @@ BAD = [
 def test_bad_value_stops_the_stage_with_one_line_and_touches_nothing(key, value, words, tmp_path, monkeypatch, capsys):
     params = write_params(tmp_path / "params.yaml", set_key(copy.deepcopy(BASE), key, value))
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", ["generate", "--params", str(params)])
+    monkeypatch.setattr(sys, "argv", ["generate", *stage_args("generate", "--params", str(params))])
     with pytest.raises(SystemExit) as stop:
-        run_stage(generate.main, stage_parser(generate.__doc__, "python -m stages.generate"))
+        run_stage(generate.main, generate.parser())
     assert stop.value.code == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: ") and key in line and words in line

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
 
-from stages import linreg
-from stages.settings import parse_settings
 from tests.workspace import load_params
+from wdlab.results import best_lambda
+from wdlab.settings import parse_settings
+from wdlab.synthetic import data as synthetic_data
+from wdlab.synthetic import ridge, selection, training
 
 SETTINGS = parse_settings(load_params())
 DATA = SETTINGS.synthetic.data
@@ -19,22 +19,22 @@ CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def splits() -> tuple[linreg.Split, linreg.Split]:
-    data = linreg.make_dataset(DATA, SETTINGS.seed)
-    return linreg.Split(data["x_train"], data["y_train"]), linreg.Split(data["x_test"], data["y_test"])
+def splits() -> tuple[synthetic_data.Split, synthetic_data.Split]:
+    data = synthetic_data.make_dataset(DATA, SETTINGS.seed)
+    return synthetic_data.Split(data["x_train"], data["y_train"]), synthetic_data.Split(data["x_test"], data["y_test"])
 
 
 @pytest.fixture(scope="module")
-def default_run(splits) -> linreg.GridRun:
+def default_run(splits) -> training.GridRun:
     train, test = splits
-    return linreg.train_grid(train, (0.0, 3.0), TRAIN, SETTINGS.seed, CPU, {"test": test}, progress=False)
+    return training.train_grid(train, (0.0, 3.0), TRAIN, SETTINGS.seed, CPU, {"test": test}, progress=False)
 
 
 # ---------- generator ----------
 
 def test_generator_shapes_and_statistics():
-    big = dataclasses.replace(DATA, n_train=2000, n_test=2000)
-    data = linreg.make_dataset(big, seed=1)
+    big = DATA.model_copy(update=dict(n_train=2000, n_test=2000))
+    data = synthetic_data.make_dataset(big, seed=1)
     assert data["x_train"].shape == (2000, DATA.n_features) and data["y_test"].shape == (2000,)
     x = torch.cat([data["x_train"], data["x_test"]])
     y = torch.cat([data["y_train"], data["y_test"]])
@@ -47,7 +47,7 @@ def test_generator_shapes_and_statistics():
 
 
 def test_generator_is_deterministic_per_seed():
-    a, b, c = (linreg.make_dataset(DATA, s) for s in (0, 0, 1))
+    a, b, c = (synthetic_data.make_dataset(DATA, s) for s in (0, 0, 1))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["x_train"], c["x_train"])
 
@@ -71,7 +71,7 @@ def test_lambda_three_generalises(default_run):
 
 def test_weight_norm_falls_as_lambda_grows(splits):
     train, _ = splits
-    run = linreg.train_grid(train, SETTINGS.synthetic.lambda_grid, TRAIN, 0, CPU, progress=False)
+    run = training.train_grid(train, SETTINGS.synthetic.lambda_grid, TRAIN, 0, CPU, progress=False)
     norms = run.final("w_norm")
     assert all(a > b for a, b in zip(norms, norms[1:])), norms
 
@@ -87,7 +87,7 @@ def test_scratch_and_concise_agree(splits):
     train, test = splits
     lambdas = (0.0, 0.3, 3.0, 30.0)
     runs = {
-        impl: linreg.train_grid(train, lambdas, dataclasses.replace(TRAIN, implementation=impl), 0, CPU, {"test": test}, progress=False)
+        impl: training.train_grid(train, lambdas, TRAIN.model_copy(update=dict(implementation=impl)), 0, CPU, {"test": test}, progress=False)
         for impl in ("scratch", "concise")
     }
     torch.testing.assert_close(runs["scratch"].weight, runs["concise"].weight, rtol=1e-4, atol=1e-5)
@@ -98,23 +98,23 @@ def test_scratch_and_concise_agree(splits):
 
 def test_batched_grid_matches_one_lambda_at_a_time(splits):
     train, _ = splits
-    grid = linreg.train_grid(train, (0.0, 1.0, 3.0), TRAIN, 0, CPU, progress=False)
+    grid = training.train_grid(train, (0.0, 1.0, 3.0), TRAIN, 0, CPU, progress=False)
     for g, lam in enumerate(grid.lambdas):
-        single = linreg.train_grid(train, (lam,), TRAIN, 0, CPU, progress=False)
+        single = training.train_grid(train, (lam,), TRAIN, 0, CPU, progress=False)
         torch.testing.assert_close(single.weight[0], grid.weight[g], rtol=1e-5, atol=1e-6)
 
 
 def test_same_seed_same_result_other_seed_differs(splits):
     train, _ = splits
-    a, b, c = (linreg.train_grid(train, (0.0, 3.0), TRAIN, seed, CPU, progress=False) for seed in (0, 0, 1))
+    a, b, c = (training.train_grid(train, (0.0, 3.0), TRAIN, seed, CPU, progress=False) for seed in (0, 0, 1))
     assert torch.equal(a.weight, b.weight) and torch.equal(a.history["train_loss"], b.history["train_loss"])
     assert not torch.equal(a.weight, c.weight)
 
 
 def test_divergence_is_detected_and_the_rest_completes(splits):
     train, test = splits
-    spec = dataclasses.replace(TRAIN, lr=0.05, epochs=20)  # stable for λ = 0, explodes for λ = 100 (ηλ > 2)
-    run = linreg.train_grid(train, (0.0, 100.0), spec, 0, CPU, {"test": test}, progress=False)
+    spec = TRAIN.model_copy(update=dict(lr=0.05, epochs=20))  # stable for λ = 0, explodes for λ = 100 (ηλ > 2)
+    run = training.train_grid(train, (0.0, 100.0), spec, 0, CPU, {"test": test}, progress=False)
     assert run.diverged_epoch[0] is None
     assert run.diverged_epoch[1] is not None and run.diverged_epoch[1] <= 20
     assert np.isfinite(run.final("train_loss")[0])
@@ -122,8 +122,8 @@ def test_divergence_is_detected_and_the_rest_completes(splits):
 
 def test_everything_diverging_stops_early(splits):
     train, _ = splits
-    spec = dataclasses.replace(TRAIN, lr=10.0, epochs=100)
-    run = linreg.train_grid(train, (0.0,), spec, 0, CPU, progress=False)
+    spec = TRAIN.model_copy(update=dict(lr=10.0, epochs=100))
+    run = training.train_grid(train, (0.0,), spec, 0, CPU, progress=False)
     assert run.diverged_epoch[0] is not None
     assert len(run.history["train_loss"]) < spec.epochs + 1
 
@@ -141,7 +141,7 @@ def test_ridge_matches_numpy(splits, lam):
     else:
         w_np = np.linalg.solve(xc.T @ xc + n * lam * np.eye(d), xc.T @ yc)
     b_np = y.mean() - x.mean(0) @ w_np
-    w, b = linreg.ridge_solution(train, lam)
+    w, b = ridge.ridge_solution(train, lam)
     np.testing.assert_allclose(w.numpy(), w_np, rtol=1e-6, atol=1e-10)
     assert b.item() == pytest.approx(b_np, rel=1e-6, abs=1e-10)
 
@@ -150,7 +150,7 @@ def test_ridge_gradient_vanishes(splits):
     """The exact solution is a stationary point of mean (ŷ − y)²/2 + λ/2·‖w‖²."""
     train, _ = splits
     lam = 3.0
-    w, b = linreg.ridge_solution(train, lam)
+    w, b = ridge.ridge_solution(train, lam)
     x, y = train.x.double(), train.y.double()
     residual = x @ w + b - y
     assert (x.T @ residual / len(y) + lam * w).abs().max().item() < 1e-10
@@ -159,28 +159,28 @@ def test_ridge_gradient_vanishes(splits):
 
 def test_sgd_approaches_ridge_with_strong_decay(splits):
     train, test = splits
-    run = linreg.train_grid(train, (30.0,), TRAIN, 0, CPU, {"test": test}, progress=False)
-    w, b = linreg.ridge_solution(train, 30.0)
-    ridge_test = linreg.squared_loss(linreg.predict(test.x.double(), w[None], b[None]), test.y.double()).item()
+    run = training.train_grid(train, (30.0,), TRAIN, 0, CPU, {"test": test}, progress=False)
+    w, b = ridge.ridge_solution(train, 30.0)
+    ridge_test = training.squared_loss(training.predict(test.x.double(), w[None], b[None]), test.y.double()).item()
     assert run.final("test_loss")[0] == pytest.approx(ridge_test, rel=0.1)
 
 
 def test_kfold_partitions_the_training_set():
-    folds = linreg.kfold_indices(20, 5, seed=0)
+    folds = selection.kfold_indices(20, 5, seed=0)
     assert sorted(torch.cat(folds).tolist()) == list(range(20))
     assert [len(f) for f in folds] == [4] * 5
     with pytest.raises(ValueError):
-        linreg.kfold_indices(3, 5, seed=0)
+        selection.kfold_indices(3, 5, seed=0)
 
 
 def test_cross_validation_prefers_decay(splits):
     train, _ = splits
     lambdas = (0.0, 3.0)
-    cv = linreg.cross_validate(train, lambdas, TRAIN, 4, 0, CPU)
+    cv = selection.cross_validate(train, lambdas, TRAIN, 4, 0, CPU)
     assert cv.shape == (4, 2)
-    assert linreg.pick_lambda(lambdas, cv) == 3.0
+    assert best_lambda(selection.mean_cv_loss(selection.cv_table(lambdas, cv)), "cv_loss", higher_is_better=False) == 3.0
 
 
-def test_pick_lambda_never_picks_a_diverged_run():
+def test_best_lambda_never_picks_a_diverged_run():
     cv = torch.tensor([[1.0, float("nan"), 0.5], [1.0, float("inf"), 0.7]])
-    assert linreg.pick_lambda((0.0, 1.0, 2.0), cv) == 2.0
+    assert best_lambda(selection.mean_cv_loss(selection.cv_table((0.0, 1.0, 2.0), cv)), "cv_loss", higher_is_better=False) == 2.0

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
 import socket
 import time
 
 import mlflow
 import pytest
 
-from stages.common import StageError
-from stages.settings import parse_settings
-from stages.tracking import Tracker, tracking_uri
 from tests.workspace import load_params
+from wdlab.errors import StageError
+from wdlab.settings import parse_settings
+from wdlab.tracking import Tracker, tracking_uri
 
 TRACKING = parse_settings(load_params()).tracking
 
@@ -39,9 +38,9 @@ def test_nested_runs_params_and_history(store, tmp_path):
     tracker = Tracker(TRACKING, "test-experiment")
     artifact = tmp_path / "note.txt"
     artifact.write_text("hello")
-    with tracker.run("grid", {"lr": 0.1}, {"wd_lab.role": "grid"}) as parent:
-        with tracker.run("λ=3", {"lambda": 3.0}, {}, parent_id=parent) as child:
-            tracker.log_metrics(child, series={"test_loss": [3.0, 2.0, 1.0]}, final={"final_test_loss": 1.0})
+    with tracker.run("grid", {"lr": 0.1}, "grid") as parent:
+        with tracker.run("λ=3", {"lambda": 3.0}, "grid-member", nested=True) as child:
+            tracker.log_history(child, series={"test_loss": [3.0, 2.0, 1.0]}, final={"final_test_loss": 1.0})
             tracker.log_artifacts(child, [artifact], folder="extra")
     client = mlflow.MlflowClient(store)
     child_run = client.get_run(child)
@@ -56,14 +55,14 @@ def test_nested_runs_params_and_history(store, tmp_path):
 
 def test_a_failing_block_marks_the_run_failed(store):
     tracker = Tracker(TRACKING, "test-experiment")
-    with pytest.raises(RuntimeError), tracker.run("boom", {}, {}) as run_id:
+    with pytest.raises(RuntimeError), tracker.run("boom", {}, "test") as run_id:
         raise RuntimeError("training broke")
     assert mlflow.MlflowClient(store).get_run(run_id).info.status == "FAILED"
 
 
 def test_an_interrupted_block_marks_the_run_killed(store):
     tracker = Tracker(TRACKING, "test-experiment")
-    with pytest.raises(KeyboardInterrupt), tracker.run("ctrl-c", {}, {}) as run_id:
+    with pytest.raises(KeyboardInterrupt), tracker.run("ctrl-c", {}, "test") as run_id:
         raise KeyboardInterrupt
     assert mlflow.MlflowClient(store).get_run(run_id).info.status == "KILLED"
 
@@ -82,9 +81,9 @@ def test_unreachable_server_fails_in_seconds(monkeypatch):
 
 def test_tracking_off_logs_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'never.db'}")
-    tracker = Tracker(dataclasses.replace(TRACKING, enabled=False), "x")
-    with tracker.run("r", {"a": 1}, {}) as run_id:
-        tracker.log_metrics(run_id, series={"loss": [1.0]})
+    tracker = Tracker(TRACKING.model_copy(update={"enabled": False}), "x")
+    with tracker.run("r", {"a": 1}, "test") as run_id:
+        tracker.log_history(run_id, series={"loss": [1.0]})
     assert run_id is None and not (tmp_path / "never.db").exists()
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -53,8 +54,25 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900, **e
     return proc
 
 
+def stage_command(name: str) -> list[str]:
+    """The command dvc.yaml runs for stage `name` ('train_synthetic@grid' for a foreach member), as argv
+    after `python`: tests run a stage exactly as the pipeline does, with the paths dvc.yaml gives it."""
+    stages = YAML(typ="safe", pure=True).load((ROOT / "dvc.yaml").read_text())["stages"]
+    base, _, key = name.partition("@")
+    cmd = stages[base]["do"]["cmd"].replace("${key}", key) if key else stages[base]["cmd"]
+    program, *argv = shlex.split(cmd)
+    assert program == "python", f"dvc.yaml runs {program} for {name}"
+    return argv
+
+
+def stage_args(name: str, *extra: str) -> list[str]:
+    """The arguments after `python -m stages.<module>` that dvc.yaml gives stage `name`, plus `extra`."""
+    return stage_command(name)[2:] + list(extra)
+
+
 def stage(name: str, cwd: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
-    return run([sys.executable, "-m", f"stages.{name}", *args], cwd=cwd, check=check, **env)
+    """Run stage `name` as dvc.yaml does (its module, paths and run), with `args` added, in `cwd`."""
+    return run([sys.executable, *stage_command(name), *args], cwd=cwd, check=check, **env)
 
 
 def dvc(cwd: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -65,7 +83,7 @@ def git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     return run(["git", *args], cwd=cwd)
 
 
-TRACKED_FOR_COPY = ("stages", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore", "tests")
+TRACKED_FOR_COPY = ("stages", "wdlab", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore", "tests")
 
 
 def copy_project(dest: Path) -> Path:

@@ -1,46 +1,19 @@
-"""High-dimensional linear regression with weight decay, trained over a whole λ grid at once."""
+"""Linear regression with weight decay, trained by minibatch SGD over a whole λ grid at once."""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
 
-from stages.common import seeded_generator
-from stages.settings import SyntheticData, SyntheticTrain
+from wdlab import streams
+from wdlab.settings import SyntheticTrain
+from wdlab.synthetic.data import Split
 
 log = logging.getLogger("wd-lab.linreg")
-
-# Independent random streams drawn from the one seed in params.yaml.
-DATA_STREAM, INIT_STREAM, ORDER_STREAM, FOLD_STREAM = 1, 2, 3, 4
-
-
-class Split(NamedTuple):
-    x: torch.Tensor  # [n, d]
-    y: torch.Tensor  # [n]
-
-
-def make_dataset(spec: SyntheticData, seed: int) -> dict[str, torch.Tensor]:
-    """y = X·w* + b* + ε with X ~ N(0, 1) and ε ~ N(0, noise_std²); train and test from one stream."""
-    gen = seeded_generator(seed, DATA_STREAM)
-    n = spec.n_train + spec.n_test
-    x = torch.randn(n, spec.n_features, generator=gen)
-    true_w = torch.full((spec.n_features,), spec.true_w)
-    y = x @ true_w + spec.true_b + spec.noise_std * torch.randn(n, generator=gen)
-    return {
-        "x_train": x[: spec.n_train].contiguous(),
-        "y_train": y[: spec.n_train].contiguous(),
-        "x_test": x[spec.n_train :].contiguous(),
-        "y_test": y[spec.n_train :].contiguous(),
-        "true_w": true_w,
-        "true_b": torch.tensor(spec.true_b),
-    }
-
 
 def squared_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Mean of (ŷ − y)²/2 over samples, one value per model: pred [n, G], y [n] → [G]."""
@@ -68,13 +41,13 @@ class GridRun:
 
 def batch_order(n: int, batch_size: int, epochs: int, seed: int) -> list[list[torch.Tensor]]:
     """A fresh random permutation per epoch cut into minibatches, shared by every λ."""
-    gen = seeded_generator(seed, ORDER_STREAM)
+    gen = streams.generator(seed, streams.SYNTHETIC_ORDER)
     return [list(torch.randperm(n, generator=gen).split(batch_size)) for _ in range(epochs)]
 
 
 def initial_params(n_models: int, n_features: int, init_std: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """w ~ N(0, init_std²), b = 0; every λ starts from the same w, so λ alone explains the differences."""
-    w0 = init_std * torch.randn(n_features, generator=seeded_generator(seed, INIT_STREAM))
+    w0 = init_std * torch.randn(n_features, generator=streams.generator(seed, streams.SYNTHETIC_INIT))
     return w0.expand(n_models, n_features).clone(), torch.zeros(n_models)
 
 
@@ -94,7 +67,7 @@ def train_grid(
     weight, bias = initial_params(len(lambdas), x.shape[1], spec.init_std, seed)
     weight, bias = weight.to(device), bias.to(device)
     lam = torch.tensor(list(lambdas), dtype=x.dtype, device=device)
-    step = _ScratchStepper(weight, bias, lam, spec.lr) if spec.implementation == "scratch" else _ConciseStepper(
+    step = ScratchStepper(weight, bias, lam, spec.lr) if spec.implementation == "scratch" else ConciseStepper(
         weight, bias, lambdas, spec.lr
     )
 
@@ -133,7 +106,7 @@ def train_grid(
     )
 
 
-class _ScratchStepper:
+class ScratchStepper:
     """L2 penalty in the loss and a hand-written SGD step, for all λ in one tensor op."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, lam: torch.Tensor, lr: float):
@@ -154,7 +127,7 @@ class _ScratchStepper:
         return self.weight.detach(), self.bias.detach()
 
 
-class _ConciseStepper:
+class ConciseStepper:
     """torch.optim.SGD with weight_decay=λ on each model's weight; biases are not decayed."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, lambdas: Sequence[float], lr: float):
@@ -172,63 +145,3 @@ class _ConciseStepper:
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.stack(self.weights).detach(), torch.stack(self.biases).detach()
-
-
-def ridge_solution(train_set: Split, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact minimiser of mean (ŷ − y)²/2 + λ/2·‖w‖² with the bias unpenalised (λ = 0: min-norm fit).
-
-    Centring removes b; then w = V·diag(s / (s² + nλ))·Uᵀ·y_c from the SVD X_c = U·diag(s)·Vᵀ.
-    """
-    x, y = train_set.x.double(), train_set.y.double()
-    x_mean, y_mean = x.mean(dim=0), y.mean()
-    u, s, vh = torch.linalg.svd(x - x_mean, full_matrices=False)
-    tol = s.max() * max(x.shape) * torch.finfo(s.dtype).eps
-    shrink = torch.where(s > tol, s / (s**2 + len(y) * lam), torch.zeros_like(s))
-    weight = vh.T @ (shrink * (u.T @ (y - y_mean)))
-    return weight, y_mean - x_mean @ weight
-
-
-def kfold_indices(n: int, folds: int, seed: int) -> list[torch.Tensor]:
-    """A seeded shuffle of 0..n−1 cut into `folds` near-equal validation folds."""
-    if folds > n:
-        raise ValueError(f"cannot make {folds} folds from {n} samples")
-    perm = torch.randperm(n, generator=seeded_generator(seed, FOLD_STREAM))
-    return list(perm.tensor_split(folds))
-
-
-def cross_validate(
-    train_set: Split, lambdas: Sequence[float], spec: SyntheticTrain, folds: int, seed: int, device: torch.device
-) -> torch.Tensor:
-    """Validation loss [folds, G] of the same SGD procedure, each fold held out in turn."""
-    n = len(train_set.y)
-    losses = []
-    for held_out in kfold_indices(n, folds, seed):
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[held_out] = False
-        fit = Split(train_set.x[keep], train_set.y[keep])
-        valid = Split(train_set.x[held_out], train_set.y[held_out])
-        run = train_grid(fit, lambdas, spec, seed, device, eval_sets={"valid": valid}, progress=False)
-        losses.append(run.history["valid_loss"][-1])
-    return torch.stack(losses)
-
-
-def pick_lambda(lambdas: Sequence[float], cv_loss: torch.Tensor) -> float:
-    """The λ with the lowest mean validation loss (diverged runs never win)."""
-    mean = cv_loss.mean(dim=0)
-    mean = torch.where(torch.isfinite(mean), mean, torch.full_like(mean, math.inf))
-    return float(lambdas[int(mean.argmin())])
-
-
-def load_dataset(path) -> tuple[Split, Split]:
-    """The train and test splits written by the `generate` stage, checked for consistent shapes."""
-    from stages.files import StageInputError, load_tensors
-
-    data = load_tensors(path, made_by="generate", required=("x_train", "y_train", "x_test", "y_test"))
-    train, test = Split(data["x_train"], data["y_train"]), Split(data["x_test"], data["y_test"])
-    for name, split in (("train", train), ("test", test)):
-        if split.x.ndim != 2 or split.y.shape != (split.x.shape[0],) or split.x.shape[1] != train.x.shape[1]:
-            raise StageInputError(
-                f"{path} has a malformed {name} split (x {tuple(split.x.shape)}, y {tuple(split.y.shape)}): "
-                "run `dvc repro generate` to make it again"
-            )
-    return train, test

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from stages.common import StageError
-from stages.files import StageInputError, atomic_path, load_tensors, read_json, save_tensors, write_json
+from wdlab.errors import StageError, StageInputError
+from wdlab.files import atomic_path, load_tensors, read_json, save_tensors, write_json
 
 log = logging.getLogger("wd-lab.download")
 

@@ -15,12 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from wdlab.errors import StageInputError
+
 if TYPE_CHECKING:
     import pandas as pd
 
 
-class StageInputError(RuntimeError):
-    """An input file another stage makes is missing or unreadable."""
+def project_root() -> Path:
+    """The repository the user works in, also under `dvc exp run --queue` (which runs in a temp copy)."""
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
 
 
 @contextlib.contextmanager
@@ -92,38 +95,54 @@ def save_tensors(path: Path | str, tensors: dict[str, Any]) -> None:
         tmp.write_bytes(buffer.getvalue())
 
 
+def _fix(made_by: str) -> str:
+    return f"run `dvc repro {made_by}` to make it again"
+
+
+def _existing(path: Path | str, made_by: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise StageInputError(f"{path} is missing: {_fix(made_by)}")
+    return path
+
+
 def load_tensors(path: Path | str, made_by: str, required: Sequence[str] = ()) -> dict[str, Any]:
     """Load a torch file written by stage `made_by`, naming file and stage when it is unusable."""
-    path = Path(path)
-    fix = f"run `dvc repro {made_by}` to make it again"
-    if not path.is_file():
-        raise StageInputError(f"{path} is missing: {fix}")
+    path = _existing(path, made_by)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds for a truncated or foreign file
-        raise StageInputError(f"{path} is unreadable ({type(err).__name__}): {fix}") from None
-    missing = [key for key in required if key not in data]
-    if missing:
-        raise StageInputError(f"{path} lacks {', '.join(missing)}: {fix}")
+        raise StageInputError(f"{path} is unreadable ({type(err).__name__}): {_fix(made_by)}") from None
+    _require(path, made_by, required, data)
     return data
 
 
-def read_table(path: Path | str, made_by: str) -> "pd.DataFrame":
-    """A CSV written by stage `made_by`, as a DataFrame."""
+def read_table(path: Path | str, made_by: str, required: Sequence[str] = ()) -> "pd.DataFrame":
+    """A CSV written by stage `made_by`, as a DataFrame with at least the `required` columns."""
     import pandas as pd
 
-    path = Path(path)
-    if not path.is_file():
-        raise StageInputError(f"{path} is missing: run `dvc repro {made_by}` to make it again")
-    return pd.read_csv(path)
+    path = _existing(path, made_by)
+    try:
+        table = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError) as err:
+        raise StageInputError(f"{path} is unreadable ({type(err).__name__}): {_fix(made_by)}") from None
+    _require(path, made_by, required, table.columns)
+    return table
 
 
-def read_json(path: Path | str, made_by: str) -> Any:
+def read_json(path: Path | str, made_by: str = "", *, fix: str | None = None) -> Any:
+    """A JSON file written by stage `made_by` (or made as `fix` says, for a file no stage makes)."""
+    fix = fix or _fix(made_by)
     path = Path(path)
-    fix = f"run `dvc repro {made_by}` to make it again"
     if not path.is_file():
         raise StageInputError(f"{path} is missing: {fix}")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError:
         raise StageInputError(f"{path} is not valid JSON: {fix}") from None
+
+
+def _require(path: Path, made_by: str, required: Sequence[str], present: Any) -> None:
+    missing = [key for key in required if key not in present]
+    if missing:
+        raise StageInputError(f"{path} lacks {', '.join(missing)}: {_fix(made_by)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,7 +13,8 @@ matplotlib.use("Agg")  # no display in CI or under DVC
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from stages.files import atomic_path  # noqa: E402
+from wdlab.files import atomic_path  # noqa: E402
+from wdlab.results import fmt_lambda  # noqa: E402
 
 PALETTE = "colorblind"
 DPI = 130
@@ -48,5 +50,6 @@ def save(fig: plt.Figure, path: Path) -> Path:
     return path
 
 
-def fmt_lambda(value: float) -> str:
-    return "0" if value == 0 else f"{value:g}"
+def relative_to_page(pngs: Sequence[Path], page: Path) -> list[str]:
+    """Links to the figures from the Markdown page, so the page renders wherever the repository is."""
+    return [Path(os.path.relpath(png, page.parent)).as_posix() for png in pngs]

@@ -1,0 +1,135 @@
+"""CIFAR-10 as uint8 tensors on the device: the seeded, class-balanced splits and augmentation as batch ops."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from wdlab import streams
+from wdlab.errors import StageError
+from wdlab.settings import CifarData
+
+MEAN = (0.4914, 0.4822, 0.4465)  # per channel over the training set, pixels in [0, 1]
+STD = (0.2470, 0.2435, 0.2616)
+CROP_PADDING = 4  # random crop of the zero-padded image = a random shift of −4…4 pixels
+SPLITS = ("train", "valid", "test")
+
+
+class Split(NamedTuple):
+    images: torch.Tensor  # uint8 [N, 3, 32, 32]
+    labels: torch.Tensor  # int64 [N]
+
+    def to(self, device: torch.device) -> Split:
+        return Split(self.images.to(device), self.labels.to(device))
+
+
+class Splits(NamedTuple):
+    train: Split  # the training subset
+    valid: Split  # held out from the training set; chooses λ
+    test: Split  # the official test set; reported, never used to choose
+    classes: tuple[str, ...]
+
+    def to(self, device: torch.device) -> Splits:
+        return Splits(self.train.to(device), self.valid.to(device), self.test.to(device), self.classes)
+
+
+def load_splits(directory: Path, spec: CifarData, seed: int) -> Splits:
+    """The download stage's dataset cut into training subset, validation images and test set."""
+    from wdlab.cifar10.archive import load_cifar10
+
+    data = load_cifar10(directory)
+    train_idx, valid_idx = split_indices(data.train_labels, spec.train_subset, spec.valid_size, seed)
+    return Splits(
+        Split(data.train_images[train_idx], data.train_labels[train_idx]),
+        Split(data.train_images[valid_idx], data.train_labels[valid_idx]),
+        Split(data.test_images, data.test_labels),
+        data.classes,
+    )
+
+
+def split_indices(labels: torch.Tensor, train_subset: int, valid_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-balanced and seeded: `valid_size` held-out images first, then `train_subset` of the rest (0 = all)."""
+    needed = valid_size + max(train_subset, 1)
+    if needed > len(labels):
+        raise StageError(
+            f"the training set has {len(labels)} images, too few for cifar10.data.valid_size = {valid_size} "
+            f"plus cifar10.data.train_subset = {train_subset}: lower them in params.yaml"
+        )
+    gen = streams.generator(seed, streams.CIFAR_SPLIT)
+    valid = balanced_sample(labels, valid_size, gen)
+    rest = torch.ones(len(labels), dtype=torch.bool)
+    rest[valid] = False
+    rest = rest.nonzero().flatten()
+    train = rest if train_subset == 0 else rest[balanced_sample(labels[rest], train_subset, gen)]
+    return train, valid
+
+
+def balanced_sample(labels: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """`size` random indices, equally many per class where the classes allow: round-robin over shuffled classes."""
+    n = len(labels)
+    shuffled = torch.randperm(n, generator=gen)
+    grouped_labels, grouped = labels[shuffled].sort(stable=True)  # class by class, shuffled within each class
+    counts = torch.bincount(grouped_labels)
+    rank = torch.empty(n, dtype=torch.long)
+    rank[grouped] = torch.arange(n) - (counts.cumsum(0) - counts)[grouped_labels]  # position within its class
+    take = torch.argsort(rank * n + torch.arange(n))[:size]  # every class's first image, then every class's second, …
+    return shuffled[take].sort().values
+
+
+def normalise(images: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 pixels → float, per channel: x ← (x/255 − mean)/std."""
+    mean, std = _pixel_stats(images.device)
+    return ((images.float() - mean) / std).contiguous(memory_format=memory_format)
+
+
+@functools.cache
+def _pixel_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel mean and std in 0–255 pixel units, made once per device (a copy per batch would stall a GPU)."""
+    return (torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255, torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255)
+
+
+def augmentation_draws(steps: int, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole epoch's random flips [steps, B] and crop offsets [steps, 2, B], drawn at once from the seeded stream."""
+    flips = torch.rand(steps, batch, generator=gen) < 0.5
+    offsets = torch.randint(0, 2 * CROP_PADDING + 1, (steps, 2, batch), generator=gen)
+    return flips, offsets
+
+
+def augment(images: torch.Tensor, flips: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Random horizontal flip and random crop (zero padding 4) of a whole uint8 batch, as tensor ops."""
+    return crop(flip(images, flips), offsets, CROP_PADDING)
+
+
+def flip(images: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mirror left–right the images where `mask` [B] is true."""
+    return torch.where(mask[:, None, None, None], images.flip(3), images)
+
+
+def crop(images: torch.Tensor, offsets: torch.Tensor, padding: int) -> torch.Tensor:
+    """Each image's window at (top, left) = offsets[:, b] of its zero-padded copy, same size as the input.
+
+    out[b, c, i, j] = padded[b, c, top_b + i, left_b + j], one gather for the whole batch.
+    """
+    batch, channels, height, width = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    device = images.device
+    rows = offsets[0][:, None] + torch.arange(height, device=device)  # [B, H]
+    cols = offsets[1][:, None] + torch.arange(width, device=device)  # [B, W]
+    b = torch.arange(batch, device=device)[:, None, None, None]
+    c = torch.arange(channels, device=device)[None, :, None, None]
+    return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, n // batch_size)
+
+
+def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+    """A fresh permutation cut into full batches [steps, batch]; the remainder waits for the next shuffle."""
+    order = torch.randperm(n, generator=gen)
+    steps = steps_per_epoch(n, batch_size)
+    return order[: steps * min(batch_size, n)].view(steps, -1).to(device)

@@ -1,0 +1,86 @@
+"""The CIFAR-10 network: the ResNet-9 layout at a chosen width, seeded He initialisation, and its weight norms."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wdlab import streams
+
+LOGIT_SCALE = 0.125  # as in ResNet-9: keeps the initial logits small, so early steps stay stable
+
+
+class ConvBlock(nn.Module):
+    """3×3 conv → BatchNorm → ReLU, then 2×2 max-pooling when `pool`."""
+
+    def __init__(self, c_in: int, c_out: int, pool: bool = False):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(c_out)
+        self.pool = pool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.norm(self.conv(x)))
+        return F.max_pool2d(x, 2) if self.pool else x
+
+
+class Residual(nn.Module):
+    """x + f(x), with f two conv blocks of the same width."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.a = ConvBlock(channels, channels)
+        self.b = ConvBlock(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.b(self.a(x))
+
+
+class ResNet(nn.Module):
+    """The ResNet-9 layout of the fast DAWNBench CIFAR-10 entries, with `width` channels in its first layer.
+
+    prep → layer1 (pool, residual) → layer2 (pool) → layer3 (pool, residual) → global max-pool → linear;
+    channels w, 2w, 4w, 8w at 32, 16, 8, 4 pixels. Width 64 is the original ResNet-9 (94% with a long schedule).
+    """
+
+    def __init__(self, width: int, classes: int = 10):
+        super().__init__()
+        self.prep = ConvBlock(3, width)
+        self.layer1 = ConvBlock(width, 2 * width, pool=True)
+        self.res1 = Residual(2 * width)
+        self.layer2 = ConvBlock(2 * width, 4 * width, pool=True)
+        self.layer3 = ConvBlock(4 * width, 8 * width, pool=True)
+        self.res3 = Residual(8 * width)
+        self.head = nn.Linear(8 * width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.res1(self.layer1(self.prep(x)))
+        x = self.res3(self.layer3(self.layer2(x)))
+        return self.head(x.amax(dim=(2, 3))) * LOGIT_SCALE
+
+
+def build_model(width: int, seed: int) -> ResNet:
+    """He-initialised from the init stream: every λ starts from the same weights, so λ alone explains the differences."""
+    model = ResNet(width)
+    gen = streams.generator(seed, streams.CIFAR_INIT)
+    for module in model.modules():
+        if isinstance(module, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu", generator=gen)  # std = √(2 / fan_in)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+    return model
+
+
+def layer_norms(model: nn.Module) -> dict[str, float]:
+    """‖W‖₂ of each conv and linear layer's weight, by layer name (e.g. 'res1.a', 'head')."""
+    return {
+        name.removesuffix(".conv"): module.weight.detach().float().norm().item()
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear))
+    }
+
+
+def total_norm(model: nn.Module) -> float:
+    """‖θ‖₂ over every parameter of the model (weights, biases, BatchNorm scales and shifts)."""
+    return torch.stack([p.detach().float().norm() for p in model.parameters()]).norm().item()

@@ -1,0 +1,190 @@
+"""Training the CIFAR-10 net with weight decay: decay groups, the optimiser, the lr schedule, the loop and its record."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wdlab import streams
+from wdlab.cifar10.data import SPLITS, Split, Splits, augment, augmentation_draws, epoch_batches, normalise, steps_per_epoch
+from wdlab.cifar10.model import build_model, layer_norms, total_norm
+from wdlab.device import Formats
+from wdlab.settings import CifarSettings, CifarTrain
+
+log = logging.getLogger("wd-lab.cifar10")
+
+EVAL_BATCH = 512
+
+
+# ── weight decay and the optimiser ────────────────────────────────────────────────────────────────
+
+
+def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: bool) -> list[dict]:
+    """Conv and linear weights get λ; biases and BatchNorm scales/shifts get it only when `decay_norm_and_bias`.
+
+    BatchNorm makes the weights before it scale-invariant, so decay there sets their effective learning
+    rate; biases and norm parameters have no such role, and are commonly left undecayed.
+    """
+    decayed, exempt = [], []
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            is_weight_matrix = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
+            (decayed if is_weight_matrix or decay_norm_and_bias else exempt).append(param)
+    groups = [
+        {"name": "decay", "params": decayed, "weight_decay": weight_decay},
+        {"name": "no_decay", "params": exempt, "weight_decay": 0.0},
+    ]
+    return [group for group in groups if group["params"]]
+
+
+def make_optimizer(model: nn.Module, spec: CifarTrain, weight_decay: float) -> torch.optim.Optimizer:
+    groups = param_groups(model, weight_decay, spec.decay_norm_and_bias)
+    if spec.optimizer == "sgd":
+        # L2 through the gradient: g ← ∇L + λw;  v ← μ·v + g;  w ← w − η·v (Nesterov: w ← w − η·(g + μ·v))
+        nesterov = spec.nesterov and spec.momentum > 0
+        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=nesterov)
+    # Decoupled: w ← (1 − ηλ)·w − η·m̂ / (√v̂ + ε), with β₁ = momentum
+    return torch.optim.AdamW(groups, lr=spec.lr, betas=(spec.momentum, 0.999))
+
+
+def lr_factor(step: int, total_steps: int, spec: CifarTrain) -> float:
+    """Multiplier of the peak lr at `step`: linear warm-up, then hold (constant), linear (onecycle) or cosine decay to 0."""
+    warmup = round(spec.warmup_fraction * total_steps)
+    if step < warmup:
+        return (step + 1) / warmup
+    if spec.schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if spec.schedule == "onecycle":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+
+# ── training and evaluation ───────────────────────────────────────────────────────────────────────
+
+
+@dataclass
+class RunResult:
+    """One trained model and its per-epoch record (epoch 0 = the initial model)."""
+
+    weight_decay: float
+    history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, accuracy, gaps, ‖θ‖
+    layer_norms: list[dict[str, float]] = field(default_factory=list)  # per epoch: layer name → ‖W‖
+    diverged_epoch: int | None = None  # first epoch whose loss was NaN/inf
+    state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def final(self) -> dict[str, float]:
+        return self.history[-1]
+
+
+@dataclass
+class Trainer:
+    """What one training run carries from step to step: the model, its optimiser and schedule, the random streams."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    spec: CifarSettings
+    formats: Formats
+    order_gen: torch.Generator
+    augment_gen: torch.Generator
+
+    @classmethod
+    def create(cls, spec: CifarSettings, weight_decay: float, seed: int, formats: Formats, n_train: int) -> Trainer:
+        """A fresh model from the init stream, so every λ starts from the same weights; λ alone explains the differences."""
+        model = build_model(spec.model.width, seed).to(formats.device, memory_format=formats.memory_format)
+        optimizer = make_optimizer(model, spec.train, weight_decay)
+        total_steps = steps_per_epoch(n_train, spec.train.batch_size) * spec.train.epochs
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, spec.train))
+        order_gen = streams.generator(seed, streams.CIFAR_ORDER)
+        return cls(model, optimizer, schedule, spec, formats, order_gen, streams.generator(seed, streams.CIFAR_AUGMENT))
+
+    def train_epoch(self, split: Split) -> float:
+        """One pass over the shuffled training subset; returns the mean minibatch objective (NaN/inf if it diverged)."""
+        spec, device = self.spec, self.formats.device
+        self.model.train()
+        batches = epoch_batches(len(split.labels), spec.train.batch_size, self.order_gen, device)
+        if spec.data.augment:
+            flips, offsets = (draw.to(device) for draw in augmentation_draws(*batches.shape, self.augment_gen))
+        total = torch.zeros((), device=device)
+        for step, idx in enumerate(batches):
+            images, labels = split.images[idx], split.labels[idx]
+            if spec.data.augment:
+                images = augment(images, flips[step], offsets[step])
+            with self.formats.autocast():
+                logits = self.model(normalise(images, self.formats.memory_format))
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=spec.train.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.schedule.step()
+            total += loss.detach()
+        return (total / len(batches)).item()  # one device sync per epoch, not per step
+
+
+def train(splits: Splits, spec: CifarSettings, weight_decay: float, seed: int, formats: Formats) -> RunResult:
+    """Train one model with weight decay λ on `splits` (already on the device); a NaN/inf loss stops the run."""
+    trainer = Trainer.create(spec, weight_decay, seed, formats, n_train=len(splits.train.labels))
+    result = RunResult(weight_decay)
+
+    def record() -> dict[str, float]:
+        row, norms = measure(trainer.model, splits, formats)
+        result.history.append(row)
+        result.layer_norms.append(norms)
+        return row
+
+    record()
+    start = time.perf_counter()
+    for epoch in range(1, spec.train.epochs + 1):
+        objective = trainer.train_epoch(splits.train)
+        row = record()
+        log.info(
+            "λ=%-7g epoch %2d/%d  train acc %.3f  test acc %.3f  gap %+.3f  ‖θ‖ %.2f  (%.0f s)",
+            weight_decay, epoch, spec.train.epochs, row["train_accuracy"], row["test_accuracy"],
+            row["gap_accuracy"], row["w_norm"], time.perf_counter() - start,
+        )
+        if not (math.isfinite(objective) and math.isfinite(row["train_loss"]) and math.isfinite(row["w_norm"])):
+            result.diverged_epoch = epoch
+            log.warning("λ=%g diverged at epoch %d (non-finite loss): stopped this run; lower lr or λ", weight_decay, epoch)
+            break
+    result.seconds = time.perf_counter() - start
+    result.state_dict = {name: value.detach().cpu().contiguous() for name, value in trainer.model.state_dict().items()}
+    return result
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, split: Split, formats: Formats) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in eval mode (BatchNorm running statistics), without augmentation."""
+    model.eval()
+    loss_sum = torch.zeros((), device=formats.device)
+    correct = torch.zeros((), device=formats.device, dtype=torch.long)
+    for start in range(0, len(split.labels), EVAL_BATCH):
+        images, labels = split.images[start : start + EVAL_BATCH], split.labels[start : start + EVAL_BATCH]
+        with formats.autocast():
+            logits = model(normalise(images, formats.memory_format)).float()
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(dim=1) == labels).sum()
+    model.train()
+    n = len(split.labels)
+    loss = loss_sum.item() / n
+    return loss, correct.item() / n if math.isfinite(loss) else math.nan  # NaN logits have no meaningful argmax
+
+
+def measure(model: nn.Module, splits: Splits, formats: Formats) -> tuple[dict[str, float], dict[str, float]]:
+    """This epoch's losses, accuracies, generalisation gaps and total ‖θ‖; and ‖W‖ per layer."""
+    row: dict[str, float] = {}
+    for name in SPLITS:
+        row[f"{name}_loss"], row[f"{name}_accuracy"] = evaluate(model, getattr(splits, name), formats)
+    row["gap_accuracy"] = row["train_accuracy"] - row["test_accuracy"]  # generalisation gap, in accuracy
+    row["gap_loss"] = row["test_loss"] - row["train_loss"]  # and in loss
+    row["w_norm"] = total_norm(model)
+    return row, layer_norms(model)

@@ -1,0 +1,54 @@
+"""Where tensors live and how they are computed: device choice, memory layout and bf16 autocast."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from wdlab.errors import StageError
+
+
+def pick_device(name: str) -> torch.device:
+    """`auto` takes CUDA, then Apple MPS, then the CPU; a named device must be present."""
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if name == "auto":
+        return torch.device(next(kind for kind in ("cuda", "mps", "cpu") if available[kind]))
+    if not available[name]:
+        raise StageError(f"device '{name}' is not available on this machine: set `device: auto` or `cpu` in params.yaml")
+    return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Formats:
+    """How tensors are laid out and computed on the device: channels_last and bf16 autocast where they pay."""
+
+    device: torch.device
+    memory_format: torch.memory_format
+    autocast_dtype: torch.dtype | None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def describe(self) -> str:
+        precision = "bf16 autocast" if self.autocast_dtype is not None else "float32"
+        layout = "channels_last" if self.memory_format == torch.channels_last else "NCHW"
+        return f"{precision}, {layout}"
+
+
+def device_formats(device: torch.device, mixed_precision: bool) -> Formats:
+    """CUDA and CPU: channels_last, and bf16 autocast where the hardware has bf16; MPS: plain float32 NCHW."""
+    channels_last = device.type in ("cuda", "cpu")
+    bf16 = mixed_precision and (
+        (device.type == "cuda" and torch.cuda.is_bf16_supported()) or (device.type == "cpu" and cpu_has_bf16())
+    )
+    return Formats(device, torch.channels_last if channels_last else torch.contiguous_format, torch.bfloat16 if bf16 else None)
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matrix instructions (AVX512-BF16 or AMX); without them bf16 on the CPU is emulated and slow."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)

@@ -1,0 +1,75 @@
+"""Per-λ result tables: choosing λ from one, JSON-safe numbers, Markdown tables, flattened keys."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def best_lambda(by_lambda: pd.DataFrame, score: str, *, higher_is_better: bool) -> float | None:
+    """The λ with the best `score`; a diverged run or a non-finite score never wins; ties go to the smaller λ."""
+    usable = by_lambda[by_lambda[score].map(lambda v: v is not None and math.isfinite(v))]
+    if "diverged" in usable.columns:
+        usable = usable[~usable["diverged"].astype(bool)]
+    if usable.empty:
+        return None
+    ranked = usable.sort_values([score, "lambda"], ascending=[not higher_is_better, True])
+    return float(ranked["lambda"].iloc[0])
+
+
+def finite_or_none(value: Any) -> float | None:
+    """JSON-friendly: NaN/inf of a diverged run become null."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def json_record(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row with bools and integers kept, other numbers finite or None, anything else as it is."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+        return finite_or_none(value) if isinstance(value, (int, float, np.number)) else value
+
+    return {key: clean(value) for key, value in row.items()}
+
+
+def flatten(nested: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'grid': {'lambda_3': {'test_loss': 0.08}}} → {'grid.lambda_3.test_loss': 0.08}."""
+    flat: dict[str, Any] = {}
+    for key, value in nested.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = value
+    return flat
+
+
+def fmt_lambda(value: float) -> str:
+    return "0" if value == 0 else f"{value:g}"
+
+
+def markdown_table(table: pd.DataFrame, columns: Mapping[str, str], formats: Mapping[str, Callable[[Any], str]] | None = None) -> str:
+    """`columns` {column: header} of `table` as Markdown: λ as written in params, bools as yes/no, a missing
+    value as —, numbers with 3 significant digits unless `formats` gives a column its own."""
+    formats = {"lambda": fmt_lambda} | dict(formats or {})
+
+    def cell(column: str, value: Any) -> str:
+        if isinstance(value, (bool, np.bool_)):
+            return "yes" if value else "no"
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "—"
+        return formats[column](value) if column in formats else f"{value:.3g}"
+
+    rows = ["| " + " | ".join(columns.values()) + " |", "|" + "---:|" * len(columns)]
+    rows += ["| " + " | ".join(cell(c, row[c]) for c in columns) + " |" for row in table.to_dict("records")]
+    return "\n".join(rows)

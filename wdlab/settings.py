@@ -1,0 +1,191 @@
+"""Typed, validated settings: `params.yaml` read once into frozen pydantic models."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic.fields import FieldInfo
+from ruamel.yaml import YAML
+from ruamel.yaml.error import YAMLError
+
+PARAMS_FILE = Path("params.yaml")
+
+
+class ParamsError(ValueError):
+    """A value in params.yaml that the study cannot run with; the message names the key."""
+
+
+def _probability(value: float) -> float:
+    if not 0 <= value < 1:
+        raise ValueError("must be in [0, 1)")
+    return value
+
+
+def _lambdas(grid: tuple[float, ...]) -> tuple[float, ...]:
+    if any(v < 0 for v in grid):
+        raise ValueError("every λ must be >= 0")
+    if len(set(grid)) != len(grid):
+        raise ValueError("λ values must be distinct")
+    return grid
+
+
+Text = Annotated[str, Field(min_length=1)]
+Probability = Annotated[float, AfterValidator(_probability)]
+# The tuple alone is lax so that a YAML list becomes a tuple; its items stay strict floats (config below).
+LambdaGrid = Annotated[tuple[float, ...], Field(strict=False, min_length=1, description="the λ values compared"), AfterValidator(_lambdas)]
+
+
+class _Model(BaseModel):
+    # strict: a bool is not an int and "100" is not a number (an int is still a valid float).
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class TrackingSettings(_Model):
+    enabled: bool = Field(description="false: train without MLflow")
+    uri: Text = Field(description="used when MLFLOW_TRACKING_URI is unset; a relative sqlite path lives at the project root")
+    experiment_synthetic: Text
+    experiment_cifar10: Text
+
+
+class SyntheticData(_Model):
+    n_train: int = Field(ge=2)
+    n_test: int = Field(ge=1)
+    n_features: int = Field(ge=1)
+    true_w: float = Field(description="every entry of w*")
+    true_b: float
+    noise_std: float = Field(ge=0, description="std of the label noise ε")
+
+
+class SyntheticTrain(_Model):
+    implementation: Literal["scratch", "concise"] = Field(description="scratch: λ/2·‖w‖² in the loss; concise: SGD(weight_decay=λ)")
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
+    epochs: int = Field(ge=1)
+    init_std: float = Field(ge=0, description="w ~ N(0, init_std²), b = 0")
+
+
+class SyntheticSettings(_Model):
+    data: SyntheticData
+    train: SyntheticTrain
+    lambda_grid: LambdaGrid
+    cv_folds: int = Field(ge=2, description="k-fold cross-validation on the training set picks λ")
+
+
+class CifarDownload(_Model):
+    url: Text = Field(description="the official archive, a mirror, a file:// URL or a local path")
+    md5: Text
+
+
+class CifarData(_Model):
+    train_subset: int = Field(ge=0, description="0 = every training image not held out for validation")
+    valid_size: int = Field(ge=10, description="training images held out to choose λ; never trained on")
+    augment: bool = Field(description="random flip + crop")
+
+
+class CifarModel(_Model):
+    width: int = Field(ge=1, description="channels of the first layer")
+
+
+class CifarTrain(_Model):
+    optimizer: Literal["sgd", "adamw"]
+    lr: float = Field(gt=0, description="peak learning rate")
+    momentum: Probability = Field(description="SGD momentum; AdamW's β₁")
+    nesterov: bool
+    epochs: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    schedule: Literal["onecycle", "cosine", "constant"]
+    warmup_fraction: Probability
+    label_smoothing: Probability
+    decay_norm_and_bias: bool = Field(description="false: λ applies to conv/linear weights only")
+    mixed_precision: bool = Field(description="bf16 autocast where the hardware computes in bf16 (CUDA, CPUs with AVX512-BF16)")
+
+
+class CifarSettings(_Model):
+    wd: float = Field(ge=0, description="λ of the CIFAR-10 headline run")
+    download: CifarDownload
+    data: CifarData
+    model: CifarModel
+    train: CifarTrain
+    lambda_grid: LambdaGrid
+
+
+class Settings(_Model):
+    seed: int = Field(ge=0, description="data, initialisation and batch order all derive from it")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(description="auto: CUDA, then MPS, then CPU")
+    wd: float = Field(ge=0, description="λ of the synthetic headline run")
+    tracking: TrackingSettings
+    synthetic: SyntheticSettings
+    cifar10: CifarSettings
+
+
+def load_settings(path: Path | str = PARAMS_FILE) -> Settings:
+    """Read and validate the whole params file; raise ParamsError naming the first bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path} not found: run from the project root, where params.yaml lives")
+    try:
+        raw = YAML(typ="safe", pure=True).load(path.read_text())
+    except YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise ParamsError(f"{path} is not valid YAML{where}: fix the syntax") from None
+    return parse_settings(raw, source=str(path))
+
+
+def parse_settings(raw: Any, source: str = "params.yaml") -> Settings:
+    """Validate already-loaded params; the first problem becomes one ParamsError line."""
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_message(err.errors()[0], source)) from None
+
+
+# Each pydantic error type in the words of params.yaml; `{...}` are the error's context values
+# (`:g` because pydantic reports a float field's bound as 0.0 where params.yaml means 0).
+_PHRASES = {
+    "int_type": "must be an integer",
+    "float_type": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_type": "must be true or false",
+    "string_type": "must be a non-empty string",
+    "string_too_short": "must be a non-empty string",
+    "literal_error": "must be one of {expected}",
+    "greater_than": "must be > {gt:g}",
+    "greater_than_equal": "must be >= {ge:g}",
+    "too_short": "must list at least one λ",  # only the λ grids have a length
+    "tuple_type": "must be a list",
+    "value_error": "{error}",  # our own validators' text
+}
+
+
+def _message(err: Mapping[str, Any], source: str) -> str:
+    loc, kind = err["loc"], err["type"]
+    key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".")
+    if kind == "missing":
+        return f"{source}: missing key '{key}'"
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{key}'; allowed here: {', '.join(_model_at(loc[:-1]).model_fields)}"
+    if kind == "model_type":
+        return f"{source}: {key or 'the top level'} must be a mapping of keys, got {err['input']!r}"
+    field = _field_at(loc)
+    ctx = dict(err.get("ctx", {}))
+    if kind == "literal_error" and field is not None:
+        ctx["expected"] = ", ".join(map(str, get_args(field.annotation)))  # pydantic's reads "'a', 'b' or 'c'"
+    phrase = _PHRASES[kind].format(**ctx) if kind in _PHRASES else err["msg"][:1].lower() + err["msg"][1:]
+    described = f" ({field.description})" if field is not None and field.description else ""
+    return f"{source}: {key} = {err['input']!r} {phrase}{described}"
+
+
+def _model_at(names: tuple[Any, ...]) -> type[BaseModel]:
+    model: Any = Settings
+    for name in names:
+        model = model.model_fields[name].annotation
+    return model
+
+
+def _field_at(loc: tuple[Any, ...]) -> FieldInfo | None:
+    names = tuple(p for p in loc if isinstance(p, str))  # a grid item's error belongs to the grid's field
+    return _model_at(names[:-1]).model_fields.get(names[-1]) if names else None

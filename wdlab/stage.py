@@ -1,0 +1,69 @@
+"""What every stage entry point does: parse its command line, validate params.yaml, log, end with one clear line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from wdlab.errors import StageError
+from wdlab.settings import PARAMS_FILE, ParamsError, Settings, load_settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def parser(module_doc: str | None, prog: str) -> argparse.ArgumentParser:
+    """An argument parser whose help is the stage module's docstring; the stage adds the files it reads and writes."""
+    cli = argparse.ArgumentParser(prog=prog, description=(module_doc or "").strip())
+    cli.add_argument("--params", type=Path, default=PARAMS_FILE, help="params file (default: params.yaml)")
+    return cli
+
+
+def parser_with_paths(module_doc: str | None, prog: str, paths: Mapping[str, str]) -> argparse.ArgumentParser:
+    """A stage parser with required path options {name: help}: every file a stage reads or writes is named in
+    dvc.yaml's `cmd`, so the paths live there alone."""
+    cli = parser(module_doc, prog)
+    for name, what in paths.items():
+        cli.add_argument(f"--{name}", type=Path, required=True, help=what)
+    return cli
+
+
+def training_parser(module_doc: str | None, prog: str, grid_key: str, headline_key: str, **outputs: str) -> argparse.ArgumentParser:
+    """A training stage's command line: which run (headline λ or the whole grid), its data and where its outputs go."""
+    cli = parser_with_paths(module_doc, prog, {
+        "data": "the dataset the download/generate stage wrote",
+        "model": "trained weights (output)",
+        "history": "per-epoch metrics, long format (output)",
+        "record": "run record: how it ran and its MLflow run (output)",
+    } | {name.replace("_", "-"): what for name, what in outputs.items()})
+    cli.add_argument("run", choices=("headline", "grid"), help=f"headline: λ = {headline_key}; grid: every λ of {grid_key}")
+    return cli
+
+
+def run_stage(main: Callable[[Settings, argparse.Namespace], None], cli: argparse.ArgumentParser) -> None:
+    """Parse arguments, validate params.yaml, run `main`; known failures exit with one clear line."""
+    args = cli.parse_args()
+    setup_logging()
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `dvc queue kill` end a stage like Ctrl-C does
+    try:
+        main(load_settings(args.params), args)
+    except (ParamsError, StageError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"error: {cli.prog} interrupted; earlier outputs are intact, rerun `dvc repro`", file=sys.stderr)
+        sys.exit(130)
+
+
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt="%H:%M:%S", force=True)
+    for noisy in ("mlflow", "alembic", "matplotlib", "PIL", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("urllib3").setLevel(logging.ERROR)  # MLflow's retries; the failure is reported once
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
