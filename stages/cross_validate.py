@@ -1,4 +1,4 @@
-"""Choose λ by k-fold cross-validation of the SGD procedure on the training set (never the test set)."""
+"""Choose λ by k-fold cross-validation of the SGD procedure on each seed's training set (never the test set)."""
 
 from __future__ import annotations
 
@@ -9,29 +9,30 @@ from pathlib import Path
 from wdlab import stage
 from wdlab.device import pick_device
 from wdlab.files import write_csv
-from wdlab.results import best_lambda, flatten
+from wdlab.results import flatten
 from wdlab.settings import Settings
 from wdlab.synthetic.data import load_dataset
-from wdlab.synthetic.selection import cross_validate, cv_table, mean_cv_loss
+from wdlab.synthetic.selection import chosen_per_seed, cross_validate, cv_table, mean_cv_loss
 from wdlab.tracking import Tracker
 
 log = logging.getLogger("wd-lab.cross_validate")
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    train_set, _ = load_dataset(args.data)  # the test split stays unseen here
-    study = settings.synthetic
+    study, seeds = settings.synthetic, settings.synthetic.seeds
+    train_set, _ = load_dataset(args.data, seeds)  # the test split stays unseen here
     device = pick_device(settings.device)
     tracker = Tracker(settings.tracking, settings.tracking.experiment_synthetic)
-    params = {"seed": settings.seed, "cv_folds": study.cv_folds} | flatten({"train": study.train.model_dump()})
-    with tracker.run(f"cross-validation ({study.cv_folds} folds)", params, "synthetic-cv") as run_id:
-        cv_loss = cross_validate(train_set, study.lambda_grid, study.train, study.cv_folds, settings.seed, device)
-        cv = cv_table(study.lambda_grid, cv_loss)
-        mean = mean_cv_loss(cv)
-        best = best_lambda(mean, "cv_loss", higher_is_better=False)
-        tracker.log_history(run_id, {}, {f"cv_loss_lambda_{lam:g}": v for lam, v in zip(mean["lambda"], mean["cv_loss"])} | {"best_lambda": best})
+    params = {"seeds": len(seeds), "cv_folds": study.cv_folds} | flatten({"train": study.train.model_dump()})
+    with tracker.run(f"cross-validation ({study.cv_folds} folds, {len(seeds)} seeds)", params, "synthetic-cv") as run_id:
+        cv_loss = cross_validate(train_set, study.lambda_grid, study.train, study.cv_folds, seeds, device)
+        cv = cv_table(seeds, study.lambda_grid, cv_loss)
+        chosen = chosen_per_seed(mean_cv_loss(cv))
+        counts = chosen.value_counts()
+        tracker.log_history(run_id, {}, {f"chosen_lambda_{lam:g}": int(counts.get(lam, 0)) for lam in study.lambda_grid})
     write_csv(args.out, cv.to_dict("records"))
-    log.info("%d-fold cross-validation picks λ = %g", study.cv_folds, best)
+    log.info("%d-fold cross-validation on each of %d seeds chooses %s", study.cv_folds, len(seeds),
+             ", ".join(f"λ = {lam:g} ({n}×)" for lam, n in counts.items()))
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,17 +1,20 @@
-"""Evaluate the CIFAR-10 study: final accuracy, loss, generalisation gap and ‖θ‖ per λ, and the λ validation picks."""
+"""Evaluate the CIFAR-10 study over seeds: final accuracy, loss, generalisation gap and ‖θ‖ per λ with their spread,
+and the λ validation picks."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from wdlab import stage
 from wdlab.errors import StageInputError
 from wdlab.files import read_table, write_csv, write_json
-from wdlab.results import best_lambda, finite_or_none, json_record
+from wdlab.results import best_lambda, json_record, mean_curve, seed_summary, stats_of
 from wdlab.settings import Settings
 
 log = logging.getLogger("wd-lab.evaluate_cifar10")
@@ -24,57 +27,71 @@ FINAL_KEYS = (
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    headline = final_rows(args.headline_history, "headline").iloc[0]
+    study = settings.cifar10
+    headline = final_rows(args.headline_history, "headline")
     grid = final_rows(args.grid_history, "grid")
-    if set(grid["lambda"]) != set(settings.cifar10.lambda_grid):
-        raise StageInputError(f"{args.grid_history} does not match cifar10.lambda_grid: run `dvc repro train_cifar10@grid`")
-    chosen = best_lambda(grid, "valid_accuracy", higher_is_better=True)
+    if set(grid["lambda"]) != set(study.lambda_grid) or set(grid["seed"]) != set(study.seeds):
+        raise StageInputError(f"{args.grid_history} does not match cifar10.lambda_grid and seeds: run `dvc repro train_cifar10@grid`")
+    summary = seed_summary(grid, FINAL_KEYS)
+    summary["epochs_run"] = grid.groupby("lambda")["epochs_run"].min().to_numpy()
 
-    write_csv(args.table, [json_record(row) for row in grid[["lambda", *FINAL_KEYS, "epochs_run", "diverged"]].to_dict("records")])
-    write_json(args.metrics, metrics(headline, grid, chosen))
-    log.info("headline λ=%g: test accuracy %.3f, gap %+.3f", headline["lambda"], headline["test_accuracy"], headline["gap_accuracy"])
-    if chosen is not None:
-        log.info("validation accuracy picks λ=%g (test accuracy %.3f)", chosen, grid.set_index("lambda").loc[chosen, "test_accuracy"])
+    write_csv(args.by_seed, [json_record(row) for row in grid[["seed", "lambda", *FINAL_KEYS, "epochs_run", "diverged"]].to_dict("records")])
+    write_csv(args.table, [json_record(row) for row in summary.to_dict("records")])
+    result = metrics(headline, summary, len(study.seeds))
+    write_json(args.metrics, result)
+    write_csv(args.headline_curve, mean_curve(read_table(args.headline_history, "train_cifar10@headline")))
+    head = result["headline"]
+    log.info("headline λ=%g over %d seeds: test accuracy %.3f (std %s), gap %+.3f", head["lambda"], len(study.seeds),
+             head["test_accuracy"]["mean"], f"{head['test_accuracy']['std']:.3f}" if head["test_accuracy"]["std"] is not None else "—",
+             head["gap_accuracy"]["mean"])
+    if chosen := result["chosen_by_validation"]:
+        log.info("validation accuracy picks λ=%g (test accuracy %.3f)", chosen["lambda"], chosen["test_accuracy"]["mean"])
 
 
 def final_rows(path: Path, run: str) -> pd.DataFrame:
-    """The last recorded epoch of every λ of a training run; a run that diverged stopped at the epoch marked so."""
-    history = read_table(path, made_by=f"train_cifar10@{run}", required=("lambda", "epoch", "diverged", *FINAL_KEYS))
+    """The last recorded epoch of every (seed, λ) of a training run; a run that diverged stopped at the epoch marked so."""
+    history = read_table(path, made_by=f"train_cifar10@{run}", required=("seed", "lambda", "epoch", "diverged", *FINAL_KEYS))
     # tail(1), not last(): last() would skip a diverged run's NaN and report an earlier epoch's value.
-    final = history.sort_values(["lambda", "epoch"]).groupby("lambda").tail(1).reset_index(drop=True)
+    final = history.sort_values(["lambda", "seed", "epoch"]).groupby(["lambda", "seed"]).tail(1).reset_index(drop=True)
     return final.rename(columns={"epoch": "epochs_run"})
 
 
-def metrics(headline: pd.Series, grid: pd.DataFrame, chosen: float | None) -> dict:
-    """The DVC metrics file: the headline run, every λ of the grid, and the λ that validation picks."""
-    by_lambda = grid.set_index("lambda")
-    top_test = best_lambda(grid, "test_accuracy", higher_is_better=True)
+def metrics(headline: pd.DataFrame, summary: pd.DataFrame, seeds: int) -> dict:
+    """The DVC metrics file: per λ each final metric's mean, std and 95 % interval over seeds, and the λ that
+    validation picks (highest mean validation accuracy)."""
+    head = seed_summary(headline, FINAL_KEYS).iloc[0]
+    by_lambda = summary.set_index("lambda", drop=False)
+    chosen = best_lambda(summary, "valid_accuracy_mean", higher_is_better=True)
+    top_test = best_lambda(summary, "test_accuracy_mean", higher_is_better=True)
     return {
-        "headline": {"lambda": float(headline["lambda"])} | summary(headline),
-        "grid": {f"lambda_{lam:g}": summary(row) for lam, row in by_lambda.iterrows()},
+        "seeds": seeds,
+        "headline": {"lambda": float(head["lambda"])} | summary_of(head, int(headline["epochs_run"].min())),
+        "grid": {f"lambda_{row['lambda']:g}": summary_of(row, int(row["epochs_run"])) for row in summary.to_dict("records")},
         "chosen_by_validation": None if chosen is None else {
             "lambda": chosen,
-            "valid_accuracy": finite_or_none(by_lambda.loc[chosen, "valid_accuracy"]),
-            "test_accuracy": finite_or_none(by_lambda.loc[chosen, "test_accuracy"]),
+            "valid_accuracy": stats_of(by_lambda.loc[chosen], "valid_accuracy"),
+            "test_accuracy": stats_of(by_lambda.loc[chosen], "test_accuracy"),
         },
         # Descriptive only: a λ chosen by test accuracy would make that test accuracy an optimistic estimate.
         "highest_test_accuracy": None if top_test is None else {
             "lambda": top_test,
-            "test_accuracy": finite_or_none(by_lambda.loc[top_test, "test_accuracy"]),
+            "test_accuracy": stats_of(by_lambda.loc[top_test], "test_accuracy"),
         },
     }
 
 
-def summary(row: pd.Series) -> dict:
-    return json_record({key: row[key] for key in FINAL_KEYS}) | {"epochs_run": int(row["epochs_run"]), "diverged": bool(row["diverged"])}
+def summary_of(row: Mapping[str, Any], epochs_run: int) -> dict:
+    return {"diverged": int(row["diverged"]), "epochs_run": epochs_run} | {key: stats_of(row, key) for key in FINAL_KEYS}
 
 
 def parser() -> argparse.ArgumentParser:
     return stage.parser_with_paths(__doc__, "python -m stages.evaluate_cifar10", {
-        "headline-history": "the headline run's per-epoch history",
-        "grid-history": "the λ grid's per-epoch history",
+        "headline-history": "the headline run's per-epoch history, per seed",
+        "grid-history": "the λ grid's per-epoch history, per seed",
         "metrics": "the DVC metrics file (output)",
-        "table": "final metrics per λ, for dvc plots (output)",
+        "by-seed": "final metrics per (seed, λ), long format (output)",
+        "table": "final metrics per λ: mean, std and 95 % interval over seeds, for dvc plots (output)",
+        "headline-curve": "the headline run's per-epoch curves averaged over seeds, for dvc plots (output)",
     })
 
 

@@ -1,4 +1,4 @@
-"""Generate the synthetic regression data: y = X·w* + b* + ε, few samples and many features."""
+"""Generate the synthetic regression data, one draw per seed: y = X·w* + b* + ε, few samples and many features."""
 
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ log = logging.getLogger("wd-lab.generate")
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    spec = settings.synthetic.data
-    save_tensors(args.out, make_dataset(spec, settings.seed))
+    spec, seeds = settings.synthetic.data, settings.synthetic.seeds
+    save_tensors(args.out, make_dataset(spec, seeds))
     log.info(
-        "wrote %s: %d train and %d test samples, %d features (seed %d)",
-        args.out, spec.n_train, spec.n_test, spec.n_features, settings.seed,
+        "wrote %s: %d train and %d test samples, %d features, for each of %d seeds",
+        args.out, spec.n_train, spec.n_test, spec.n_features, len(seeds),
     )
 
 

@@ -22,16 +22,17 @@ log = logging.getLogger("wd-lab.report_cifar10")
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
     metrics = read_json(args.metrics, made_by="evaluate_cifar10")
-    by_lambda = read_table(args.table, "evaluate_cifar10", required=tuple(TABLE_COLUMNS))
-    history = read_table(args.grid_history, "train_cifar10@grid", required=("lambda", "epoch", "train_accuracy", "test_accuracy", "w_norm"))
-    layer_norms = read_table(args.layer_norms, "train_cifar10@grid", required=("lambda", "epoch", "layer", "norm"))
+    by_seed = read_table(args.by_seed, "evaluate_cifar10", required=("seed", "lambda", "train_accuracy", "valid_accuracy", "test_accuracy", "gap_accuracy", "gap_loss", "w_norm"))
+    by_lambda = means(read_table(args.table, "evaluate_cifar10", required=("lambda", "seeds", "diverged", "epochs_run")))
+    history = read_table(args.grid_history, "train_cifar10@grid", required=("seed", "lambda", "epoch", "train_accuracy", "test_accuracy", "w_norm"))
+    layer_norms = read_table(args.layer_norms, "train_cifar10@grid", required=("seed", "lambda", "epoch", "layer", "norm"))
     setup = read_json(args.grid_record, made_by="train_cifar10@grid")  # device, formats and image counts of the grid
     chosen = (metrics.get("chosen_by_validation") or {}).get("lambda")
 
     figures.set_theme()
     pngs = [
-        plot_accuracy_vs_lambda(by_lambda, chosen, args.figures / "accuracy_vs_lambda.png"),
-        plot_gap_vs_lambda(by_lambda, args.figures / "gap_vs_lambda.png"),
+        plot_accuracy_vs_lambda(by_seed, by_lambda, chosen, args.figures / "accuracy_vs_lambda.png"),
+        plot_gap_vs_lambda(by_seed, by_lambda, args.figures / "gap_vs_lambda.png"),
         plot_curves(history, args.figures / "curves.png"),
         plot_layer_norms(layer_norms, args.figures / "layer_norms.png"),
     ]
@@ -49,6 +50,12 @@ def lam(value: float) -> str:
     return f"λ = {fmt_lambda(value)}"
 
 
+def means(summary: pd.DataFrame) -> pd.DataFrame:
+    """Per λ, each metric's mean over seeds under the metric's own name; `diverged` if any seed did."""
+    means = summary.rename(columns={c: c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")})
+    return means.assign(diverged=summary["diverged"] > 0)
+
+
 def finite(by_lambda: pd.DataFrame) -> pd.DataFrame:
     return by_lambda[~by_lambda["diverged"].astype(bool)].dropna(subset=["test_accuracy"])
 
@@ -64,18 +71,18 @@ def mark_diverged(ax: plt.Axes, by_lambda: pd.DataFrame) -> None:
                    transform=ax.get_xaxis_transform(), label="diverged (stopped)", zorder=5, clip_on=False)
 
 
-def plot_accuracy_vs_lambda(by_lambda: pd.DataFrame, chosen: float | None, path: Path) -> Path:
-    long = by_lambda.melt(id_vars="lambda", value_vars=["train_accuracy", "valid_accuracy", "test_accuracy"], var_name="split", value_name="accuracy")
+def plot_accuracy_vs_lambda(by_seed: pd.DataFrame, by_lambda: pd.DataFrame, chosen: float | None, path: Path) -> Path:
+    long = by_seed.melt(id_vars=["seed", "lambda"], value_vars=["train_accuracy", "valid_accuracy", "test_accuracy"], var_name="split", value_name="accuracy")
     long["split"] = long["split"].str.removesuffix("_accuracy")
     long["accuracy"] *= 100
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    sns.lineplot(data=long.dropna(), x="lambda", y="accuracy", hue="split", style="split", markers=True, dashes=False, ax=ax)
+    sns.lineplot(data=long.dropna(), x="lambda", y="accuracy", hue="split", style="split", markers=True, dashes=False, ax=ax, **figures.SEED_BAND)
     if chosen is not None:
         picked = 100 * by_lambda.loc[by_lambda["lambda"] == chosen, "test_accuracy"]
         ax.scatter([chosen], picked, marker="*", s=260, color="black", zorder=6, clip_on=False, label=f"picked by validation ({lam(chosen)})")
     mark_diverged(ax, by_lambda)
     figures.lambda_axis(ax, by_lambda["lambda"])
-    ax.set(xlabel="weight decay λ", ylabel="accuracy (%)", title=accuracy_title(by_lambda))
+    ax.set(xlabel="weight decay λ", ylabel="accuracy (%)", title=f"{accuracy_title(by_lambda)}\n({figures.band_note(by_seed)})")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     return figures.save(fig, path)
 
@@ -92,18 +99,18 @@ def accuracy_title(by_lambda: pd.DataFrame) -> str:
     return title
 
 
-def plot_gap_vs_lambda(by_lambda: pd.DataFrame, path: Path) -> Path:
+def plot_gap_vs_lambda(by_seed: pd.DataFrame, by_lambda: pd.DataFrame, path: Path) -> Path:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     for ax, column, scale, label in (
         (axes[0], "gap_accuracy", 100, "train − test accuracy (points)"),
         (axes[1], "gap_loss", 1, "test − train loss (cross-entropy)"),
     ):
-        data = by_lambda.dropna(subset=[column])
-        sns.lineplot(x=data["lambda"], y=scale * data[column], marker="o", ax=ax)
+        data = by_seed.dropna(subset=[column])
+        sns.lineplot(x=data["lambda"], y=scale * data[column], marker="o", ax=ax, **figures.SEED_BAND)
         mark_diverged(ax, by_lambda)
         figures.lambda_axis(ax, by_lambda["lambda"])
         ax.set(xlabel="weight decay λ", ylabel=label)
-    fig.suptitle(gap_title(by_lambda))
+    fig.suptitle(f"{gap_title(by_lambda)} ({figures.band_note(by_seed)})")
     return figures.save(fig, path)
 
 
@@ -129,10 +136,10 @@ def plot_curves(history: pd.DataFrame, path: Path) -> Path:
         long["split"] = long["split"].str.removesuffix(f"_{metric}")
         if metric == "accuracy":
             long[metric] *= 100
-        sns.lineplot(data=long, x="epoch", y=metric, hue="λ", style="split", palette=palette, ax=ax, legend=ax is axes[0])
+        sns.lineplot(data=long, x="epoch", y=metric, hue="λ", style="split", palette=palette, ax=ax, legend=ax is axes[0], **figures.SEED_BAND)
         ax.set(xlabel="epoch", ylabel=label)
     axes[0].legend(fontsize="x-small", ncols=2)
-    sns.lineplot(data=history, x="epoch", y="w_norm", hue="λ", palette=palette, ax=axes[2], legend=False)
+    sns.lineplot(data=history, x="epoch", y="w_norm", hue="λ", palette=palette, ax=axes[2], legend=False, **figures.SEED_BAND)
     axes[2].set(xlabel="epoch", ylabel="‖θ‖₂ (all parameters)")
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -141,7 +148,8 @@ def plot_curves(history: pd.DataFrame, path: Path) -> Path:
 
 
 def curves_title(history: pd.DataFrame) -> str:
-    final = history.sort_values("epoch").groupby("lambda").tail(1).dropna(subset=["w_norm"]).sort_values("lambda")
+    last_epochs = history.sort_values("epoch").groupby(["lambda", "seed"]).tail(1).dropna(subset=["w_norm"])
+    final = last_epochs.groupby("lambda", as_index=False)[["train_accuracy", "test_accuracy"]].mean().sort_values("lambda")
     if len(final) < 2:
         return "Training curves"
     first, last = final.iloc[0], final.iloc[-1]
@@ -152,8 +160,9 @@ def curves_title(history: pd.DataFrame) -> str:
 
 
 def plot_layer_norms(layer_norms: pd.DataFrame, path: Path) -> Path:
-    final = layer_norms[layer_norms["epoch"] == layer_norms.groupby("lambda")["epoch"].transform("max")]
-    table = final.pivot(index="layer", columns="lambda", values="norm").reindex(pd.unique(layer_norms["layer"]))
+    final = layer_norms[layer_norms["epoch"] == layer_norms.groupby(["lambda", "seed"])["epoch"].transform("max")]
+    table = final.pivot_table(index="layer", columns="lambda", values="norm", aggfunc="mean", dropna=False)
+    table = table.reindex(pd.unique(layer_norms["layer"]))  # mean over seeds, layers from input to output
     relative = 0.0 in table.columns and table[0.0].notna().all()
     shown = table.div(table[0.0], axis=0) if relative else table
     shown.columns = [fmt_lambda(v) for v in shown.columns]
@@ -167,7 +176,7 @@ def plot_layer_norms(layer_norms: pd.DataFrame, path: Path) -> Path:
 def layer_title(shown: pd.DataFrame, relative: bool) -> str:
     finished = shown.dropna(axis="columns")
     if not relative or finished.shape[1] < 2:
-        return "Final ‖W‖ of each layer per λ"
+        return "Final ‖W‖ of each layer per λ (mean over seeds)"
     strongest = finished.columns[-1]
     column = finished[strongest]
     low, high = f"{column.min():.0%}", f"{column.max():.0%}"
@@ -185,11 +194,11 @@ def render_page(metrics: dict, by_lambda: pd.DataFrame, setup: dict, settings: S
     lines = [
         "# Weight decay on CIFAR-10",
         "",
-        setup_line(study, setup, settings.seed),
+        setup_line(study, setup),
         "",
         "## Finding",
         "",
-        finding(metrics, by_lambda),
+        finding(metrics, study.lambda_grid),
         "",
         interpretation(by_lambda),
         "",
@@ -199,7 +208,7 @@ def render_page(metrics: dict, by_lambda: pd.DataFrame, setup: dict, settings: S
         "",
         *[f"![{Path(link).stem}]({link})" for link in figure_links],
         "",
-        "## Metrics per λ",
+        f"## Metrics per λ (means over {metrics['seeds']} seed{'s' if metrics['seeds'] != 1 else ''})",
         "",
         markdown_table(by_lambda, TABLE_COLUMNS, TABLE_FORMATS),
         "",
@@ -214,7 +223,7 @@ def render_page(metrics: dict, by_lambda: pd.DataFrame, setup: dict, settings: S
     return "\n".join(lines)
 
 
-def setup_line(study: CifarSettings, setup: dict, seed: int) -> str:
+def setup_line(study: CifarSettings, setup: dict) -> str:
     t = study.train
     n = setup.get("n_images", {})
     optimizer = (
@@ -230,31 +239,57 @@ def setup_line(study: CifarSettings, setup: dict, seed: int) -> str:
         f"images, {n.get('test', '?'):,} test images. ResNet-9 layout, width {study.model.width}; {optimizer}; "
         f"{decayed}. Peak lr {t.lr:g}, {t.schedule} schedule with {t.warmup_fraction:.0%} warm-up, batch {t.batch_size}, "
         f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}, label smoothing {t.label_smoothing:g}, augmentation "
-        f"{'flip + crop' if study.data.augment else 'off'}; {setup.get('device', '?')} ({setup.get('formats', '?')}), "
-        f"seed {seed}._"
+        f"{'flip + crop' if study.data.augment else 'off'}; {setup.get('device', '?')} ({setup.get('formats', '?')}). "
+        f"Seeds {', '.join(map(str, study.seeds))}: each draws its own initial weights, batch order and augmentation; "
+        f"the training and validation images are the same for all (split seed {study.data.split_seed}). Figures show the "
+        "mean over seeds with its 95 % confidence band._"
     )
 
 
-def finding(metrics: dict, by_lambda: pd.DataFrame) -> str:
-    """The conclusion and the numbers behind it: the λ validation picks, against λ = 0."""
-    chosen = metrics.get("chosen_by_validation")
-    rows = by_lambda.set_index("lambda")
+def pm(summary: dict) -> str:
+    """An accuracy's mean ± std over seeds, in percent (the mean alone with one seed)."""
+    std = f" ± {100 * summary['std']:.1f}" if summary.get("std") is not None else ""
+    return f"{pct(summary['mean'])}{std}"
+
+
+def separated(a: dict, b: dict) -> bool | None:
+    """Whether two means' 95 % intervals over seeds do not overlap; None with one seed (no interval)."""
+    if a.get("ci_low") is None or b.get("ci_low") is None:
+        return None
+    return a["ci_high"] < b["ci_low"] or b["ci_high"] < a["ci_low"]
+
+
+def finding(metrics: dict, lambda_grid: tuple[float, ...]) -> str:
+    """The conclusion and the numbers behind it: the λ validation picks, against λ = 0, with the seed spread."""
+    chosen, grid = metrics.get("chosen_by_validation"), metrics["grid"]
     if chosen is None:
         return "Every λ of the grid diverged; lower `cifar10.train.lr` and rerun."
     text = (
-        f"Validation accuracy on held-out training images picks {lam(chosen['lambda'])}: test accuracy "
-        f"{pct(chosen['test_accuracy'])}"
+        f"Validation accuracy on held-out training images (mean over {metrics['seeds']} seeds) picks {lam(chosen['lambda'])}: "
+        f"test accuracy {pm(chosen['test_accuracy'])}"
     )
-    if 0.0 in rows.index and not rows.loc[0.0, "diverged"] and chosen["lambda"] != 0.0:
-        base = rows.loc[0.0]
-        delta = 100 * (chosen["test_accuracy"] - base["test_accuracy"])
-        text += f", {delta:+.1f} points against no weight decay (λ = 0: {pct(base['test_accuracy'])})"
-    text += "."
+    base = grid.get("lambda_0")
+    if base and not base["diverged"] and chosen["lambda"] != 0.0:
+        delta = 100 * (chosen["test_accuracy"]["mean"] - base["test_accuracy"]["mean"])
+        text += f", {delta:+.1f} points against no weight decay (λ = 0: {pm(base['test_accuracy'])})"
+        verdict = separated(chosen["test_accuracy"], base["test_accuracy"])
+        text += {
+            True: "; the 95 % intervals over seeds do not overlap, so the difference exceeds the seed spread.",
+            False: "; the 95 % intervals over seeds overlap, so the difference is within the seed spread.",
+            None: "; with one seed the spread is unknown: run several (`-S 'cifar10.seeds=[0,1,2]'`) to tell a difference from noise.",
+        }[verdict]
+    else:
+        text += "."
     top = metrics.get("highest_test_accuracy")
     if top and top["lambda"] != chosen["lambda"]:
         text += (
-            f" The highest test accuracy of the grid, {pct(top['test_accuracy'])} at {lam(top['lambda'])}, is reported "
+            f" The highest mean test accuracy of the grid, {pm(top['test_accuracy'])} at {lam(top['lambda'])}, is reported "
             "but not used to choose: choosing on the test set would make it an optimistic estimate."
+        )
+    if chosen["lambda"] == max(lambda_grid) > 0:
+        text += (
+            f" {lam(chosen['lambda'])} is the grid's largest, so the optimum may lie beyond it: extend "
+            f"`cifar10.lambda_grid` (e.g. add {3 * chosen['lambda']:g} and {10 * chosen['lambda']:g}) and rerun."
         )
     return text
 
@@ -289,19 +324,20 @@ def interpretation(by_lambda: pd.DataFrame) -> str:
 
 def headline_sentence(head: dict) -> str:
     if head["diverged"]:
-        return f"diverged after {head['epochs_run']} epochs (non-finite loss)."
+        return f"{head['diverged']} seed(s) diverged (non-finite loss), the first after {head['epochs_run']} epochs."
     return (
-        f"test accuracy {pct(head['test_accuracy'])}, train accuracy {pct(head['train_accuracy'])}, "
-        f"gap {100 * head['gap_accuracy']:.1f} points, ‖θ‖ = {head['w_norm']:.1f}."
+        f"test accuracy {pm(head['test_accuracy'])}, train accuracy {pm(head['train_accuracy'])}, "
+        f"gap {100 * head['gap_accuracy']['mean']:.1f} points, ‖θ‖ = {head['w_norm']['mean']:.1f} (means over seeds)."
     )
 
 
 TABLE_COLUMNS = {
     "lambda": "λ", "train_accuracy": "train acc", "valid_accuracy": "valid acc", "test_accuracy": "test acc",
-    "gap_accuracy": "gap (points)", "gap_loss": "gap (loss)", "w_norm": "‖θ‖", "epochs_run": "epochs", "diverged": "diverged",
+    "test_accuracy_std": "± std", "gap_accuracy": "gap (points)", "gap_loss": "gap (loss)", "w_norm": "‖θ‖",
+    "epochs_run": "epochs", "diverged": "diverged",
 }
 TABLE_FORMATS = {
-    "train_accuracy": pct, "valid_accuracy": pct, "test_accuracy": pct,
+    "train_accuracy": pct, "valid_accuracy": pct, "test_accuracy": pct, "test_accuracy_std": lambda v: f"{100 * v:.1f}",
     "gap_accuracy": lambda v: f"{100 * v:.1f}", "gap_loss": lambda v: f"{v:.3f}", "w_norm": lambda v: f"{v:.1f}",
     "epochs_run": lambda v: f"{int(v)}",
 }
@@ -310,7 +346,8 @@ TABLE_FORMATS = {
 def parser() -> argparse.ArgumentParser:
     return stage.parser_with_paths(__doc__, "python -m stages.report_cifar10", {
         "metrics": "the DVC metrics file evaluate_cifar10 wrote",
-        "table": "final metrics per λ",
+        "by-seed": "final metrics per (seed, λ)",
+        "table": "final metrics per λ over seeds",
         "grid-history": "the grid's per-epoch history",
         "layer-norms": "the grid's per-layer weight norms",
         "headline-record": "the headline run's run record",

@@ -1,8 +1,9 @@
-"""Train the synthetic linear regression: the headline run (λ = `wd`) or the whole λ grid at once."""
+"""Train the synthetic linear regression on every seed: the headline run (λ = `wd`) or the whole λ grid at once."""
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 
 import torch
@@ -20,54 +21,72 @@ log = logging.getLogger("wd-lab.train_synthetic")
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    train_set, test_set = load_dataset(args.data)
-    lambdas = (settings.wd,) if args.run == "headline" else settings.synthetic.lambda_grid
+    study, seeds = settings.synthetic, settings.synthetic.seeds
+    train_set, test_set = load_dataset(args.data, seeds)
+    lambdas = (settings.wd,) if args.run == "headline" else study.lambda_grid
     device = pick_device(settings.device)
     tracker = Tracker(settings.tracking, settings.tracking.experiment_synthetic)  # fails fast, before training
-    study = settings.synthetic
-    params = {"seed": settings.seed, "device": str(device)} | flatten({"data": study.data.model_dump(), "train": study.train.model_dump()})
-    log.info("training %s run on %s: λ ∈ %s", args.run, device, list(lambdas))
+    params = {"device": str(device), "seeds": len(seeds)} | flatten({"data": study.data.model_dump(), "train": study.train.model_dump()})
+    log.info("training %s run on %s: λ ∈ %s, %d seeds", args.run, device, list(lambdas), len(seeds))
 
     with tracker.run(training_run_name(args.run, lambdas), params | lambda_params(lambdas), f"synthetic-{args.run}") as run_id:
-        result = train_grid(train_set, lambdas, study.train, settings.seed, device, eval_sets={"test": test_set})
-        if args.run == "headline":
-            tracker.log_history(run_id, *curves(result, 0))
-        else:
-            for g, lam in enumerate(lambdas):
-                with tracker.run(f"λ={lam:g}", params | {"lambda": lam}, "synthetic-grid-member", nested=True) as member:
-                    tracker.log_history(member, *curves(result, g))
+        result = train_grid(train_set, lambdas, study.train, seeds, device, eval_sets={"test": test_set})
+        for (s, seed), (g, lam) in itertools.product(enumerate(seeds), enumerate(lambdas)):
+            with tracker.run(f"λ={lam:g} seed {seed}", params | {"lambda": lam, "seed": seed}, f"synthetic-{args.run}-member", nested=True) as member:
+                tracker.log_history(member, *curves(result, s, g))
+        tracker.log_history(run_id, {}, seed_aggregates(result))
 
     save_tensors(args.model, checkpoint(result))
     write_json(args.record, tracker.run_record(run_id))
     write_csv(args.history, history_rows(result))
-    for lam, train_loss, test_loss, w_norm in zip(lambdas, result.final("train_loss"), result.final("test_loss"), result.final("w_norm")):
-        log.info("λ=%-8g train loss %.3g  test loss %.3g  ‖w‖ %.3f", lam, train_loss, test_loss, w_norm)
+    final = {name: values[-1] for name, values in result.history.items()}  # [S, G]
+    for g, lam in enumerate(lambdas):
+        log.info(
+            "λ=%-8g over %d seeds: train loss %.3g  test loss %.3g  ‖w‖ %.3f (means)",
+            lam, len(seeds), final["train_loss"][:, g].nanmean(), final["test_loss"][:, g].nanmean(), final["w_norm"][:, g].nanmean(),
+        )
 
 
-def curves(result: GridRun, g: int) -> tuple[dict, dict]:
-    """Model g's per-epoch series and its final values, for MLflow."""
-    series = {name: values[:, g].tolist() for name, values in result.history.items()}
+def curves(result: GridRun, s: int, g: int) -> tuple[dict, dict]:
+    """Seed s, λ g: its per-epoch series and final values, for MLflow."""
+    series = {name: values[:, s, g].tolist() for name, values in result.history.items()}
     final = {f"final_{name}": values[-1] for name, values in series.items()}
-    final["diverged"] = float(result.diverged_epoch[g] is not None)
+    final["diverged"] = float(result.diverged_epoch[s, g] >= 0)
     return series, final
+
+
+def seed_aggregates(result: GridRun) -> dict[str, float]:
+    """The parent run's summary: per λ, each final metric's mean and standard deviation over seeds."""
+    summary = {}
+    for name, values in result.history.items():
+        for g, lam in enumerate(result.lambdas):
+            final = values[-1, :, g]
+            suffix = "" if len(result.lambdas) == 1 else f".lambda_{lam:g}"
+            summary[f"final_{name}.mean{suffix}"] = final.nanmean().item()
+            if final.isfinite().sum() > 1:
+                summary[f"final_{name}.std{suffix}"] = final[final.isfinite()].std().item()
+    return summary
 
 
 def checkpoint(result: GridRun) -> dict:
     return {
+        "seeds": torch.tensor(result.seeds),
         "lambdas": torch.tensor(result.lambdas, dtype=torch.float64),
-        "weight": result.weight,
-        "bias": result.bias,
-        "diverged_epoch": torch.tensor([-1 if e is None else e for e in result.diverged_epoch]),
+        "weight": result.weight,  # [S, G, d]
+        "bias": result.bias,  # [S, G]
+        "diverged_epoch": result.diverged_epoch,  # [S, G], −1: did not diverge
     }
 
 
 def history_rows(result: GridRun) -> list[dict]:
-    """Long format, one row per (λ, epoch): what seaborn and `dvc plots` read."""
+    """Long format, one row per (seed, λ, epoch): what seaborn and `dvc plots` read."""
     names = list(result.history)
+    epochs = len(result.history[names[0]])
     return [
-        {"lambda": lam, "epoch": epoch} | {name: result.history[name][epoch, g].item() for name in names}
+        {"seed": seed, "lambda": lam, "epoch": epoch} | {name: result.history[name][epoch, s, g].item() for name in names}
+        for s, seed in enumerate(result.seeds)
         for g, lam in enumerate(result.lambdas)
-        for epoch in range(len(result.history[names[0]]))
+        for epoch in range(epochs)
     ]
 
 

@@ -11,61 +11,85 @@ import sys
 import pytest
 
 from stages import check
-from wdlab.results import flatten
 from tests.workspace import ROOT, commit_all, copy_project, dvc, run
+from wdlab.results import flatten
 
 SYNTHETIC = json.loads((ROOT / "baselines/default/synthetic.json").read_text())
-RULES = check.load_checks(ROOT / "checks.yaml")["studies"]["synthetic"]["tolerances"]
+CHECKS = check.load_checks(ROOT / "checks.yaml")
+RULES = CHECKS["studies"]["synthetic"]["tolerances"]
+TOLERANCES = check.calibrate(SYNTHETIC, RULES, CHECKS["seed_spread_k"])
 
 
 def failed(rows):
     return [r.metric for r in rows if not r.ok]
 
 
-def test_identical_metrics_pass_and_every_metric_is_checked():
-    rows = check.compare(SYNTHETIC, SYNTHETIC, RULES)
-    assert failed(rows) == []
-    assert len(rows) == len(flatten(SYNTHETIC))
-
-
-@pytest.mark.parametrize(
-    ("metric", "factor", "ok"),
-    [
-        ("grid.lambda_3.test_loss", 1.04, True),
-        ("grid.lambda_3.test_loss", 1.06, False),
-        ("grid.lambda_0.w_norm", 1.019, True),
-        ("grid.lambda_0.w_norm", 0.97, False),
-        ("grid.lambda_3.ridge_test_loss", 1.001, False),
-        ("headline.lambda", 2.0, True),  # 0 × 2 = 0: unchanged
-    ],
-)
-def test_tolerances(metric, factor, ok):
+def moved(metric: str, change) -> dict:
     now = copy.deepcopy(SYNTHETIC)
     node, *path = now, *metric.split(".")
     for key in path[:-1]:
         node = node[key]
-    node[path[-1]] *= factor
-    assert (failed(check.compare(SYNTHETIC, now, RULES)) == []) is ok
+    node[path[-1]] = change(node[path[-1]])
+    return now
+
+
+def test_identical_metrics_pass_and_every_metric_but_the_intervals_is_checked():
+    rows = check.compare(SYNTHETIC, SYNTHETIC, TOLERANCES)
+    assert failed(rows) == []
+    checked = {r.metric for r in rows}
+    assert checked == {m for m in flatten(SYNTHETIC) if not m.endswith((".ci_low", ".ci_high"))}
+
+
+def test_the_committed_tolerances_are_the_calibration_of_the_committed_baseline():
+    recorded = json.loads((ROOT / "baselines/default/synthetic.tolerances.json").read_text())
+    assert recorded == json.loads(json.dumps(TOLERANCES)), "run `python -m stages.check --calibrate` and commit"
+
+
+def test_a_mean_may_move_k_standard_errors_of_its_seed_spread():
+    metric = "grid.lambda_3.test_loss.mean"
+    std, seeds, k = SYNTHETIC["grid"]["lambda_3"]["test_loss"]["std"], SYNTHETIC["seeds"], CHECKS["seed_spread_k"]
+    allowed = k * std * math.sqrt(2 / seeds)  # k·σ·√(2/S): the difference of two means of S seeds
+    assert TOLERANCES[metric]["abs"] == pytest.approx(allowed)
+    assert failed(check.compare(SYNTHETIC, moved(metric, lambda v: v + 0.9 * allowed), TOLERANCES)) == []
+    assert failed(check.compare(SYNTHETIC, moved(metric, lambda v: v - 1.1 * allowed), TOLERANCES)) == [metric]
+
+
+@pytest.mark.parametrize(
+    ("metric", "change", "ok"),
+    [
+        # numerically zero (≈ 1e-31 at λ = 0): another CPU's last bits must not false-alarm
+        ("grid.lambda_0.ridge_objective.mean", lambda v: 3 * v + 1e-20, True),
+        ("grid.lambda_3.ridge_test_loss.mean", lambda v: v * 1.001, False),  # a closed form: tight
+        ("grid.lambda_0.w_norm.std", lambda v: v * 1.2, True),
+        ("grid.lambda_0.w_norm.std", lambda v: v * 1.5, False),
+        ("headline.lambda", lambda v: v + 3, False),
+        ("cv.chosen.lambda_100", lambda v: v - 1, True),  # one seed's choice may flip
+        ("cv.chosen.lambda_100", lambda v: v - 3, False),
+    ],
+)
+def test_tolerances(metric, change, ok):
+    assert (failed(check.compare(SYNTHETIC, moved(metric, change), TOLERANCES)) == []) is ok
 
 
 def test_missing_nan_and_flipped_flags_fail():
     now = copy.deepcopy(SYNTHETIC)
-    del now["grid"]["lambda_10"]["test_loss"]
-    now["grid"]["lambda_30"]["w_norm"] = math.nan
-    now["grid"]["lambda_1"]["diverged"] = True
-    assert set(failed(check.compare(SYNTHETIC, now, RULES))) == {
-        "grid.lambda_10.test_loss", "grid.lambda_30.w_norm", "grid.lambda_1.diverged",
+    del now["grid"]["lambda_10"]["test_loss"]["mean"]
+    now["grid"]["lambda_30"]["w_norm"]["mean"] = math.nan
+    now["grid"]["lambda_1"]["diverged"] = 1
+    assert set(failed(check.compare(SYNTHETIC, now, TOLERANCES))) == {
+        "grid.lambda_10.test_loss.mean", "grid.lambda_30.w_norm.mean", "grid.lambda_1.diverged",
     }
 
 
-def test_synthetic_invariants_hold_on_the_baseline_and_catch_violations():
+def test_synthetic_invariants_hold_on_the_seed_means_and_catch_violations():
     assert failed(check.synthetic_invariants(SYNTHETIC, 0.1)) == []
     bad = copy.deepcopy(SYNTHETIC)
-    bad["grid"]["lambda_3"]["test_loss"] = bad["grid"]["lambda_0"]["test_loss"] * 2
-    bad["grid"]["lambda_10"]["w_norm"] = 100.0
-    bad["grid"]["lambda_30"]["objective"] = bad["grid"]["lambda_30"]["ridge_objective"] / 2
+    grid = bad["grid"]
+    grid["lambda_3"]["test_loss"]["mean"] = grid["lambda_0"]["test_loss"]["mean"] * 2
+    grid["lambda_10"]["w_norm"]["mean"] = grid["lambda_3"]["w_norm"]["mean"]  # not falling: decay not applied
+    grid["lambda_30"]["objective"]["mean"] = grid["lambda_30"]["ridge_objective"]["mean"] / 2
     assert set(failed(check.synthetic_invariants(bad, 0.1))) == {
-        "invariant: test loss λ=3 < λ=0", "invariant: ‖w‖ falls as λ grows", "invariant: objective λ=30 ≥ exact ridge",
+        "invariant: mean test loss λ=3 < λ=0", "invariant: mean ‖w‖ falls as λ grows", "invariant: objective λ=30 ≥ exact ridge",
     }
 
 
@@ -77,16 +101,17 @@ def test_cli_exit_codes_and_table(tmp_path, capsys, monkeypatch):
     assert check.main(["--profile", "default"]) == 2  # no baseline yet
     assert "--update" in capsys.readouterr().err
     assert check.main(["--update"]) == 0
+    assert (tmp_path / "baselines/default/synthetic.tolerances.json").is_file()
     assert check.main([]) == 0
     out = capsys.readouterr().out
     assert "metric" in out and "tolerance" in out and "verdict" in out and " 0 regressed" in out
 
-    worse = copy.deepcopy(SYNTHETIC)
-    worse["grid"]["lambda_3"]["test_loss"] *= 3
+    worse = moved("grid.lambda_3.test_loss.mean", lambda v: v * 3)
     (tmp_path / "metrics/synthetic.json").write_text(json.dumps(worse))
     assert check.main([]) == 1
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("grid.lambda_3.test_loss "))
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("grid.lambda_3.test_loss.mean "))
     assert line.rstrip().endswith("FAIL")
+    assert check.main(["--calibrate"]) == 0 and check.main([]) == 1, "recalibrating keeps the baseline"
     assert check.main(["--profile", "nope"]) == 2
 
 
@@ -105,4 +130,4 @@ def test_a_wrong_lambda_in_the_code_fails_the_check(tmp_path):
     proc = run([sys.executable, "-m", "stages.check"], cwd=project, check=False)
     assert proc.returncode == 1, proc.stdout
     failures = [line.split()[0] for line in proc.stdout.splitlines() if line.rstrip().endswith("FAIL")]
-    assert "grid.lambda_3.test_loss" in failures and "grid.lambda_3.w_norm" in failures
+    assert "grid.lambda_3.test_loss.mean" in failures and "grid.lambda_3.w_norm.mean" in failures

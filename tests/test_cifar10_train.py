@@ -19,7 +19,7 @@ from wdlab.cifar10 import data as cifar_data
 from wdlab.cifar10 import model as cifar_model
 from wdlab.cifar10 import training as cifar_training
 from wdlab.cifar10.archive import Cifar10, save_cifar10
-from wdlab.device import device_formats
+from wdlab.device import cpu_has_bf16, device_formats
 from wdlab.settings import Settings, parse_settings
 
 CPU = torch.device("cpu")
@@ -68,7 +68,7 @@ def splits() -> cifar_data.Splits:
 
 def train(splits: cifar_data.Splits, settings: Settings, weight_decay: float = 5e-4) -> cifar_training.RunResult:
     formats = device_formats(CPU, settings.cifar10.train.mixed_precision)
-    return cifar_training.train(splits, settings.cifar10, weight_decay, settings.seed, formats)
+    return cifar_training.train(splits, settings.cifar10, weight_decay, settings.cifar10.seeds[0], formats)
 
 
 @pytest.fixture(scope="module")
@@ -140,8 +140,13 @@ def test_same_seed_gives_identical_metrics_and_weights(splits, default_run):
 
 def test_mixed_precision_runs_are_identical_too(splits):
     settings = tiny_settings(**{"cifar10.train.mixed_precision": True, "cifar10.train.epochs": 1, "cifar10.data.augment": True})
+    formats = device_formats(CPU, mixed_precision=True)
+    native = cpu_has_bf16()
+    assert formats.autocast_dtype == (torch.bfloat16 if native else None), "bf16 exactly where the CPU computes in it"
     first, second = train(splits, settings), train(splits, settings)
     assert first.history == second.history and math.isfinite(first.final["train_loss"])
+    float32 = train(splits, tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.data.augment": True}))
+    assert (first.history != float32.history) is native, "bf16 ran where it is native, float32 elsewhere"
 
 
 def test_weight_decay_shrinks_the_weights(splits):
@@ -211,7 +216,7 @@ def pipeline(tmp_path_factory, splits) -> Path:
     train_x = torch.cat([splits.train.images, splits.valid.images])
     train_y = torch.cat([splits.train.labels, splits.valid.labels])
     save_cifar10(Cifar10(train_x, train_y, test.images, test.labels, CLASSES), root / args("train_cifar10@grid", train_cifar10).data, source_md5="0" * 32)
-    settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.lambda_grid": [0.0, 5e-4, 1e3]})
+    settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.lambda_grid": [0.0, 5e-4, 1e3], "cifar10.seeds": [0, 1]})
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
@@ -226,12 +231,19 @@ def test_stages_write_metrics_curves_and_report(pipeline):
     evaluated, grid, report = args("evaluate_cifar10", evaluate_cifar10), args("train_cifar10@grid", train_cifar10), args("report_cifar10", report_cifar10)
     metrics = json.loads((pipeline / evaluated.metrics).read_text())
     assert set(metrics["grid"]) == {"lambda_0", "lambda_0.0005", "lambda_1000"}
-    assert metrics["grid"]["lambda_1000"]["diverged"] and metrics["grid"]["lambda_1000"]["test_accuracy"] is None
-    assert not metrics["headline"]["diverged"] and metrics["headline"]["test_accuracy"] > 0.3
+    assert metrics["seeds"] == 2
+    assert metrics["grid"]["lambda_1000"]["diverged"] == 2 and metrics["grid"]["lambda_1000"]["test_accuracy"]["mean"] is None
+    assert not metrics["headline"]["diverged"] and metrics["headline"]["test_accuracy"]["mean"] > 0.3
+    accuracy = metrics["grid"]["lambda_0"]["test_accuracy"]
+    assert accuracy["ci_low"] <= accuracy["mean"] <= accuracy["ci_high"] and accuracy["std"] >= 0
     assert metrics["chosen_by_validation"]["lambda"] in (0.0, 5e-4)  # a diverged run is never picked
+    by_seed = pd.read_csv(pipeline / evaluated.by_seed)
+    assert len(by_seed) == 6 and set(by_seed["seed"]) == {0, 1}
+    # the mean over seeds is the mean of the per-seed rows
+    assert accuracy["mean"] == pytest.approx(by_seed.loc[by_seed["lambda"] == 0.0, "test_accuracy"].mean())
 
     history = pd.read_csv(pipeline / grid.history)
-    assert {"lambda", "epoch", "train_accuracy", "test_loss", "gap_accuracy", "gap_loss", "w_norm"} <= set(history.columns)
+    assert {"seed", "lambda", "epoch", "train_accuracy", "test_loss", "gap_accuracy", "gap_loss", "w_norm"} <= set(history.columns)
     assert len(pd.read_csv(pipeline / evaluated.table)) == 3
     assert set(pd.read_csv(pipeline / grid.layer_norms)["layer"]) >= {"prep", "head"}
     checkpoint = torch.load(pipeline / grid.model, weights_only=True)
@@ -240,6 +252,7 @@ def test_stages_write_metrics_curves_and_report(pipeline):
 
     page = (pipeline / report.page).read_text()
     assert "biases and BatchNorm scales/shifts are not decayed" in page and "diverged" in page
+    assert "Seeds 0, 1" in page and "95 %" in page
     pngs = sorted((pipeline / report.figures).glob("*.png"))
     assert len(pngs) == 4, "accuracy, gap, curves and layer norms"
     for figure in pngs:
@@ -254,11 +267,16 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
-    by_lambda = {float(run.data.params["lambda"]): run for run in children}
-    assert set(by_lambda) == {0.0, 5e-4, 1e3}
+    assert {(float(run.data.params["lambda"]), int(run.data.params["seed"])) for run in children} == {
+        (lam, seed) for lam in (0.0, 5e-4, 1e3) for seed in (0, 1)
+    }, "one nested run per (λ, seed)"
+    by_lambda = {float(run.data.params["lambda"]): run for run in children if run.data.params["seed"] == "0"}
     assert by_lambda[1e3].data.metrics["diverged"] == 1.0 and by_lambda[0.0].data.metrics["diverged"] == 0.0
     steps = [m.step for m in client.get_metric_history(by_lambda[0.0].info.run_id, "test_accuracy")]
     assert steps == [0, 1]
-    assert [a.path for a in client.list_artifacts(by_lambda[0.0].info.run_id, "model")] == ["model/model_lambda_0.pt"]
+    assert [a.path for a in client.list_artifacts(by_lambda[0.0].info.run_id, "model")] == ["model/model_lambda_0_seed_0.pt"]
+    assert parent.data.metrics["final_test_accuracy.mean.lambda_0"] == pytest.approx(
+        (by_lambda[0.0].data.metrics["final_test_accuracy"] + [r for r in children if r.data.params == by_lambda[0.0].data.params | {"seed": "1"}][0].data.metrics["final_test_accuracy"]) / 2
+    ), "the parent carries the aggregates over seeds"
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/cifar10.md" in report and "report/accuracy_vs_lambda.png" in report

@@ -28,9 +28,10 @@ pytestmark = pytest.mark.slow
 TARGET = "report_synthetic"
 EXPERIMENT = "wd-synthetic"
 PNG = b"\x89PNG\r\n\x1a\n"
-FIGURES = ("loss_curves", "loss_vs_lambda", "wnorm_vs_lambda", "wnorm_vs_epoch")
+FIGURES = ("loss_curves", "loss_vs_lambda", "wnorm_vs_lambda", "wnorm_vs_epoch", "cv_choices")
 PARAMS = load_params()
 GRID = [float(v) for v in PARAMS["synthetic"]["lambda_grid"]]
+SEEDS = [int(v) for v in PARAMS["synthetic"]["seeds"]]
 EPOCHS = int(PARAMS["synthetic"]["train"]["epochs"])
 WD = float(PARAMS["wd"])
 
@@ -120,12 +121,18 @@ def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, 
     assert parent["tags"]["mlflow.source.git.commit"] == commit
 
     members = grid_members(runs)
-    assert len(members) == len(GRID) == len(by_role(runs, "synthetic-grid-member"))
-    assert sorted(float(m["params"]["lambda"]) for m in members) == sorted(GRID)
+    assert len(members) == len(GRID) * len(SEEDS) == len(by_role(runs, "synthetic-grid-member"))
+    assert sorted((float(m["params"]["lambda"]), int(m["params"]["seed"])) for m in members) == sorted(
+        (lam, seed) for lam in GRID for seed in SEEDS
+    ), "one nested run per (λ, seed)"
+    latest_parent = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    three = [m for m in members if float(m["params"]["lambda"]) == 3]
+    finals = [next(x["value"] for x in m["data"]["metrics"] if x["key"] == "final_test_loss") for m in three]
+    assert latest_parent["final_test_loss.mean.lambda_3"] == pytest.approx(sum(finals) / len(finals)), "the parent carries the mean over seeds"
     for member in members:
-        lam = float(member["params"]["lambda"])
-        assert member["info"]["run_name"] == f"λ={lam:g}" and member["info"]["status"] == "FINISHED"
-        assert member["params"]["train.epochs"] == str(EPOCHS) and member["params"]["seed"] == str(PARAMS["seed"])
+        lam, seed = float(member["params"]["lambda"]), int(member["params"]["seed"])
+        assert member["info"]["run_name"] == f"λ={lam:g} seed {seed}" and member["info"]["status"] == "FINISHED"
+        assert member["params"]["train.epochs"] == str(EPOCHS)
         history = get_json(
             server, "/api/2.0/mlflow/metrics/get-history", run_id=member["info"]["run_id"], metric_key="test_loss", max_results=10_000
         )["metrics"]
@@ -134,8 +141,7 @@ def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, 
         latest = {m["key"]: m for m in member["data"]["metrics"]}
         assert latest["test_loss"]["step"] == EPOCHS and "final_test_loss" in latest and "w_norm" in latest
 
-    three = next(m for m in members if float(m["params"]["lambda"]) == 3)
-    curve = get_json(server, "/api/2.0/mlflow/metrics/get-history", run_id=three["info"]["run_id"], metric_key="test_loss")["metrics"]
+    curve = get_json(server, "/api/2.0/mlflow/metrics/get-history", run_id=three[0]["info"]["run_id"], metric_key="test_loss")["metrics"]
     values = [m["value"] for m in sorted(curve, key=lambda m: m["step"])]
     assert values[-1] < values[0] / 10, "λ = 3: the test loss falls over training"
 
@@ -144,7 +150,10 @@ def test_headline_run_is_there(server, runs):
     run = headline_run(runs)
     assert run["info"]["run_name"] == f"headline λ={WD:g}" and run["info"]["status"] == "FINISHED"
     assert float(run["params"]["lambda"]) == WD and "mlflow.parentRunId" not in run["tags"]
-    history = get_json(server, "/api/2.0/mlflow/metrics/get-history", run_id=run["info"]["run_id"], metric_key="test_loss")["metrics"]
+    assert {m["key"] for m in run["data"]["metrics"]} >= {"final_test_loss.mean", "final_test_loss.std"}
+    members = [r for r in runs if r["tags"].get("mlflow.parentRunId") == run["info"]["run_id"]]
+    assert sorted(int(m["params"]["seed"]) for m in members) == SEEDS
+    history = get_json(server, "/api/2.0/mlflow/metrics/get-history", run_id=members[0]["info"]["run_id"], metric_key="test_loss")["metrics"]
     assert sorted(m["step"] for m in history) == list(range(EPOCHS + 1))
     assert all(run["info"]["status"] == "FINISHED" for run in runs)
 

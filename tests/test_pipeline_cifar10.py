@@ -55,9 +55,9 @@ def test_the_branch_runs_and_the_model_learns(reproduced):
     result = metrics(project)
     assert set(result["grid"]) == {"lambda_0", "lambda_0.01"}
     for run in [result["headline"], *result["grid"].values()]:
-        assert run["test_accuracy"] > 0.5, "the generated images carry a class signal: well above 10 % chance"
+        assert run["test_accuracy"]["mean"] > 0.5, "the generated images carry a class signal: well above 10 % chance"
         assert run["epochs_run"] == 3 and not run["diverged"]
-    assert result["grid"]["lambda_0.01"]["w_norm"] < result["grid"]["lambda_0"]["w_norm"]
+    assert result["grid"]["lambda_0.01"]["w_norm"]["mean"] < result["grid"]["lambda_0"]["w_norm"]["mean"]
     page = (project / "reports/cifar10.md").read_text()
     assert "λ" in page and "|" in page
     for png in ("accuracy_vs_lambda", "gap_vs_lambda", "curves", "layer_norms"):
@@ -88,8 +88,10 @@ def test_exp_run_on_cifar_wd_reruns_only_the_headline_branch(reproduced):
     assert ran_stages(run.stdout) == {"train_cifar10@headline", "evaluate_cifar10", TARGET}
     after = metrics(project)
     assert after["headline"]["lambda"] == 0.01 and after["grid"] == before["grid"]
-    # the headline run at λ = 0.01 is the grid's λ = 0.01 run: same seed, same data, same device
-    assert after["headline"]["test_accuracy"] == after["grid"]["lambda_0.01"]["test_accuracy"]
+    # the headline run at λ = 0.01 is the grid's λ = 0.01 run: same seed, same data, same device. Compared on what
+    # does not saturate on these easy images (the loss and the weight norm), not on an accuracy of 100 %.
+    for key in ("test_loss", "train_loss", "w_norm"):
+        assert after["headline"][key] == after["grid"]["lambda_0.01"][key], key
 
 
 def test_same_seed_gives_identical_metrics_on_cpu(reproduced):

@@ -22,6 +22,7 @@ def test_committed_params_are_valid():
     assert len(settings.synthetic.lambda_grid) >= 10
     assert max(settings.synthetic.lambda_grid) >= 100
     assert 5e-4 in settings.cifar10.lambda_grid
+    assert len(settings.synthetic.seeds) >= 10, "spread comparable with the reference's 10 seeds"
 
 
 def test_yaml_1_2_floats_without_a_dot_are_numbers():
@@ -35,8 +36,13 @@ BAD = [
     ("wd", -1, "must be >= 0"),
     ("wd", "three", "must be a number"),
     ("wd", float("nan"), "finite"),
-    ("seed", 1.5, "must be an integer"),
-    ("seed", True, "must be an integer"),
+    ("synthetic.seeds", [0, 1.5], "must be an integer"),
+    ("synthetic.seeds", [True], "must be an integer"),
+    ("synthetic.seeds", [], "at least one seed"),
+    ("synthetic.seeds", 3, "a list"),
+    ("cifar10.seeds", [1, 1], "distinct"),
+    ("cifar10.seeds", [0, -1], ">= 0"),
+    ("cifar10.data.split_seed", -1, ">= 0"),
     ("device", "tpu", "one of auto, cpu, cuda, mps"),
     ("synthetic.lambda_grid", [], "at least one"),
     ("synthetic.lambda_grid", [0, -0.1], ">= 0"),
@@ -77,7 +83,7 @@ def test_bad_value_stops_the_stage_with_one_line_and_touches_nothing(key, value,
     [
         (lambda p: p.__setitem__("wd_gird", [1]), "unknown key 'wd_gird'"),
         (lambda p: p["synthetic"]["train"].__setitem__("learning_rate", 1), "unknown key 'synthetic.train.learning_rate'"),
-        (lambda p: p.pop("seed"), "missing key 'seed'"),
+        (lambda p: p.pop("wd"), "missing key 'wd'"),
         (lambda p: p["synthetic"].pop("lambda_grid"), "missing key 'synthetic.lambda_grid'"),
     ],
     ids=["typo-top", "typo-nested", "missing-top", "missing-nested"],

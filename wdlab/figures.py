@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -16,8 +17,13 @@ import seaborn as sns  # noqa: E402
 from wdlab.files import atomic_path  # noqa: E402
 from wdlab.results import fmt_lambda  # noqa: E402
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 PALETTE = "colorblind"
 DPI = 130
+# Every curve over seeds: the mean with its 95 % bootstrap confidence band (seeded, so figures repeat exactly).
+SEED_BAND = {"errorbar": ("ci", 95), "seed": 0}
 
 
 def set_theme() -> None:
@@ -53,3 +59,9 @@ def save(fig: plt.Figure, path: Path) -> Path:
 def relative_to_page(pngs: Sequence[Path], page: Path) -> list[str]:
     """Links to the figures from the Markdown page, so the page renders wherever the repository is."""
     return [Path(os.path.relpath(png, page.parent)).as_posix() for png in pngs]
+
+
+def band_note(by_seed: pd.DataFrame) -> str:
+    """How many seeds a band summarises, for figure titles."""
+    seeds = by_seed["seed"].nunique()
+    return f"mean and 95 % band over {seeds} seeds" if seeds > 1 else "one seed"

@@ -75,7 +75,7 @@ def write_text(path: Path | str, text: str) -> None:
 
 
 def write_json(path: Path | str, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")
+    write_text(path, json.dumps(data, indent=2, allow_nan=True, ensure_ascii=False) + "\n")
 
 
 def write_csv(path: Path | str, rows: Sequence[dict[str, Any]]) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,3 +73,42 @@ def markdown_table(table: pd.DataFrame, columns: Mapping[str, str], formats: Map
     rows = ["| " + " | ".join(columns.values()) + " |", "|" + "---:|" * len(columns)]
     rows += ["| " + " | ".join(cell(c, row[c]) for c in columns) + " |" for row in table.to_dict("records")]
     return "\n".join(rows)
+
+
+def stats(values: pd.Series) -> dict[str, float | None]:
+    """Mean, standard deviation and 95 % t-interval of the mean over seeds, NaN (diverged) values left out;
+    with one seed only the mean is known."""
+    from scipy import stats as scipy_stats
+
+    values = values.dropna()
+    n = len(values)
+    mean = float(values.mean()) if n else math.nan
+    std = float(values.std(ddof=1)) if n > 1 else math.nan
+    half = float(scipy_stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.nan  # t·s/√n
+    return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
+
+
+def seed_summary(by_seed: pd.DataFrame, metrics: Sequence[str], by: str = "lambda") -> pd.DataFrame:
+    """One row per `by` value: for each metric its `_mean`, `_std`, `_ci_low`, `_ci_high` over the seeds that did not
+    diverge (a diverged run's numbers mean nothing), the number of seeds and how many of them diverged."""
+    import pandas as pd
+
+    rows = []
+    for key, group in by_seed.groupby(by, sort=True):
+        diverged = group["diverged"].astype(bool) if "diverged" in group else pd.Series(False, index=group.index)
+        row = {by: key, "seeds": len(group), "diverged": int(diverged.sum())}
+        for metric in metrics:
+            row |= {f"{metric}_{name}": value for name, value in stats(group[metric].mask(diverged)).items()}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def stats_of(row: Mapping[str, Any], metric: str) -> dict[str, float | None]:
+    """A metric's summary {mean, std, ci_low, ci_high} from a seed_summary row, JSON-safe."""
+    return json_record({name: row[f"{metric}_{name}"] for name in ("mean", "std", "ci_low", "ci_high")})
+
+
+def mean_curve(history: pd.DataFrame) -> list[dict]:
+    """A run's per-epoch curves averaged over seeds (diverged seeds' NaN left out): one line per metric for `dvc plots`."""
+    numeric = history.drop(columns=[c for c in ("seed", "lambda", "diverged") if c in history])
+    return numeric.groupby("epoch", as_index=False).mean().to_dict("records")

@@ -32,10 +32,21 @@ def _lambdas(grid: tuple[float, ...]) -> tuple[float, ...]:
     return grid
 
 
+def _seeds(seeds: tuple[int, ...]) -> tuple[int, ...]:
+    if not seeds:
+        raise ValueError("must list at least one seed")
+    if any(v < 0 for v in seeds):
+        raise ValueError("every seed must be >= 0")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("seeds must be distinct")
+    return seeds
+
+
 Text = Annotated[str, Field(min_length=1)]
 Probability = Annotated[float, AfterValidator(_probability)]
 # The tuple alone is lax so that a YAML list becomes a tuple; its items stay strict floats (config below).
 LambdaGrid = Annotated[tuple[float, ...], Field(strict=False, min_length=1, description="the λ values compared"), AfterValidator(_lambdas)]
+Seeds = Annotated[tuple[int, ...], Field(strict=False), AfterValidator(_seeds)]
 
 
 class _Model(BaseModel):
@@ -68,6 +79,7 @@ class SyntheticTrain(_Model):
 
 
 class SyntheticSettings(_Model):
+    seeds: Seeds = Field(description="one run of every λ per seed: each draws its own data, initial weights, batch order and folds")
     data: SyntheticData
     train: SyntheticTrain
     lambda_grid: LambdaGrid
@@ -80,6 +92,7 @@ class CifarDownload(_Model):
 
 
 class CifarData(_Model):
+    split_seed: int = Field(ge=0, description="draws the training subset and the validation images, the same for every seed")
     train_subset: int = Field(ge=0, description="0 = every training image not held out for validation")
     valid_size: int = Field(ge=10, description="training images held out to choose λ; never trained on")
     augment: bool = Field(description="random flip + crop")
@@ -104,6 +117,7 @@ class CifarTrain(_Model):
 
 
 class CifarSettings(_Model):
+    seeds: Seeds = Field(description="one run of every λ per seed: each draws its own initial weights, batch order and augmentation")
     wd: float = Field(ge=0, description="λ of the CIFAR-10 headline run")
     download: CifarDownload
     data: CifarData
@@ -113,7 +127,6 @@ class CifarSettings(_Model):
 
 
 class Settings(_Model):
-    seed: int = Field(ge=0, description="data, initialisation and batch order all derive from it")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(description="auto: CUDA, then MPS, then CPU")
     wd: float = Field(ge=0, description="λ of the synthetic headline run")
     tracking: TrackingSettings

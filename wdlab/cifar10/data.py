@@ -37,12 +37,13 @@ class Splits(NamedTuple):
         return Splits(self.train.to(device), self.valid.to(device), self.test.to(device), self.classes)
 
 
-def load_splits(directory: Path, spec: CifarData, seed: int) -> Splits:
-    """The download stage's dataset cut into training subset, validation images and test set."""
+def load_splits(directory: Path, spec: CifarData) -> Splits:
+    """The download stage's dataset cut into training subset, validation images and test set (by `split_seed`:
+    the same images for every training seed, so seeds differ by training noise alone)."""
     from wdlab.cifar10.archive import load_cifar10
 
     data = load_cifar10(directory)
-    train_idx, valid_idx = split_indices(data.train_labels, spec.train_subset, spec.valid_size, seed)
+    train_idx, valid_idx = split_indices(data.train_labels, spec.train_subset, spec.valid_size, spec.split_seed)
     return Splits(
         Split(data.train_images[train_idx], data.train_labels[train_idx]),
         Split(data.train_images[valid_idx], data.train_labels[valid_idx]),

@@ -75,6 +75,7 @@ class RunResult:
     """One trained model and its per-epoch record (epoch 0 = the initial model)."""
 
     weight_decay: float
+    seed: int
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, accuracy, gaps, ‖θ‖
     layer_norms: list[dict[str, float]] = field(default_factory=list)  # per epoch: layer name → ‖W‖
     diverged_epoch: int | None = None  # first epoch whose loss was NaN/inf
@@ -134,7 +135,7 @@ class Trainer:
 def train(splits: Splits, spec: CifarSettings, weight_decay: float, seed: int, formats: Formats) -> RunResult:
     """Train one model with weight decay λ on `splits` (already on the device); a NaN/inf loss stops the run."""
     trainer = Trainer.create(spec, weight_decay, seed, formats, n_train=len(splits.train.labels))
-    result = RunResult(weight_decay)
+    result = RunResult(weight_decay, seed)
 
     def record() -> dict[str, float]:
         row, norms = measure(trainer.model, splits, formats)
@@ -148,13 +149,13 @@ def train(splits: Splits, spec: CifarSettings, weight_decay: float, seed: int, f
         objective = trainer.train_epoch(splits.train)
         row = record()
         log.info(
-            "λ=%-7g epoch %2d/%d  train acc %.3f  test acc %.3f  gap %+.3f  ‖θ‖ %.2f  (%.0f s)",
-            weight_decay, epoch, spec.train.epochs, row["train_accuracy"], row["test_accuracy"],
+            "λ=%-7g seed %d  epoch %2d/%d  train acc %.3f  test acc %.3f  gap %+.3f  ‖θ‖ %.2f  (%.0f s)",
+            weight_decay, seed, epoch, spec.train.epochs, row["train_accuracy"], row["test_accuracy"],
             row["gap_accuracy"], row["w_norm"], time.perf_counter() - start,
         )
         if not (math.isfinite(objective) and math.isfinite(row["train_loss"]) and math.isfinite(row["w_norm"])):
             result.diverged_epoch = epoch
-            log.warning("λ=%g diverged at epoch %d (non-finite loss): stopped this run; lower lr or λ", weight_decay, epoch)
+            log.warning("λ=%g, seed %d diverged at epoch %d (non-finite loss): stopped this run; lower lr or λ", weight_decay, seed, epoch)
             break
     result.seconds = time.perf_counter() - start
     result.state_dict = {name: value.detach().cpu().contiguous() for name, value in trainer.model.state_dict().items()}

@@ -16,37 +16,41 @@ if TYPE_CHECKING:
     import pandas as pd
 
 
-def kfold_indices(n: int, folds: int, seed: int) -> list[torch.Tensor]:
-    """A seeded shuffle of 0..n−1 cut into `folds` near-equal validation folds."""
+def kfold_indices(n: int, folds: int, seeds: Sequence[int]) -> list[torch.Tensor]:
+    """Per fold, each seed's held-out indices [S, m]: a seeded shuffle of 0..n−1 cut into `folds` near-equal folds
+    (fold f holds out as many samples for every seed)."""
     if folds > n:
         raise ValueError(f"cannot make {folds} folds from {n} samples")
-    perm = torch.randperm(n, generator=streams.generator(seed, streams.SYNTHETIC_FOLDS))
-    return list(perm.tensor_split(folds))
+    perms = torch.stack([torch.randperm(n, generator=streams.generator(seed, streams.SYNTHETIC_FOLDS)) for seed in seeds])
+    return list(perms.tensor_split(folds, dim=1))
 
 
 def cross_validate(
-    train_set: Split, lambdas: Sequence[float], spec: SyntheticTrain, folds: int, seed: int, device: torch.device
+    train_set: Split, lambdas: Sequence[float], spec: SyntheticTrain, folds: int, seeds: Sequence[int], device: torch.device
 ) -> torch.Tensor:
-    """Validation loss [folds, G] of the same SGD procedure, each fold held out in turn."""
-    n = len(train_set.y)
+    """Validation loss [folds, S, G] of the same SGD procedure, each fold held out in turn, every seed at once."""
+    n = train_set.y.shape[-1]
+    rows = torch.arange(len(seeds))[:, None]
     losses = []
-    for held_out in kfold_indices(n, folds, seed):
-        keep = torch.ones(n, dtype=torch.bool)
-        keep[held_out] = False
-        fit = Split(train_set.x[keep], train_set.y[keep])
-        valid = Split(train_set.x[held_out], train_set.y[held_out])
-        run = train_grid(fit, lambdas, spec, seed, device, eval_sets={"valid": valid}, progress=False)
+    for held_out in kfold_indices(n, folds, seeds):
+        keep = torch.ones(len(seeds), n, dtype=torch.bool)
+        keep[rows, held_out] = False
+        kept = keep.nonzero()[:, 1].view(len(seeds), -1)  # [S, n − m], in order
+        fit = Split(train_set.x[rows, kept], train_set.y[rows, kept])
+        valid = Split(train_set.x[rows, held_out], train_set.y[rows, held_out])
+        run = train_grid(fit, lambdas, spec, seeds, device, eval_sets={"valid": valid}, progress=False)
         losses.append(run.history["valid_loss"][-1])
     return torch.stack(losses)
 
 
-def cv_table(lambdas: Sequence[float], cv_loss: torch.Tensor) -> pd.DataFrame:
-    """One row per (fold, λ): the validation loss of the model trained on the other folds."""
+def cv_table(seeds: Sequence[int], lambdas: Sequence[float], cv_loss: torch.Tensor) -> pd.DataFrame:
+    """One row per (seed, fold, λ): the validation loss of the model trained on the other folds."""
     import pandas as pd
 
     return pd.DataFrame(
         [
-            {"fold": fold, "lambda": lam, "valid_loss": cv_loss[fold, g].item()}
+            {"seed": seed, "fold": fold, "lambda": lam, "valid_loss": cv_loss[fold, s, g].item()}
+            for s, seed in enumerate(seeds)
             for fold in range(cv_loss.shape[0])
             for g, lam in enumerate(lambdas)
         ]
@@ -54,5 +58,12 @@ def cv_table(lambdas: Sequence[float], cv_loss: torch.Tensor) -> pd.DataFrame:
 
 
 def mean_cv_loss(cv: pd.DataFrame) -> pd.DataFrame:
-    """Per λ, the validation loss averaged over folds: columns lambda, cv_loss."""
-    return cv.groupby("lambda", as_index=False)["valid_loss"].mean().rename(columns={"valid_loss": "cv_loss"})
+    """Per (seed, λ), the validation loss averaged over folds: columns seed, lambda, cv_loss."""
+    return cv.groupby(["seed", "lambda"], as_index=False)["valid_loss"].mean().rename(columns={"valid_loss": "cv_loss"})
+
+
+def chosen_per_seed(cv_by_seed: pd.DataFrame) -> pd.Series:
+    """The λ cross-validation chooses on each seed's training set: seed → λ (NaN where every λ diverged)."""
+    from wdlab.results import best_lambda
+
+    return cv_by_seed.groupby("seed").apply(lambda table: best_lambda(table, "cv_loss", higher_is_better=False))
