@@ -12,7 +12,7 @@ import time
 import mlflow
 import pytest
 
-from tests.workspace import commit_all, copy_project, dvc, load_params, set_key, tool_env, write_params
+from tests.workspace import clone_project, dvc, load_params, set_key, tool_env, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -20,11 +20,9 @@ TARGET = "report_synthetic"  # the synthetic branch: quick to reproduce, and its
 
 
 @pytest.fixture
-def baseline(tmp_path):
-    project = copy_project(tmp_path / "project")
-    dvc(project, "repro", TARGET)
-    commit_all(project, "baseline")
-    return project
+def baseline(synthetic_template, tmp_path):
+    """A fresh copy of the session's reproduced and committed synthetic branch, for this test alone."""
+    return clone_project(synthetic_template.path, tmp_path / "project")
 
 
 def start_long_training(project) -> subprocess.Popen:

@@ -1,6 +1,6 @@
 """The MLflow UI over a store that a real pipeline run filled: the real server's REST API, then headless Chromium.
 
-One real `dvc repro report_synthetic` in a temp copy of the project, then the README's
+A copy of the session's real `dvc repro report_synthetic` (tests/conftest.py), then the README's
 `mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port …` started in that copy.
 The browser checks need Debian's `chromium` (.ci/install-chromium) and skip, saying so, without it.
 """
@@ -20,12 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.workspace import commit_all, copy_project, dvc, git, load_params, tool_env
+from tests.workspace import clone_project, git, load_params, tool_env
 from tests.mlflow_server import get_bytes, get_json, kill_group, mlflow_server, post_json
 
 pytestmark = pytest.mark.slow
 
-TARGET = "report_synthetic"
 EXPERIMENT = "wd-synthetic"
 PNG = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("loss_curves", "loss_vs_lambda", "wnorm_vs_lambda", "wnorm_vs_epoch", "cv_choices")
@@ -46,11 +45,9 @@ TRAINING = "?workflowType=machine_learning"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """A temp copy of the project (git + DVC) after one real `dvc repro report_synthetic`."""
-    dest = copy_project(tmp_path_factory.mktemp("mlflow-ui") / "project")
-    commit_all(dest, "code")  # so the runs carry mlflow.source.git.commit
-    dvc(dest, "repro", TARGET)
+def project(synthetic_template, tmp_path_factory) -> Path:
+    """A temp copy of the project (git + DVC) after one real `dvc repro report_synthetic`, its store its own."""
+    dest = clone_project(synthetic_template.path, tmp_path_factory.mktemp("mlflow-ui") / "project")
     assert (dest / "mlflow.db").is_file() and (dest / "mlruns").is_dir()
     return dest
 
@@ -117,7 +114,8 @@ def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, 
     parent = grid_parent(runs)
     assert parent["info"]["run_name"] == f"grid of {len(GRID)} λ" and parent["info"]["status"] == "FINISHED"
     assert [float(v) for v in parent["params"]["lambda_grid"].split(",")] == GRID
-    commit = git(project, "rev-parse", "HEAD").stdout.strip()
+    # the commit of the code that ran: the last one to change code or params (the outputs were committed after)
+    commit = git(project, "rev-list", "-1", "HEAD", "--", "stages", "wdlab", "dvc.yaml", "params.yaml").stdout.strip()
     assert parent["tags"]["mlflow.source.git.commit"] == commit
 
     members = grid_members(runs)

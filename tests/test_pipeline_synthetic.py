@@ -8,7 +8,7 @@ import re
 import mlflow
 import pytest
 
-from tests.workspace import commit_all, copy_project, dvc, git
+from tests.workspace import clone_project, dvc, git
 
 pytestmark = pytest.mark.slow
 
@@ -24,12 +24,11 @@ def headline(project) -> dict:
 
 
 @pytest.fixture(scope="module")
-def reproduced(tmp_path_factory):
-    """One real `dvc repro` of the synthetic branch in a fresh git repo, shared by this module's tests."""
-    dest = copy_project(tmp_path_factory.mktemp("pipeline") / "project")
-    first = dvc(dest, "repro", TARGET)
-    commit_all(dest, "baseline λ = 0")
-    return dest, first.stdout
+def reproduced(synthetic_template, tmp_path_factory):
+    """A copy of the session's real `dvc repro` of the synthetic branch (committed), and that repro's output,
+    shared by this module's tests."""
+    dest = clone_project(synthetic_template.path, tmp_path_factory.mktemp("pipeline") / "project")
+    return dest, synthetic_template.output
 
 
 def test_repro_runs_every_synthetic_stage_and_meets_the_bar(reproduced):

@@ -8,7 +8,7 @@ import time
 import mlflow
 import pytest
 
-from tests.workspace import commit_all, copy_project, dvc
+from tests.workspace import clone_project, dvc
 
 pytestmark = pytest.mark.slow
 
@@ -26,10 +26,9 @@ def wait_for_queue(project, timeout: float = 900) -> str:
 
 
 @pytest.fixture
-def queued_project(tmp_path):
-    project = copy_project(tmp_path / "project")
-    dvc(project, "repro", "report_synthetic")
-    commit_all(project, "baseline")
+def queued_project(synthetic_template, tmp_path):
+    """A fresh copy of the session's reproduced and committed synthetic branch; its queue is stopped afterwards."""
+    project = clone_project(synthetic_template.path, tmp_path / "project")
     yield project
     dvc(project, "queue", "stop", "--kill", check=False)
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +106,42 @@ def copy_project(dest: Path) -> Path:
 def commit_all(cwd: Path, message: str = "snapshot") -> None:
     git(cwd, "add", "-A")
     git(cwd, "commit", "-q", "-m", message)
+
+
+def clone_project(template: Path, dest: Path) -> Path:
+    """An independent copy at `dest` of a project made by `copy_project` (usually already reproduced and committed).
+
+    The copy has its own git repo, DVC cache (.dvc/cache), outputs, `mlflow.db` and `mlruns/`: what a test does in
+    it (`dvc exp run`, the queue, a killed stage) never reaches the template or another copy. Left out: `.dvc/tmp`
+    (the template's locks and DVC's per-repo timestamp; DVC makes new ones). DVC keeps no absolute path in the
+    project (its state and index live in a per-user cache dir keyed by the repo's path), so `dvc status` in the
+    copy says up to date. MLflow does keep absolute paths: see `repoint_mlflow_artifacts`.
+    """
+
+    def runtime_state(folder: str, names: list[str]) -> set[str]:
+        return {"tmp"} if Path(folder) == template / ".dvc" else set()
+
+    shutil.copytree(template, dest, symlinks=True, ignore=runtime_state)
+    repoint_mlflow_artifacts(dest / "mlflow.db", template / "mlruns", dest / "mlruns")
+    return dest
+
+
+def repoint_mlflow_artifacts(store: Path, old: Path, new: Path) -> None:
+    """Point the artifact locations of a copied sqlite MLflow store from `old` to `new` (its own `mlruns/`).
+
+    MLflow writes absolute locations when it creates them: each experiment's `artifact_location` (a file:// URI,
+    or a plain path for the Default experiment) and each run's `artifact_uri` under it. It has no API to change
+    them afterwards (`mlflow db move-resources --artifact-policy retarget` moves experiments between workspaces
+    and leaves run URIs as they are), so this test helper rewrites the prefix of those two columns with SQL.
+    Other absolute paths in the store are provenance, left as they are (tag `mlflow.source.name`: the script
+    that ran, in the template).
+    """
+    if not store.is_file():
+        return
+    with contextlib.closing(sqlite3.connect(store)) as db, db:  # one transaction, committed on success
+        for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
+            for before, after in ((old.as_uri(), new.as_uri()), (str(old), str(new))):
+                db.execute(
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                    (after, len(before) + 1, before, len(before) + 1, before + "/"),
+                )
