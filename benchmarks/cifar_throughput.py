@@ -10,6 +10,10 @@ CIFAR shape, which cost exactly what real images cost:
   trainer    wdlab.cifar10.training.Trainer.train_epoch: the dataset as one uint8 tensor on the device, flips and
              crops as batched tensor ops, the same device formats
 
+and the trainer's achieved GFLOP/s (FLOPs of one step as FlopCounterMode counts them: convolutions and matmuls,
+forward and backward) beside what this machine reaches at best, timed in the same run: a large matmul and a
+32-channel 3×3 convolution in the trainer's precision and layout.
+
     python -m benchmarks.cifar_throughput                 # params.yaml's width and batch size
     python -m benchmarks.cifar_throughput --images 5120 --workers 0
 """
@@ -25,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
 from wdlab import streams
@@ -85,6 +90,42 @@ def measure(epochs: dict[str, Callable[[], None]], n_images: int, repeats: int) 
     return {name: n_images / seconds for name, seconds in best.items()}
 
 
+def flops_per_image(trainer: Trainer, batch: Split) -> float:
+    """FLOPs of one training step on `batch`, per image (this step does train `trainer`)."""
+    with FlopCounterMode(display=False) as counter:
+        trainer.train_epoch(batch)
+    return counter.get_total_flops() / len(batch.labels)
+
+
+def peak_gflops(formats: Formats, repeats: int) -> dict[str, float]:
+    """GFLOP/s of the two kernels that bound the trainer's arithmetic, in its precision and layout."""
+    dtype, device = formats.autocast_dtype or torch.float32, formats.device
+    a, b = (torch.randn(4096, 4096, dtype=dtype, device=device) for _ in range(2))
+    x = torch.randn(256, 32, 32, 32, dtype=dtype, device=device).contiguous(memory_format=formats.memory_format)
+    w = torch.randn(32, 32, 3, 3, dtype=dtype, device=device).contiguous(memory_format=formats.memory_format)
+    return {
+        f"4096² {dtype_name(dtype)} matmul": gflops(lambda: a @ b, repeats),
+        f"32-channel 3×3 {dtype_name(dtype)} conv": gflops(lambda: F.conv2d(x, w, padding=1), repeats),
+    }
+
+
+def gflops(kernel: Callable[[], torch.Tensor], repeats: int) -> float:
+    """FLOPs counted on one call over the best of `repeats` timed calls (after a warm-up one)."""
+    with FlopCounterMode(display=False) as counter:
+        kernel()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        kernel()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return counter.get_total_flops() / best / 1e9
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float32: "fp32"}.get(dtype, str(dtype))
+
+
 def sync() -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
@@ -105,7 +146,8 @@ def main() -> None:
     device = pick_device(settings.device)
     fast = device_formats(device, study.train.mixed_precision)
     plain = Formats(device, torch.contiguous_format, None)
-    gen = streams.generator(settings.seed, 0)
+    seed = study.seeds[0]
+    gen = streams.generator(seed, 0)
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, 10, (args.images,), generator=gen)
     n = (args.images // study.train.batch_size) * study.train.batch_size  # both loops drop the last partial batch
@@ -113,12 +155,12 @@ def main() -> None:
           f"{n} images per epoch, trainer formats: {fast.describe()}")
 
     def fresh(formats: Formats) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        model = build_model(study.model.width, settings.seed).to(device, memory_format=formats.memory_format)
+        model = build_model(study.model.width, seed).to(device, memory_format=formats.memory_format)
         return model, make_optimizer(model, study.train, study.wd)
 
     loader = tutorial_loader(images, labels, study.train.batch_size, args.workers)
     tutorial, tutorial_plus = fresh(plain), fresh(fast)
-    trainer = Trainer.create(spec, study.wd, settings.seed, fast, n_train=n)
+    trainer = Trainer.create(spec, study.wd, seed, fast, n_train=n)
     split = Split(images, labels).to(device)
     results = measure({
         "tutorial": lambda: tutorial_epoch(*tutorial, loader, plain),
@@ -129,6 +171,13 @@ def main() -> None:
         print(f"{name:<10} {rate:8.0f} images/s")
     print(f"trainer / tutorial  = {results['trainer'] / results['tutorial']:.2f}×")
     print(f"trainer / tutorial+ = {results['trainer'] / results['tutorial+']:.2f}×  (data pipeline alone)")
+
+    batch = Split(images[: study.train.batch_size], labels[: study.train.batch_size]).to(device)
+    per_image = flops_per_image(Trainer.create(spec, study.wd, seed, fast, n_train=len(batch.labels)), batch)
+    achieved = results["trainer"] * per_image / 1e9
+    print(f"trainer    {per_image / 1e9:.3f} GFLOP per image (forward + backward) = {achieved:.0f} GFLOP/s")
+    for name, peak in peak_gflops(fast, repeats=5 * args.repeats).items():
+        print(f"  {100 * achieved / peak:4.0f} % of a {name:<28} {peak:6.0f} GFLOP/s")
 
 
 if __name__ == "__main__":
