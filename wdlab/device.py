@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -52,3 +54,21 @@ def cpu_has_bf16() -> bool:
     """Native bf16 matrix instructions (AVX512-BF16 or AMX); without them bf16 on the CPU is emulated and slow."""
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep the memory a CPU training step frees for the next step, instead of handing it back to the kernel.
+
+    By default glibc trims the heap whenever twice its largest recent block lies free at its top, which the end of
+    every backward pass does: each step then page-faults its activations back in, zeroed by the kernel, ~10 ms of a
+    ~150 ms step (width 16, batch 256). Here blocks up to 32 MiB come from the heap (glibc's own ceiling for its
+    adaptive threshold) and up to 1 GiB of free heap is kept; larger blocks, like the dataset, are still mapped
+    apart. Process-wide; nothing to do without glibc.
+    """
+    if platform.libc_ver()[0] == "glibc":
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
