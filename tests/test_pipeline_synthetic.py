@@ -120,7 +120,12 @@ def test_exp_run_wd3_reruns_only_what_depends_on_wd(reproduced):
     tagged = client.search_runs(
         [client.get_experiment_by_name("wd-synthetic").experiment_id], filter_string=f"tags.`dvc.exp_name` = '{name}'"
     )
-    assert [r.data.params["lambda"] for r in tagged] == ["3"]
+    by_role: dict[str, list] = {}
+    for run in tagged:
+        by_role.setdefault(run.data.tags["wd_lab.role"], []).append(run)
+    assert [r.data.params["lambda"] for r in by_role["synthetic-headline"]] == ["3"]
+    assert sorted(int(r.data.params["seed"]) for r in by_role["synthetic-headline-member"]) == list(range(10))
+    tagged = by_role["synthetic-headline"]
     baseline = git(project, "rev-parse", "HEAD").stdout.strip()
     assert tagged[0].data.tags["dvc.exp_baseline_rev"] == baseline
     assert re.fullmatch("[0-9a-f]{40}", tagged[0].data.tags["mlflow.source.git.commit"])

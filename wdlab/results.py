@@ -88,9 +88,10 @@ def stats(values: pd.Series) -> dict[str, float | None]:
     return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 
 
-def seed_summary(by_seed: pd.DataFrame, metrics: Sequence[str], by: str = "lambda") -> pd.DataFrame:
+def seed_summary(by_seed: pd.DataFrame, metrics: Sequence[str], by: str = "lambda", untrained: Sequence[str] = ()) -> pd.DataFrame:
     """One row per `by` value: for each metric its `_mean`, `_std`, `_ci_low`, `_ci_high` over the seeds that did not
-    diverge (a diverged run's numbers mean nothing), the number of seeds and how many of them diverged."""
+    diverge (a diverged run's numbers mean nothing), the number of seeds and how many of them diverged.
+    `untrained` metrics (an exact solution, say) do not depend on the run, so every seed counts for them."""
     import pandas as pd
 
     rows = []
@@ -98,7 +99,8 @@ def seed_summary(by_seed: pd.DataFrame, metrics: Sequence[str], by: str = "lambd
         diverged = group["diverged"].astype(bool) if "diverged" in group else pd.Series(False, index=group.index)
         row = {by: key, "seeds": len(group), "diverged": int(diverged.sum())}
         for metric in metrics:
-            row |= {f"{metric}_{name}": value for name, value in stats(group[metric].mask(diverged)).items()}
+            values = group[metric] if metric in untrained else group[metric].mask(diverged)
+            row |= {f"{metric}_{name}": value for name, value in stats(values).items()}
         rows.append(row)
     return pd.DataFrame(rows)
 

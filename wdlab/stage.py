@@ -27,7 +27,7 @@ def parser_with_paths(module_doc: str | None, prog: str, paths: Mapping[str, str
     dvc.yaml's `cmd`, so the paths live there alone."""
     cli = parser(module_doc, prog)
     for name, what in paths.items():
-        cli.add_argument(f"--{name}", type=Path, required=True, help=what)
+        cli.add_argument(f"--{name}", type=Path, required=True, help=what.replace("%", "%%"))  # argparse formats help
     return cli
 
 
