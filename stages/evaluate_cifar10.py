@@ -11,11 +11,13 @@ from typing import Any
 
 import pandas as pd
 
+import wdlab
 from wdlab import stage
 from wdlab.errors import StageInputError
-from wdlab.files import read_table, write_csv, write_json
+from wdlab.files import load_tensors, read_json, read_table, write_csv, write_json
 from wdlab.results import best_lambda, json_record, mean_curve, seed_summary, stats_of
 from wdlab.settings import Settings
+from wdlab.tracking import Tracker
 
 log = logging.getLogger("wd-lab.evaluate_cifar10")
 
@@ -31,7 +33,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     headline = final_rows(args.headline_history, "headline")
     grid = final_rows(args.grid_history, "grid")
     if set(grid["lambda"]) != set(study.lambda_grid) or set(grid["seed"]) != set(study.seeds):
-        raise StageInputError(f"{args.grid_history} does not match cifar10.lambda_grid and seeds: run `dvc repro train_cifar10@grid`")
+        raise StageInputError(f"{args.grid_history} does not match cifar10.lambda_grid and seeds: run `dvc repro train_cifar10`")
     summary = seed_summary(grid, FINAL_KEYS)
     summary["epochs_run"] = grid.groupby("lambda")["epochs_run"].min().to_numpy()
 
@@ -39,18 +41,41 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     write_csv(args.table, [json_record(row) for row in summary.to_dict("records")])
     result = metrics(headline, summary, len(study.seeds))
     write_json(args.metrics, result)
-    write_csv(args.headline_curve, mean_curve(read_table(args.headline_history, "train_cifar10@headline")))
+    write_csv(args.headline_curve, mean_curve(read_table(args.headline_history, "headline_cifar10")))
     head = result["headline"]
     log.info("headline λ=%g over %d seeds: test accuracy %.3f (std %s), gap %+.3f", head["lambda"], len(study.seeds),
              head["test_accuracy"]["mean"], f"{head['test_accuracy']['std']:.3f}" if head["test_accuracy"]["std"] is not None else "—",
              head["gap_accuracy"]["mean"])
     if chosen := result["chosen_by_validation"]:
         log.info("validation accuracy picks λ=%g (test accuracy %.3f)", chosen["lambda"], chosen["test_accuracy"]["mean"])
+    write_json(args.model_record, log_chosen_model(settings, args, chosen["lambda"] if chosen else None))
+
+
+def log_chosen_model(settings: Settings, args: argparse.Namespace, chosen: float | None) -> dict:
+    """The chosen λ's net (first seed) as an MLflow model on the grid's run, ready for the UI's Models view,
+    `mlflow.pytorch.load_model` and the model registry; what was logged, for the record."""
+    tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)
+    run_id = read_json(args.grid_record, made_by="train_cifar10").get("run_id")
+    if chosen is None or not tracker.enabled or run_id is None:
+        return {"lambda": chosen, "model_uri": None}
+    import torch
+
+    from wdlab.cifar10.data import MEAN, STD
+    from wdlab.cifar10.model import ImageClassifier, ResNet
+
+    grid = load_tensors(args.grid_model, made_by="train_cifar10", required=("lambdas", "seeds", "width", "state_dicts"))
+    member = grid["lambdas"].tolist().index(chosen)
+    net = ResNet(grid["width"])
+    net.load_state_dict(grid["state_dicts"][member])
+    example = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    uri = tracker.log_model(run_id, ImageClassifier(net, MEAN, STD).eval(), example, code=Path(wdlab.__file__).parent)
+    log.info("logged the λ=%g model (seed %d) as %s", chosen, int(grid["seeds"][member]), uri)
+    return {"lambda": chosen, "seed": int(grid["seeds"][member]), "run_id": run_id, "model_uri": uri}
 
 
 def final_rows(path: Path, run: str) -> pd.DataFrame:
     """The last recorded epoch of every (seed, λ) of a training run; a run that diverged stopped at the epoch marked so."""
-    history = read_table(path, made_by=f"train_cifar10@{run}", required=("seed", "lambda", "epoch", "diverged", *FINAL_KEYS))
+    history = read_table(path, made_by="train_cifar10" if run == "grid" else "headline_cifar10", required=("seed", "lambda", "epoch", "diverged", *FINAL_KEYS))
     # tail(1), not last(): last() would skip a diverged run's NaN and report an earlier epoch's value.
     final = history.sort_values(["lambda", "seed", "epoch"]).groupby(["lambda", "seed"]).tail(1).reset_index(drop=True)
     return final.rename(columns={"epoch": "epochs_run"})
@@ -92,6 +117,9 @@ def parser() -> argparse.ArgumentParser:
         "by-seed": "final metrics per (seed, λ), long format (output)",
         "table": "final metrics per λ: mean, std and 95 % interval over seeds, for dvc plots (output)",
         "headline-curve": "the headline run's per-epoch curves averaged over seeds, for dvc plots (output)",
+        "grid-model": "the grid's weights, to log the chosen λ's net as an MLflow model",
+        "grid-record": "the grid's run record: the MLflow run the model goes to",
+        "model-record": "which model was logged to MLflow, its URI (output)",
     })
 
 

@@ -4,7 +4,6 @@ finding and says which differences exceed the seed spread."""
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -12,12 +11,10 @@ import pandas as pd
 import seaborn as sns
 
 from wdlab import figures, stage
-from wdlab.files import read_json, read_table, write_text
+from wdlab.files import read_json, read_table
 from wdlab.results import fmt_lambda, markdown_table
 from wdlab.settings import Settings
 from wdlab.tracking import Tracker
-
-log = logging.getLogger("wd-lab.report_synthetic")
 
 HISTORY_COLUMNS = ("seed", "lambda", "epoch", "train_loss", "test_loss", "w_norm")
 BY_SEED_COLUMNS = ("seed", "lambda", "train_loss", "test_loss", "w_norm", "cv_loss", "ridge_test_loss", "ridge_w_norm", "diverged")
@@ -46,10 +43,9 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         plot_norm_vs_epoch(grid_history, args.figures / "wnorm_vs_epoch.png"),
         plot_cv_choices(metrics, args.figures / "cv_choices.png"),
     ]
-    write_text(args.page, render_page(metrics, by_seed, contrast, settings, figures.relative_to_page(pngs, args.page)))
+    page = render_page(metrics, by_seed, contrast, settings, figures.relative_to_page(pngs, args.page))
     records = {"train_synthetic@grid": args.grid_record, "train_synthetic@headline": args.headline_record}
-    Tracker(settings.tracking, settings.tracking.experiment_synthetic).attach_report(records, pngs + [args.page])
-    log.info("wrote %s and %d figures", args.page, len(pngs))
+    figures.publish(args.page, page, pngs, Tracker(settings.tracking, settings.tracking.experiment_synthetic), records)
 
 
 def contrast_lambda(wd: float, metrics: dict) -> float:

@@ -1,9 +1,14 @@
-"""Train the CIFAR-10 residual net on every seed: the headline run (λ = cifar10.wd) or one run per λ of cifar10.lambda_grid."""
+"""Train the CIFAR-10 residual net on every seed: one run per λ of cifar10.lambda_grid, or the headline run
+(λ = cifar10.wd), which takes the grid's runs for that λ when the grid trained them with the same settings and
+trains only when it did not (`dvc exp run -S cifar10.wd=X` with X outside the grid trains just that λ)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import itertools
+import json
 import logging
 import tempfile
 from pathlib import Path
@@ -14,9 +19,10 @@ from wdlab import stage
 from wdlab.cifar10.data import SPLITS, Splits, load_splits
 from wdlab.cifar10.training import RunResult, train
 from wdlab.device import Formats, device_formats, pick_device
-from wdlab.files import save_tensors, write_csv, write_json
+from wdlab.errors import StageError
+from wdlab.files import load_tensors, read_json, read_table, save_tensors, write_csv, write_json
 from wdlab.results import flatten
-from wdlab.settings import Settings
+from wdlab.settings import CifarSettings, Settings
 from wdlab.tracking import Tracker, lambda_params, training_run_name
 
 log = logging.getLogger("wd-lab.train_cifar10")
@@ -25,26 +31,33 @@ log = logging.getLogger("wd-lab.train_cifar10")
 def main(settings: Settings, args: argparse.Namespace) -> None:
     study, seeds = settings.cifar10, settings.cifar10.seeds
     lambdas = (study.wd,) if args.run == "headline" else study.lambda_grid
-    splits = load_splits(args.data, study.data)
-    device = pick_device(settings.device)
-    formats = device_formats(device, study.train.mixed_precision)
+    formats = device_formats(pick_device(settings.device), study.train.mixed_precision)
     tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)  # fails fast, before training
-    setup = run_setup(splits, formats)
-    params = {"seeds": len(seeds)} | flatten(setup) | flatten({"data": study.data.model_dump(), "model": study.model.model_dump(), "train": study.train.model_dump()})
-    log.info("training %s run on %s (%s), %s images; λ ∈ %s, seeds %s", args.run, device, formats.describe(), setup["n_images"], list(lambdas), list(seeds))
-    splits = splits.to(device)  # the whole dataset as uint8 tensors on the device, once
+    made_as = fingerprint(study, formats)
+    reused = reuse_grid(args, study.wd, made_as) if args.run == "headline" else None
+    if reused:
+        grid_run_id, results, setup = reused
+        log.info("λ = %g was trained by the grid with these settings: its %d runs are the headline's, none retrained", study.wd, len(seeds))
+    else:
+        splits = load_splits(args.data, study.data)
+        setup = run_setup(splits, formats) | {"fingerprint": made_as}
+    params = {"seeds": len(seeds)} | flatten({k: setup[k] for k in ("device", "formats", "n_images")}) | flatten(
+        {"data": study.data.model_dump(), "model": study.model.model_dump(), "train": study.train.model_dump()}
+    )
 
-    results = []
-    with tracker.run(training_run_name(args.run, lambdas), params | lambda_params(lambdas), f"cifar10-{args.run}") as run_id:
-        for lam, seed in itertools.product(lambdas, seeds):
-            with tracker.run(f"λ={lam:g} seed {seed}", params | {"lambda": lam, "seed": seed}, f"cifar10-{args.run}-member", nested=True) as member:
-                result = train(splits, study, lam, seed, formats)
-                log_result(tracker, member, result, study.model.width)
-            results.append(result)
+    with tracker.run(training_run_name(args.run, lambdas), params | lambda_params(lambdas), f"cifar10-{args.run}",
+                     tags={"wd_lab.reused_from": str(grid_run_id)} if reused else None) as run_id:
+        if reused:
+            for result in results:
+                with member_run(tracker, result.weight_decay, result.seed, params, args.run) as member:
+                    log_result(tracker, member, result, study.model.width, curves=True)
+        else:
+            log.info("training %s run on %s, %s images; λ ∈ %s, seeds %s", args.run, formats.describe(), setup["n_images"], list(lambdas), list(seeds))
+            results = train_all(splits.to(formats.device), study, lambdas, formats, tracker, params, args.run)
         tracker.log_history(run_id, {}, seed_aggregates(results))
 
     save_tensors(args.model, checkpoint(results, study.model.width))
-    write_json(args.record, tracker.run_record(run_id) | setup | {"classes": list(splits.classes)})
+    write_json(args.record, tracker.run_record(run_id) | setup)
     write_csv(args.history, history_rows(results))
     write_csv(args.layer_norms, layer_norm_rows(results))
     for result in results:
@@ -56,12 +69,70 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         )
 
 
+def train_all(splits: Splits, study: CifarSettings, lambdas: tuple[float, ...], formats: Formats, tracker: Tracker, params: dict, run: str) -> list[RunResult]:
+    """Every (λ, seed), each its own nested MLflow run that shows its curves as the epochs end."""
+    results = []
+    for lam, seed in itertools.product(lambdas, study.seeds):
+        with member_run(tracker, lam, seed, params, run, system_metrics=True) as member:
+
+            def live(epoch: int, row: dict[str, float], norms: dict[str, float]) -> None:
+                tracker.log_epoch(member, epoch_metrics(row, norms), epoch)
+
+            result = train(splits, study, lam, seed, formats, on_epoch=live)
+            log_result(tracker, member, result, study.model.width, curves=False)
+        results.append(result)
+    return results
+
+
+def member_run(tracker: Tracker, lam: float, seed: int, params: dict, run: str, **options: bool) -> contextlib.AbstractContextManager:
+    """The MLflow run of one (λ, seed), nested under the stage's run."""
+    return tracker.run(f"λ={lam:g} seed {seed}", params | {"lambda": lam, "seed": seed}, f"cifar10-{run}-member", nested=True, **options)
+
+
+def fingerprint(study: CifarSettings, formats: Formats) -> str:
+    """What decides a run's numbers besides λ: seeds, data, model, training settings, device and formats."""
+    made = {"seeds": study.seeds, "data": study.data.model_dump(), "model": study.model.model_dump(),
+            "train": study.train.model_dump(), "device": formats.device.type, "formats": formats.describe()}
+    return hashlib.sha256(json.dumps(made, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def reuse_grid(args: argparse.Namespace, lam: float, wanted: str) -> tuple[str | None, list[RunResult], dict] | None:
+    """The grid's runs of λ (its MLflow run id, the runs, how they were made), if the grid trained λ with the
+    same settings on the same kind of device."""
+    if None in (args.grid_model, args.grid_history, args.grid_layer_norms, args.grid_record):
+        raise StageError(f"the headline run takes the grid's outputs: give {', '.join('--' + name for name in GRID_OUTPUTS)}")
+    record = read_json(args.grid_record, made_by="train_cifar10")
+    if record.get("fingerprint") != wanted:
+        return None
+    grid = load_tensors(args.grid_model, made_by="train_cifar10", required=("lambdas", "seeds", "state_dicts", "diverged_epoch"))
+    picks = [i for i, member in enumerate(grid["lambdas"].tolist()) if member == lam]
+    if not picks:
+        return None
+    history = read_table(args.grid_history, made_by="train_cifar10", required=("seed", "lambda", "epoch", "diverged"))
+    norms = read_table(args.grid_layer_norms, made_by="train_cifar10", required=("seed", "lambda", "epoch", "layer", "norm"))
+    results = []
+    for i in picks:
+        seed, diverged = int(grid["seeds"][i]), int(grid["diverged_epoch"][i])
+        rows = history[(history["lambda"] == lam) & (history["seed"] == seed)].sort_values("epoch")
+        layers = norms[(norms["lambda"] == lam) & (norms["seed"] == seed)]
+        results.append(RunResult(
+            weight_decay=lam, seed=seed,
+            history=rows.drop(columns=["seed", "lambda", "epoch", "diverged"]).to_dict("records"),
+            layer_norms=[dict(zip(epoch["layer"], epoch["norm"])) for _, epoch in layers.groupby("epoch", sort=True)],
+            diverged_epoch=None if diverged < 0 else diverged,
+            state_dict=grid["state_dicts"][i],
+        ))
+    setup = {key: record[key] for key in ("device", "formats", "n_images", "classes", "fingerprint")}
+    return record.get("run_id"), results, setup
+
+
 def run_setup(splits: Splits, formats: Formats) -> dict:
-    """How the run was made, for MLflow params and the run record the report reads: device, formats, image counts."""
+    """How the run was made, for MLflow params and the run record the report reads: device, formats, images, classes."""
     return {
         "device": formats.device.type,
         "formats": formats.describe(),
         "n_images": {name: len(getattr(splits, name).labels) for name in SPLITS},
+        "classes": list(splits.classes),
     }
 
 
@@ -80,11 +151,19 @@ def seed_aggregates(results: list[RunResult]) -> dict[str, float]:
     return summary
 
 
-def log_result(tracker: Tracker, run_id: str | None, result: RunResult, width: int) -> None:
-    """Per-epoch curves (step = epoch), final values, the divergence flag and the trained weights."""
-    series = {name: [row[name] for row in result.history] for name in result.history[0]}
-    series |= {f"layer_norm.{layer}": [norms[layer] for norms in result.layer_norms] for layer in result.layer_norms[0]}
-    final = {f"final_{name}": value for name, value in result.final.items()}
+def epoch_metrics(row: dict[str, float], norms: dict[str, float]) -> dict[str, float]:
+    """One epoch as MLflow metrics: the row's numbers and each layer's ‖W‖."""
+    return {name: float(value) for name, value in row.items()} | {f"layer_norm.{layer}": norm for layer, norm in norms.items()}
+
+
+def log_result(tracker: Tracker, run_id: str | None, result: RunResult, width: int, curves: bool) -> None:
+    """Final values, the divergence flag and the trained weights; the per-epoch curves too when they were not
+    logged live (step = epoch)."""
+    series = {}
+    if curves:
+        epochs = [epoch_metrics(row, norms) for row, norms in zip(result.history, result.layer_norms)]
+        series = {name: [epoch[name] for epoch in epochs] for name in epochs[0]}
+    final = {f"final_{name}": float(value) for name, value in result.final.items()}
     final |= {"diverged": float(result.diverged_epoch is not None), "epochs_run": len(result.history) - 1}
     if result.diverged_epoch is not None:
         final["diverged_epoch"] = result.diverged_epoch
@@ -131,11 +210,20 @@ def layer_norm_rows(results: list[RunResult]) -> list[dict]:
     ]
 
 
+GRID_OUTPUTS = {  # what the headline run reads to take λ = cifar10.wd from the grid
+    "grid-model": "the grid's weights", "grid-history": "the grid's per-epoch history",
+    "grid-layer-norms": "the grid's per-layer norms", "grid-record": "the grid's run record",
+}
+
+
 def parser() -> argparse.ArgumentParser:
-    return stage.training_parser(
+    cli = stage.training_parser(
         __doc__, "python -m stages.train_cifar10", "cifar10.lambda_grid", "cifar10.wd",
         layer_norms="‖W‖ per layer and epoch, long format (output)",
     )
+    for name, what in GRID_OUTPUTS.items():
+        cli.add_argument(f"--{name}", type=Path, help=f"headline only: {what}")
+    return cli
 
 
 if __name__ == "__main__":

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import math
 from pathlib import Path
 
 import mlflow
+import mlflow.pytorch
 import pandas as pd
 import pytest
 import torch
@@ -215,20 +217,20 @@ def pipeline(tmp_path_factory, splits) -> Path:
     test = splits.test
     train_x = torch.cat([splits.train.images, splits.valid.images])
     train_y = torch.cat([splits.train.labels, splits.valid.labels])
-    save_cifar10(Cifar10(train_x, train_y, test.images, test.labels, CLASSES), root / args("train_cifar10@grid", train_cifar10).data, source_md5="0" * 32)
+    save_cifar10(Cifar10(train_x, train_y, test.images, test.labels, CLASSES), root / args("train_cifar10", train_cifar10).data, source_md5="0" * 32)
     settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.lambda_grid": [0.0, 5e-4, 1e3], "cifar10.seeds": [0, 1]})
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        for run in ("headline", "grid"):
-            train_cifar10.main(settings, args(f"train_cifar10@{run}", train_cifar10))
+        for run in ("grid", "headline"):  # the headline takes λ = 5e-4 from the grid
+            train_cifar10.main(settings, args("train_cifar10" if run == "grid" else "headline_cifar10", train_cifar10))
         evaluate_cifar10.main(settings, args("evaluate_cifar10", evaluate_cifar10))
         report_cifar10.main(settings, args("report_cifar10", report_cifar10))
     return root
 
 
 def test_stages_write_metrics_curves_and_report(pipeline):
-    evaluated, grid, report = args("evaluate_cifar10", evaluate_cifar10), args("train_cifar10@grid", train_cifar10), args("report_cifar10", report_cifar10)
+    evaluated, grid, report = args("evaluate_cifar10", evaluate_cifar10), args("train_cifar10", train_cifar10), args("report_cifar10", report_cifar10)
     metrics = json.loads((pipeline / evaluated.metrics).read_text())
     assert set(metrics["grid"]) == {"lambda_0", "lambda_0.0005", "lambda_1000"}
     assert metrics["seeds"] == 2
@@ -261,7 +263,7 @@ def test_stages_write_metrics_curves_and_report(pipeline):
 
 
 def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
-    record = json.loads((pipeline / args("train_cifar10@grid", train_cifar10).record).read_text())
+    record = json.loads((pipeline / args("train_cifar10", train_cifar10).record).read_text())
     client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
     parent = client.get_run(record["run_id"])
     children = client.search_runs(
@@ -280,3 +282,58 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
     ), "the parent carries the aggregates over seeds"
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/cifar10.md" in report and "report/accuracy_vs_lambda.png" in report
+
+
+def test_the_headline_takes_its_runs_from_the_grid_and_trains_none(pipeline):
+    grid, headline = args("train_cifar10", train_cifar10), args("headline_cifar10", train_cifar10)
+    grid_rows = pd.read_csv(pipeline / grid.history)
+    headline_rows = pd.read_csv(pipeline / headline.history)
+    pd.testing.assert_frame_equal(grid_rows[grid_rows["lambda"] == 5e-4].reset_index(drop=True), headline_rows)
+    grid_record, headline_record = (json.loads((pipeline / a.record).read_text()) for a in (grid, headline))
+    client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
+    assert client.get_run(headline_record["run_id"]).data.tags["wd_lab.reused_from"] == grid_record["run_id"]
+    assert headline_record["fingerprint"] == grid_record["fingerprint"]
+
+
+def test_a_headline_lambda_outside_the_grid_is_trained(pipeline, tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    shutil.copytree(pipeline, project)
+    monkeypatch.chdir(project)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.lambda_grid": [0.0, 5e-4, 1e3], "cifar10.seeds": [0, 1], "cifar10.wd": 1e-2})
+    headline = args("headline_cifar10", train_cifar10)
+    train_cifar10.main(settings, headline)
+    rows = pd.read_csv(headline.history)
+    assert set(rows["lambda"]) == {1e-2} and set(rows["seed"]) == {0, 1}
+    record = json.loads(headline.record.read_text())
+    assert "wd_lab.reused_from" not in mlflow.MlflowClient().get_run(record["run_id"]).data.tags
+
+
+def test_curves_are_measured_on_subsets_the_last_epoch_on_every_image(splits):
+    settings = tiny_settings(**{"cifar10.data.curve_subset": 20, "cifar10.train.epochs": 2})
+    run = train(splits, settings)
+    assert [row["full_sets"] for row in run.history] == [False, False, True]
+    whole = train(splits, tiny_settings(**{"cifar10.data.curve_subset": 0, "cifar10.train.epochs": 2}))
+    assert run.final == whole.final, "the final metrics do not depend on the curves' subsets"
+    assert run.history[1]["test_accuracy"] != whole.history[1]["test_accuracy"] or run.history[1]["test_loss"] != whole.history[1]["test_loss"]
+
+
+def test_metrics_reach_mlflow_as_each_epoch_ends_and_the_chosen_model_loads(pipeline):
+    client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
+    grid_record = json.loads((pipeline / args("train_cifar10", train_cifar10).record).read_text())
+    member = client.search_runs(
+        [client.get_run(grid_record["run_id"]).info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{grid_record['run_id']}' and params.lambda = '0.0'",
+    )[0]
+    history = sorted(client.get_metric_history(member.info.run_id, "test_accuracy"), key=lambda m: m.step)
+    assert [m.step for m in history] == [0, 1] and history[0].timestamp < history[1].timestamp, "logged live, epoch by epoch"
+
+    chosen = json.loads((pipeline / args("evaluate_cifar10", evaluate_cifar10).model_record).read_text())
+    assert chosen["lambda"] in (0.0, 5e-4) and chosen["model_uri"]
+    model = mlflow.pytorch.load_model(chosen["model_uri"])
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    checkpoint = torch.load(pipeline / args("train_cifar10", train_cifar10).model, weights_only=True)
+    net = cifar_model.ResNet(checkpoint["width"])
+    net.load_state_dict(checkpoint["state_dicts"][checkpoint["lambdas"].tolist().index(chosen["lambda"])])
+    expected = net.eval()(cifar_data.normalise(images))
+    torch.testing.assert_close(model(images), expected, rtol=1e-4, atol=1e-4)

@@ -51,7 +51,7 @@ def metrics(project) -> dict:
 
 def test_the_branch_runs_and_the_model_learns(reproduced):
     project, output = reproduced
-    assert ran_stages(output) == {"download", "train_cifar10@headline", "train_cifar10@grid", "evaluate_cifar10", TARGET}
+    assert ran_stages(output) == {"download", "headline_cifar10", "train_cifar10", "evaluate_cifar10", TARGET}
     result = metrics(project)
     assert set(result["grid"]) == {"lambda_0", "lambda_0.01"}
     for run in [result["headline"], *result["grid"].values()]:
@@ -85,17 +85,22 @@ def test_exp_run_on_cifar_wd_reruns_only_the_headline_branch(reproduced):
     project, _ = reproduced
     before = metrics(project)
     run = dvc(project, "exp", "run", "-S", "cifar10.wd=0.01", TARGET)
-    assert ran_stages(run.stdout) == {"train_cifar10@headline", "evaluate_cifar10", TARGET}
+    assert ran_stages(run.stdout) == {"headline_cifar10", "evaluate_cifar10", TARGET}
+    assert "none retrained" in run.stdout + run.stderr, "λ = 0.01 is in the grid: its runs are taken, not trained again"
     after = metrics(project)
     assert after["headline"]["lambda"] == 0.01 and after["grid"] == before["grid"]
-    # the headline run at λ = 0.01 is the grid's λ = 0.01 run: same seed, same data, same device. Compared on what
-    # does not saturate on these easy images (the loss and the weight norm), not on an accuracy of 100 %.
+    # the headline run at λ = 0.01 is the grid's λ = 0.01 run: the same numbers, compared on what does not
+    # saturate on these easy images (the loss and the weight norm), not on an accuracy of 100 %.
     for key in ("test_loss", "train_loss", "w_norm"):
         assert after["headline"][key] == after["grid"]["lambda_0.01"][key], key
+
+    outside = dvc(project, "exp", "run", "-S", "cifar10.wd=0.003", TARGET)
+    assert ran_stages(outside.stdout) == {"headline_cifar10", "evaluate_cifar10", TARGET}
+    assert "training headline run" in outside.stdout + outside.stderr and metrics(project)["headline"]["lambda"] == 0.003
 
 
 def test_same_seed_gives_identical_metrics_on_cpu(reproduced):
     project, _ = reproduced
     history = (project / "results/cifar10/grid_history.csv").read_bytes()
-    dvc(project, "repro", "--force", "--single-item", "train_cifar10@grid")
+    dvc(project, "repro", "--force", "--single-item", "train_cifar10")
     assert (project / "results/cifar10/grid_history.csv").read_bytes() == history

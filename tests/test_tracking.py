@@ -100,3 +100,20 @@ def test_runs_left_running_by_a_killed_process_are_marked_killed(store):
     Tracker(TRACKING, "test-experiment")  # a new stage starts
     assert client.get_run(orphan.info.run_id).info.status == "KILLED"
     assert client.get_run(alive.info.run_id).info.status == "RUNNING"
+
+
+def test_system_metrics_and_live_epochs(store, monkeypatch):
+    """A training run samples CPU and memory while it runs; epochs logged one by one carry their own timestamps."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")
+    tracker = Tracker(TRACKING, "test-experiment")
+    with tracker.run("train", {}, "test", system_metrics=True) as run_id:
+        for epoch in range(3):
+            tracker.log_epoch(run_id, {"test_loss": 1.0 / (epoch + 1)}, epoch)
+            time.sleep(0.6)
+    client = mlflow.MlflowClient(store)
+    metrics = client.get_run(run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics and "system/system_memory_usage_megabytes" in metrics
+    history = client.get_metric_history(run_id, "test_loss")
+    assert [m.step for m in history] == [0, 1, 2]
+    stamps = [m.timestamp for m in history]
+    assert stamps == sorted(stamps) and stamps[-1] - stamps[0] >= 1000, "each epoch logged when it ended"

@@ -1,9 +1,10 @@
-"""Figure helpers shared by the report stages: one seaborn look, λ axes, atomic PNG output."""
+"""What the report stages share: one seaborn look, λ axes, seed bands, atomic PNG output, publishing the page."""
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,11 +15,15 @@ matplotlib.use("Agg")  # no display in CI or under DVC
 import matplotlib.pyplot as plt  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from wdlab.files import atomic_path  # noqa: E402
+from wdlab.files import atomic_path, write_text  # noqa: E402
 from wdlab.results import fmt_lambda  # noqa: E402
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from wdlab.tracking import Tracker
+
+log = logging.getLogger("wd-lab.report")
 
 PALETTE = "colorblind"
 DPI = 130
@@ -65,3 +70,10 @@ def band_note(by_seed: pd.DataFrame) -> str:
     """How many seeds a band summarises, for figure titles."""
     seeds = by_seed["seed"].nunique()
     return f"mean and 95 % band over {seeds} seeds" if seeds > 1 else "one seed"
+
+
+def publish(page: Path, text: str, pngs: Sequence[Path], tracker: Tracker, records: Mapping[str, Path]) -> None:
+    """Write the report page and attach it, with its figures, to the MLflow runs of the training stages' records."""
+    write_text(page, text)
+    tracker.attach_report(records, [*pngs, page])
+    log.info("wrote %s and %d figures", page, len(pngs))

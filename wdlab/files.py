@@ -13,8 +13,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from wdlab.errors import StageInputError
 
 if TYPE_CHECKING:
@@ -89,6 +87,8 @@ def write_csv(path: Path | str, rows: Sequence[dict[str, Any]]) -> None:
 
 def save_tensors(path: Path | str, tensors: dict[str, Any]) -> None:
     """torch.save, byte-identical for identical tensors (saving to a file would name the zip's folder after it)."""
+    import torch  # here, not at the top: stages that write no tensors should not pay torch's import
+
     buffer = io.BytesIO()
     torch.save(tensors, buffer)
     with atomic_path(path) as tmp:
@@ -108,6 +108,8 @@ def _existing(path: Path | str, made_by: str) -> Path:
 
 def load_tensors(path: Path | str, made_by: str, required: Sequence[str] = ()) -> dict[str, Any]:
     """Load a torch file written by stage `made_by`, naming file and stage when it is unusable."""
+    import torch
+
     path = _existing(path, made_by)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)

@@ -95,6 +95,7 @@ class CifarData(_Model):
     split_seed: int = Field(ge=0, description="draws the training subset and the validation images, the same for every seed")
     train_subset: int = Field(ge=0, description="0 = every training image not held out for validation")
     valid_size: int = Field(ge=10, description="training images held out to choose λ; never trained on")
+    curve_subset: int = Field(ge=0, description="images of each split the per-epoch curves are measured on (0 = all); the last epoch uses every image")
     augment: bool = Field(description="random flip + crop")
 
 

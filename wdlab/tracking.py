@@ -68,6 +68,7 @@ class Tracker:
         # A remote server that is down must fail in seconds, not after MLflow's long retry schedule.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "5")  # seconds; MLflow's default is 10
         import mlflow
 
         self.mlflow = mlflow
@@ -99,19 +100,28 @@ class Tracker:
                 log.warning("MLflow run %s (%s) was left RUNNING by a killed process; marked KILLED", run.info.run_id, run.info.run_name)
 
     @contextlib.contextmanager
-    def run(self, name: str, params: Mapping[str, Any], role: str, nested: bool = False) -> Iterator[str | None]:
-        """An MLflow run (nested under the active one if `nested`) that ends FINISHED, FAILED, or KILLED on Ctrl-C."""
+    def run(
+        self, name: str, params: Mapping[str, Any], role: str, nested: bool = False,
+        tags: Mapping[str, str] | None = None, system_metrics: bool = False,
+    ) -> Iterator[str | None]:
+        """An MLflow run (nested under the active one if `nested`) that ends FINISHED, FAILED, or KILLED on Ctrl-C;
+        with `system_metrics`, MLflow samples CPU, memory (and GPU, where there is one) while it runs."""
         if not self.enabled:
             yield None
             return
-        tags = run_tags(role) | {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-        with self.mlflow.start_run(run_name=name, nested=nested, tags=tags) as active:
+        tags = run_tags(role) | dict(tags or {}) | {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+        with self.mlflow.start_run(run_name=name, nested=nested, tags=tags, log_system_metrics=system_metrics) as active:
             self.mlflow.log_params(params)
             try:
                 yield active.info.run_id
             except KeyboardInterrupt:
                 self.mlflow.end_run("KILLED")  # MLflow would say FAILED
                 raise
+
+    def log_epoch(self, run_id: str | None, metrics: Mapping[str, float], epoch: int) -> None:
+        """One epoch's metrics as it ends (step = epoch), so the UI draws the curves while the run trains."""
+        if self.enabled and run_id is not None:
+            self.mlflow.log_metrics(dict(metrics), step=epoch, run_id=run_id)
 
     def log_history(self, run_id: str | None, series: Mapping[str, Sequence[float]], final: Mapping[str, float] | None = None) -> None:
         """A finished run's per-epoch series (step = epoch, 0 = the initial model) and final values, in one batch."""
@@ -130,6 +140,23 @@ class Tracker:
         client = self.mlflow.MlflowClient()
         for path in paths:
             client.log_artifact(run_id, str(path), artifact_path=folder)
+
+    def log_model(self, run_id: str, model: Any, example: Any, code: Path) -> str:
+        """An `mlflow.pytorch` model with its signature and an input example, logged to run `run_id`, the package
+        at `code` bundled so `mlflow.pytorch.load_model` works anywhere; returns the model's URI."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.no_grad():
+            signature = infer_signature(example.numpy(), model(example).numpy())
+        with self.mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                model, name="model", signature=signature, input_example=example.numpy(), code_paths=[str(code)],
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # skips MLflow's slow inference of them
+                serialization_format="pickle",  # with the code bundled; torch.export would add ~7 s per model
+            )
+        return info.model_uri
 
     def run_record(self, run_id: str | None) -> dict[str, str | None]:
         """What a training stage writes beside its model so later stages find its MLflow run."""

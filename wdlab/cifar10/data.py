@@ -52,6 +52,20 @@ def load_splits(directory: Path, spec: CifarData) -> Splits:
     )
 
 
+def curve_subsets(splits: Splits, size: int, seed: int) -> Splits:
+    """Fixed class-balanced subsets of `size` images of each split, for the per-epoch curves: cheap to measure every
+    epoch, the same images every epoch and every run (0, or a split no larger: the whole split)."""
+    gen = streams.generator(seed, streams.CIFAR_CURVES)
+
+    def cut(split: Split) -> Split:
+        if size == 0 or size >= len(split.labels):
+            return split
+        idx = balanced_sample(split.labels.cpu(), size, gen).to(split.labels.device)
+        return Split(split.images[idx], split.labels[idx])
+
+    return Splits(cut(splits.train), cut(splits.valid), cut(splits.test), splits.classes)
+
+
 def split_indices(labels: torch.Tensor, train_subset: int, valid_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-balanced and seeded: `valid_size` held-out images first, then `train_subset` of the rest (0 = all)."""
     needed = valid_size + max(train_subset, 1)

@@ -86,3 +86,17 @@ def layer_norms(model: nn.Module) -> dict[str, float]:
 def total_norm(model: nn.Module) -> float:
     """‖θ‖₂ over every parameter of the model (weights, biases, BatchNorm scales and shifts)."""
     return torch.stack([p.detach().float().norm() for p in model.parameters()]).norm().item()
+
+
+class ImageClassifier(nn.Module):
+    """A trained net behind its own preprocessing, as MLflow serves it: uint8 images [N, 3, 32, 32] (RGB planes,
+    0–255) in, class logits [N, 10] out."""
+
+    def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images.float() - self.mean) / self.std)  # x ← (x/255 − mean)/std, as in training

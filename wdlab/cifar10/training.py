@@ -5,16 +5,21 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from wdlab import streams
-from wdlab.cifar10.data import SPLITS, Split, Splits, augment, augmentation_draws, epoch_batches, normalise, steps_per_epoch
+from wdlab.cifar10.data import (
+    SPLITS, Split, Splits, augment, augmentation_draws, curve_subsets, epoch_batches, normalise, steps_per_epoch,
+)
 from wdlab.cifar10.model import build_model, layer_norms, total_norm
 from wdlab.device import Formats, keep_freed_memory
+from wdlab.progress import progress
 from wdlab.settings import CifarSettings, CifarTrain
 
 log = logging.getLogger("wd-lab.cifar10")
@@ -111,7 +116,7 @@ class Trainer:
         order_gen = streams.generator(seed, streams.CIFAR_ORDER)
         return cls(model, optimizer, schedule, spec, formats, order_gen, streams.generator(seed, streams.CIFAR_AUGMENT))
 
-    def train_epoch(self, split: Split) -> float:
+    def train_epoch(self, split: Split, progress: tqdm | None = None) -> float:
         """One pass over the shuffled training subset; returns the mean minibatch objective (NaN/inf if it diverged)."""
         spec, device = self.spec, self.formats.device
         self.model.train()
@@ -131,34 +136,62 @@ class Trainer:
             self.optimizer.step()
             self.schedule.step()
             total += loss.detach()
+            if progress is not None:
+                progress.update()
         return (total / len(batches)).item()  # one device sync per epoch, not per step
 
 
-def train(splits: Splits, spec: CifarSettings, weight_decay: float, seed: int, formats: Formats) -> RunResult:
-    """Train one model with weight decay λ on `splits` (already on the device); a NaN/inf loss stops the run."""
+EpochCallback = Callable[[int, dict[str, float], dict[str, float]], None]
+
+
+def train(
+    splits: Splits, spec: CifarSettings, weight_decay: float, seed: int, formats: Formats, on_epoch: EpochCallback | None = None
+) -> RunResult:
+    """Train one model with weight decay λ on `splits` (already on the device); a NaN/inf loss stops the run.
+
+    Each epoch is measured on fixed subsets of the splits (`curve_subset` images each), the last one (or the one
+    that diverged) on the full splits; `on_epoch(epoch, row, layer_norms)` sees every row as soon as it is final.
+    """
     trainer = Trainer.create(spec, weight_decay, seed, formats, n_train=len(splits.train.labels))
+    curves = curve_subsets(splits, spec.data.curve_subset, spec.data.split_seed)
     result = RunResult(weight_decay, seed)
 
-    def record() -> dict[str, float]:
-        row, norms = measure(trainer.model, splits, formats)
+    def record(on: Splits, pass_loss: float) -> dict[str, float]:
+        row, norms = measure(trainer.model, on, formats)
+        row |= {"train_pass_loss": pass_loss, "full_sets": on is splits}
         result.history.append(row)
         result.layer_norms.append(norms)
         return row
 
-    record()
+    def publish(epoch: int) -> None:
+        if on_epoch is not None:
+            on_epoch(epoch, result.history[-1], result.layer_norms[-1])
+
+    record(curves, math.nan)
+    publish(0)
+    steps = steps_per_epoch(len(splits.train.labels), spec.train.batch_size)
+    bar = progress(total=spec.train.epochs * steps, desc=f"λ={weight_decay:g} seed {seed}", unit="batch")
     start = time.perf_counter()
     for epoch in range(1, spec.train.epochs + 1):
-        objective = trainer.train_epoch(splits.train)
-        row = record()
+        pass_loss = trainer.train_epoch(splits.train, bar)
+        last = epoch == spec.train.epochs
+        row = record(splits if last else curves, pass_loss)
+        diverged = not (math.isfinite(pass_loss) and math.isfinite(row["train_loss"]) and math.isfinite(row["w_norm"]))
+        if diverged and not last and curves is not splits:  # the run's last row: on the full splits too
+            del result.history[-1], result.layer_norms[-1]
+            row = record(splits, pass_loss)
+        publish(epoch)
+        bar.set_postfix(epoch=f"{epoch}/{spec.train.epochs}", test_acc=f"{row['test_accuracy']:.3f}")
         log.info(
             "λ=%-7g seed %d  epoch %2d/%d  train acc %.3f  test acc %.3f  gap %+.3f  ‖θ‖ %.2f  (%.0f s)",
             weight_decay, seed, epoch, spec.train.epochs, row["train_accuracy"], row["test_accuracy"],
             row["gap_accuracy"], row["w_norm"], time.perf_counter() - start,
         )
-        if not (math.isfinite(objective) and math.isfinite(row["train_loss"]) and math.isfinite(row["w_norm"])):
+        if diverged:
             result.diverged_epoch = epoch
             log.warning("λ=%g, seed %d diverged at epoch %d (non-finite loss): stopped this run; lower lr or λ", weight_decay, seed, epoch)
             break
+    bar.close()
     result.seconds = time.perf_counter() - start
     result.state_dict = {name: value.detach().cpu().contiguous() for name, value in trainer.model.state_dict().items()}
     return result

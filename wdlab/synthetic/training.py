@@ -7,9 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
-from tqdm.auto import tqdm
-
 from wdlab import streams
+from wdlab.progress import progress as progress_bar
 from wdlab.settings import SyntheticTrain
 from wdlab.synthetic.data import Split
 
@@ -94,7 +93,7 @@ def train_grid(
 
     record(0, *step.params())
     orders = batch_orders(y.shape[-1], spec.batch_size, spec.epochs, seeds)
-    epochs = tqdm(orders, desc=f"SGD on {len(seeds)} seeds × {len(lambdas)} λ", unit="epoch", disable=not progress or None, leave=False)
+    epochs = progress_bar(orders, desc=f"SGD on {len(seeds)} seeds × {len(lambdas)} λ", unit="epoch") if progress else orders
     for epoch, batches in enumerate(epochs, start=1):
         for idx in batches:
             idx = idx.to(device)

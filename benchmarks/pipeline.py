@@ -1,0 +1,142 @@
+"""Benchmark: the pipeline as a user runs it, in a temp copy of a git revision of this repository.
+
+    python -m benchmarks.pipeline                      # `dvc exp run -S wd=3` and a no-op `dvc repro`, warm
+    python -m benchmarks.pipeline --cifar              # + the default CIFAR-10 branch on a full-size stand-in
+    python -m benchmarks.pipeline --cifar --rev 3f2de00   # the same for an older revision: before and after
+
+The CIFAR-10 archive is the generated stand-in in the official format (tests/cifar_fixture.py, 50,000 training
+and 10,000 test images, the "ci" kind), read from a local path: the same bytes for every revision. Also prints
+one epoch of the current trainer split into training and evaluation (curves on subsets vs every image).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.cifar_fixture import build_archive  # noqa: E402
+from tests.workspace import commit_all, dvc, git, load_params, set_key, write_params  # noqa: E402
+
+
+def checkout(rev: str, dest: Path) -> Path:
+    """The tree of `rev` as a fresh git + DVC repository (no outputs, no caches)."""
+    dest.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x"], cwd=dest, input=archive, check=True)
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "config", "user.email", "bench@wd-lab.invalid")
+    git(dest, "config", "user.name", "wd-lab benchmark")
+    for generated in ("dvc.lock", "metrics", "reports", "results"):
+        path = dest / generated
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    commit_all(dest, f"benchmark of {rev}")
+    return dest
+
+
+def timed(project: Path, *args: str) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = dvc(project, *args, timeout=7200)
+    return time.perf_counter() - start, proc.stdout
+
+
+def stage_times(output: str) -> dict[str, float]:
+    """Seconds per stage, from the timestamps of the stages' log lines (HH:MM:SS)."""
+    times, current, first = {}, None, None
+    for line in output.splitlines():
+        if match := re.match(r"Running stage '([^']+)'", line):
+            current, first = match.group(1), None
+        elif current and (stamp := re.match(r"(\d\d):(\d\d):(\d\d) ", line)):
+            seconds = int(stamp.group(1)) * 3600 + int(stamp.group(2)) * 60 + int(stamp.group(3))
+            first = first if first is not None else seconds
+            times[current] = seconds - first
+    return times
+
+
+def synthetic(project: Path) -> None:
+    dvc(project, "repro", "report_synthetic", timeout=3600)  # warm: outputs, run cache, MLflow store exist
+    commit_all(project, "reproduced")
+    noop, _ = timed(project, "repro", "report_synthetic")
+    exp, output = timed(project, "exp", "run", "-S", "wd=3", "report_synthetic")
+    print(f"no-op `dvc repro report_synthetic`   : {noop:6.1f} s")
+    ran = ", ".join(re.findall(r"Running stage '([^']+)'", output))
+    print(f"`dvc exp run -S wd=3`                 : {exp:6.1f} s  (stages: {ran})")
+
+
+def cifar(project: Path, archive: Path, md5: str) -> None:
+    params = load_params(project / "params.yaml")
+    set_key(params, "cifar10.download.url", str(archive))
+    set_key(params, "cifar10.download.md5", md5)
+    write_params(project / "params.yaml", params)
+    commit_all(project, "local CIFAR-10 stand-in")
+    total, output = timed(project, "repro", "report_cifar10")
+    print(f"CIFAR-10 branch `dvc repro report_cifar10`: {total:6.0f} s")
+    for name, seconds in stage_times(output).items():
+        print(f"  {name:<24} ~{seconds:5.0f} s")
+
+
+def epoch_split() -> None:
+    """One epoch of the current trainer at the default params: training vs evaluating (subsets, every image)."""
+    import torch
+
+    from wdlab.cifar10.data import Split, Splits, curve_subsets, split_indices
+    from wdlab.cifar10.training import Trainer, measure
+    from wdlab.device import device_formats, pick_device
+    from wdlab.settings import load_settings
+    from tests.cifar_fixture import make_batches
+
+    settings = load_settings(ROOT / "params.yaml")
+    study = settings.cifar10
+    batches = make_batches(10_000, difficulty="ci")
+    images = torch.cat([torch.from_numpy(b[b"data"]) for n, b in batches.items() if n.startswith("data_batch")]).view(-1, 3, 32, 32)
+    labels = torch.cat([torch.tensor(b[b"labels"]) for n, b in batches.items() if n.startswith("data_batch")])
+    test = batches["test_batch"]
+    train_idx, valid_idx = split_indices(labels, study.data.train_subset, study.data.valid_size, study.data.split_seed)
+    formats = device_formats(pick_device(settings.device), study.train.mixed_precision)
+    splits = Splits(Split(images[train_idx], labels[train_idx]), Split(images[valid_idx], labels[valid_idx]),
+                    Split(torch.from_numpy(test[b"data"]).view(-1, 3, 32, 32), torch.tensor(test[b"labels"])), ()).to(formats.device)
+    trainer = Trainer.create(study, study.wd, study.seeds[0], formats, n_train=len(train_idx))
+    curves = curve_subsets(splits, study.data.curve_subset, study.data.split_seed)
+    start = time.perf_counter()
+    trainer.train_epoch(splits.train)
+    train_s = time.perf_counter() - start
+    start = time.perf_counter()
+    measure(trainer.model, curves, formats)
+    curves_s = time.perf_counter() - start
+    start = time.perf_counter()
+    measure(trainer.model, splits, formats)
+    full_s = time.perf_counter() - start
+    print(f"one epoch at the default params ({formats.describe()}, {len(train_idx):,} training images): training {train_s:.1f} s, "
+          f"curves on {study.data.curve_subset:,}-image subsets {curves_s:.1f} s, every image {full_s:.1f} s "
+          f"(evaluation {curves_s / (train_s + curves_s):.0%} of an epoch, was {full_s / (train_s + full_s):.0%})")
+
+
+def main() -> None:
+    cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    cli.add_argument("--rev", default="HEAD", help="the git revision to measure (default: HEAD)")
+    cli.add_argument("--cifar", action="store_true", help="also the default CIFAR-10 branch on a full-size stand-in (minutes)")
+    args = cli.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="wd-lab-bench-"))
+    try:
+        project = checkout(args.rev, scratch / "project")
+        print(f"revision {args.rev}: {git(ROOT, 'rev-parse', '--short', args.rev).stdout.strip()}")
+        synthetic(project)
+        if args.cifar:
+            archive = build_archive(scratch / "serve", images_per_batch=10_000, difficulty="ci")
+            cifar(project, archive.path, archive.md5)
+        if args.rev == "HEAD":
+            epoch_split()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
