@@ -108,7 +108,7 @@ class Trainer:
     def create(cls, spec: CifarSettings, weight_decay: float, seed: int, formats: Formats, n_train: int) -> Trainer:
         """A fresh model from the init stream, so every λ starts from the same weights; λ alone explains the differences."""
         if formats.device.type == "cpu":
-            keep_freed_memory()  # else every step page-faults its activations back in: ~7 % of a CPU step
+            keep_freed_memory()  # else every step page-faults its activations back in: ~12 % of a CPU step
         model = build_model(spec.model.width, seed).to(formats.device, memory_format=formats.memory_format)
         optimizer = make_optimizer(model, spec.train, weight_decay)
         total_steps = steps_per_epoch(n_train, spec.train.batch_size) * spec.train.epochs
