@@ -45,7 +45,7 @@ def checkout(rev: str, dest: Path) -> Path:
 def timed(project: Path, *args: str) -> tuple[float, str]:
     start = time.perf_counter()
     proc = dvc(project, *args, timeout=7200)
-    return time.perf_counter() - start, proc.stdout
+    return time.perf_counter() - start, proc.stdout + proc.stderr  # the stages log to stderr
 
 
 def stage_times(output: str) -> dict[str, float]:
