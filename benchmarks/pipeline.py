@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.cifar_fixture import build_archive  # noqa: E402
-from tests.workspace import commit_all, dvc, git, load_params, set_key, write_params  # noqa: E402
+from tests.workspace import commit_all, dvc, git, load_params, set_key, tool_env, write_params  # noqa: E402
 
 
 def checkout(rev: str, dest: Path) -> Path:
@@ -44,8 +44,10 @@ def checkout(rev: str, dest: Path) -> Path:
 
 def timed(project: Path, *args: str) -> tuple[float, str]:
     start = time.perf_counter()
-    proc = dvc(project, *args, timeout=7200)
-    return time.perf_counter() - start, proc.stdout + proc.stderr  # the stages log to stderr
+    # one stream, in order: DVC's "Running stage" lines and the stages' own log lines (their stderr)
+    proc = subprocess.run([sys.executable, "-m", "dvc", *args], cwd=project, env=tool_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=7200, check=True)
+    return time.perf_counter() - start, proc.stdout
 
 
 def stage_times(output: str) -> dict[str, float]:
