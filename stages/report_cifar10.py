@@ -106,7 +106,7 @@ def plot_gap_vs_lambda(by_seed: pd.DataFrame, by_lambda: pd.DataFrame, path: Pat
         mark_diverged(ax, by_lambda)
         figures.lambda_axis(ax, by_lambda["lambda"])
         ax.set(xlabel="weight decay λ", ylabel=label)
-    fig.suptitle(f"{gap_title(by_lambda)} ({figures.band_note(by_seed)})")
+    fig.suptitle(f"{gap_title(by_lambda)}\n({figures.band_note(by_seed)})")
     return figures.save(fig, path)
 
 

@@ -65,7 +65,7 @@ def plot_loss_curves(grid_history: pd.DataFrame, headline_history: pd.DataFrame,
         long["split"] = long["split"].str.removesuffix("_loss")
         sns.lineplot(data=long, x="epoch", y="loss", hue="split", ax=ax, **figures.SEED_BAND)
         ax.set(yscale="log", title=f"λ = {fmt_lambda(lam)}", xlabel="epoch", ylabel="squared loss (ŷ − y)²/2")
-    fig.suptitle(f"Without weight decay the test loss stays high while the train loss vanishes ({figures.band_note(grid_history)})")
+    fig.suptitle(f"Without weight decay the test loss stays high while the train loss vanishes\n({figures.band_note(grid_history)})")
     return figures.save(fig, path)
 
 
@@ -79,7 +79,7 @@ def plot_loss_vs_lambda(by_seed: pd.DataFrame, metrics: dict, path: Path) -> Pat
     ax.axvline(metrics["cv"]["best_lambda"], color="black", linestyle="--", linewidth=1, label="λ with the lowest mean CV loss")
     figures.lambda_axis(ax, by_seed["lambda"])
     ax.set(yscale="log", xlabel="weight decay λ", ylabel="final squared loss",
-           title=f"Test loss falls by orders of magnitude as λ grows ({figures.band_note(by_seed)})")
+           title=f"Test loss falls by orders of magnitude as λ grows\n({figures.band_note(by_seed)})")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     return figures.save(fig, path)
 
@@ -90,7 +90,7 @@ def plot_norm_vs_lambda(by_seed: pd.DataFrame, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.lineplot(data=long, x="lambda", y="norm", hue="model", style="model", markers=True, dashes=False, ax=ax, **figures.SEED_BAND)
     figures.lambda_axis(ax, by_seed["lambda"])
-    ax.set(yscale="log", xlabel="weight decay λ", ylabel="‖w‖₂", title=f"Weight decay shrinks the weights ({figures.band_note(by_seed)})")
+    ax.set(yscale="log", xlabel="weight decay λ", ylabel="‖w‖₂", title=f"Weight decay shrinks the weights\n({figures.band_note(by_seed)})")
     return figures.save(fig, path)
 
 
