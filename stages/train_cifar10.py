@@ -21,7 +21,7 @@ from wdlab.cifar10.training import RunResult, train
 from wdlab.device import Formats, device_formats, pick_device
 from wdlab.errors import StageError
 from wdlab.files import load_tensors, read_json, read_table, save_tensors, write_csv, write_json
-from wdlab.results import flatten
+from wdlab.results import flatten, seed_aggregates
 from wdlab.settings import CifarSettings, Settings
 from wdlab.tracking import Tracker, lambda_params, training_run_name
 
@@ -54,7 +54,10 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         else:
             log.info("training %s run on %s, %s images; λ ∈ %s, seeds %s", args.run, formats.describe(), setup["n_images"], list(lambdas), list(seeds))
             results = train_all(splits.to(formats.device), study, lambdas, formats, tracker, params, args.run)
-        tracker.log_history(run_id, {}, seed_aggregates(results))
+        finals: dict[float, list] = {}
+        for result in results:
+            finals.setdefault(result.weight_decay, []).append(result.final)
+        tracker.log_history(run_id, {}, seed_aggregates(finals))
 
     save_tensors(args.model, checkpoint(results, study.model.width))
     write_json(args.record, tracker.run_record(run_id) | setup)
@@ -134,21 +137,6 @@ def run_setup(splits: Splits, formats: Formats) -> dict:
         "n_images": {name: len(getattr(splits, name).labels) for name in SPLITS},
         "classes": list(splits.classes),
     }
-
-
-def seed_aggregates(results: list[RunResult]) -> dict[str, float]:
-    """The parent run's summary: per λ, each final metric's mean and standard deviation over seeds."""
-    lambdas = sorted({r.weight_decay for r in results})
-    summary = {}
-    for lam in lambdas:
-        finals = [r.final for r in results if r.weight_decay == lam]
-        suffix = "" if len(lambdas) == 1 else f".lambda_{lam:g}"
-        for name in finals[0]:
-            values = torch.tensor([row[name] for row in finals], dtype=torch.float64)
-            summary[f"final_{name}.mean{suffix}"] = values.nanmean().item()
-            if values.isfinite().sum() > 1:
-                summary[f"final_{name}.std{suffix}"] = values[values.isfinite()].std().item()
-    return summary
 
 
 def epoch_metrics(row: dict[str, float], norms: dict[str, float]) -> dict[str, float]:

@@ -11,7 +11,7 @@ import torch
 from wdlab import stage
 from wdlab.device import pick_device
 from wdlab.files import save_tensors, write_csv, write_json
-from wdlab.results import flatten
+from wdlab.results import flatten, seed_aggregates
 from wdlab.settings import Settings
 from wdlab.synthetic.data import load_dataset
 from wdlab.synthetic.training import GridRun, train_grid
@@ -34,7 +34,9 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         for (s, seed), (g, lam) in itertools.product(enumerate(seeds), enumerate(lambdas)):
             with tracker.run(f"λ={lam:g} seed {seed}", params | {"lambda": lam, "seed": seed}, f"synthetic-{args.run}-member", nested=True) as member:
                 tracker.log_history(member, *curves(result, s, g))
-        tracker.log_history(run_id, {}, seed_aggregates(result))
+        finals = {lam: [{name: values[-1, s, g].item() for name, values in result.history.items()} for s in range(len(seeds))]
+                  for g, lam in enumerate(lambdas)}
+        tracker.log_history(run_id, {}, seed_aggregates(finals))
 
     save_tensors(args.model, checkpoint(result))
     write_json(args.record, tracker.run_record(run_id))
@@ -53,19 +55,6 @@ def curves(result: GridRun, s: int, g: int) -> tuple[dict, dict]:
     final = {f"final_{name}": values[-1] for name, values in series.items()}
     final["diverged"] = float(result.diverged_epoch[s, g] >= 0)
     return series, final
-
-
-def seed_aggregates(result: GridRun) -> dict[str, float]:
-    """The parent run's summary: per λ, each final metric's mean and standard deviation over seeds."""
-    summary = {}
-    for name, values in result.history.items():
-        for g, lam in enumerate(result.lambdas):
-            final = values[-1, :, g]
-            suffix = "" if len(result.lambdas) == 1 else f".lambda_{lam:g}"
-            summary[f"final_{name}.mean{suffix}"] = final.nanmean().item()
-            if final.isfinite().sum() > 1:
-                summary[f"final_{name}.std{suffix}"] = final[final.isfinite()].std().item()
-    return summary
 
 
 def checkpoint(result: GridRun) -> dict:

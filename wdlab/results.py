@@ -114,3 +114,20 @@ def mean_curve(history: pd.DataFrame) -> list[dict]:
     """A run's per-epoch curves averaged over seeds (diverged seeds' NaN left out): one line per metric for `dvc plots`."""
     numeric = history.drop(columns=[c for c in ("seed", "lambda", "diverged") if c in history])
     return numeric.groupby("epoch", as_index=False).mean().to_dict("records")
+
+
+def seed_aggregates(finals: Mapping[float, Sequence[Mapping[str, float]]]) -> dict[str, float]:
+    """A parent run's summary for MLflow: per λ, each final metric's mean and standard deviation over its seeds'
+    final rows {λ: [row per seed]}, non-finite (diverged) values left out; no λ suffix for a single λ."""
+    import statistics
+
+    summary = {}
+    for lam, rows in finals.items():
+        suffix = "" if len(finals) == 1 else f".lambda_{lam:g}"
+        for name in rows[0]:
+            values = [float(row[name]) for row in rows if math.isfinite(float(row[name]))]
+            if values:
+                summary[f"final_{name}.mean{suffix}"] = statistics.fmean(values)
+            if len(values) > 1:
+                summary[f"final_{name}.std{suffix}"] = statistics.stdev(values)
+    return summary
