@@ -156,11 +156,11 @@ def main() -> None:
 
     def fresh(formats: Formats) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         model = build_model(study.model.width, seed).to(device, memory_format=formats.memory_format)
-        return model, make_optimizer(model, study.train, study.wd)
+        return model, make_optimizer(model, study.train, study.regularizer, study.wd)
 
     loader = tutorial_loader(images, labels, study.train.batch_size, args.workers)
     tutorial, tutorial_plus = fresh(plain), fresh(fast)
-    trainer = Trainer.create(spec, study.wd, seed, fast, n_train=n)
+    trainer = Trainer.create(spec, study.regularizer, study.wd, seed, fast, n_train=n)
     split = Split(images, labels).to(device)
     results = measure({
         "tutorial": lambda: tutorial_epoch(*tutorial, loader, plain),
@@ -173,7 +173,7 @@ def main() -> None:
     print(f"trainer / tutorial+ = {results['trainer'] / results['tutorial+']:.2f}×  (data pipeline alone)")
 
     batch = Split(images[: study.train.batch_size], labels[: study.train.batch_size]).to(device)
-    per_image = flops_per_image(Trainer.create(spec, study.wd, seed, fast, n_train=len(batch.labels)), batch)
+    per_image = flops_per_image(Trainer.create(spec, study.regularizer, study.wd, seed, fast, n_train=len(batch.labels)), batch)
     achieved = results["trainer"] * per_image / 1e9
     print(f"trainer    {per_image / 1e9:.3f} GFLOP per image (forward + backward) = {achieved:.0f} GFLOP/s")
     for name, peak in peak_gflops(fast, repeats=5 * args.repeats).items():

@@ -105,7 +105,7 @@ def epoch_split() -> None:
     formats = device_formats(pick_device(settings.device), study.train.mixed_precision)
     splits = Splits(Split(images[train_idx], labels[train_idx]), Split(images[valid_idx], labels[valid_idx]),
                     Split(torch.from_numpy(test[b"data"]).view(-1, 3, 32, 32), torch.tensor(test[b"labels"])), ()).to(formats.device)
-    trainer = Trainer.create(study, study.wd, study.seeds[0], formats, n_train=len(train_idx))
+    trainer = Trainer.create(study, study.regularizer, study.wd, study.seeds[0], formats, n_train=len(train_idx))
     curves = curve_subsets(splits, study.data.curve_subset, study.data.split_seed)
     start = time.perf_counter()
     trainer.train_epoch(splits.train)

@@ -1,4 +1,5 @@
-"""Choose λ by k-fold cross-validation of the SGD procedure on each seed's training set (never the test set)."""
+"""Choose each regulariser's strength by k-fold cross-validation of its SGD procedure on each seed's training set
+(never the test set)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import argparse
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from wdlab import stage
 from wdlab.device import pick_device
 from wdlab.files import write_csv
 from wdlab.results import flatten
-from wdlab.settings import Settings
+from wdlab.settings import REGULARIZERS, Settings
 from wdlab.synthetic.data import load_dataset
 from wdlab.synthetic.selection import chosen_per_seed, cross_validate, cv_table, mean_cv_loss
 from wdlab.tracking import Tracker
@@ -24,21 +27,25 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     device = pick_device(settings.device)
     tracker = Tracker(settings.tracking, settings.tracking.experiment_synthetic)
     params = {"seeds": len(seeds), "cv_folds": study.cv_folds} | flatten({"train": study.train.model_dump()})
+    tables, chosen = [], {}
     with tracker.run(f"cross-validation ({study.cv_folds} folds, {len(seeds)} seeds)", params, "synthetic-cv") as run_id:
-        cv_loss = cross_validate(train_set, study.lambda_grid, study.train, study.cv_folds, seeds, device)
-        cv = cv_table(seeds, study.lambda_grid, cv_loss)
-        chosen = chosen_per_seed(mean_cv_loss(cv))
-        counts = chosen.value_counts()
-        tracker.log_history(run_id, {}, {f"chosen_lambda_{lam:g}": int(counts.get(lam, 0)) for lam in study.lambda_grid})
-    write_csv(args.out, cv.to_dict("records"))
-    log.info("%d-fold cross-validation on each of %d seeds chooses %s", study.cv_folds, len(seeds),
-             ", ".join(f"λ = {lam:g} ({n}×)" for lam, n in counts.items()))
+        for regularizer in REGULARIZERS:
+            grid = study.strengths.of(regularizer)
+            cv_loss = cross_validate(train_set, grid, study.train, study.cv_folds, seeds, device, regularizer)
+            tables.append(cv_table(regularizer, seeds, grid, cv_loss))
+            chosen[regularizer] = chosen_per_seed(mean_cv_loss(tables[-1])).value_counts()
+        tracker.log_history(run_id, {}, {f"chosen_{regularizer}_{lam:g}": int(counts.get(lam, 0))
+                                         for regularizer, counts in chosen.items() for lam in study.strengths.of(regularizer)})
+    write_csv(args.out, pd.concat(tables).to_dict("records"))
+    for regularizer, counts in chosen.items():
+        log.info("%s: %d-fold cross-validation on each of %d seeds chooses %s", regularizer, study.cv_folds, len(seeds),
+                 ", ".join(f"{lam:g} ({n}×)" for lam, n in counts.items()))
 
 
 def parser() -> argparse.ArgumentParser:
     return stage.parser_with_paths(__doc__, "python -m stages.cross_validate", {
         "data": "the dataset the generate stage wrote",
-        "out": "validation loss per (fold, λ) (output)",
+        "out": "validation loss per (regulariser, seed, fold, strength) (output)",
     })
 
 

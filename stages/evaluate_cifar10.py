@@ -1,5 +1,6 @@
-"""Evaluate the CIFAR-10 study over seeds: final accuracy, loss, generalisation gap and ‖θ‖ per λ with their spread,
-and the λ validation picks."""
+"""Evaluate the CIFAR-10 study over seeds: for every regulariser and strength, final accuracy, loss, generalisation
+gap, ‖θ‖ and exact zeros with their spread; the strength validation picks; the study's regulariser
+(cifar10.regularizer) in detail."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from wdlab import stage
 from wdlab.errors import StageInputError
 from wdlab.files import load_tensors, read_json, read_table, write_csv, write_json
 from wdlab.results import best_lambda, json_record, mean_curve, seed_summary, stats_of
-from wdlab.settings import Settings
+from wdlab.settings import REGULARIZERS, Settings
 from wdlab.tracking import Tracker
 
 log = logging.getLogger("wd-lab.evaluate_cifar10")
@@ -24,22 +25,29 @@ log = logging.getLogger("wd-lab.evaluate_cifar10")
 # What the metrics file keeps of each run's last epoch.
 FINAL_KEYS = (
     "train_accuracy", "valid_accuracy", "test_accuracy", "train_loss", "valid_loss", "test_loss",
-    "gap_accuracy", "gap_loss", "w_norm",
+    "gap_accuracy", "gap_loss", "w_norm", "zero_fraction",
 )
+COMPARED = ("train_accuracy", "valid_accuracy", "test_accuracy", "gap_accuracy", "w_norm", "zero_fraction")
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
     study = settings.cifar10
     headline = final_rows(args.headline_history, "headline")
-    grid = final_rows(args.grid_history, "grid")
-    if set(grid["lambda"]) != set(study.lambda_grid) or set(grid["seed"]) != set(study.seeds):
-        raise StageInputError(f"{args.grid_history} does not match cifar10.lambda_grid and seeds: run `dvc repro train_cifar10`")
+    every = pd.concat([final_rows(path, "grid") for path in args.grid_history])
+    for regularizer in REGULARIZERS:
+        rows = every[every["regularizer"] == regularizer]
+        if set(rows["lambda"]) != set(study.strengths.of(regularizer)) or set(rows["seed"]) != set(study.seeds):
+            raise StageInputError(f"the grid histories do not match cifar10.strengths.{regularizer} and seeds: run `dvc repro train_cifar10@{regularizer}`")
+    grid = every[every["regularizer"] == study.regularizer]
     summary = seed_summary(grid, FINAL_KEYS)
     summary["epochs_run"] = grid.groupby("lambda")["epochs_run"].min().to_numpy()
+    compared = with_shared_baseline(every)
+    table = pd.concat([seed_summary(compared[compared["regularizer"] == r], COMPARED).assign(regularizer=r) for r in REGULARIZERS])
 
-    write_csv(args.by_seed, [json_record(row) for row in grid[["seed", "lambda", *FINAL_KEYS, "epochs_run", "diverged"]].to_dict("records")])
+    write_csv(args.by_seed, [json_record(row) for row in compared[["regularizer", "seed", "lambda", *FINAL_KEYS, "epochs_run", "diverged"]].to_dict("records")])
     write_csv(args.table, [json_record(row) for row in summary.to_dict("records")])
-    result = metrics(headline, summary, len(study.seeds))
+    write_csv(args.compare, [json_record(row) for row in table.to_dict("records")])
+    result = metrics(headline, summary, len(study.seeds)) | {"regularizer": study.regularizer, "regularizers": chosen_per_regularizer(table)}
     write_json(args.metrics, result)
     write_csv(args.headline_curve, mean_curve(read_table(args.headline_history, "headline_cifar10")))
     head = result["headline"]
@@ -51,31 +59,54 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     write_json(args.model_record, log_chosen_model(settings, args, chosen["lambda"] if chosen else None))
 
 
+def with_shared_baseline(every: pd.DataFrame) -> pd.DataFrame:
+    """Every regulariser's final rows, plus l2's λ = 0 runs as strength 0 of a regulariser whose grid lacks 0 and
+    whose strength 0 is the same training (l1 and dropout: plain SGD), so each is compared with no regulariser."""
+    base = every[(every["regularizer"] == "l2") & (every["lambda"] == 0)]
+    shared = [base.assign(regularizer=r) for r in ("l1", "dropout") if not ((every["regularizer"] == r) & (every["lambda"] == 0)).any()]
+    return pd.concat([every, *shared]).sort_values(["regularizer", "lambda", "seed"], kind="stable").reset_index(drop=True)
+
+
+def chosen_per_regularizer(table: pd.DataFrame) -> dict:
+    """Each regulariser at the strength with the highest mean validation accuracy: what it reaches there."""
+    chosen = {}
+    for regularizer in REGULARIZERS:
+        rows = table[table["regularizer"] == regularizer]
+        best = best_lambda(rows, "valid_accuracy_mean", higher_is_better=True)
+        at = rows[rows["lambda"] == best].iloc[0] if best is not None else None
+        chosen[regularizer] = {"valid_strength": best} | {key: stats_of(at, key) if at is not None else None for key in COMPARED}
+    return chosen
+
+
 def log_chosen_model(settings: Settings, args: argparse.Namespace, chosen: float | None) -> dict:
-    """The chosen λ's net (first seed) as an MLflow model on the grid's run, ready for the UI's Models view,
-    `mlflow.pytorch.load_model` and the model registry; what was logged, for the record."""
+    """The chosen strength's net (first seed) of the study's regulariser as an MLflow model on its grid's run, ready
+    for the UI's Models view, `mlflow.pytorch.load_model` and the model registry; what was logged, for the record."""
     tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)
-    run_id = read_json(args.grid_record, made_by="train_cifar10").get("run_id")
+    regularizer = settings.cifar10.regularizer
+    records = [read_json(path, made_by="train_cifar10") for path in args.grid_record]
+    which = next((i for i, record in enumerate(records) if record.get("regularizer") == regularizer), None)
+    run_id = None if which is None else records[which].get("run_id")
     if chosen is None or not tracker.enabled or run_id is None:
-        return {"lambda": chosen, "model_uri": None}
+        return {"regularizer": regularizer, "lambda": chosen, "model_uri": None}
     import torch
 
     from wdlab.cifar10.data import MEAN, STD
     from wdlab.cifar10.model import ImageClassifier, ResNet
 
-    grid = load_tensors(args.grid_model, made_by="train_cifar10", required=("lambdas", "seeds", "width", "state_dicts"))
+    grid = load_tensors(args.grid_model[which], made_by="train_cifar10", required=("regularizer", "lambdas", "seeds", "width", "state_dicts"))
     member = grid["lambdas"].tolist().index(chosen)
-    net = ResNet(grid["width"])
+    net = ResNet(grid["width"])  # dropout has no weights: the trained net serves without it, as in eval mode
     net.load_state_dict(grid["state_dicts"][member])
     example = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     uri = tracker.log_model(run_id, ImageClassifier(net, MEAN, STD).eval(), example, code=Path(wdlab.__file__).parent)
-    log.info("logged the λ=%g model (seed %d) as %s", chosen, int(grid["seeds"][member]), uri)
-    return {"lambda": chosen, "seed": int(grid["seeds"][member]), "run_id": run_id, "model_uri": uri}
+    log.info("logged the %s %g model (seed %d) as %s", regularizer, chosen, int(grid["seeds"][member]), uri)
+    return {"regularizer": regularizer, "lambda": chosen, "seed": int(grid["seeds"][member]), "run_id": run_id, "model_uri": uri}
 
 
 def final_rows(path: Path, run: str) -> pd.DataFrame:
     """The last recorded epoch of every (seed, λ) of a training run; a run that diverged stopped at the epoch marked so."""
-    history = read_table(path, made_by="train_cifar10" if run == "grid" else "headline_cifar10", required=("seed", "lambda", "epoch", "diverged", *FINAL_KEYS))
+    history = read_table(path, made_by="train_cifar10" if run == "grid" else "headline_cifar10",
+                         required=("regularizer", "seed", "lambda", "epoch", "diverged", *FINAL_KEYS))
     # tail(1), not last(): last() would skip a diverged run's NaN and report an earlier epoch's value.
     final = history.sort_values(["lambda", "seed", "epoch"]).groupby(["lambda", "seed"]).tail(1).reset_index(drop=True)
     return final.rename(columns={"epoch": "epochs_run"})
@@ -110,17 +141,19 @@ def summary_of(row: Mapping[str, Any], epochs_run: int) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    return stage.parser_with_paths(__doc__, "python -m stages.evaluate_cifar10", {
+    cli = stage.parser_with_paths(__doc__, "python -m stages.evaluate_cifar10", {
         "headline-history": "the headline run's per-epoch history, per seed",
-        "grid-history": "the λ grid's per-epoch history, per seed",
         "metrics": "the DVC metrics file (output)",
-        "by-seed": "final metrics per (seed, λ), long format (output)",
-        "table": "final metrics per λ: mean, std and 95 % interval over seeds, for dvc plots (output)",
+        "by-seed": "final metrics per (regulariser, seed, strength), long format (output)",
+        "table": "the study's regulariser per strength: mean, std and 95 % interval over seeds, for dvc plots (output)",
+        "compare": "every regulariser per strength: mean, std and 95 % interval over seeds (output)",
         "headline-curve": "the headline run's per-epoch curves averaged over seeds, for dvc plots (output)",
-        "grid-model": "the grid's weights, to log the chosen λ's net as an MLflow model",
-        "grid-record": "the grid's run record: the MLflow run the model goes to",
         "model-record": "which model was logged to MLflow, its URI (output)",
     })
+    cli.add_argument("--grid-history", type=Path, nargs="+", required=True, help="each regulariser grid's per-epoch history")
+    cli.add_argument("--grid-model", type=Path, nargs="+", required=True, help="each grid's weights, in the order of --grid-record")
+    cli.add_argument("--grid-record", type=Path, nargs="+", required=True, help="each grid's run record: the MLflow run the model goes to")
+    return cli
 
 
 if __name__ == "__main__":

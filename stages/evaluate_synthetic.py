@@ -1,5 +1,6 @@
-"""Evaluate the synthetic study over seeds: final losses and ‖w‖ per (seed, λ) and their spread, the exact ridge
-optimum, and the λ cross-validation chooses on each seed."""
+"""Evaluate the synthetic study over seeds: for every regulariser and strength, the final losses, ‖w‖ and exact zeros
+per seed and their spread, beside the regulariser's exact optimum (ridge, lasso, dropout's per-feature ridge); the
+strength cross-validation chooses on each seed; the study's regulariser (synthetic.regularizer) in the metrics."""
 
 from __future__ import annotations
 
@@ -14,65 +15,85 @@ from wdlab import stage
 from wdlab.errors import StageInputError
 from wdlab.files import load_tensors, read_table, write_csv, write_json
 from wdlab.results import best_lambda, json_record, mean_curve, seed_summary, stats, stats_of
-from wdlab.settings import Settings
+from wdlab.settings import REGULARIZERS, Settings
 from wdlab.synthetic.data import Split, load_dataset
-from wdlab.synthetic.ridge import ridge_solution
+from wdlab.synthetic.references import penalty, reference_solution
 from wdlab.synthetic.selection import chosen_per_seed, mean_cv_loss
 from wdlab.synthetic.training import predict, squared_loss
 
 log = logging.getLogger("wd-lab.evaluate_synthetic")
 
-METRICS = ["train_loss", "test_loss", "w_norm", "objective", "ridge_test_loss", "ridge_w_norm", "ridge_objective"]
-EXACT = ("ridge_test_loss", "ridge_w_norm", "ridge_objective")  # closed forms: a diverged SGD run does not touch them
+METRICS = ["train_loss", "test_loss", "w_norm", "zeros", "objective", "distance",
+           "reference_test_loss", "reference_w_norm", "reference_zeros", "reference_objective"]
+EXACT = ("reference_test_loss", "reference_w_norm", "reference_zeros", "reference_objective")  # untouched by a diverged run
+COMPARED = ["test_loss", "train_loss", "w_norm", "zeros", "cv_loss", "distance", "reference_test_loss", "reference_zeros"]
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    seeds = settings.synthetic.seeds
+    study, seeds = settings.synthetic, settings.synthetic.seeds
     train_set, test_set = load_dataset(args.data, seeds)
-    headline = evaluate_run(load_run(args.headline, "headline"), train_set, test_set)
-    grid = evaluate_run(load_run(args.grid, "grid"), train_set, test_set)
-    cv = read_table(args.cv, made_by="cross_validate", required=("seed", "fold", "lambda", "valid_loss"))
-    if set(cv["lambda"]) != set(settings.synthetic.lambda_grid) or set(cv["seed"]) != set(seeds):
-        raise StageInputError(f"{args.cv} does not match synthetic.lambda_grid and seeds: run `dvc repro cross_validate`")
+    headline = evaluate_run(load_run(args.headline, "train_synthetic@headline"), train_set, test_set)
+    grids = {}
+    for path in args.grids:
+        run = load_run(path, "train_synthetic@<regulariser>")
+        grids[run["regularizer"]] = evaluate_run(run, train_set, test_set)
+    if missing := [r for r in REGULARIZERS if r not in grids]:
+        raise StageInputError(f"no trained grid for {', '.join(missing)} among --grids: run `dvc repro train_synthetic`")
+    cv = read_table(args.cv, made_by="cross_validate", required=("regularizer", "seed", "fold", "lambda", "valid_loss"))
+    for regularizer in REGULARIZERS:
+        held = cv[cv["regularizer"] == regularizer]
+        if set(held["lambda"]) != set(study.strengths.of(regularizer)) or set(held["seed"]) != set(seeds):
+            raise StageInputError(f"{args.cv} does not match synthetic.strengths.{regularizer} and seeds: run `dvc repro cross_validate`")
     cv_by_seed = mean_cv_loss(cv)
-    grid = grid.merge(cv_by_seed, on=["seed", "lambda"])
-    summary = seed_summary(grid, METRICS + ["cv_loss"], untrained=EXACT)
+    by_seed = pd.concat(grids.values()).merge(cv_by_seed, on=["regularizer", "seed", "lambda"])
+    own = by_seed[by_seed["regularizer"] == study.regularizer]
+    summary = seed_summary(own, METRICS + ["cv_loss"], untrained=EXACT)
+    compared = pd.concat([
+        seed_summary(by_seed[by_seed["regularizer"] == r], COMPARED, untrained=EXACT).assign(regularizer=r) for r in REGULARIZERS
+    ])
 
-    write_csv(args.by_seed, [json_record(row) for row in grid.to_dict("records")])
+    write_csv(args.by_seed, [json_record(row) for row in by_seed.to_dict("records")])
     write_csv(args.table, [json_record(row) for row in summary.to_dict("records")])
+    write_csv(args.compare, [json_record(row) for row in compared.to_dict("records")])
     write_csv(args.headline_curve, mean_curve(read_table(args.headline_history, "train_synthetic@headline", required=("epoch",))))
-    write_json(args.metrics, metrics(headline, summary, chosen_per_seed(cv_by_seed), train_set, test_set, settings))
+    chosen = chosen_per_seed(cv_by_seed[cv_by_seed["regularizer"] == study.regularizer])
+    write_json(args.metrics, metrics(headline, summary, chosen, by_seed, compared, train_set, test_set, settings))
     head = seed_summary(headline, ["test_loss", "w_norm"]).iloc[0]
-    log.info("headline λ=%g over %d seeds: test loss %.3g ± %.2g, ‖w‖ %.3f ± %.2g", head["lambda"], len(seeds),
+    log.info("headline %s %g over %d seeds: test loss %.3g ± %.2g, ‖w‖ %.3f ± %.2g", study.regularizer, head["lambda"], len(seeds),
              head["test_loss_mean"], head["test_loss_std"], head["w_norm_mean"], head["w_norm_std"])
 
 
-def load_run(path: Path, run: str) -> dict:
-    return load_tensors(path, made_by=f"train_synthetic@{run}", required=("seeds", "lambdas", "weight", "bias", "diverged_epoch"))
+def load_run(path: Path, made_by: str) -> dict:
+    return load_tensors(path, made_by=made_by, required=("regularizer", "seeds", "lambdas", "weight", "bias", "diverged_epoch"))
 
 
 def evaluate_run(run: dict, train_set: Split, test_set: Split) -> pd.DataFrame:
-    """Per (seed, λ): final losses and ‖w‖ of the trained model beside the exact ridge solution on that seed's data."""
-    rows = []
+    """Per (seed, strength): final losses, ‖w‖ and exact zeros of the trained model beside the regulariser's exact
+    optimum on that seed's data, and how far the trained weights are from it."""
+    regularizer, rows = run["regularizer"], []
     for g, lam in enumerate(run["lambdas"].tolist()):
-        weight, bias = run["weight"][:, g : g + 1], run["bias"][:, g : g + 1]  # [S, 1, d], [S, 1]
-        ridge_w, ridge_b = ridge_solution(train_set, lam)
-        ridge_w, ridge_b = ridge_w[:, None], ridge_b[:, None]
-        train_loss, ridge_train_loss = _loss(train_set, weight, bias), _loss(train_set, ridge_w, ridge_b)
-        test_loss, ridge_test_loss = _loss(test_set, weight, bias), _loss(test_set, ridge_w, ridge_b)
-        w_norm, ridge_w_norm = weight[:, 0].double().norm(dim=-1), ridge_w[:, 0].norm(dim=-1)
+        weight, bias = run["weight"][:, g : g + 1].double(), run["bias"][:, g : g + 1]  # [S, 1, d], [S, 1]
+        ref_w, ref_b = reference_solution(regularizer, train_set, lam)
+        ref_w, ref_b = ref_w[:, None], ref_b[:, None]
+        train_loss, ref_train_loss = _loss(train_set, weight, bias), _loss(train_set, ref_w, ref_b)
+        test_loss, ref_test_loss = _loss(test_set, weight, bias), _loss(test_set, ref_w, ref_b)
+        objective = train_loss + penalty(regularizer, train_set, weight, lam)[:, 0]  # what SGD minimises (dropout: in expectation)
+        ref_objective = ref_train_loss + penalty(regularizer, train_set, ref_w, lam)[:, 0]
         for s, seed in enumerate(run["seeds"].tolist()):
             rows.append({
+                "regularizer": regularizer,
                 "seed": seed,
                 "lambda": lam,
                 "train_loss": train_loss[s].item(),
                 "test_loss": test_loss[s].item(),
-                "w_norm": w_norm[s].item(),
-                "objective": (train_loss[s] + lam / 2 * w_norm[s] ** 2).item(),  # L + λ/2·‖w‖², what SGD minimises
-                "ridge_train_loss": ridge_train_loss[s].item(),
-                "ridge_test_loss": ridge_test_loss[s].item(),
-                "ridge_w_norm": ridge_w_norm[s].item(),
-                "ridge_objective": (ridge_train_loss[s] + lam / 2 * ridge_w_norm[s] ** 2).item(),
+                "w_norm": weight[s, 0].norm().item(),
+                "zeros": int((weight[s, 0] == 0).sum()),  # exactly zero: only a proximal (L1) step makes them
+                "objective": objective[s].item(),
+                "distance": (weight[s, 0] - ref_w[s, 0]).norm().item(),  # ‖w − w_exact‖
+                "reference_test_loss": ref_test_loss[s].item(),
+                "reference_w_norm": ref_w[s, 0].norm().item(),
+                "reference_zeros": int((ref_w[s, 0] == 0).sum()),
+                "reference_objective": ref_objective[s].item(),
                 "diverged": bool(run["diverged_epoch"][s, g] >= 0),
             })
     return pd.DataFrame(rows)
@@ -83,14 +104,17 @@ def _loss(split: Split, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tenso
     return squared_loss(predict(split.x.double(), weight.double(), bias.double()), split.y.double())[:, 0]
 
 
-def metrics(headline: pd.DataFrame, summary: pd.DataFrame, chosen: pd.Series, train_set: Split, test_set: Split, settings: Settings) -> dict:
-    """The DVC metrics file: per λ each metric's mean, std and 95 % interval over seeds; CV's choices; references."""
+def metrics(headline: pd.DataFrame, summary: pd.DataFrame, chosen: pd.Series, by_seed: pd.DataFrame, compared: pd.DataFrame,
+            train_set: Split, test_set: Split, settings: Settings) -> dict:
+    """The DVC metrics file: the study's regulariser per strength (each metric's mean, std and 95 % interval over
+    seeds), CV's choices and references; then every regulariser at its cross-validated strength, side by side."""
     study = settings.synthetic
     head = seed_summary(headline, METRICS, untrained=EXACT).iloc[0]
     by_cv = best_lambda(summary, "cv_loss_mean", higher_is_better=False)
     zero_weight = _loss(test_set, torch.zeros(len(study.seeds), 1, test_set.x.shape[-1]), train_set.y.mean(dim=-1)[:, None])
     return {
         "seeds": len(study.seeds),
+        "regularizer": study.regularizer,
         "headline": {"lambda": float(head["lambda"]), "diverged": int(head["diverged"])} | {m: stats_of(head, m) for m in METRICS},
         "grid": {
             f"lambda_{row['lambda']:g}": {"diverged": int(row["diverged"])} | {m: stats_of(row, m) for m in METRICS + ["cv_loss"]}
@@ -101,6 +125,8 @@ def metrics(headline: pd.DataFrame, summary: pd.DataFrame, chosen: pd.Series, tr
             "best_lambda": by_cv,  # lowest CV loss averaged over seeds
             "chosen": {f"lambda_{lam:g}": int((chosen == lam).sum()) for lam in study.lambda_grid},  # per seed's own CV
         },
+        "regularizers": {r: compared_at_cv(compared[compared["regularizer"] == r]) for r in REGULARIZERS},
+        "decoupled_vs_l2": decoupled_vs_l2(by_seed),
         "reference": {
             "noise_floor": study.data.noise_std**2 / 2,  # Bayes limit: E[ε²]/2
             "zero_weight_test_loss": json_record(stats(pd.Series(zero_weight.tolist()))),  # predict the training mean
@@ -108,18 +134,39 @@ def metrics(headline: pd.DataFrame, summary: pd.DataFrame, chosen: pd.Series, tr
     }
 
 
+def compared_at_cv(rows: pd.DataFrame) -> dict:
+    """One regulariser at the strength cross-validation chooses (lowest mean CV loss): what it reaches there."""
+    best = best_lambda(rows, "cv_loss_mean", higher_is_better=False)
+    at = rows[rows["lambda"] == best].iloc[0]
+    return {"cv_strength": best} | {m: stats_of(at, m) for m in ("test_loss", "w_norm", "zeros", "reference_test_loss")}
+
+
+def decoupled_vs_l2(by_seed: pd.DataFrame) -> dict:
+    """For momentum-free SGD, decoupled decay is the same update as the L2 penalty: the largest relative difference
+    of their final test losses and weights over every (seed, λ) both trained, which only rounding should make."""
+    l2 = by_seed[by_seed["regularizer"] == "l2"].set_index(["seed", "lambda"])
+    dec = by_seed[by_seed["regularizer"] == "decoupled"].set_index(["seed", "lambda"])
+    both = l2.index.intersection(dec.index)
+    if both.empty:
+        return {"pairs": 0, "max_rel_test_loss": None, "max_rel_w_norm": None}
+    rel = {m: ((dec.loc[both, m] - l2.loc[both, m]).abs() / l2.loc[both, m].abs().clip(lower=1e-12)).max() for m in ("test_loss", "w_norm")}
+    return {"pairs": len(both), "max_rel_test_loss": float(rel["test_loss"]), "max_rel_w_norm": float(rel["w_norm"])}
+
+
 def parser() -> argparse.ArgumentParser:
-    return stage.parser_with_paths(__doc__, "python -m stages.evaluate_synthetic", {
+    cli = stage.parser_with_paths(__doc__, "python -m stages.evaluate_synthetic", {
         "data": "the dataset the generate stage wrote",
         "headline": "the headline run's trained weights",
-        "grid": "the λ grid's trained weights",
-        "cv": "cross-validation losses per (seed, fold, λ)",
+        "cv": "cross-validation losses per (regulariser, seed, fold, strength)",
         "headline-history": "the headline run's per-epoch history, per seed",
         "metrics": "the DVC metrics file (output)",
-        "by-seed": "final metrics per (seed, λ), long format (output)",
-        "table": "final metrics per λ: mean, std and 95 % interval over seeds, for dvc plots (output)",
+        "by-seed": "final metrics per (regulariser, seed, strength), long format (output)",
+        "table": "the study's regulariser per strength: mean, std and 95 % interval over seeds, for dvc plots (output)",
+        "compare": "every regulariser per strength: mean, std and 95 % interval over seeds (output)",
         "headline-curve": "the headline run's per-epoch curves averaged over seeds, for dvc plots (output)",
     })
+    cli.add_argument("--grids", type=Path, nargs="+", required=True, help="each regulariser's trained grid")
+    return cli
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from wdlab import figures, stage
+from wdlab.errors import StageInputError
 from wdlab.files import read_json, read_table
 from wdlab.results import fmt_lambda, markdown_table
 from wdlab.settings import CifarSettings, Settings
@@ -19,11 +20,18 @@ from wdlab.tracking import Tracker
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
     metrics = read_json(args.metrics, made_by="evaluate_cifar10")
-    by_seed = read_table(args.by_seed, "evaluate_cifar10", required=("seed", "lambda", "train_accuracy", "valid_accuracy", "test_accuracy", "gap_accuracy", "gap_loss", "w_norm"))
+    regularizer = settings.cifar10.regularizer
+    by_seed = read_table(args.by_seed, "evaluate_cifar10", required=("regularizer", "seed", "lambda", "train_accuracy", "valid_accuracy",
+                                                                     "test_accuracy", "gap_accuracy", "gap_loss", "w_norm"))
+    by_seed = by_seed[by_seed["regularizer"] == regularizer]
     by_lambda = means(read_table(args.table, "evaluate_cifar10", required=("lambda", "seeds", "diverged", "epochs_run")))
-    history = read_table(args.grid_history, "train_cifar10", required=("seed", "lambda", "epoch", "train_accuracy", "test_accuracy", "w_norm"))
-    layer_norms = read_table(args.layer_norms, "train_cifar10", required=("seed", "lambda", "epoch", "layer", "norm"))
-    setup = read_json(args.grid_record, made_by="train_cifar10")  # device, formats and image counts of the grid
+    records = [read_json(path, made_by="train_cifar10") for path in args.grid_record]
+    which = next((i for i, record in enumerate(records) if record.get("regularizer") == regularizer), None)
+    if which is None or len(args.grid_history) != len(records) or len(args.layer_norms) != len(records):
+        raise StageInputError(f"no grid of {regularizer} among --grid-record, or unequal lists: run `dvc repro train_cifar10@{regularizer}`")
+    history = read_table(args.grid_history[which], "train_cifar10", required=("seed", "lambda", "epoch", "train_accuracy", "test_accuracy", "w_norm"))
+    layer_norms = read_table(args.layer_norms[which], "train_cifar10", required=("seed", "lambda", "epoch", "layer", "norm"))
+    setup = records[which]  # device, formats and image counts of the grid
     chosen = (metrics.get("chosen_by_validation") or {}).get("lambda")
 
     figures.set_theme()
@@ -34,7 +42,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         plot_layer_norms(layer_norms, args.figures / "layer_norms.png"),
     ]
     page = render_page(metrics, by_lambda, setup, settings, figures.relative_to_page(pngs, args.page))
-    records = {"train_cifar10": args.grid_record, "headline_cifar10": args.headline_record}
+    records = {f"train_cifar10@{regularizer}": args.grid_record[which], "headline_cifar10": args.headline_record}
     figures.publish(args.page, page, pngs, Tracker(settings.tracking, settings.tracking.experiment_cifar10), records)
 
 
@@ -187,8 +195,12 @@ def layer_title(shown: pd.DataFrame, relative: bool) -> str:
 def render_page(metrics: dict, by_lambda: pd.DataFrame, setup: dict, settings: Settings, figure_links: list[str]) -> str:
     study = settings.cifar10
     head = metrics["headline"]
+    title = "Weight decay" if study.regularizer == "l2" else f"The `{study.regularizer}` regulariser"
     lines = [
-        "# Weight decay on CIFAR-10",
+        f"# {title} on CIFAR-10",
+        "",
+        "_Every regulariser side by side: [the comparison page](regularizers_cifar10.md). This page studies "
+        "`cifar10.regularizer`; the λ below is its strength (the rate p for dropout)._",
         "",
         setup_line(study, setup),
         "",
@@ -223,10 +235,13 @@ def render_page(metrics: dict, by_lambda: pd.DataFrame, setup: dict, settings: S
 def setup_line(study: CifarSettings, setup: dict) -> str:
     t = study.train
     n = setup.get("n_images", {})
-    optimizer = (
-        f"SGD with {'Nesterov ' if t.nesterov and t.momentum > 0 else ''}momentum {t.momentum:g}, weight decay added to the gradient (L2)"
-        if t.optimizer == "sgd" else f"AdamW (decoupled weight decay, β₁ = {t.momentum:g})"
-    )
+    sgd = f"SGD with {'Nesterov ' if t.nesterov and t.momentum > 0 else ''}momentum {t.momentum:g}, peak lr {t.lr:g}"
+    optimizer = {
+        "l2": f"{sgd}, weight decay added to the gradient (L2)",
+        "decoupled": f"AdamW (decoupled weight decay, β₁ = {t.momentum:g}), peak lr {t.adamw_lr:g}",
+        "l1": f"{sgd}, then a soft-threshold step by lr·λ (L1, proximal)",
+        "dropout": f"{sgd}, dropout of rate p before the classifier",
+    }[study.regularizer]
     decayed = (
         "every parameter is decayed, biases and BatchNorm scales/shifts included" if t.decay_norm_and_bias
         else "λ applies to conv and linear weights only; biases and BatchNorm scales/shifts are not decayed"
@@ -234,7 +249,7 @@ def setup_line(study: CifarSettings, setup: dict) -> str:
     return (
         f"_{n.get('train', '?'):,} training images (class-balanced subset), {n.get('valid', '?'):,} held-out validation "
         f"images, {n.get('test', '?'):,} test images. ResNet-9 layout, width {study.model.width}; {optimizer}; "
-        f"{decayed}. Peak lr {t.lr:g}, {t.schedule} schedule with {t.warmup_fraction:.0%} warm-up, batch {t.batch_size}, "
+        f"{decayed}. {t.schedule.capitalize()} schedule with {t.warmup_fraction:.0%} warm-up, batch {t.batch_size}, "
         f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}, label smoothing {t.label_smoothing:g}, augmentation "
         f"{'flip + crop' if study.data.augment else 'off'}; {setup.get('device', '?')} ({setup.get('formats', '?')}). "
         f"Seeds {', '.join(map(str, study.seeds))}: each draws its own initial weights, batch order and augmentation; "
@@ -286,7 +301,7 @@ def finding(metrics: dict, lambda_grid: tuple[float, ...]) -> str:
     if chosen["lambda"] == max(lambda_grid) > 0:
         text += (
             f" {lam(chosen['lambda'])} is the grid's largest, so the optimum may lie beyond it: extend "
-            f"`cifar10.lambda_grid` (e.g. add {3 * chosen['lambda']:g} and {10 * chosen['lambda']:g}) and rerun."
+            f"`cifar10.strengths.{study.regularizer}` (e.g. add {3 * chosen['lambda']:g} and {10 * chosen['lambda']:g}) and rerun."
         )
     return text
 
@@ -352,17 +367,18 @@ TABLE_FORMATS = {
 
 
 def parser() -> argparse.ArgumentParser:
-    return stage.parser_with_paths(__doc__, "python -m stages.report_cifar10", {
+    cli = stage.parser_with_paths(__doc__, "python -m stages.report_cifar10", {
         "metrics": "the DVC metrics file evaluate_cifar10 wrote",
-        "by-seed": "final metrics per (seed, λ)",
-        "table": "final metrics per λ over seeds",
-        "grid-history": "the grid's per-epoch history",
-        "layer-norms": "the grid's per-layer weight norms",
+        "by-seed": "final metrics per (regulariser, seed, strength)",
+        "table": "the study's regulariser: final metrics per strength over seeds",
         "headline-record": "the headline run's run record",
-        "grid-record": "the grid's run record",
         "page": "the report page (output)",
         "figures": "the folder of the report's figures (output)",
     })
+    cli.add_argument("--grid-record", type=Path, nargs="+", required=True, help="each regulariser grid's run record")
+    cli.add_argument("--grid-history", type=Path, nargs="+", required=True, help="each grid's per-epoch history, in the same order")
+    cli.add_argument("--layer-norms", type=Path, nargs="+", required=True, help="each grid's per-layer weight norms, in the same order")
+    return cli
 
 
 if __name__ == "__main__":

@@ -11,13 +11,19 @@ import pandas as pd
 import seaborn as sns
 
 from wdlab import figures, stage
+from wdlab.errors import StageInputError
 from wdlab.files import read_json, read_table
 from wdlab.results import fmt_lambda, markdown_table
 from wdlab.settings import Settings
 from wdlab.tracking import Tracker
 
 HISTORY_COLUMNS = ("seed", "lambda", "epoch", "train_loss", "test_loss", "w_norm")
-BY_SEED_COLUMNS = ("seed", "lambda", "train_loss", "test_loss", "w_norm", "cv_loss", "ridge_test_loss", "ridge_w_norm", "diverged")
+BY_SEED_COLUMNS = ("regularizer", "seed", "lambda", "train_loss", "test_loss", "w_norm", "zeros", "cv_loss",
+                   "reference_test_loss", "reference_w_norm", "diverged")
+# Per regulariser: the name of its strength, and of its exact optimum (wdlab/synthetic/references.py).
+STRENGTH = {"l2": "weight decay λ", "decoupled": "decoupled decay λ", "l1": "L1 strength λ", "dropout": "dropout rate p"}
+EXACT_NAME = {"l2": "exact ridge", "decoupled": "exact ridge", "l1": "exact lasso", "dropout": "dropout's exact per-feature ridge"}
+SYMBOL = {"l2": "λ", "decoupled": "λ", "l1": "λ", "dropout": "p"}
 # The reference implementation's range over 10 seeds (shared/REFERENCE.md §2), for the reference setup only.
 REFERENCE_BANDS = {
     ("scratch", 0.0): {"w_norm": (12.8, 15.0), "train_loss": (4e-7, 1e-4), "test_loss": (70, 112)},
@@ -30,22 +36,33 @@ REFERENCE_SETUP = {"n_train": 20, "n_test": 100, "n_features": 200, "batch_size"
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
     metrics = read_json(args.metrics, made_by="evaluate_synthetic")
+    regularizer = settings.synthetic.regularizer
     by_seed = read_table(args.by_seed, "evaluate_synthetic", required=BY_SEED_COLUMNS)
-    grid_history = read_table(args.grid_history, "train_synthetic@grid", required=HISTORY_COLUMNS)
+    by_seed = by_seed[by_seed["regularizer"] == regularizer]
+    grid_history = study_history(args.grid_history, regularizer)
     headline_history = read_table(args.headline_history, "train_synthetic@headline", required=HISTORY_COLUMNS)
     contrast = contrast_lambda(settings.wd, metrics)
 
     figures.set_theme()
     pngs = [
-        plot_loss_curves(grid_history, headline_history, contrast, args.figures / "loss_curves.png"),
-        plot_loss_vs_lambda(by_seed, metrics, args.figures / "loss_vs_lambda.png"),
-        plot_norm_vs_lambda(by_seed, args.figures / "wnorm_vs_lambda.png"),
-        plot_norm_vs_epoch(grid_history, args.figures / "wnorm_vs_epoch.png"),
-        plot_cv_choices(metrics, args.figures / "cv_choices.png"),
+        plot_loss_curves(grid_history, headline_history, contrast, regularizer, args.figures / "loss_curves.png"),
+        plot_loss_vs_lambda(by_seed, metrics, regularizer, args.figures / "loss_vs_lambda.png"),
+        plot_norm_vs_lambda(by_seed, regularizer, settings.synthetic.train.epochs, args.figures / "wnorm_vs_lambda.png"),
+        plot_norm_vs_epoch(grid_history, regularizer, args.figures / "wnorm_vs_epoch.png"),
+        plot_cv_choices(metrics, regularizer, args.figures / "cv_choices.png"),
     ]
     page = render_page(metrics, by_seed, contrast, settings, figures.relative_to_page(pngs, args.page))
-    records = {"train_synthetic@grid": args.grid_record, "train_synthetic@headline": args.headline_record}
+    grid_record = next(path for path in args.grid_record if path.name == f"grid_{regularizer}_run.json")
+    records = {f"train_synthetic@{regularizer}": grid_record, "headline_synthetic": args.headline_record}
     figures.publish(args.page, page, pngs, Tracker(settings.tracking, settings.tracking.experiment_synthetic), records)
+
+
+def study_history(paths: list[Path], regularizer: str) -> pd.DataFrame:
+    """The per-epoch history of the study's regulariser's grid, among every regulariser's."""
+    for path in paths:
+        if path.name == f"grid_{regularizer}_history.csv":
+            return read_table(path, f"train_synthetic@{regularizer}", required=HISTORY_COLUMNS)
+    raise StageInputError(f"no grid history for {regularizer} among --grid-history: run `dvc repro train_synthetic@{regularizer}`")
 
 
 def contrast_lambda(wd: float, metrics: dict) -> float:
@@ -56,7 +73,7 @@ def contrast_lambda(wd: float, metrics: dict) -> float:
 # ── figures: every curve is the mean over seeds with its 95 % confidence band ────────────────────
 
 
-def plot_loss_curves(grid_history: pd.DataFrame, headline_history: pd.DataFrame, contrast: float, path: Path) -> Path:
+def plot_loss_curves(grid_history: pd.DataFrame, headline_history: pd.DataFrame, contrast: float, regularizer: str, path: Path) -> Path:
     runs = {0.0: grid_history[grid_history["lambda"] == 0.0]}
     runs[contrast] = headline_history if headline_history["lambda"].iloc[0] == contrast else grid_history[grid_history["lambda"] == contrast]
     fig, axes = plt.subplots(1, len(runs), figsize=(11, 4.2), sharey=True, squeeze=False)
@@ -64,50 +81,53 @@ def plot_loss_curves(grid_history: pd.DataFrame, headline_history: pd.DataFrame,
         long = history.melt(id_vars=["seed", "epoch"], value_vars=["train_loss", "test_loss"], var_name="split", value_name="loss")
         long["split"] = long["split"].str.removesuffix("_loss")
         sns.lineplot(data=long, x="epoch", y="loss", hue="split", ax=ax, **figures.SEED_BAND)
-        ax.set(yscale="log", title=f"λ = {fmt_lambda(lam)}", xlabel="epoch", ylabel="squared loss (ŷ − y)²/2")
-    fig.suptitle(f"Without weight decay the test loss stays high while the train loss vanishes\n({figures.band_note(grid_history)})")
+        ax.set(yscale="log", title=f"{regularizer}, {SYMBOL[regularizer]} = {fmt_lambda(lam)}", xlabel="epoch", ylabel="squared loss (ŷ − y)²/2")
+    fig.suptitle(f"Without a regulariser the test loss stays high while the train loss vanishes\n({figures.band_note(grid_history)})")
     return figures.save(fig, path)
 
 
-def plot_loss_vs_lambda(by_seed: pd.DataFrame, metrics: dict, path: Path) -> Path:
-    curves = {"train_loss": "SGD train", "test_loss": "SGD test", "cv_loss": "SGD cross-validation", "ridge_test_loss": "exact ridge test"}
+def plot_loss_vs_lambda(by_seed: pd.DataFrame, metrics: dict, regularizer: str, path: Path) -> Path:
+    curves = {"train_loss": "SGD train", "test_loss": "SGD test", "cv_loss": "SGD cross-validation",
+              "reference_test_loss": f"{EXACT_NAME[regularizer]} test"}
     long = by_seed.melt(id_vars=["seed", "lambda"], value_vars=list(curves), var_name="curve", value_name="loss")
     long["curve"] = long["curve"].map(curves)
     fig, ax = plt.subplots(figsize=(10, 4.8))
     sns.lineplot(data=long, x="lambda", y="loss", hue="curve", style="curve", markers=True, dashes=False, ax=ax, **figures.SEED_BAND)
     ax.axhline(metrics["reference"]["noise_floor"], color="grey", linestyle=":", label="noise floor σ²/2")
-    ax.axvline(metrics["cv"]["best_lambda"], color="black", linestyle="--", linewidth=1, label="λ with the lowest mean CV loss")
+    ax.axvline(metrics["cv"]["best_lambda"], color="black", linestyle="--", linewidth=1, label="strength with the lowest mean CV loss")
     figures.lambda_axis(ax, by_seed["lambda"])
-    ax.set(yscale="log", xlabel="weight decay λ", ylabel="final squared loss",
-           title=f"Test loss falls by orders of magnitude as λ grows\n({figures.band_note(by_seed)})")
+    ax.set(yscale="log", xlabel=STRENGTH[regularizer], ylabel="final squared loss",
+           title=f"{regularizer}: final losses as the strength grows\n({figures.band_note(by_seed)})")
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     return figures.save(fig, path)
 
 
-def plot_norm_vs_lambda(by_seed: pd.DataFrame, path: Path) -> Path:
-    long = by_seed.melt(id_vars=["seed", "lambda"], value_vars=["w_norm", "ridge_w_norm"], var_name="model", value_name="norm")
-    long["model"] = long["model"].map({"w_norm": "SGD, 100-epoch budget", "ridge_w_norm": "exact ridge"})
+def plot_norm_vs_lambda(by_seed: pd.DataFrame, regularizer: str, epochs: int, path: Path) -> Path:
+    long = by_seed.melt(id_vars=["seed", "lambda"], value_vars=["w_norm", "reference_w_norm"], var_name="model", value_name="norm")
+    long["model"] = long["model"].map({"w_norm": f"SGD, {epochs}-epoch budget", "reference_w_norm": EXACT_NAME[regularizer]})
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.lineplot(data=long, x="lambda", y="norm", hue="model", style="model", markers=True, dashes=False, ax=ax, **figures.SEED_BAND)
     figures.lambda_axis(ax, by_seed["lambda"])
-    ax.set(yscale="log", xlabel="weight decay λ", ylabel="‖w‖₂", title=f"Weight decay shrinks the weights\n({figures.band_note(by_seed)})")
+    ax.set(yscale="log", xlabel=STRENGTH[regularizer], ylabel="‖w‖₂", title=f"{regularizer} shrinks the weights\n({figures.band_note(by_seed)})")
     return figures.save(fig, path)
 
 
-def plot_norm_vs_epoch(grid_history: pd.DataFrame, path: Path) -> Path:
+def plot_norm_vs_epoch(grid_history: pd.DataFrame, regularizer: str, path: Path) -> Path:
     lambdas = sorted(grid_history["lambda"].unique())
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.lineplot(data=grid_history, x="epoch", y="w_norm", hue="lambda", palette=figures.lambda_palette(lambdas), ax=ax, **figures.SEED_BAND)
-    ax.set(yscale="log", xlabel="epoch", ylabel="‖w‖₂", title="Each epoch multiplies w by about (1 − ηλ)^(steps)")
-    ax.legend(title="λ", fontsize="small", ncols=2)
+    title = {"l2": "Each epoch multiplies w by about (1 − ηλ)^(steps)", "decoupled": "Each epoch multiplies w by about (1 − ηλ)^(steps)",
+             "l1": "Each step moves every weight ηλ towards zero, and stops it there", "dropout": "Dropout shrinks w like a per-feature ridge"}
+    ax.set(yscale="log", xlabel="epoch", ylabel="‖w‖₂", title=title[regularizer])
+    ax.legend(title=SYMBOL[regularizer], fontsize="small", ncols=2)
     return figures.save(fig, path)
 
 
-def plot_cv_choices(metrics: dict, path: Path) -> Path:
+def plot_cv_choices(metrics: dict, regularizer: str, path: Path) -> Path:
     chosen = {float(key.removeprefix("lambda_")): n for key, n in metrics["cv"]["chosen"].items()}
     fig, ax = plt.subplots(figsize=(7, 3.8))
     sns.barplot(x=[fmt_lambda(lam) for lam in chosen], y=list(chosen.values()), color=sns.color_palette()[0], ax=ax)
-    ax.set(xlabel="weight decay λ", ylabel="seeds", title=f"The λ each seed's {metrics['cv']['folds']}-fold cross-validation chooses")
+    ax.set(xlabel=STRENGTH[regularizer], ylabel="seeds", title=f"The {SYMBOL[regularizer]} each seed's {metrics['cv']['folds']}-fold cross-validation chooses")
     ax.yaxis.get_major_locator().set_params(integer=True)
     return figures.save(fig, path)
 
@@ -117,9 +137,13 @@ def plot_cv_choices(metrics: dict, path: Path) -> Path:
 
 def render_page(metrics: dict, by_seed: pd.DataFrame, contrast: float, settings: Settings, figure_links: list[str]) -> str:
     spec, grid = settings.synthetic, metrics["grid"]
-    head = metrics["headline"]
+    head, regularizer = metrics["headline"], spec.regularizer
+    title = "Weight decay" if regularizer == "l2" else f"The `{regularizer}` regulariser ({STRENGTH[regularizer]})"
     lines = [
-        "# Weight decay on high-dimensional linear regression",
+        f"# {title} on high-dimensional linear regression",
+        "",
+        "_Every regulariser side by side: [the comparison page](regularizers_synthetic.md). "
+        "This page studies `synthetic.regularizer`; `dvc exp run -S synthetic.regularizer=l1` turns it to L1._",
         "",
         f"_n_train = {spec.data.n_train}, n_test = {spec.data.n_test}, d = {spec.data.n_features}; "
         f"SGD, batch {spec.train.batch_size}, lr {spec.train.lr:g}, {spec.train.epochs} epochs, "
@@ -131,11 +155,11 @@ def render_page(metrics: dict, by_seed: pd.DataFrame, contrast: float, settings:
         "",
     ]
     if "lambda_0" in grid and f"lambda_{contrast:g}" in grid:
-        lines += [finding(grid["lambda_0"], grid[f"lambda_{contrast:g}"], contrast, spec.data.n_train), ""]
-    lines += [cv_sentence(metrics, spec.lambda_grid), "", optimum_sentence(grid, metrics, spec.train.epochs), ""]
+        lines += [finding(grid["lambda_0"], grid[f"lambda_{contrast:g}"], contrast, regularizer, spec.data.n_train), ""]
+    lines += [cv_sentence(metrics, regularizer, spec.lambda_grid), "", optimum_sentence(grid, metrics, regularizer, spec.train.epochs), ""]
     lines += [
-        f"Headline run (`wd` = {fmt_lambda(head['lambda'])}): train loss {pm(head['train_loss'])}, "
-        f"test loss {pm(head['test_loss'])}, ‖w‖ = {pm(head['w_norm'])}.",
+        f"Headline run ({regularizer}, `wd` = {fmt_lambda(head['lambda'])}): train loss {pm(head['train_loss'])}, "
+        f"test loss {pm(head['test_loss'])}, ‖w‖ = {pm(head['w_norm'])}, exact zeros {pm(head['zeros'])} of {spec.data.n_features}.",
         "",
     ]
     if reference := reference_table(by_seed, settings):
@@ -145,9 +169,9 @@ def render_page(metrics: dict, by_seed: pd.DataFrame, contrast: float, settings:
         "",
         *[f"![{Path(link).stem}]({link})" for link in figure_links],
         "",
-        "## Metrics per λ (mean ± std over seeds)",
+        f"## Metrics per {SYMBOL[regularizer]} (mean ± std over seeds)",
         "",
-        markdown_table(per_lambda_table(grid), TABLE_COLUMNS, {c: str for c in TABLE_COLUMNS if c != "lambda"}),
+        markdown_table(per_lambda_table(grid), table_columns(regularizer), {c: str for c in TABLE_COLUMNS if c != "lambda"}),
         "",
         "_Generated by the `report_synthetic` stage of dvc.yaml from the study's metrics; rerun `dvc repro` to refresh._",
         "",
@@ -169,7 +193,7 @@ def separated(a: dict, b: dict) -> bool:
     return a["ci_high"] < b["ci_low"] or b["ci_high"] < a["ci_low"]
 
 
-def finding(base: dict, reg: dict, contrast: float, n_train: int) -> str:
+def finding(base: dict, reg: dict, contrast: float, regularizer: str, n_train: int) -> str:
     ratio = base["test_loss"]["mean"] / reg["test_loss"]["mean"]
     verdict = (
         "The 95 % intervals over seeds do not overlap: the difference is far larger than the seed spread."
@@ -177,46 +201,48 @@ def finding(base: dict, reg: dict, contrast: float, n_train: int) -> str:
         else "The 95 % intervals over seeds overlap: with these seeds the difference is not distinguishable from seed noise."
     )
     return (
-        f"Without weight decay (λ = 0) SGD fits the {n_train} training points almost exactly "
+        f"Without a regulariser ({SYMBOL[regularizer]} = 0) SGD fits the {n_train} training points almost exactly "
         f"(train loss {pm(base['train_loss'])}) but the test loss is {pm(base['test_loss'])}: it overfits. "
-        f"With λ = {fmt_lambda(contrast)} the train loss rises to {pm(reg['train_loss'])} while the test loss "
+        f"With {regularizer} at {SYMBOL[regularizer]} = {fmt_lambda(contrast)} the train loss rises to {pm(reg['train_loss'])} while the test loss "
         f"falls to {pm(reg['test_loss'])}, {ratio:,.0f}× lower, and ‖w‖ shrinks from {pm(base['w_norm'])} to {pm(reg['w_norm'])}. "
         + verdict
     )
 
 
-def cv_sentence(metrics: dict, lambda_grid: tuple[float, ...]) -> str:
-    cv, grid = metrics["cv"], metrics["grid"]
+def cv_sentence(metrics: dict, regularizer: str, lambda_grid: tuple[float, ...]) -> str:
+    cv, grid, sym = metrics["cv"], metrics["grid"], SYMBOL[regularizer]
     best = cv["best_lambda"]
-    counts = ", ".join(f"λ = {key.removeprefix('lambda_')} on {n}" for key, n in cv["chosen"].items() if n)
+    counts = ", ".join(f"{sym} = {key.removeprefix('lambda_')} on {n}" for key, n in cv["chosen"].items() if n)
     text = (
         f"{cv['folds']}-fold cross-validation on each seed's training set (the test set never takes part) chooses "
-        f"{counts} of {metrics['seeds']} seeds; the lowest CV loss averaged over seeds is at λ = {fmt_lambda(best)}, "
+        f"{counts} of {metrics['seeds']} seeds; the lowest CV loss averaged over seeds is at {sym} = {fmt_lambda(best)}, "
         f"where the test loss is {pm(grid[f'lambda_{best:g}']['test_loss'])} against "
-        f"{pm(grid[f'lambda_{best:g}']['ridge_test_loss'])} for the exact ridge solution."
+        f"{pm(grid[f'lambda_{best:g}']['reference_test_loss'])} for the {EXACT_NAME[regularizer]} solution."
     )
     edge = {min(lambda_grid): "smallest", max(lambda_grid): "largest"}.get(best)
     if edge:
         beyond = f"{max(lambda_grid) * 3:g}, {max(lambda_grid) * 10:g}" if edge == "largest" else f"{min(lambda_grid) / 10:g}"
         text += (
             f" That λ is the grid's {edge}, so the optimum may lie beyond it: extend the grid and rerun, e.g. "
-            f"`dvc exp run -S 'synthetic.lambda_grid=[{', '.join(f'{v:g}' for v in lambda_grid)}, {beyond}]'`."
+            f"`dvc exp run -S 'synthetic.strengths.{regularizer}=[{', '.join(f'{v:g}' for v in lambda_grid)}, {beyond}]'`."
         )
     return text
 
 
-def optimum_sentence(grid: dict, metrics: dict, epochs: int) -> str:
+def optimum_sentence(grid: dict, metrics: dict, regularizer: str, epochs: int) -> str:
     """How far SGD is from the exact optimum of its own objective, and where it closes the gap."""
-    ratios = {float(k.removeprefix("lambda_")): v["test_loss"]["mean"] / v["ridge_test_loss"]["mean"] for k, v in grid.items() if v["test_loss"]["mean"]}
+    exact, sym = EXACT_NAME[regularizer], SYMBOL[regularizer]
+    ratios = {float(k.removeprefix("lambda_")): v["test_loss"]["mean"] / v["reference_test_loss"]["mean"] for k, v in grid.items() if v["test_loss"]["mean"]}
     close = [lam for lam, ratio in ratios.items() if ratio <= 1.25]
     reach = (
-        f"SGD comes within 25% of the exact ridge test loss (means over seeds) only from λ = {fmt_lambda(min(close))} on"
-        if close else "SGD stays more than 25% above the exact ridge test loss at every λ of the grid"
+        f"SGD comes within 25% of the {exact} test loss (means over seeds) only from {sym} = {fmt_lambda(min(close))} on"
+        if close else f"SGD stays more than 25% above the {exact} test loss at every {sym} of the grid"
     )
-    ridge = [v["ridge_test_loss"]["mean"] for v in grid.values()]
+    shrink = {"l1": "moves each weight only ηλ towards zero", "dropout": "shrinks only as a ridge step with λ_j = c_j would"}
+    ridge = [v["reference_test_loss"]["mean"] for v in grid.values()]
     return (
         f"{reach}; below that, what remains after {epochs} epochs is the random initialisation, which each "
-        f"step shrinks only by the factor (1 − ηλ). The exact ridge test loss is {min(ridge):.3g}–{max(ridge):.3g} "
+        f"step {shrink.get(regularizer, 'shrinks only by the factor (1 − ηλ)')}. The {exact} test loss is {min(ridge):.3g}–{max(ridge):.3g} "
         f"across the grid; predicting the training mean (w = 0) gives {pm(metrics['reference']['zero_weight_test_loss'])}, "
         f"and the noise floor σ²/2 is {metrics['reference']['noise_floor']:.2g}."
     )
@@ -226,8 +252,8 @@ def reference_table(by_seed: pd.DataFrame, settings: Settings) -> str | None:
     """Our mean and min–max over seeds beside the reference implementation's band, where the setup is the reference one."""
     spec = settings.synthetic
     setup = spec.data.model_dump() | spec.train.model_dump()
-    if any(setup[key] != value for key, value in REFERENCE_SETUP.items()):
-        return None
+    if spec.regularizer != "l2" or any(setup[key] != value for key, value in REFERENCE_SETUP.items()):
+        return None  # the reference implementation's bands are for weight decay (l2) in its setup
     rows = ["| λ | metric | here: mean (min–max) | reference band | inside |", "|---:|---|---:|---:|---|"]
     for (implementation, lam), bands in REFERENCE_BANDS.items():
         runs = by_seed[by_seed["lambda"] == lam]
@@ -244,9 +270,15 @@ def reference_table(by_seed: pd.DataFrame, settings: Settings) -> str | None:
 
 
 TABLE_COLUMNS = {
-    "lambda": "λ", "train_loss": "train loss", "test_loss": "test loss", "w_norm": "‖w‖",
-    "cv_loss": "CV loss", "ridge_test_loss": "exact ridge test loss", "diverged": "seeds diverged",
+    "lambda": "λ", "train_loss": "train loss", "test_loss": "test loss", "w_norm": "‖w‖", "zeros": "exact zeros",
+    "cv_loss": "CV loss", "reference_test_loss": "exact optimum's test loss", "reference_zeros": "exact optimum's zeros",
+    "diverged": "seeds diverged",
 }
+
+
+def table_columns(regularizer: str) -> dict[str, str]:
+    return TABLE_COLUMNS | {"lambda": SYMBOL[regularizer], "reference_test_loss": f"{EXACT_NAME[regularizer]} test loss",
+                            "reference_zeros": f"{EXACT_NAME[regularizer]} zeros"}
 
 
 def per_lambda_table(grid: dict) -> pd.DataFrame:
@@ -258,16 +290,17 @@ def per_lambda_table(grid: dict) -> pd.DataFrame:
 
 
 def parser() -> argparse.ArgumentParser:
-    return stage.parser_with_paths(__doc__, "python -m stages.report_synthetic", {
+    cli = stage.parser_with_paths(__doc__, "python -m stages.report_synthetic", {
         "metrics": "the DVC metrics file evaluate_synthetic wrote",
-        "by-seed": "final metrics per (seed, λ)",
+        "by-seed": "final metrics per (regulariser, seed, strength)",
         "headline-history": "the headline run's per-epoch history",
-        "grid-history": "the grid's per-epoch history",
         "headline-record": "the headline run's run record",
-        "grid-record": "the grid's run record",
         "page": "the report page (output)",
         "figures": "the folder of the report's figures (output)",
     })
+    cli.add_argument("--grid-history", type=Path, nargs="+", required=True, help="each regulariser grid's per-epoch history")
+    cli.add_argument("--grid-record", type=Path, nargs="+", required=True, help="each regulariser grid's run record")
+    return cli
 
 
 if __name__ == "__main__":

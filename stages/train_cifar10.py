@@ -1,6 +1,7 @@
-"""Train the CIFAR-10 residual net on every seed: one run per λ of cifar10.lambda_grid, or the headline run
-(λ = cifar10.wd), which takes the grid's runs for that λ when the grid trained them with the same settings and
-trains only when it did not (`dvc exp run -S cifar10.wd=X` with X outside the grid trains just that λ)."""
+"""Train the CIFAR-10 residual net on every seed: one regulariser's whole grid (a run per strength of
+cifar10.strengths.<regulariser>), or the headline run (cifar10.regularizer at strength cifar10.wd), which takes
+that grid's runs for the strength when the grid trained them with the same settings and trains only when it did
+not (`dvc exp run -S cifar10.wd=X` with X outside the grid trains just that strength)."""
 
 from __future__ import annotations
 
@@ -23,40 +24,43 @@ from wdlab.errors import StageError
 from wdlab.files import load_tensors, read_json, read_table, save_tensors, write_csv, write_json
 from wdlab.results import flatten, seed_aggregates
 from wdlab.settings import CifarSettings, Settings
-from wdlab.tracking import Tracker, lambda_params, training_run_name
+from wdlab.tracking import Tracker, lambda_params, member_params, training_run_name
 
 log = logging.getLogger("wd-lab.train_cifar10")
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
     study, seeds = settings.cifar10, settings.cifar10.seeds
-    lambdas = (study.wd,) if args.run == "headline" else study.lambda_grid
+    regularizer = study.regularizer if args.run == "headline" else args.run
+    lambdas = (study.wd,) if args.run == "headline" else study.strengths.of(regularizer)
     formats = device_formats(pick_device(settings.device), study.train.mixed_precision)
     tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)  # fails fast, before training
     made_as = fingerprint(study, formats)
-    reused = reuse_grid(args, study.wd, made_as) if args.run == "headline" else None
+    reused = reuse_grid(args, regularizer, study.wd, made_as) if args.run == "headline" else None
     if reused:
         grid_run_id, results, setup = reused
-        log.info("λ = %g was trained by the grid with these settings: its %d runs are the headline's, none retrained", study.wd, len(seeds))
+        log.info("%s %g was trained by its grid with these settings: its %d runs are the headline's, none retrained", regularizer, study.wd, len(seeds))
     else:
         splits = load_splits(args.data, study.data)
-        setup = run_setup(splits, formats) | {"fingerprint": made_as}
+        setup = run_setup(splits, formats) | {"fingerprint": made_as, "regularizer": regularizer}
     params = {"seeds": len(seeds)} | flatten({k: setup[k] for k in ("device", "formats", "n_images")}) | flatten(
         {"data": study.data.model_dump(), "model": study.model.model_dump(), "train": study.train.model_dump()}
     )
 
-    with tracker.run(training_run_name(args.run, lambdas), params | lambda_params(lambdas), f"cifar10-{args.run}",
+    role = "cifar10-headline" if args.run == "headline" else "cifar10-grid"
+    with tracker.run(training_run_name(args.run, regularizer, lambdas), params | lambda_params(regularizer, lambdas), role,
                      tags={"wd_lab.reused_from": str(grid_run_id)} if reused else None) as run_id:
         if reused:
             for result in results:
-                with member_run(tracker, result.weight_decay, result.seed, params, args.run) as member:
+                with member_run(tracker, result, params, role) as member:
                     log_result(tracker, member, result, study.model.width, curves=True)
         else:
-            log.info("training %s run on %s, %s images; λ ∈ %s, seeds %s", args.run, formats.describe(), setup["n_images"], list(lambdas), list(seeds))
-            results = train_all(splits.to(formats.device), study, lambdas, formats, tracker, params, args.run)
+            log.info("training %s run on %s, %s images; %s ∈ %s, seeds %s", args.run, formats.describe(), setup["n_images"],
+                     regularizer, list(lambdas), list(seeds))
+            results = train_all(splits.to(formats.device), study, regularizer, lambdas, formats, tracker, params, role)
         finals: dict[float, list] = {}
         for result in results:
-            finals.setdefault(result.weight_decay, []).append(result.final)
+            finals.setdefault(result.strength, []).append(result.final)
         tracker.log_history(run_id, {}, seed_aggregates(finals))
 
     save_tensors(args.model, checkpoint(results, study.model.width))
@@ -67,65 +71,72 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         row = result.final
         state = f"diverged at epoch {result.diverged_epoch}" if result.diverged_epoch else f"{result.seconds:.0f} s"
         log.info(
-            "λ=%-7g seed %d  train acc %.3f  valid acc %.3f  test acc %.3f  ‖θ‖ %.2f  (%s)",
-            result.weight_decay, result.seed, row["train_accuracy"], row["valid_accuracy"], row["test_accuracy"], row["w_norm"], state,
+            "%s %-7g seed %d  train acc %.3f  valid acc %.3f  test acc %.3f  ‖θ‖ %.2f  (%s)",
+            result.regularizer, result.strength, result.seed, row["train_accuracy"], row["valid_accuracy"], row["test_accuracy"], row["w_norm"], state,
         )
 
 
-def train_all(splits: Splits, study: CifarSettings, lambdas: tuple[float, ...], formats: Formats, tracker: Tracker, params: dict, run: str) -> list[RunResult]:
-    """Every (λ, seed), each its own nested MLflow run that shows its curves as the epochs end."""
+def train_all(splits: Splits, study: CifarSettings, regularizer: str, lambdas: tuple[float, ...], formats: Formats, tracker: Tracker,
+              params: dict, role: str) -> list[RunResult]:
+    """Every (strength, seed), each its own nested MLflow run that shows its curves as the epochs end."""
     results = []
     for lam, seed in itertools.product(lambdas, study.seeds):
-        with member_run(tracker, lam, seed, params, run, system_metrics=True) as member:
+        with member_run(tracker, RunResult(regularizer, lam, seed), params, role, system_metrics=True) as member:
 
             def live(epoch: int, row: dict[str, float], norms: dict[str, float]) -> None:
                 tracker.log_epoch(member, epoch_metrics(row, norms), epoch)
 
-            result = train(splits, study, lam, seed, formats, on_epoch=live)
+            result = train(splits, study, regularizer, lam, seed, formats, on_epoch=live)
             log_result(tracker, member, result, study.model.width, curves=False)
         results.append(result)
     return results
 
 
-def member_run(tracker: Tracker, lam: float, seed: int, params: dict, run: str, **options: bool) -> contextlib.AbstractContextManager:
-    """The MLflow run of one (λ, seed), nested under the stage's run."""
-    return tracker.run(f"λ={lam:g} seed {seed}", params | {"lambda": lam, "seed": seed}, f"cifar10-{run}-member", nested=True, **options)
+def member_run(tracker: Tracker, run: RunResult, params: dict, role: str, **options: bool) -> contextlib.AbstractContextManager:
+    """The MLflow run of one (regulariser, strength, seed), nested under the stage's run."""
+    return tracker.run(f"{run.regularizer} {run.strength:g} seed {run.seed}", params | member_params(run.regularizer, run.strength, run.seed),
+                       f"{role}-member", nested=True, **options)
 
 
 def fingerprint(study: CifarSettings, formats: Formats) -> str:
-    """What decides a run's numbers besides λ: seeds, data, model, training settings, device and formats."""
+    """What decides a run's numbers besides the regulariser and its strength: seeds, data, model, training settings,
+    device and formats."""
     made = {"seeds": study.seeds, "data": study.data.model_dump(), "model": study.model.model_dump(),
             "train": study.train.model_dump(), "device": formats.device.type, "formats": formats.describe()}
     return hashlib.sha256(json.dumps(made, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def reuse_grid(args: argparse.Namespace, lam: float, wanted: str) -> tuple[str | None, list[RunResult], dict] | None:
-    """The grid's runs of λ (its MLflow run id, the runs, how they were made), if the grid trained λ with the
-    same settings on the same kind of device."""
-    if None in (args.grid_model, args.grid_history, args.grid_layer_norms, args.grid_record):
-        raise StageError(f"the headline run takes the grid's outputs: give {', '.join('--' + name for name in GRID_OUTPUTS)}")
-    record = read_json(args.grid_record, made_by="train_cifar10")
-    if record.get("fingerprint") != wanted:
+def reuse_grid(args: argparse.Namespace, regularizer: str, lam: float, wanted: str) -> tuple[str | None, list[RunResult], dict] | None:
+    """The regulariser's grid runs of strength λ (its MLflow run id, the runs, how they were made), if that grid
+    trained λ with the same settings on the same kind of device. Each --grid-* option lists every regulariser's
+    file, in the same order; the run records say which is which."""
+    given = [getattr(args, name.replace("-", "_")) for name in GRID_OUTPUTS]
+    if not all(given) or len({len(paths) for paths in given}) != 1:
+        raise StageError(f"the headline run takes the grids' outputs: give {', '.join('--' + name for name in GRID_OUTPUTS)}, one file per regulariser each")
+    records = [read_json(path, made_by="train_cifar10") for path in args.grid_record]
+    mine = [i for i, record in enumerate(records) if record.get("regularizer") == regularizer]
+    if not mine or records[mine[0]].get("fingerprint") != wanted:
         return None
-    grid = load_tensors(args.grid_model, made_by="train_cifar10", required=("lambdas", "seeds", "state_dicts", "diverged_epoch"))
+    which, record = mine[0], records[mine[0]]
+    grid = load_tensors(args.grid_model[which], made_by="train_cifar10", required=("lambdas", "seeds", "state_dicts", "diverged_epoch"))
     picks = [i for i, member in enumerate(grid["lambdas"].tolist()) if member == lam]
     if not picks:
         return None
-    history = read_table(args.grid_history, made_by="train_cifar10", required=("seed", "lambda", "epoch", "diverged"))
-    norms = read_table(args.grid_layer_norms, made_by="train_cifar10", required=("seed", "lambda", "epoch", "layer", "norm"))
+    history = read_table(args.grid_history[which], made_by="train_cifar10", required=("seed", "lambda", "epoch", "diverged"))
+    norms = read_table(args.grid_layer_norms[which], made_by="train_cifar10", required=("seed", "lambda", "epoch", "layer", "norm"))
     results = []
     for i in picks:
         seed, diverged = int(grid["seeds"][i]), int(grid["diverged_epoch"][i])
         rows = history[(history["lambda"] == lam) & (history["seed"] == seed)].sort_values("epoch")
         layers = norms[(norms["lambda"] == lam) & (norms["seed"] == seed)]
         results.append(RunResult(
-            weight_decay=lam, seed=seed,
-            history=rows.drop(columns=["seed", "lambda", "epoch", "diverged"]).to_dict("records"),
+            regularizer=regularizer, strength=lam, seed=seed,
+            history=rows.drop(columns=["regularizer", "seed", "lambda", "epoch", "diverged"], errors="ignore").to_dict("records"),
             layer_norms=[dict(zip(epoch["layer"], epoch["norm"])) for _, epoch in layers.groupby("epoch", sort=True)],
             diverged_epoch=None if diverged < 0 else diverged,
             state_dict=grid["state_dicts"][i],
         ))
-    setup = {key: record[key] for key in ("device", "formats", "n_images", "classes", "fingerprint")}
+    setup = {key: record[key] for key in ("device", "formats", "n_images", "classes", "fingerprint", "regularizer")}
     return record.get("run_id"), results, setup
 
 
@@ -158,20 +169,21 @@ def log_result(tracker: Tracker, run_id: str | None, result: RunResult, width: i
     tracker.log_history(run_id, series, final)
     if tracker.enabled and run_id is not None:
         with tempfile.TemporaryDirectory() as scratch:
-            weights = Path(scratch) / f"model_lambda_{result.weight_decay:g}_seed_{result.seed}.pt"
+            weights = Path(scratch) / f"model_{result.regularizer}_{result.strength:g}_seed_{result.seed}.pt"
             torch.save(model_file(result, width), weights)
             tracker.log_artifacts(run_id, [weights], folder="model")
 
 
 def model_file(result: RunResult, width: int) -> dict:
     """One trained net: `ResNet(width).load_state_dict(file["state_dict"])` restores it."""
-    return {"lambda": result.weight_decay, "seed": result.seed, "width": width, "state_dict": result.state_dict}
+    return {"regularizer": result.regularizer, "lambda": result.strength, "seed": result.seed, "width": width, "state_dict": result.state_dict}
 
 
 def checkpoint(results: list[RunResult], width: int) -> dict:
-    """Every (λ, seed)'s trained weights: `ResNet(width).load_state_dict(state_dicts[i])` for lambdas[i], seeds[i]."""
+    """Every (strength, seed)'s trained weights: `ResNet(width).load_state_dict(state_dicts[i])` for lambdas[i], seeds[i]."""
     return {
-        "lambdas": torch.tensor([r.weight_decay for r in results], dtype=torch.float64),
+        "regularizer": results[0].regularizer,
+        "lambdas": torch.tensor([r.strength for r in results], dtype=torch.float64),
         "seeds": torch.tensor([r.seed for r in results]),
         "width": width,
         "state_dicts": [r.state_dict for r in results],
@@ -180,37 +192,37 @@ def checkpoint(results: list[RunResult], width: int) -> dict:
 
 
 def history_rows(results: list[RunResult]) -> list[dict]:
-    """Long format, one row per (seed, λ, epoch): what seaborn reads; `diverged` marks the epoch that did."""
+    """Long format, one row per (seed, strength, epoch): what seaborn reads; `diverged` marks the epoch that did."""
     return [
-        {"seed": r.seed, "lambda": r.weight_decay, "epoch": epoch} | row | {"diverged": epoch == r.diverged_epoch}
+        {"regularizer": r.regularizer, "seed": r.seed, "lambda": r.strength, "epoch": epoch} | row | {"diverged": epoch == r.diverged_epoch}
         for r in results
         for epoch, row in enumerate(r.history)
     ]
 
 
 def layer_norm_rows(results: list[RunResult]) -> list[dict]:
-    """Long format, one row per (seed, λ, epoch, layer): ‖W‖₂ of each conv and linear layer."""
+    """Long format, one row per (seed, strength, epoch, layer): ‖W‖₂ of each conv and linear layer."""
     return [
-        {"seed": r.seed, "lambda": r.weight_decay, "epoch": epoch, "layer": layer, "norm": norm}
+        {"regularizer": r.regularizer, "seed": r.seed, "lambda": r.strength, "epoch": epoch, "layer": layer, "norm": norm}
         for r in results
         for epoch, norms in enumerate(r.layer_norms)
         for layer, norm in norms.items()
     ]
 
 
-GRID_OUTPUTS = {  # what the headline run reads to take λ = cifar10.wd from the grid
-    "grid-model": "the grid's weights", "grid-history": "the grid's per-epoch history",
-    "grid-layer-norms": "the grid's per-layer norms", "grid-record": "the grid's run record",
+GRID_OUTPUTS = {  # what the headline run reads to take its strength from its regulariser's grid
+    "grid-model": "the grids' weights", "grid-history": "the grids' per-epoch histories",
+    "grid-layer-norms": "the grids' per-layer norms", "grid-record": "the grids' run records",
 }
 
 
 def parser() -> argparse.ArgumentParser:
     cli = stage.training_parser(
-        __doc__, "python -m stages.train_cifar10", "cifar10.lambda_grid", "cifar10.wd",
+        __doc__, "python -m stages.train_cifar10", "cifar10.strengths", "cifar10.wd",
         layer_norms="‖W‖ per layer and epoch, long format (output)",
     )
     for name, what in GRID_OUTPUTS.items():
-        cli.add_argument(f"--{name}", type=Path, help=f"headline only: {what}")
+        cli.add_argument(f"--{name}", type=Path, nargs="+", help=f"headline only: {what}, one per regulariser")
     return cli
 
 

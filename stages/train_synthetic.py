@@ -1,4 +1,5 @@
-"""Train the synthetic linear regression on every seed: the headline run (λ = `wd`) or the whole λ grid at once."""
+"""Train the synthetic linear regression on every seed: the headline run (synthetic.regularizer at strength `wd`) or
+one regulariser's whole strength grid at once (synthetic.strengths.<regulariser>)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from wdlab.results import flatten, seed_aggregates
 from wdlab.settings import Settings
 from wdlab.synthetic.data import load_dataset
 from wdlab.synthetic.training import GridRun, train_grid
-from wdlab.tracking import Tracker, lambda_params, training_run_name
+from wdlab.tracking import Tracker, lambda_params, member_params, training_run_name
 
 log = logging.getLogger("wd-lab.train_synthetic")
 
@@ -23,16 +24,18 @@ log = logging.getLogger("wd-lab.train_synthetic")
 def main(settings: Settings, args: argparse.Namespace) -> None:
     study, seeds = settings.synthetic, settings.synthetic.seeds
     train_set, test_set = load_dataset(args.data, seeds)
-    lambdas = (settings.wd,) if args.run == "headline" else study.lambda_grid
+    regularizer = study.regularizer if args.run == "headline" else args.run
+    lambdas = (settings.wd,) if args.run == "headline" else study.strengths.of(regularizer)
     device = pick_device(settings.device)
     tracker = Tracker(settings.tracking, settings.tracking.experiment_synthetic)  # fails fast, before training
     params = {"device": str(device), "seeds": len(seeds)} | flatten({"data": study.data.model_dump(), "train": study.train.model_dump()})
-    log.info("training %s run on %s: λ ∈ %s, %d seeds", args.run, device, list(lambdas), len(seeds))
+    log.info("training %s run on %s: %s, strengths %s, %d seeds", args.run, device, regularizer, list(lambdas), len(seeds))
+    role = "synthetic-headline" if args.run == "headline" else "synthetic-grid"
 
-    with tracker.run(training_run_name(args.run, lambdas), params | lambda_params(lambdas), f"synthetic-{args.run}") as run_id:
-        result = train_grid(train_set, lambdas, study.train, seeds, device, eval_sets={"test": test_set})
+    with tracker.run(training_run_name(args.run, regularizer, lambdas), params | lambda_params(regularizer, lambdas), role) as run_id:
+        result = train_grid(train_set, lambdas, study.train, seeds, device, eval_sets={"test": test_set}, regularizer=regularizer)
         for (s, seed), (g, lam) in itertools.product(enumerate(seeds), enumerate(lambdas)):
-            with tracker.run(f"λ={lam:g} seed {seed}", params | {"lambda": lam, "seed": seed}, f"synthetic-{args.run}-member", nested=True) as member:
+            with tracker.run(f"{regularizer} {lam:g} seed {seed}", params | member_params(regularizer, lam, seed), f"{role}-member", nested=True) as member:
                 tracker.log_history(member, *curves(result, s, g))
         finals = {lam: [{name: values[-1, s, g].item() for name, values in result.history.items()} for s in range(len(seeds))]
                   for g, lam in enumerate(lambdas)}
@@ -44,8 +47,9 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     final = {name: values[-1] for name, values in result.history.items()}  # [S, G]
     for g, lam in enumerate(lambdas):
         log.info(
-            "λ=%-8g over %d seeds: train loss %.3g  test loss %.3g  ‖w‖ %.3f (means)",
+            "%s %-8g over %d seeds: train loss %.3g  test loss %.3g  ‖w‖ %.3f  zeros %.1f (means)", regularizer,
             lam, len(seeds), final["train_loss"][:, g].nanmean(), final["test_loss"][:, g].nanmean(), final["w_norm"][:, g].nanmean(),
+            final["zeros"][:, g].nanmean(),
         )
 
 
@@ -59,6 +63,7 @@ def curves(result: GridRun, s: int, g: int) -> tuple[dict, dict]:
 
 def checkpoint(result: GridRun) -> dict:
     return {
+        "regularizer": result.regularizer,
         "seeds": torch.tensor(result.seeds),
         "lambdas": torch.tensor(result.lambdas, dtype=torch.float64),
         "weight": result.weight,  # [S, G, d]
@@ -68,11 +73,11 @@ def checkpoint(result: GridRun) -> dict:
 
 
 def history_rows(result: GridRun) -> list[dict]:
-    """Long format, one row per (seed, λ, epoch): what seaborn and `dvc plots` read."""
+    """Long format, one row per (seed, strength, epoch): what seaborn and `dvc plots` read; `lambda` is the strength."""
     names = list(result.history)
     epochs = len(result.history[names[0]])
     return [
-        {"seed": seed, "lambda": lam, "epoch": epoch} | {name: result.history[name][epoch, s, g].item() for name in names}
+        {"regularizer": result.regularizer, "seed": seed, "lambda": lam, "epoch": epoch} | {name: result.history[name][epoch, s, g].item() for name in names}
         for s, seed in enumerate(result.seeds)
         for g, lam in enumerate(result.lambdas)
         for epoch in range(epochs)
@@ -80,7 +85,7 @@ def history_rows(result: GridRun) -> list[dict]:
 
 
 def parser() -> argparse.ArgumentParser:
-    return stage.training_parser(__doc__, "python -m stages.train_synthetic", "synthetic.lambda_grid", "wd")
+    return stage.training_parser(__doc__, "python -m stages.train_synthetic", "synthetic.strengths", "wd")
 
 
 if __name__ == "__main__":

@@ -58,8 +58,8 @@ def test_a_mean_may_move_k_standard_errors_of_its_seed_spread():
     ("metric", "change", "ok"),
     [
         # numerically zero (≈ 1e-31 at λ = 0): another CPU's last bits must not false-alarm
-        ("grid.lambda_0.ridge_objective.mean", lambda v: 3 * v + 1e-20, True),
-        ("grid.lambda_3.ridge_test_loss.mean", lambda v: v * 1.001, False),  # a closed form: tight
+        ("grid.lambda_0.reference_objective.mean", lambda v: 3 * v + 1e-20, True),
+        ("grid.lambda_3.reference_test_loss.mean", lambda v: v * 1.001, False),  # a closed form: tight
         ("grid.lambda_0.w_norm.std", lambda v: v * 1.2, True),
         ("grid.lambda_0.w_norm.std", lambda v: v * 1.5, False),
         ("headline.lambda", lambda v: v + 3, False),
@@ -87,9 +87,9 @@ def test_synthetic_invariants_hold_on_the_seed_means_and_catch_violations():
     grid = bad["grid"]
     grid["lambda_3"]["test_loss"]["mean"] = grid["lambda_0"]["test_loss"]["mean"] * 2
     grid["lambda_10"]["w_norm"]["mean"] = grid["lambda_3"]["w_norm"]["mean"]  # not falling: decay not applied
-    grid["lambda_30"]["objective"]["mean"] = grid["lambda_30"]["ridge_objective"]["mean"] / 2
+    grid["lambda_30"]["objective"]["mean"] = grid["lambda_30"]["reference_objective"]["mean"] / 2
     assert set(failed(check.synthetic_invariants(bad, 0.1))) == {
-        "invariant: mean test loss λ=3 < λ=0", "invariant: mean ‖w‖ falls as λ grows", "invariant: objective λ=30 ≥ exact ridge",
+        "invariant: mean test loss λ=3 < λ=0", "invariant: mean ‖w‖ falls as λ grows", "invariant: objective λ=30 ≥ exact optimum",
     }
 
 

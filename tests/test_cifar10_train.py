@@ -15,14 +15,14 @@ import pytest
 import torch
 from torch import nn
 
-from stages import evaluate_cifar10, report_cifar10, train_cifar10
+from stages import compare_regularizers, evaluate_cifar10, report_cifar10, train_cifar10
 from tests.workspace import load_params, stage_args
 from wdlab.cifar10 import data as cifar_data
 from wdlab.cifar10 import model as cifar_model
 from wdlab.cifar10 import training as cifar_training
 from wdlab.cifar10.archive import Cifar10, save_cifar10
 from wdlab.device import cpu_has_bf16, device_formats
-from wdlab.settings import Settings, parse_settings
+from wdlab.settings import REGULARIZERS, Settings, parse_settings
 
 CPU = torch.device("cpu")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -35,7 +35,7 @@ def tiny_settings(**overrides) -> Settings:
     study["data"] |= {"train_subset": 0, "valid_size": 50}
     study["model"] |= {"width": 8}
     study["train"] |= {"epochs": 3, "batch_size": 16, "lr": 0.05, "warmup_fraction": 0.1, "mixed_precision": False}
-    study["lambda_grid"] = [0.0, 5e-4]
+    study["strengths"] = {"l2": [0.0, 5e-4], "decoupled": [0.05], "l1": [1e-3], "dropout": [0.5]}
     for dotted, value in overrides.items():
         *parents, last = dotted.split(".")
         node = raw
@@ -68,9 +68,9 @@ def splits() -> cifar_data.Splits:
     )
 
 
-def train(splits: cifar_data.Splits, settings: Settings, weight_decay: float = 5e-4) -> cifar_training.RunResult:
+def train(splits: cifar_data.Splits, settings: Settings, weight_decay: float = 5e-4, regularizer: str = "l2") -> cifar_training.RunResult:
     formats = device_formats(CPU, settings.cifar10.train.mixed_precision)
-    return cifar_training.train(splits, settings.cifar10, weight_decay, settings.cifar10.seeds[0], formats)
+    return cifar_training.train(splits, settings.cifar10, regularizer, weight_decay, settings.cifar10.seeds[0], formats)
 
 
 @pytest.fixture(scope="module")
@@ -178,10 +178,15 @@ def test_norm_and_bias_parameters_are_not_decayed_unless_asked():
 def test_optimizer_choice_and_schedule():
     model = cifar_model.build_model(width=4, seed=0)
     spec = tiny_settings().cifar10.train
-    sgd = cifar_training.make_optimizer(model, spec, 5e-4)
+    sgd = cifar_training.make_optimizer(model, spec, "l2", 5e-4)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"] and sgd.defaults["momentum"] == 0.9
-    adamw = cifar_training.make_optimizer(model, spec.model_copy(update=dict(optimizer="adamw", lr=1e-3)), 0.05)
-    assert isinstance(adamw, torch.optim.AdamW)
+    assert {g["name"]: g["weight_decay"] for g in sgd.param_groups} == {"decay": 5e-4, "no_decay": 0.0}
+    adamw = cifar_training.make_optimizer(model, spec, "decoupled", 0.05)
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["lr"] == spec.adamw_lr
+    assert {g["name"]: g["weight_decay"] for g in adamw.param_groups} == {"decay": 0.05, "no_decay": 0.0}
+    for regularizer in ("l1", "dropout"):  # their strength is not weight decay
+        plain = cifar_training.make_optimizer(model, spec, regularizer, 0.3)
+        assert isinstance(plain, torch.optim.SGD) and all(g["weight_decay"] == 0.0 for g in plain.param_groups)
     factors = [cifar_training.lr_factor(step, 100, spec) for step in range(100)]
     assert factors[0] == pytest.approx(0.1) and max(factors) == 1.0 and factors[-1] < 0.02  # warm-up, then decay
     cosine = spec.model_copy(update=dict(schedule="cosine", warmup_fraction=0.0))
@@ -191,9 +196,46 @@ def test_optimizer_choice_and_schedule():
 
 
 def test_adamw_trains(splits):
-    settings = tiny_settings(**{"cifar10.train.optimizer": "adamw", "cifar10.train.lr": 3e-3, "cifar10.train.epochs": 1})
-    run = train(splits, settings, weight_decay=0.05)
+    settings = tiny_settings(**{"cifar10.train.adamw_lr": 3e-3, "cifar10.train.epochs": 1})
+    run = train(splits, settings, weight_decay=0.05, regularizer="decoupled")
     assert run.diverged_epoch is None and run.final["test_accuracy"] > 0.2
+
+
+def test_l1_soft_thresholds_to_exact_zeros_and_l2_makes_none(splits):
+    """The proximal step sets weights to exactly 0 (more with a larger λ); L2 and dropout end with none, and
+    the BatchNorm and bias parameters, outside the decayed group, are not thresholded."""
+    settings = tiny_settings(**{"cifar10.train.epochs": 1})
+    weak, strong = (train(splits, settings, lam, "l1") for lam in (1e-3, 2e-2))
+    assert 0 < weak.final["zero_fraction"] < strong.final["zero_fraction"] <= 1
+    assert train(splits, settings, 5e-4, "l2").final["zero_fraction"] == 0.0
+    norms = [v for k, v in strong.state_dict.items() if k.endswith("norm.weight")]
+    assert all((v != 0).all() for v in norms), "BatchNorm scales are not penalised"
+
+
+def test_l1_proximal_step_is_the_soft_threshold():
+    layer = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.3, -0.05, 0.1, -0.4]]))
+    optimizer = torch.optim.SGD([{"name": "decay", "params": [layer.weight], "weight_decay": 0.0}], lr=0.5)
+    cifar_training.l1_proximal_step(optimizer, strength=0.2)  # threshold η·λ = 0.1
+    torch.testing.assert_close(layer.weight, torch.tensor([[0.2, 0.0, 0.0, -0.3]]))
+    assert (layer.weight == 0).sum() == 2
+
+
+def test_dropout_is_active_in_training_and_off_in_evaluation(splits):
+    model = cifar_model.build_model(width=4, seed=0, dropout=0.5)
+    assert isinstance(model.dropout, nn.Dropout) and model.dropout.p == 0.5
+    assert isinstance(cifar_model.build_model(width=4, seed=0).dropout, nn.Identity)
+    assert model.state_dict().keys() == cifar_model.build_model(width=4, seed=0).state_dict().keys(), "no extra weights"
+    x = cifar_data.normalise(splits.test.images[:8])
+    model.train()
+    assert not torch.equal(model(x), model(x)), "fresh masks in training"
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    settings = tiny_settings(**{"cifar10.train.epochs": 1})
+    first, second = (train(splits, settings, 0.5, "dropout") for _ in range(2))
+    assert first.final == second.final, "the masks come from the seed: same seed, same run"
+    assert first.final != train(splits, settings, 0.0, "l2").final
 
 
 def test_a_diverging_run_is_stopped_and_recorded(splits):
@@ -212,25 +254,27 @@ def args(name: str, module) -> "argparse.Namespace":
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, splits) -> Path:
-    """train_cifar10 headline + grid (one λ diverges), evaluate_cifar10 and report_cifar10 in a temp project."""
+    """Every regulariser's grid (one l2 λ diverges), the headline, evaluate_cifar10, report_cifar10 and
+    compare_cifar10 in a temp project."""
     root = tmp_path_factory.mktemp("project")
     test = splits.test
     train_x = torch.cat([splits.train.images, splits.valid.images])
     train_y = torch.cat([splits.train.labels, splits.valid.labels])
-    save_cifar10(Cifar10(train_x, train_y, test.images, test.labels, CLASSES), root / args("train_cifar10", train_cifar10).data, source_md5="0" * 32)
-    settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.lambda_grid": [0.0, 5e-4, 1e3], "cifar10.seeds": [0, 1]})
+    save_cifar10(Cifar10(train_x, train_y, test.images, test.labels, CLASSES), root / args("train_cifar10@l2", train_cifar10).data, source_md5="0" * 32)
+    settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.strengths.l2": [0.0, 5e-4, 1e3], "cifar10.seeds": [0, 1]})
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        for run in ("grid", "headline"):  # the headline takes λ = 5e-4 from the grid
-            train_cifar10.main(settings, args("train_cifar10" if run == "grid" else "headline_cifar10", train_cifar10))
+        for name in [*(f"train_cifar10@{r}" for r in REGULARIZERS), "headline_cifar10"]:  # the headline takes l2's λ = 5e-4
+            train_cifar10.main(settings, args(name, train_cifar10))
         evaluate_cifar10.main(settings, args("evaluate_cifar10", evaluate_cifar10))
         report_cifar10.main(settings, args("report_cifar10", report_cifar10))
+        compare_regularizers.main(settings, args("compare_cifar10", compare_regularizers))
     return root
 
 
 def test_stages_write_metrics_curves_and_report(pipeline):
-    evaluated, grid, report = args("evaluate_cifar10", evaluate_cifar10), args("train_cifar10", train_cifar10), args("report_cifar10", report_cifar10)
+    evaluated, grid, report = args("evaluate_cifar10", evaluate_cifar10), args("train_cifar10@l2", train_cifar10), args("report_cifar10", report_cifar10)
     metrics = json.loads((pipeline / evaluated.metrics).read_text())
     assert set(metrics["grid"]) == {"lambda_0", "lambda_0.0005", "lambda_1000"}
     assert metrics["seeds"] == 2
@@ -240,9 +284,17 @@ def test_stages_write_metrics_curves_and_report(pipeline):
     assert accuracy["ci_low"] <= accuracy["mean"] <= accuracy["ci_high"] and accuracy["std"] >= 0
     assert metrics["chosen_by_validation"]["lambda"] in (0.0, 5e-4)  # a diverged run is never picked
     by_seed = pd.read_csv(pipeline / evaluated.by_seed)
-    assert len(by_seed) == 6 and set(by_seed["seed"]) == {0, 1}
+    l2 = by_seed[by_seed["regularizer"] == "l2"]
+    assert len(l2) == 6 and set(by_seed["seed"]) == {0, 1}
     # the mean over seeds is the mean of the per-seed rows
-    assert accuracy["mean"] == pytest.approx(by_seed.loc[by_seed["lambda"] == 0.0, "test_accuracy"].mean())
+    assert accuracy["mean"] == pytest.approx(l2.loc[l2["lambda"] == 0.0, "test_accuracy"].mean())
+    # l1 and dropout have no strength 0 of their own: l2's λ = 0 runs stand for it, the same plain SGD
+    for regularizer in ("l1", "dropout"):
+        zero = by_seed[(by_seed["regularizer"] == regularizer) & (by_seed["lambda"] == 0.0)]
+        pd.testing.assert_frame_equal(zero.drop(columns="regularizer").reset_index(drop=True),
+                                      l2[l2["lambda"] == 0.0].drop(columns="regularizer").reset_index(drop=True))
+    assert set(metrics["regularizers"]) == set(REGULARIZERS) and metrics["regularizer"] == "l2"
+    assert metrics["regularizers"]["l2"]["valid_strength"] == metrics["chosen_by_validation"]["lambda"]
 
     history = pd.read_csv(pipeline / grid.history)
     assert {"seed", "lambda", "epoch", "train_accuracy", "test_loss", "gap_accuracy", "gap_loss", "w_norm"} <= set(history.columns)
@@ -263,7 +315,7 @@ def test_stages_write_metrics_curves_and_report(pipeline):
 
 
 def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
-    record = json.loads((pipeline / args("train_cifar10", train_cifar10).record).read_text())
+    record = json.loads((pipeline / args("train_cifar10@l2", train_cifar10).record).read_text())
     client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
     parent = client.get_run(record["run_id"])
     children = client.search_runs(
@@ -276,7 +328,8 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
     assert by_lambda[1e3].data.metrics["diverged"] == 1.0 and by_lambda[0.0].data.metrics["diverged"] == 0.0
     steps = [m.step for m in client.get_metric_history(by_lambda[0.0].info.run_id, "test_accuracy")]
     assert steps == [0, 1]
-    assert [a.path for a in client.list_artifacts(by_lambda[0.0].info.run_id, "model")] == ["model/model_lambda_0_seed_0.pt"]
+    assert [a.path for a in client.list_artifacts(by_lambda[0.0].info.run_id, "model")] == ["model/model_l2_0_seed_0.pt"]
+    assert {run.data.params["regularizer"] for run in children} == {"l2"} and parent.data.params["regularizer"] == "l2"
     assert parent.data.metrics["final_test_accuracy.mean.lambda_0"] == pytest.approx(
         (by_lambda[0.0].data.metrics["final_test_accuracy"] + [r for r in children if r.data.params == by_lambda[0.0].data.params | {"seed": "1"}][0].data.metrics["final_test_accuracy"]) / 2
     ), "the parent carries the aggregates over seeds"
@@ -285,7 +338,7 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
 
 
 def test_the_headline_takes_its_runs_from_the_grid_and_trains_none(pipeline):
-    grid, headline = args("train_cifar10", train_cifar10), args("headline_cifar10", train_cifar10)
+    grid, headline = args("train_cifar10@l2", train_cifar10), args("headline_cifar10", train_cifar10)
     grid_rows = pd.read_csv(pipeline / grid.history)
     headline_rows = pd.read_csv(pipeline / headline.history)
     pd.testing.assert_frame_equal(grid_rows[grid_rows["lambda"] == 5e-4].reset_index(drop=True), headline_rows)
@@ -300,13 +353,25 @@ def test_a_headline_lambda_outside_the_grid_is_trained(pipeline, tmp_path, monke
     shutil.copytree(pipeline, project)
     monkeypatch.chdir(project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-    settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.lambda_grid": [0.0, 5e-4, 1e3], "cifar10.seeds": [0, 1], "cifar10.wd": 1e-2})
+    settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.strengths.l2": [0.0, 5e-4, 1e3], "cifar10.seeds": [0, 1], "cifar10.wd": 1e-2})
     headline = args("headline_cifar10", train_cifar10)
     train_cifar10.main(settings, headline)
     rows = pd.read_csv(headline.history)
     assert set(rows["lambda"]) == {1e-2} and set(rows["seed"]) == {0, 1}
     record = json.loads(headline.record.read_text())
     assert "wd_lab.reused_from" not in mlflow.MlflowClient().get_run(record["run_id"]).data.tags
+
+
+def test_the_comparison_page_sets_every_regulariser_side_by_side(pipeline):
+    compare = args("compare_cifar10", compare_regularizers)
+    page = (pipeline / compare.page).read_text()
+    for regularizer in REGULARIZERS:
+        assert f"| {regularizer} |" in page, regularizer
+    assert "AdamW" in page and "l2's λ = 0 run" in page
+    pngs = sorted((pipeline / compare.figures).glob("*.png"))
+    assert [p.name for p in pngs] == sorted(["accuracy_vs_strength.png", "gap_vs_strength.png", "zeros_vs_strength.png",
+                                             "wnorm_vs_strength.png", "layer_norms.png"])
+    assert all(f"]({compare.figures.relative_to(compare.page.parent) / p.name})" in page for p in pngs)
 
 
 def test_curves_are_measured_on_subsets_the_last_epoch_on_every_image(splits):
@@ -320,7 +385,7 @@ def test_curves_are_measured_on_subsets_the_last_epoch_on_every_image(splits):
 
 def test_metrics_reach_mlflow_as_each_epoch_ends_and_the_chosen_model_loads(pipeline):
     client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
-    grid_record = json.loads((pipeline / args("train_cifar10", train_cifar10).record).read_text())
+    grid_record = json.loads((pipeline / args("train_cifar10@l2", train_cifar10).record).read_text())
     member = client.search_runs(
         [client.get_run(grid_record["run_id"]).info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{grid_record['run_id']}' and params.lambda = '0.0'",
@@ -332,7 +397,7 @@ def test_metrics_reach_mlflow_as_each_epoch_ends_and_the_chosen_model_loads(pipe
     assert chosen["lambda"] in (0.0, 5e-4) and chosen["model_uri"]
     model = mlflow.pytorch.load_model(chosen["model_uri"])
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    checkpoint = torch.load(pipeline / args("train_cifar10", train_cifar10).model, weights_only=True)
+    checkpoint = torch.load(pipeline / args("train_cifar10@l2", train_cifar10).model, weights_only=True)
     net = cifar_model.ResNet(checkpoint["width"])
     net.load_state_dict(checkpoint["state_dicts"][checkpoint["lambdas"].tolist().index(chosen["lambda"])])
     expected = net.eval()(cifar_data.normalise(images))

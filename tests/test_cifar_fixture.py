@@ -67,7 +67,7 @@ def test_the_ci_stand_in_overfits_like_cifar_and_shuffled_labels_give_chance(tmp
             Split(data.test_images, data.test_labels),
             data.classes,
         )
-        return train(splits, spec, 0.0, spec.seeds[0], formats).final
+        return train(splits, spec, "l2", 0.0, spec.seeds[0], formats).final
 
     honest = final(data.train_labels)
     assert 0.45 < honest["test_accuracy"] < 0.75, "measured 0.57–0.60 over training seeds"

@@ -11,7 +11,7 @@ import torch
 from tests.workspace import ROOT, stage, write_params, load_params, set_key
 
 SYNTHETIC_STAGES = [
-    "generate", "train_synthetic@headline", "train_synthetic@grid", "cross_validate", "evaluate_synthetic", "report_synthetic",
+    "generate", "headline_synthetic", *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")), "cross_validate", "evaluate_synthetic", "report_synthetic",
 ]
 
 
@@ -39,7 +39,7 @@ def workdir(tmp_path):
 def test_broken_data_file_names_the_file_and_the_stage_that_makes_it(workdir, damage, words):
     run_stage(workdir, "generate")
     damage(workdir / "data/synthetic/dataset.pt")
-    proc = run_stage(workdir, "train_synthetic@grid", check=False)
+    proc = run_stage(workdir, "train_synthetic@l2", check=False)
     assert proc.returncode == 2
     (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert "data/synthetic/dataset.pt" in line and words in line and "dvc repro generate" in line
@@ -90,6 +90,6 @@ def test_same_params_and_seed_give_identical_outputs_twice(tmp_path):
         outputs.append({
             name: (workdir / name).read_bytes()
             for name in ("metrics/synthetic.json", "results/synthetic/by_lambda.csv", "results/synthetic/by_seed.csv",
-                         "results/synthetic/grid_history.csv", "results/synthetic/cv.csv")
+                         "results/synthetic/grid_l1_history.csv", "results/synthetic/cv.csv")
         })
     assert outputs[0] == outputs[1]

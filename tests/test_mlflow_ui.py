@@ -29,7 +29,7 @@ EXPERIMENT = "wd-synthetic"
 PNG = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("loss_curves", "loss_vs_lambda", "wnorm_vs_lambda", "wnorm_vs_epoch", "cv_choices")
 PARAMS = load_params()
-GRID = [float(v) for v in PARAMS["synthetic"]["lambda_grid"]]
+GRID = [float(v) for v in PARAMS["synthetic"]["strengths"]["l2"]]
 SEEDS = [int(v) for v in PARAMS["synthetic"]["seeds"]]
 EPOCHS = int(PARAMS["synthetic"]["train"]["epochs"])
 WD = float(PARAMS["wd"])
@@ -113,7 +113,7 @@ def test_server_lists_the_experiment_with_artifacts_next_to_the_store(server, ex
 def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, project):
     parent = grid_parent(runs)
     assert parent["info"]["run_name"] == f"grid of {len(GRID)} λ" and parent["info"]["status"] == "FINISHED"
-    assert [float(v) for v in parent["params"]["lambda_grid"].split(",")] == GRID
+    assert [float(v) for v in parent["params"]["strength_grid"].split(",")] == GRID and parent["params"]["regularizer"] == "l2"
     # the commit of the code that ran: the last one to change code or params (the outputs were committed after)
     commit = git(project, "rev-list", "-1", "HEAD", "--", "stages", "wdlab", "dvc.yaml", "params.yaml").stdout.strip()
     assert parent["tags"]["mlflow.source.git.commit"] == commit
@@ -277,7 +277,7 @@ def test_grid_run_page_lists_its_children(chromium, server, experiment, runs, tm
     assert all(children[run_id] == name for run_id, name in shown.items())
     assert {float(re.match(r"λ=(\S+) seed", name).group(1)) for name in shown.values()} == set(GRID)
     text = dom_text(dom)
-    assert f"grid of {len(GRID)} λ" in text and "Child runs" in text and "Load more" in text and "lambda_grid" in text
+    assert f"l2 grid of {len(GRID)} strengths" in text and "Child runs" in text and "Load more" in text and "strength_grid" in text
 
 
 def test_artifact_view_shows_a_report_figure(chromium, server, experiment, runs, tmp_path):

@@ -21,8 +21,9 @@ TINY = {
     "cifar10.model.width": 8,
     "cifar10.train.epochs": 3,
     "cifar10.train.batch_size": 50,
-    "cifar10.lambda_grid": [0, 1.0e-2],
+    "cifar10.strengths": {"l2": [0, 1.0e-2], "decoupled": [0.05], "l1": [1.0e-3], "dropout": [0.5]},
 }
+REGULARIZERS = ("l2", "decoupled", "l1", "dropout")
 
 
 def ran_stages(output: str) -> set[str]:
@@ -41,7 +42,7 @@ def reproduced(tmp_path_factory):
         set_key(params, "cifar10.download", {"url": url, "md5": archive.md5})
         write_params(project / "params.yaml", params)
         commit_all(project, "tiny CIFAR-10 profile")
-        first = dvc(project, "repro", TARGET)
+        first = dvc(project, "repro", TARGET, "compare_cifar10")
     return project, first.stdout
 
 
@@ -51,7 +52,8 @@ def metrics(project) -> dict:
 
 def test_the_branch_runs_and_the_model_learns(reproduced):
     project, output = reproduced
-    assert ran_stages(output) == {"download", "headline_cifar10", "train_cifar10", "evaluate_cifar10", TARGET}
+    assert ran_stages(output) == {"download", "headline_cifar10", *(f"train_cifar10@{r}" for r in REGULARIZERS), "evaluate_cifar10",
+                                  TARGET, "compare_cifar10"}
     result = metrics(project)
     assert set(result["grid"]) == {"lambda_0", "lambda_0.01"}
     for run in [result["headline"], *result["grid"].values()]:
@@ -62,6 +64,8 @@ def test_the_branch_runs_and_the_model_learns(reproduced):
     assert "λ" in page and "|" in page
     for png in ("accuracy_vs_lambda", "gap_vs_lambda", "curves", "layer_norms"):
         assert (project / f"reports/figures/cifar10/{png}.png").stat().st_size > 10_000
+    compared = (project / "reports/regularizers_cifar10.md").read_text()
+    assert all(f"| {r} |" in compared for r in REGULARIZERS) and set(result["regularizers"]) == set(REGULARIZERS)
     data = torch.load(project / "data/cifar10/train.pt", weights_only=True)
     assert data["images"].dtype == torch.uint8 and data["images"].shape[1:] == (3, 32, 32)
 
@@ -71,7 +75,8 @@ def test_mlflow_has_a_parent_with_nested_runs_and_their_weights(reproduced):
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("wd-cifar10")
     runs = client.search_runs([experiment.experiment_id])
-    (parent,) = [r for r in runs if r.data.tags.get("wd_lab.role") == "cifar10-grid"]
+    (parent,) = [r for r in runs if r.data.tags.get("wd_lab.role") == "cifar10-grid" and r.data.params["regularizer"] == "l2"]
+    assert {r.data.params["regularizer"] for r in runs if r.data.tags.get("wd_lab.role") == "cifar10-grid"} == set(REGULARIZERS)
     members = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {float(r.data.params["lambda"]) for r in members} == {0.0, 0.01}
     for member in members:
@@ -101,6 +106,8 @@ def test_exp_run_on_cifar_wd_reruns_only_the_headline_branch(reproduced):
 
 def test_same_seed_gives_identical_metrics_on_cpu(reproduced):
     project, _ = reproduced
-    history = (project / "results/cifar10/grid_history.csv").read_bytes()
-    dvc(project, "repro", "--force", "--single-item", "train_cifar10")
-    assert (project / "results/cifar10/grid_history.csv").read_bytes() == history
+    paths = [project / f"results/cifar10/grid_{r}_history.csv" for r in ("l2", "dropout")]  # dropout: its masks are seeded too
+    before = [path.read_bytes() for path in paths]
+    for regularizer in ("l2", "dropout"):
+        dvc(project, "repro", "--force", "--single-item", f"train_cifar10@{regularizer}")
+    assert [path.read_bytes() for path in paths] == before

@@ -6,6 +6,7 @@ import json
 import re
 
 import mlflow
+import pandas as pd
 import pytest
 
 from tests.workspace import clone_project, dvc, git
@@ -34,7 +35,8 @@ def reproduced(synthetic_template, tmp_path_factory):
 def test_repro_runs_every_synthetic_stage_and_meets_the_bar(reproduced):
     project, output = reproduced
     assert ran_stages(output) == {
-        "generate", "train_synthetic@headline", "train_synthetic@grid", "cross_validate", "evaluate_synthetic", "report_synthetic",
+        "generate", "headline_synthetic", *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")), "cross_validate", "evaluate_synthetic", "report_synthetic",
+        "compare_synthetic",
     }
     metrics = json.loads((project / "metrics/synthetic.json").read_text())
     base, three = metrics["grid"]["lambda_0"], metrics["grid"]["lambda_3"]
@@ -68,7 +70,7 @@ def test_metrics_and_plots_commands_work(reproduced, tmp_path):
     out = tmp_path / "plots"
     dvc(project, "plots", "show", "-o", str(out))
     html = (out / "index.html").read_text()
-    assert "Final loss vs" in html and "Synthetic headline run" in html
+    assert "Final loss vs strength" in html and "Synthetic headline run" in html
     assert '"symlog"' in html, "the custom λ-axis template must be used"
 
 
@@ -80,12 +82,16 @@ def test_mlflow_holds_every_training_run(reproduced):
     by_role: dict[str, list] = {}
     for run in runs:
         by_role.setdefault(run.data.tags.get("wd_lab.role"), []).append(run)
-    (grid,) = by_role["synthetic-grid"]
-    members = by_role["synthetic-grid-member"]
-    assert len(members) == 10 * 10 and {m.data.tags["mlflow.parentRunId"] for m in members} == {grid.info.run_id}
-    assert {(float(m.data.params["lambda"]), int(m.data.params["seed"])) for m in members} == {
+    grids = {run.data.params["regularizer"]: run for run in by_role["synthetic-grid"]}
+    assert set(grids) == {"l2", "decoupled", "l1", "dropout"}, "one parent run per regulariser's grid"
+    grid = grids["l2"]
+    members = [m for m in by_role["synthetic-grid-member"] if m.data.tags["mlflow.parentRunId"] == grid.info.run_id]
+    assert len(members) == 10 * 10 and {m.data.params["regularizer"] for m in members} == {"l2"}
+    assert {(float(m.data.params["strength"]), int(m.data.params["seed"])) for m in members} == {
         (lam, seed) for lam in (0, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100) for seed in range(10)
     }
+    dropout = [m for m in by_role["synthetic-grid-member"] if m.data.tags["mlflow.parentRunId"] == grids["dropout"].info.run_id]
+    assert {float(m.data.params["strength"]) for m in dropout} == {0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9}
     assert all(run.info.status == "FINISHED" for run in runs)
     history = client.get_metric_history(members[0].info.run_id, "test_loss")
     assert [m.step for m in history] == list(range(101))
@@ -93,11 +99,42 @@ def test_mlflow_holds_every_training_run(reproduced):
     assert "report/loss_vs_lambda.png" in artifacts and "report/synthetic.md" in artifacts
 
 
+@pytest.fixture
+def fresh(synthetic_template, tmp_path):
+    """A copy of the committed, reproduced synthetic branch for one test that changes its workspace."""
+    return clone_project(synthetic_template.path, tmp_path / "project")
+
+
+def test_exp_run_l1_reports_exact_zeros_and_the_lasso_and_trains_only_the_headline(fresh):
+    """`-S synthetic.regularizer=l1`: the L1 grid was trained (and cached) by the default repro, so only the headline
+    trains; the study's page turns to L1, with its exact zeros and the scikit-learn lasso reference."""
+    project = fresh
+    run = dvc(project, "exp", "run", "-S", "synthetic.regularizer=l1", "-S", "wd=0.3", TARGET)
+    assert ran_stages(run.stdout) == {"headline_synthetic", "evaluate_synthetic", "report_synthetic"}
+    metrics = json.loads((project / "metrics/synthetic.json").read_text())
+    assert metrics["regularizer"] == "l1" and metrics["headline"]["zeros"]["mean"] > 0
+    grid = metrics["grid"]
+    assert grid["lambda_3"]["zeros"]["mean"] == 200 and grid["lambda_0.001"]["reference_zeros"]["mean"] > grid["lambda_0.001"]["zeros"]["mean"]
+    page = (project / "reports/synthetic.md").read_text()
+    assert "# The `l1` regulariser" in page and "exact lasso" in page and "exact zeros" in page
+    by_seed = pd.read_csv(project / "results/synthetic/by_seed.csv")
+    assert set(by_seed["regularizer"]) == {"l2", "decoupled", "l1", "dropout"}
+
+
+def test_a_strength_grid_change_retrains_that_regulariser_alone(fresh):
+    project = fresh
+    run = dvc(project, "exp", "run", "-S", "synthetic.strengths.dropout=[0, 0.5]", "compare_synthetic")
+    trained = {name for name in ran_stages(run.stdout) if name.startswith(("train_", "headline_"))}
+    assert trained == {"train_synthetic@dropout"}
+    page = (project / "reports/regularizers_synthetic.md").read_text()
+    assert "per-feature ridge" in page and "| dropout | 0.5 |" in page
+
+
 def test_exp_run_wd3_reruns_only_what_depends_on_wd(reproduced):
     project, _ = reproduced
     before = headline(project)
     run = dvc(project, "exp", "run", "-S", "wd=3", TARGET)
-    assert ran_stages(run.stdout) == {"train_synthetic@headline", "evaluate_synthetic", "report_synthetic"}
+    assert ran_stages(run.stdout) == {"headline_synthetic", "evaluate_synthetic", "report_synthetic"}
     after = headline(project)
     assert after["lambda"] == 3.0
     assert 70 <= before["test_loss"]["mean"] <= 112 and 0.058 <= after["test_loss"]["mean"] <= 0.135  # the reference bands
@@ -123,7 +160,7 @@ def test_exp_run_wd3_reruns_only_what_depends_on_wd(reproduced):
     by_role: dict[str, list] = {}
     for run in tagged:
         by_role.setdefault(run.data.tags["wd_lab.role"], []).append(run)
-    assert [r.data.params["lambda"] for r in by_role["synthetic-headline"]] == ["3"]
+    assert [(r.data.params["regularizer"], r.data.params["strength"]) for r in by_role["synthetic-headline"]] == [("l2", "3")]
     assert sorted(int(r.data.params["seed"]) for r in by_role["synthetic-headline-member"]) == list(range(10))
     tagged = by_role["synthetic-headline"]
     baseline = git(project, "rev-parse", "HEAD").stdout.strip()
@@ -137,5 +174,5 @@ def test_exp_run_wd3_reruns_only_what_depends_on_wd(reproduced):
 
     # back to λ = 0: restored from DVC's run cache, the original metrics exactly
     back = dvc(project, "exp", "run", "-S", "wd=0", TARGET)
-    assert "train_synthetic@headline" not in ran_stages(back.stdout)
+    assert "headline_synthetic" not in ran_stages(back.stdout)
     assert headline(project) == before

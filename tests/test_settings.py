@@ -44,11 +44,18 @@ BAD = [
     ("cifar10.seeds", [0, -1], ">= 0"),
     ("cifar10.data.split_seed", -1, ">= 0"),
     ("device", "tpu", "one of auto, cpu, cuda, mps"),
-    ("synthetic.lambda_grid", [], "at least one"),
-    ("synthetic.lambda_grid", [0, -0.1], ">= 0"),
-    ("synthetic.lambda_grid", [1, 1], "distinct"),
-    ("synthetic.lambda_grid", 3, "a list"),
-    ("synthetic.lambda_grid", [0, "x"], "a number"),
+    ("synthetic.strengths.l2", [], "at least one"),
+    ("synthetic.strengths.l2", [0, -0.1], ">= 0"),
+    ("synthetic.strengths.l1", [0, -0.1], ">= 0"),
+    ("synthetic.strengths.decoupled", [1, 1], "distinct"),
+    ("synthetic.strengths.l2", 3, "a list"),
+    ("synthetic.strengths.l2", [0, "x"], "a number"),
+    ("synthetic.strengths.dropout", [0, 1.0], "[0, 1)"),
+    ("synthetic.strengths.dropout", [-0.1, 0.5], ">= 0"),
+    ("synthetic.regularizer", "l3", "l2, decoupled, l1, dropout"),
+    ("cifar10.regularizer", "weight_decay", "l2, decoupled, l1, dropout"),
+    ("cifar10.strengths.dropout", [0.5, 1.2], "[0, 1)"),
+    ("cifar10.train.adamw_lr", 0, "> 0"),
     ("synthetic.train.lr", -0.1, "> 0"),
     ("synthetic.train.lr", 0, "> 0"),
     ("synthetic.train.batch_size", 0, ">= 1"),
@@ -57,9 +64,8 @@ BAD = [
     ("synthetic.data.n_train", 1, ">= 2"),
     ("synthetic.data.noise_std", -0.01, ">= 0"),
     ("synthetic.cv_folds", 1, ">= 2"),
-    ("cifar10.train.optimizer", "adam", "sgd, adamw"),
     ("cifar10.train.momentum", 1.0, "[0, 1)"),
-    ("cifar10.lambda_grid", [], "at least one"),
+    ("cifar10.strengths.l2", [], "at least one"),
     ("tracking.enabled", "yes", "true or false"),
     ("synthetic.data", 5, "mapping"),
 ]
@@ -84,7 +90,7 @@ def test_bad_value_stops_the_stage_with_one_line_and_touches_nothing(key, value,
         (lambda p: p.__setitem__("wd_gird", [1]), "unknown key 'wd_gird'"),
         (lambda p: p["synthetic"]["train"].__setitem__("learning_rate", 1), "unknown key 'synthetic.train.learning_rate'"),
         (lambda p: p.pop("wd"), "missing key 'wd'"),
-        (lambda p: p["synthetic"].pop("lambda_grid"), "missing key 'synthetic.lambda_grid'"),
+        (lambda p: p["synthetic"]["strengths"].pop("l1"), "missing key 'synthetic.strengths.l1'"),
     ],
     ids=["typo-top", "typo-nested", "missing-top", "missing-nested"],
 )
@@ -93,6 +99,15 @@ def test_unknown_and_missing_keys(mutate, words):
     mutate(params)
     with pytest.raises(ParamsError, match=words.replace("(", r"\(").replace(".", r"\.")):
         parse_settings(params)
+
+
+@pytest.mark.parametrize(("study", "key"), [("synthetic", "wd"), ("cifar10", "cifar10.wd")])
+def test_headline_strength_of_dropout_is_a_rate(study, key):
+    """wd is a λ for the penalties, but a dropout rate for dropout: 3 is refused there, naming both keys."""
+    params = set_key(copy.deepcopy(BASE), f"{study}.regularizer", "dropout")
+    parse_settings(set_key(copy.deepcopy(params), key, 0.5))
+    with pytest.raises(ParamsError, match=rf"{key} = 3 must be a dropout rate in \[0, 1\) when {study}.regularizer is dropout"):
+        parse_settings(set_key(params, key, 3))
 
 
 def test_stage_with_bad_params_exits_before_work(tmp_path):

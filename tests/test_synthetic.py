@@ -1,4 +1,5 @@
-"""The synthetic study's mathematics: the generator, both SGD implementations, ridge, cross-validation."""
+"""The synthetic study's mathematics: the generator, both SGD implementations, ridge, cross-validation, and each
+regulariser against its ground truth (lasso optimum, dropout's per-feature ridge, decoupled = coupled for plain SGD)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from tests.workspace import load_params
 from wdlab.results import best_lambda
 from wdlab.settings import parse_settings
 from wdlab.synthetic import data as synthetic_data
-from wdlab.synthetic import ridge, selection, training
+from wdlab.synthetic import references, selection, training
+from wdlab.synthetic import references as ridge
 
 SETTINGS = parse_settings(load_params())
 DATA = SETTINGS.synthetic.data
@@ -206,11 +208,109 @@ def test_cross_validation_prefers_decay(splits):
     lambdas = (0.0, 3.0)
     cv = selection.cross_validate(train, lambdas, TRAIN, 4, SEEDS, CPU)
     assert cv.shape == (4, len(SEEDS), 2)
-    chosen = selection.chosen_per_seed(selection.mean_cv_loss(selection.cv_table(SEEDS, lambdas, cv)))
+    chosen = selection.chosen_per_seed(selection.mean_cv_loss(selection.cv_table("l2", SEEDS, lambdas, cv)))
     assert chosen.tolist() == [3.0] * len(SEEDS), "every seed's own cross-validation prefers decay"
 
 
 def test_best_lambda_never_picks_a_diverged_run():
     cv = torch.tensor([[[1.0, float("nan"), 0.5]], [[1.0, float("inf"), 0.7]]])  # [folds, seeds, λ]
-    by_lambda = selection.mean_cv_loss(selection.cv_table((0,), (0.0, 1.0, 2.0), cv))
+    by_lambda = selection.mean_cv_loss(selection.cv_table("l2", (0,), (0.0, 1.0, 2.0), cv))
     assert best_lambda(by_lambda, "cv_loss", higher_is_better=False) == 2.0
+
+
+# ---------- the other regularisers against their ground truth ----------
+
+FULL_BATCH = TRAIN.model_copy(update=dict(batch_size=DATA.n_train, init_std=0.0))  # deterministic descent from w = 0
+
+
+def test_decoupled_decay_is_coupled_l2_for_plain_sgd(splits):
+    """Momentum-free SGD: w ← w − η(∇L + λw) and w ← w − ηλw − η∇L are one update, so only rounding separates them."""
+    train, test = splits
+    lambdas = SETTINGS.synthetic.strengths.l2
+    coupled = training.train_grid(train, lambdas, TRAIN, SEEDS, CPU, {"test": test}, progress=False, regularizer="l2")
+    decoupled = training.train_grid(train, lambdas, TRAIN, SEEDS, CPU, {"test": test}, progress=False, regularizer="decoupled")
+    torch.testing.assert_close(decoupled.weight, coupled.weight, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(decoupled.history["test_loss"], coupled.history["test_loss"], rtol=1e-3, atol=1e-6)
+    assert not torch.equal(decoupled.weight, coupled.weight), "two implementations, not one code path"
+
+
+@pytest.mark.parametrize("lam", [0.01, 0.03, 0.1])
+def test_lasso_reference_satisfies_the_optimality_conditions_of_our_objective(splits, lam):
+    """scikit-learn's α must be our λ: at the optimum of mean (ŷ − y)²/2 + λ‖w‖₁ the residual's correlation with
+    each feature is exactly ±λ where w_j ≠ 0 (sign(w_j)·λ) and within [−λ, λ] where w_j = 0; the bias fits the mean."""
+    train, _ = splits
+    w, b = references.lasso_solution(train, lam)
+    x, y = train.x.double(), train.y.double()
+    residual = y - (x @ w[..., None])[..., 0] - b[:, None]  # [S, n]
+    corr = (x.transpose(-1, -2) @ residual[..., None])[..., 0] / y.shape[-1]  # X_jᵀr/n, [S, d]
+    active = w != 0
+    assert active.any() and (~active).any(), "a sparse optimum: some weights zero, some not"
+    torch.testing.assert_close(corr[active], lam * w[active].sign(), rtol=0, atol=1e-6 * max(1.0, lam))
+    assert (corr[~active].abs() <= lam * (1 + 1e-6)).all()
+    torch.testing.assert_close(residual.mean(dim=-1), torch.zeros_like(b), rtol=0, atol=1e-9)
+
+
+def test_proximal_sgd_reaches_the_lasso_optimum(splits):
+    """Full-batch proximal gradient (ISTA: η below 1/L) from w = 0 converges to scikit-learn's lasso, exact zeros
+    included; the stated tolerance: ‖w − w_lasso‖ ≤ 1 % of ‖w_lasso‖ and the same support."""
+    train, _ = splits
+    spec = FULL_BATCH.model_copy(update=dict(lr=0.04, epochs=4000))
+    lambdas = (0.03, 0.1)
+    train = synthetic_data.Split(train.x[:3], train.y[:3])
+    run = training.train_grid(train, lambdas, spec, SEEDS[:3], CPU, progress=False, regularizer="l1")
+    for g, lam in enumerate(lambdas):
+        exact, _ = references.lasso_solution(train, lam)
+        sgd = run.weight[:, g].double()
+        assert ((sgd - exact).norm(dim=-1) <= 0.01 * exact.norm(dim=-1)).all(), (lam, (sgd - exact).norm(dim=-1))
+        assert torch.equal(sgd == 0, exact == 0), f"λ={lam}: the same weights are exactly zero"
+
+
+def test_l1_makes_exact_zeros_and_l2_never_does(splits):
+    train, test = splits
+    l1 = training.train_grid(train, (0.0, 3.0), TRAIN, SEEDS, CPU, {"test": test}, progress=False, regularizer="l1")
+    assert (final(l1, "zeros", 0) == 0).all() and (final(l1, "zeros", 1) == DATA.n_features).all()
+    assert int((l1.weight[:, 1] == 0).sum()) == len(SEEDS) * DATA.n_features
+    l2 = training.train_grid(train, (3.0, 100.0), TRAIN, SEEDS, CPU, {"test": test}, progress=False, regularizer="l2")
+    assert (l2.history["zeros"] == 0).all(), "shrinking by (1 − ηλ) never lands on exactly 0"
+
+
+def test_input_dropout_is_per_feature_ridge_in_expectation(splits):
+    """The identity behind dropout's closed form, by Monte Carlo over the stepper's own masks: the mean dropout
+    loss at fixed (w, b) equals the plain loss + ½·Σ_j c_j·w_j², c_j = p/(1 − p)·mean_i x_ij²."""
+    train, _ = splits
+    seeds, rate, draws = SEEDS[:2], 0.5, 20_000
+    train = synthetic_data.Split(train.x[:2], train.y[:2])
+    x, y = train.x.double(), train.y.double()
+    gen = torch.Generator().manual_seed(0)
+    w, b = 0.1 * torch.randn(2, 1, DATA.n_features, generator=gen, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+    stepper = training.DropoutStepper(w.clone(), b.clone(), torch.tensor([rate], dtype=torch.float64), 0.0, seeds)
+    total = torch.zeros(2, dtype=torch.float64)
+    for _ in range(draws // 100):
+        xs = torch.stack([stepper.masked(x) for _ in range(100)])  # [100, S, 1, n, d]
+        pred = (xs * w[None, :, :, None, :]).sum(dim=-1) + b[None, :, :, None]
+        total += ((pred - y[None, :, None, :]) ** 2 / 2).mean(dim=-1).sum(dim=0)[:, 0]
+    expected = training.squared_loss(training.predict(x, w, b), y)[:, 0] + references.penalty("dropout", train, w, rate)[:, 0]
+    torch.testing.assert_close(total / draws, expected, rtol=0.01, atol=0)
+    plain = training.squared_loss(training.predict(x, w, b), y)[:, 0]
+    assert ((total / draws - plain) > 0.2 * (expected - plain)).all(), "the penalty is a real part of the expectation"
+
+
+def test_dropout_closed_form_is_the_expected_objectives_minimiser(splits):
+    """The gradient of mean (ŷ − y)²/2 + ½·Σ_j c_j·w_j² vanishes at dropout_ridge_solution, and trained dropout
+    (full batch, from w = 0, where no initialisation is left to forget) lands within 30 % of it (‖Δw‖/‖w_exact‖;
+    what is left is the masks' noise at a constant lr), clearly nearer than to the unregularised fit."""
+    train, _ = splits
+    rate = 0.5
+    w, b = references.dropout_ridge_solution(train, rate)
+    w, b = w.clone().requires_grad_(), b.clone().requires_grad_()
+    objective = training.squared_loss(training.predict(train.x.double(), w[:, None], b[:, None]), train.y.double())[:, 0]
+    (objective + references.penalty("dropout", train, w, rate)).sum().backward()
+    assert w.grad.abs().max() < 1e-10 and b.grad.abs().max() < 1e-10
+    spec = FULL_BATCH.model_copy(update=dict(lr=0.01, epochs=3000))
+    run = training.train_grid(train, (rate,), spec, SEEDS, CPU, progress=False, regularizer="dropout")
+    exact = w.detach()
+    distance = (run.weight[:, 0].double() - exact).norm(dim=-1) / exact.norm(dim=-1)
+    unregularised, _ = references.ridge_solution(train, 0.0)
+    to_unregularised = (run.weight[:, 0].double() - unregularised).norm(dim=-1) / exact.norm(dim=-1)
+    assert (distance < 0.3).all(), distance
+    assert distance.mean() < 0.75 * to_unregularised.mean(), (distance, to_unregularised)

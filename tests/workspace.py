@@ -57,11 +57,12 @@ def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900, **e
 
 
 def stage_command(name: str) -> list[str]:
-    """The command dvc.yaml runs for stage `name` ('train_synthetic@grid' for a foreach member), as argv
+    """The command dvc.yaml runs for stage `name` ('train_synthetic@l1' for a foreach member), as argv
     after `python`: tests run a stage exactly as the pipeline does, with the paths dvc.yaml gives it."""
     stages = YAML(typ="safe", pure=True).load((ROOT / "dvc.yaml").read_text())["stages"]
     base, _, key = name.partition("@")
-    cmd = stages[base]["do"]["cmd"].replace("${key}", key) if key else stages[base]["cmd"]
+    # a foreach over a list names each member by its item: ${item} and ${key} are the same string then
+    cmd = stages[base]["do"]["cmd"].replace("${key}", key).replace("${item}", key) if key else stages[base]["cmd"]
     program, *argv = shlex.split(cmd)
     assert program == "python", f"dvc.yaml runs {program} for {name}"
     return argv

@@ -112,7 +112,7 @@ def stats_of(row: Mapping[str, Any], metric: str) -> dict[str, float | None]:
 
 def mean_curve(history: pd.DataFrame) -> list[dict]:
     """A run's per-epoch curves averaged over seeds (diverged seeds' NaN left out): one line per metric for `dvc plots`."""
-    numeric = history.drop(columns=[c for c in ("seed", "lambda", "diverged") if c in history])
+    numeric = history.drop(columns=[c for c in ("regularizer", "seed", "lambda", "diverged") if c in history])
     return numeric.groupby("epoch", as_index=False).mean().to_dict("records")
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
@@ -47,11 +47,34 @@ Probability = Annotated[float, AfterValidator(_probability)]
 # The tuple alone is lax so that a YAML list becomes a tuple; its items stay strict floats (config below).
 LambdaGrid = Annotated[tuple[float, ...], Field(strict=False, min_length=1, description="the λ values compared"), AfterValidator(_lambdas)]
 Seeds = Annotated[tuple[int, ...], Field(strict=False), AfterValidator(_seeds)]
+Regularizer = Literal["l2", "decoupled", "l1", "dropout"]
+REGULARIZERS: tuple[str, ...] = get_args(Regularizer)
+
+
+def _rates(grid: tuple[float, ...]) -> tuple[float, ...]:
+    if any(not 0 <= v < 1 for v in grid):
+        raise ValueError("every dropout rate must be in [0, 1)")
+    return grid
+
+
+DropoutGrid = Annotated[LambdaGrid, AfterValidator(_rates)]
 
 
 class _Model(BaseModel):
     # strict: a bool is not an int and "100" is not a number (an int is still a valid float).
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+
+class Strengths(_Model):
+    """Each regulariser's own strength grid; every strength is trained on every seed."""
+
+    l2: LambdaGrid = Field(description="λ of the penalty λ/2·‖w‖² added to the loss (coupled decay)")
+    decoupled: LambdaGrid = Field(description="λ of the decay w ← w − ηλ·w applied apart from the gradient step")
+    l1: LambdaGrid = Field(description="λ of the penalty λ·‖w‖₁, applied by a proximal soft-threshold step")
+    dropout: DropoutGrid = Field(description="dropout rate p, each in [0, 1)")
+
+    def of(self, regularizer: str) -> tuple[float, ...]:
+        return getattr(self, regularizer)
 
 
 class TrackingSettings(_Model):
@@ -80,9 +103,15 @@ class SyntheticTrain(_Model):
 
 class SyntheticSettings(_Model):
     seeds: Seeds = Field(description="one run of every λ per seed: each draws its own data, initial weights, batch order and folds")
+    regularizer: Regularizer = Field(description="the headline run's (strength = wd) and the one the synthetic report studies")
     data: SyntheticData
     train: SyntheticTrain
-    lambda_grid: LambdaGrid
+    strengths: Strengths
+
+    @property
+    def lambda_grid(self) -> tuple[float, ...]:
+        """The strength grid of the regulariser this study reports on."""
+        return self.strengths.of(self.regularizer)
     cv_folds: int = Field(ge=2, description="k-fold cross-validation on the training set picks λ")
 
 
@@ -104,8 +133,8 @@ class CifarModel(_Model):
 
 
 class CifarTrain(_Model):
-    optimizer: Literal["sgd", "adamw"]
-    lr: float = Field(gt=0, description="peak learning rate")
+    lr: float = Field(gt=0, description="peak learning rate of SGD (regularisers l2, l1, dropout)")
+    adamw_lr: float = Field(gt=0, description="peak learning rate of AdamW (regulariser decoupled)")
     momentum: Probability = Field(description="SGD momentum; AdamW's β₁")
     nesterov: bool
     epochs: int = Field(ge=1)
@@ -117,22 +146,43 @@ class CifarTrain(_Model):
     mixed_precision: bool = Field(description="bf16 autocast where the hardware computes in bf16 (CUDA, CPUs with AVX512-BF16)")
 
 
+class CifarStrengths(Strengths):
+    """Each regulariser's own strength grid for the CNN; every strength is trained on every seed."""
+
+    l2: LambdaGrid = Field(description="λ of SGD's weight_decay: λ·w added to the gradient (coupled)")
+    decoupled: LambdaGrid = Field(description="λ of AdamW's weight_decay: w ← (1 − ηλ)·w apart from the adaptive step")
+
+
 class CifarSettings(_Model):
     seeds: Seeds = Field(description="one run of every λ per seed: each draws its own initial weights, batch order and augmentation")
-    wd: float = Field(ge=0, description="λ of the CIFAR-10 headline run")
+    regularizer: Regularizer = Field(description="the headline run's (strength = cifar10.wd) and the one the CIFAR-10 report studies")
+    wd: float = Field(ge=0, description="strength of the CIFAR-10 headline run: λ, or the dropout rate p")
     download: CifarDownload
     data: CifarData
     model: CifarModel
     train: CifarTrain
-    lambda_grid: LambdaGrid
+    strengths: CifarStrengths
+
+    @property
+    def lambda_grid(self) -> tuple[float, ...]:
+        """The strength grid of the regulariser this study reports on."""
+        return self.strengths.of(self.regularizer)
 
 
 class Settings(_Model):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(description="auto: CUDA, then MPS, then CPU")
-    wd: float = Field(ge=0, description="λ of the synthetic headline run")
+    wd: float = Field(ge=0, description="strength of the synthetic headline run: λ, or the dropout rate p")
     tracking: TrackingSettings
     synthetic: SyntheticSettings
     cifar10: CifarSettings
+
+    @model_validator(mode="after")
+    def _rates_below_one(self) -> Settings:
+        if self.synthetic.regularizer == "dropout" and not self.wd < 1:
+            raise ValueError(f"wd = {self.wd:g} must be a dropout rate in [0, 1) when synthetic.regularizer is dropout")
+        if self.cifar10.regularizer == "dropout" and not self.cifar10.wd < 1:
+            raise ValueError(f"cifar10.wd = {self.cifar10.wd:g} must be a dropout rate in [0, 1) when cifar10.regularizer is dropout")
+        return self
 
 
 def load_settings(path: Path | str = PARAMS_FILE) -> Settings:
@@ -182,6 +232,8 @@ def _message(err: Mapping[str, Any], source: str) -> str:
         return f"{source}: missing key '{key}'"
     if kind == "extra_forbidden":
         return f"{source}: unknown key '{key}'; allowed here: {', '.join(_model_at(loc[:-1]).model_fields)}"
+    if kind == "value_error" and not loc:  # a rule across keys
+        return f"{source}: {err['ctx']['error']}"
     if kind == "model_type":
         return f"{source}: {key or 'the top level'} must be a mapping of keys, got {err['input']!r}"
     field = _field_at(loc)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from wdlab.errors import StageError
-from wdlab.settings import PARAMS_FILE, ParamsError, Settings, load_settings
+from wdlab.settings import PARAMS_FILE, REGULARIZERS, ParamsError, Settings, load_settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -32,14 +32,16 @@ def parser_with_paths(module_doc: str | None, prog: str, paths: Mapping[str, str
 
 
 def training_parser(module_doc: str | None, prog: str, grid_key: str, headline_key: str, **outputs: str) -> argparse.ArgumentParser:
-    """A training stage's command line: which run (headline λ or the whole grid), its data and where its outputs go."""
+    """A training stage's command line: which run (the headline strength or one regulariser's whole grid), its data
+    and where its outputs go."""
     cli = parser_with_paths(module_doc, prog, {
         "data": "the dataset the download/generate stage wrote",
         "model": "trained weights (output)",
         "history": "per-epoch metrics, long format (output)",
         "record": "run record: how it ran and its MLflow run (output)",
     } | {name.replace("_", "-"): what for name, what in outputs.items()})
-    cli.add_argument("run", choices=("headline", "grid"), help=f"headline: λ = {headline_key}; grid: every λ of {grid_key}")
+    cli.add_argument("run", choices=("headline", *REGULARIZERS),
+                     help=f"headline: the study's regulariser at strength {headline_key}; a regulariser: its whole grid, {grid_key}.<name>")
     return cli
 
 

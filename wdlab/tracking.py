@@ -47,13 +47,21 @@ def run_tags(role: str) -> dict[str, str]:
     return tags
 
 
-def training_run_name(run: str, lambdas: Sequence[float]) -> str:
-    """The MLflow name of a training stage's run: `headline λ=3` or `grid of 10 λ`."""
-    return f"headline λ={lambdas[0]:g}" if run == "headline" else f"grid of {len(lambdas)} λ"
+def training_run_name(run: str, regularizer: str, lambdas: Sequence[float]) -> str:
+    """The MLflow name of a training stage's run: `headline l2 3` or `l1 grid of 9 strengths`."""
+    return f"headline {regularizer} {lambdas[0]:g}" if run == "headline" else f"{regularizer} grid of {len(lambdas)} strengths"
 
 
-def lambda_params(lambdas: Sequence[float]) -> dict[str, str]:
-    return {"lambda": f"{lambdas[0]:g}"} if len(lambdas) == 1 else {"lambda_grid": ",".join(f"{v:g}" for v in lambdas)}
+def lambda_params(regularizer: str, lambdas: Sequence[float]) -> dict[str, str]:
+    """Which regulariser and how strong, as MLflow params (compare and parallel-coordinates views filter on them)."""
+    one = f"{lambdas[0]:g}"
+    strengths = {"strength": one, "lambda": one} if len(lambdas) == 1 else {"strength_grid": ",".join(f"{v:g}" for v in lambdas)}
+    return {"regularizer": regularizer} | strengths
+
+
+def member_params(regularizer: str, strength: float, seed: int) -> dict[str, str | float | int]:
+    """One (regulariser, strength, seed) run's own params; `lambda` is the strength too, under its usual name."""
+    return {"regularizer": regularizer, "strength": strength, "lambda": strength, "seed": seed}
 
 
 class Tracker:

@@ -46,7 +46,7 @@ class ResNet(nn.Module):
     channels w, 2w, 4w, 8w at 32, 16, 8, 4 pixels. Width 64 is the original ResNet-9 (94% with a long schedule).
     """
 
-    def __init__(self, width: int, classes: int = 10):
+    def __init__(self, width: int, classes: int = 10, dropout: float = 0.0):
         super().__init__()
         self.prep = ConvBlock(3, width)
         self.layer1 = ConvBlock(width, 2 * width, pool=True)
@@ -54,17 +54,19 @@ class ResNet(nn.Module):
         self.layer2 = ConvBlock(2 * width, 4 * width, pool=True)
         self.layer3 = ConvBlock(4 * width, 8 * width, pool=True)
         self.res3 = Residual(8 * width)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # on the pooled features, before the classifier
         self.head = nn.Linear(8 * width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.res1(self.layer1(self.prep(x)))
         x = self.res3(self.layer3(self.layer2(x)))
-        return self.head(x.amax(dim=(2, 3))) * LOGIT_SCALE
+        return self.head(self.dropout(x.amax(dim=(2, 3)))) * LOGIT_SCALE
 
 
-def build_model(width: int, seed: int) -> ResNet:
-    """He-initialised from the init stream: every λ starts from the same weights, so λ alone explains the differences."""
-    model = ResNet(width)
+def build_model(width: int, seed: int, dropout: float = 0.0) -> ResNet:
+    """He-initialised from the init stream: every regulariser and strength starts from the same weights, so they
+    alone explain the differences. Dropout has no parameters, so it leaves the state_dict's keys as they are."""
+    model = ResNet(width, dropout=dropout)
     gen = streams.generator(seed, streams.CIFAR_INIT)
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -81,6 +83,12 @@ def layer_norms(model: nn.Module) -> dict[str, float]:
         for name, module in model.named_modules()
         if isinstance(module, (nn.Conv2d, nn.Linear))
     }
+
+
+def zero_fraction(model: nn.Module) -> float:
+    """The fraction of conv and linear weights that are exactly zero (L1's soft-threshold step makes them)."""
+    weights = [m.weight.detach() for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return (sum(int((w == 0).sum()) for w in weights) / sum(w.numel() for w in weights)) if weights else 0.0
 
 
 def total_norm(model: nn.Module) -> float:

@@ -1,4 +1,12 @@
-"""Training the CIFAR-10 net with weight decay: decay groups, the optimiser, the lr schedule, the loop and its record."""
+"""Training the CIFAR-10 net with a regulariser: decay groups, the optimiser, the lr schedule, the loop and its record.
+
+The regularisers, at strength s (η_t: the step's lr):
+- l2:        SGD with weight_decay = λ: g ← ∇L + λw, which the momentum then carries (coupled)
+- decoupled: AdamW with weight_decay = λ: w ← (1 − η_tλ)·w apart from the adaptive step m̂/(√v̂ + ε)
+- l1:        SGD, then the proximal step of λ·‖w‖₁ after each update: w ← sign(w)·max(|w| − η_tλ, 0), exact zeros
+- dropout:   SGD, with dropout of rate p on the pooled features before the classifier
+Penalties (l2, decoupled, l1) apply to the conv and linear weights only, unless `decay_norm_and_bias`.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +25,7 @@ from wdlab import streams
 from wdlab.cifar10.data import (
     SPLITS, Split, Splits, augment, augmentation_draws, curve_subsets, epoch_batches, normalise, steps_per_epoch,
 )
-from wdlab.cifar10.model import build_model, layer_norms, total_norm
+from wdlab.cifar10.model import build_model, layer_norms, total_norm, zero_fraction
 from wdlab.device import Formats, keep_freed_memory
 from wdlab.progress import progress
 from wdlab.settings import CifarSettings, CifarTrain
@@ -48,14 +56,26 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
     return [group for group in groups if group["params"]]
 
 
-def make_optimizer(model: nn.Module, spec: CifarTrain, weight_decay: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay, spec.decay_norm_and_bias)
-    if spec.optimizer == "sgd":
-        # L2 through the gradient: g ← ∇L + λw;  v ← μ·v + g;  w ← w − η·v (Nesterov: w ← w − η·(g + μ·v))
-        nesterov = spec.nesterov and spec.momentum > 0
-        return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=nesterov)
-    # Decoupled: w ← (1 − ηλ)·w − η·m̂ / (√v̂ + ε), with β₁ = momentum
-    return torch.optim.AdamW(groups, lr=spec.lr, betas=(spec.momentum, 0.999))
+def make_optimizer(model: nn.Module, spec: CifarTrain, regularizer: str, strength: float) -> torch.optim.Optimizer:
+    """SGD for l2 (weight_decay = λ), l1 and dropout (no weight_decay); AdamW for decoupled (weight_decay = λ)."""
+    groups = param_groups(model, strength if regularizer in ("l2", "decoupled") else 0.0, spec.decay_norm_and_bias)
+    if regularizer == "decoupled":
+        # w ← (1 − ηλ)·w − η·m̂ / (√v̂ + ε), with β₁ = momentum
+        return torch.optim.AdamW(groups, lr=spec.adamw_lr, betas=(spec.momentum, 0.999))
+    # L2 through the gradient: g ← ∇L + λw;  v ← μ·v + g;  w ← w − η·v (Nesterov: w ← w − η·(g + μ·v))
+    nesterov = spec.nesterov and spec.momentum > 0
+    return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=nesterov)
+
+
+@torch.no_grad()
+def l1_proximal_step(optimizer: torch.optim.Optimizer, strength: float) -> None:
+    """The proximal operator of η_t·λ·‖w‖₁ on the decayed group, after the optimiser's step: soft-thresholding,
+    which sets every weight within η_t·λ of zero to exactly zero."""
+    for group in optimizer.param_groups:
+        if group["name"] == "decay":
+            threshold = group["lr"] * strength
+            for param in group["params"]:
+                param.copy_(param.sign() * (param.abs() - threshold).clamp_min(0))
 
 
 def lr_factor(step: int, total_steps: int, spec: CifarTrain) -> float:
@@ -79,7 +99,8 @@ def lr_factor(step: int, total_steps: int, spec: CifarTrain) -> float:
 class RunResult:
     """One trained model and its per-epoch record (epoch 0 = the initial model)."""
 
-    weight_decay: float
+    regularizer: str
+    strength: float  # λ, or the dropout rate p
     seed: int
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, accuracy, gaps, ‖θ‖
     layer_norms: list[dict[str, float]] = field(default_factory=list)  # per epoch: layer name → ‖W‖
@@ -103,18 +124,24 @@ class Trainer:
     formats: Formats
     order_gen: torch.Generator
     augment_gen: torch.Generator
+    l1_strength: float = 0.0  # > 0: a proximal L1 step after each optimiser step
 
     @classmethod
-    def create(cls, spec: CifarSettings, weight_decay: float, seed: int, formats: Formats, n_train: int) -> Trainer:
-        """A fresh model from the init stream, so every λ starts from the same weights; λ alone explains the differences."""
+    def create(cls, spec: CifarSettings, regularizer: str, strength: float, seed: int, formats: Formats, n_train: int) -> Trainer:
+        """A fresh model from the init stream, so every run starts from the same weights; the regulariser and its
+        strength alone explain the differences."""
         if formats.device.type == "cpu":
             keep_freed_memory()  # else every step page-faults its activations back in: ~12 % of a CPU step
-        model = build_model(spec.model.width, seed).to(formats.device, memory_format=formats.memory_format)
-        optimizer = make_optimizer(model, spec.train, weight_decay)
+        dropout = strength if regularizer == "dropout" else 0.0
+        if dropout:
+            torch.manual_seed(seed * 1_000_003 + streams.CIFAR_DROPOUT)  # nn.Dropout draws from the global streams
+        model = build_model(spec.model.width, seed, dropout).to(formats.device, memory_format=formats.memory_format)
+        optimizer = make_optimizer(model, spec.train, regularizer, strength)
         total_steps = steps_per_epoch(n_train, spec.train.batch_size) * spec.train.epochs
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, spec.train))
         order_gen = streams.generator(seed, streams.CIFAR_ORDER)
-        return cls(model, optimizer, schedule, spec, formats, order_gen, streams.generator(seed, streams.CIFAR_AUGMENT))
+        return cls(model, optimizer, schedule, spec, formats, order_gen, streams.generator(seed, streams.CIFAR_AUGMENT),
+                   l1_strength=strength if regularizer == "l1" else 0.0)
 
     def train_epoch(self, split: Split, progress: tqdm | None = None) -> float:
         """One pass over the shuffled training subset; returns the mean minibatch objective (NaN/inf if it diverged)."""
@@ -134,6 +161,8 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.l1_strength:
+                l1_proximal_step(self.optimizer, self.l1_strength)
             self.schedule.step()
             total += loss.detach()
             if progress is not None:
@@ -145,16 +174,18 @@ EpochCallback = Callable[[int, dict[str, float], dict[str, float]], None]
 
 
 def train(
-    splits: Splits, spec: CifarSettings, weight_decay: float, seed: int, formats: Formats, on_epoch: EpochCallback | None = None
+    splits: Splits, spec: CifarSettings, regularizer: str, strength: float, seed: int, formats: Formats,
+    on_epoch: EpochCallback | None = None,
 ) -> RunResult:
-    """Train one model with weight decay λ on `splits` (already on the device); a NaN/inf loss stops the run.
+    """Train one model with a regulariser at `strength` on `splits` (already on the device); a NaN/inf loss stops the run.
 
     Each epoch is measured on fixed subsets of the splits (`curve_subset` images each), the last one (or the one
     that diverged) on the full splits; `on_epoch(epoch, row, layer_norms)` sees every row as soon as it is final.
     """
-    trainer = Trainer.create(spec, weight_decay, seed, formats, n_train=len(splits.train.labels))
+    trainer = Trainer.create(spec, regularizer, strength, seed, formats, n_train=len(splits.train.labels))
     curves = curve_subsets(splits, spec.data.curve_subset, spec.data.split_seed)
-    result = RunResult(weight_decay, seed)
+    result = RunResult(regularizer, strength, seed)
+    name = f"{regularizer} {strength:g} seed {seed}"
 
     def record(on: Splits, pass_loss: float) -> dict[str, float]:
         row, norms = measure(trainer.model, on, formats)
@@ -170,7 +201,7 @@ def train(
     record(curves, math.nan)
     publish(0)
     steps = steps_per_epoch(len(splits.train.labels), spec.train.batch_size)
-    bar = progress(total=spec.train.epochs * steps, desc=f"λ={weight_decay:g} seed {seed}", unit="batch")
+    bar = progress(total=spec.train.epochs * steps, desc=name, unit="batch")
     start = time.perf_counter()
     for epoch in range(1, spec.train.epochs + 1):
         pass_loss = trainer.train_epoch(splits.train, bar)
@@ -183,13 +214,13 @@ def train(
         publish(epoch)
         bar.set_postfix(epoch=f"{epoch}/{spec.train.epochs}", test_acc=f"{row['test_accuracy']:.3f}")
         log.info(
-            "λ=%-7g seed %d  epoch %2d/%d  train acc %.3f  test acc %.3f  gap %+.3f  ‖θ‖ %.2f  (%.0f s)",
-            weight_decay, seed, epoch, spec.train.epochs, row["train_accuracy"], row["test_accuracy"],
+            "%s  epoch %2d/%d  train acc %.3f  test acc %.3f  gap %+.3f  ‖θ‖ %.2f  (%.0f s)",
+            name, epoch, spec.train.epochs, row["train_accuracy"], row["test_accuracy"],
             row["gap_accuracy"], row["w_norm"], time.perf_counter() - start,
         )
         if diverged:
             result.diverged_epoch = epoch
-            log.warning("λ=%g, seed %d diverged at epoch %d (non-finite loss): stopped this run; lower lr or λ", weight_decay, seed, epoch)
+            log.warning("%s diverged at epoch %d (non-finite loss): stopped this run; lower lr or the strength", name, epoch)
             break
     bar.close()
     result.seconds = time.perf_counter() - start
@@ -223,4 +254,5 @@ def measure(model: nn.Module, splits: Splits, formats: Formats) -> tuple[dict[st
     row["gap_accuracy"] = row["train_accuracy"] - row["test_accuracy"]  # generalisation gap, in accuracy
     row["gap_loss"] = row["test_loss"] - row["train_loss"]  # and in loss
     row["w_norm"] = total_norm(model)
+    row["zero_fraction"] = zero_fraction(model)
     return row, layer_norms(model)

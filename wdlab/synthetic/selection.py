@@ -26,7 +26,8 @@ def kfold_indices(n: int, folds: int, seeds: Sequence[int]) -> list[torch.Tensor
 
 
 def cross_validate(
-    train_set: Split, lambdas: Sequence[float], spec: SyntheticTrain, folds: int, seeds: Sequence[int], device: torch.device
+    train_set: Split, lambdas: Sequence[float], spec: SyntheticTrain, folds: int, seeds: Sequence[int], device: torch.device,
+    regularizer: str = "l2",
 ) -> torch.Tensor:
     """Validation loss [folds, S, G] of the same SGD procedure, each fold held out in turn, every seed at once."""
     n = train_set.y.shape[-1]
@@ -38,18 +39,18 @@ def cross_validate(
         kept = keep.nonzero()[:, 1].view(len(seeds), -1)  # [S, n − m], in order
         fit = Split(train_set.x[rows, kept], train_set.y[rows, kept])
         valid = Split(train_set.x[rows, held_out], train_set.y[rows, held_out])
-        run = train_grid(fit, lambdas, spec, seeds, device, eval_sets={"valid": valid}, progress=False)
+        run = train_grid(fit, lambdas, spec, seeds, device, eval_sets={"valid": valid}, progress=False, regularizer=regularizer)
         losses.append(run.history["valid_loss"][-1])
     return torch.stack(losses)
 
 
-def cv_table(seeds: Sequence[int], lambdas: Sequence[float], cv_loss: torch.Tensor) -> pd.DataFrame:
-    """One row per (seed, fold, λ): the validation loss of the model trained on the other folds."""
+def cv_table(regularizer: str, seeds: Sequence[int], lambdas: Sequence[float], cv_loss: torch.Tensor) -> pd.DataFrame:
+    """One row per (seed, fold, strength): the validation loss of the model trained on the other folds."""
     import pandas as pd
 
     return pd.DataFrame(
         [
-            {"seed": seed, "fold": fold, "lambda": lam, "valid_loss": cv_loss[fold, s, g].item()}
+            {"regularizer": regularizer, "seed": seed, "fold": fold, "lambda": lam, "valid_loss": cv_loss[fold, s, g].item()}
             for s, seed in enumerate(seeds)
             for fold in range(cv_loss.shape[0])
             for g, lam in enumerate(lambdas)
@@ -58,12 +59,15 @@ def cv_table(seeds: Sequence[int], lambdas: Sequence[float], cv_loss: torch.Tens
 
 
 def mean_cv_loss(cv: pd.DataFrame) -> pd.DataFrame:
-    """Per (seed, λ), the validation loss averaged over folds: columns seed, lambda, cv_loss."""
-    return cv.groupby(["seed", "lambda"], as_index=False)["valid_loss"].mean().rename(columns={"valid_loss": "cv_loss"})
+    """Per (regulariser, seed, strength), the validation loss averaged over folds: columns regularizer, seed,
+    lambda, cv_loss."""
+    keys = ["regularizer", "seed", "lambda"]
+    return cv.groupby(keys, as_index=False)["valid_loss"].mean().rename(columns={"valid_loss": "cv_loss"})
 
 
 def chosen_per_seed(cv_by_seed: pd.DataFrame) -> pd.Series:
-    """The λ cross-validation chooses on each seed's training set: seed → λ (NaN where every λ diverged)."""
+    """The strength cross-validation chooses on each seed's training set (one regulariser's rows): seed → strength
+    (NaN where every strength diverged)."""
     from wdlab.results import best_lambda
 
     return cv_by_seed.groupby("seed").apply(lambda table: best_lambda(table, "cv_loss", higher_is_better=False))

@@ -1,4 +1,12 @@
-"""Linear regression with weight decay, trained by minibatch SGD over a whole λ grid at once."""
+"""Linear regression with a regulariser, trained by minibatch SGD over a whole strength grid at once.
+
+The regularisers, each with its strength s_g per model g (w: weights, b: bias, never regularised; η: lr):
+- l2:        λ/2·‖w‖² in the loss (coupled):     w ← w − η·(∇L + λw)
+- decoupled: the decay apart from the gradient:  w ← w − η·∇L − ηλ·w   (for plain SGD the same update as l2;
+             with momentum or Adam, l2's λw passes through the momentum or the adaptive scaling, decoupled's does not)
+- l1:        λ·‖w‖₁, proximal SGD:               w ← soft(w − η·∇L, ηλ),  soft(v, t) = sign(v)·max(|v| − t, 0)
+- dropout:   inverted input dropout of rate p:   ∇L at x ⊙ m / (1 − p),  m_ij ~ Bernoulli(1 − p), fresh each step
+"""
 
 from __future__ import annotations
 
@@ -27,13 +35,14 @@ def predict(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
 
 @dataclass
 class GridRun:
-    """The trained models of one λ grid on every seed and their per-epoch history (epoch 0 = initialisation)."""
+    """The trained models of one strength grid on every seed and their per-epoch history (epoch 0 = initialisation)."""
 
+    regularizer: str
     seeds: tuple[int, ...]
-    lambdas: tuple[float, ...]
+    lambdas: tuple[float, ...]  # the strengths: λ, or the dropout rate p
     weight: torch.Tensor  # [S, G, d]
     bias: torch.Tensor  # [S, G]
-    history: dict[str, torch.Tensor]  # name → [epochs + 1, S, G]
+    history: dict[str, torch.Tensor]  # name → [epochs + 1, S, G]: train/… losses, w_norm, zeros (exactly zero weights)
     diverged_epoch: torch.Tensor  # [S, G]: first epoch with a non-finite loss, −1 if none
 
 
@@ -63,8 +72,9 @@ def train_grid(
     device: torch.device,
     eval_sets: Mapping[str, Split] | None = None,
     progress: bool = True,
+    regularizer: str = "l2",
 ) -> GridRun:
-    """Minibatch SGD on every (seed, λ) together: one tensor program with leading seed and grid dimensions."""
+    """Minibatch SGD on every (seed, strength) together: one tensor program with leading seed and grid dimensions."""
     eval_sets = {"train": train_set, **(eval_sets or {})}
     eval_sets = {name: Split(s.x.to(device), s.y.to(device)) for name, s in eval_sets.items()}
     x, y = eval_sets["train"]
@@ -72,9 +82,7 @@ def train_grid(
         raise ValueError(f"{x.shape[0]} datasets for {len(seeds)} seeds")
     weight, bias = (t.to(device) for t in initial_params(seeds, len(lambdas), x.shape[-1], spec.init_std))
     lam = torch.tensor(list(lambdas), dtype=x.dtype, device=device)
-    step = ScratchStepper(weight, bias, lam, spec.lr) if spec.implementation == "scratch" else ConciseStepper(
-        weight, bias, lambdas, spec.lr
-    )
+    step = stepper(regularizer, spec, weight, bias, lam, seeds)
     history: dict[str, list[torch.Tensor]] = {}
     diverged = torch.full((len(seeds), len(lambdas)), -1)
     rows = torch.arange(len(seeds), device=device)[:, None]
@@ -84,16 +92,17 @@ def train_grid(
             for name, split in eval_sets.items():
                 history.setdefault(f"{name}_loss", []).append(squared_loss(predict(split.x, weight, bias), split.y).cpu())
             history.setdefault("w_norm", []).append(weight.norm(dim=-1).cpu())
+            history.setdefault("zeros", []).append((weight == 0).sum(dim=-1).to(weight.dtype).cpu())
         finite = torch.isfinite(history["train_loss"][-1]) & torch.isfinite(history["w_norm"][-1])
         newly = ~finite & (diverged < 0)
         diverged[newly] = epoch
         for s, g in newly.nonzero().tolist():
-            log.warning("λ=%g, seed %d diverged at epoch %d (non-finite loss): lower lr or λ", lambdas[g], seeds[s], epoch)
+            log.warning("%s %g, seed %d diverged at epoch %d (non-finite loss): lower lr or the strength", regularizer, lambdas[g], seeds[s], epoch)
         return bool(finite.any())
 
     record(0, *step.params())
     orders = batch_orders(y.shape[-1], spec.batch_size, spec.epochs, seeds)
-    epochs = progress_bar(orders, desc=f"SGD on {len(seeds)} seeds × {len(lambdas)} λ", unit="epoch") if progress else orders
+    epochs = progress_bar(orders, desc=f"SGD ({regularizer}) on {len(seeds)} seeds × {len(lambdas)} strengths", unit="epoch") if progress else orders
     for epoch, batches in enumerate(epochs, start=1):
         for idx in batches:
             idx = idx.to(device)
@@ -103,6 +112,7 @@ def train_grid(
             break
     weight, bias = step.params()
     return GridRun(
+        regularizer=regularizer,
         seeds=tuple(seeds),
         lambdas=tuple(lambdas),
         weight=weight.detach().cpu(),
@@ -110,6 +120,88 @@ def train_grid(
         history={name: torch.stack(values) for name, values in history.items()},
         diverged_epoch=diverged,
     )
+
+
+def stepper(regularizer: str, spec: SyntheticTrain, weight: torch.Tensor, bias: torch.Tensor, strength: torch.Tensor,
+            seeds: Sequence[int]) -> ScratchStepper | ConciseStepper | DecoupledStepper | ProximalL1Stepper | DropoutStepper:
+    """The SGD step of one regulariser for every (seed, strength); `implementation` chooses between l2's two."""
+    if regularizer == "l2":
+        return ScratchStepper(weight, bias, strength, spec.lr) if spec.implementation == "scratch" else ConciseStepper(
+            weight, bias, strength.tolist(), spec.lr)
+    if regularizer == "decoupled":
+        return DecoupledStepper(weight, bias, strength, spec.lr)
+    if regularizer == "l1":
+        return ProximalL1Stepper(weight, bias, strength, spec.lr)
+    if regularizer == "dropout":
+        return DropoutStepper(weight, bias, strength, spec.lr, seeds)
+    raise ValueError(f"unknown regulariser {regularizer!r}")
+
+
+class _DataLossStepper:
+    """A hand-written SGD step on the data loss alone, for every (seed, strength) in one tensor op; a subclass adds
+    its regulariser as its own term of the step (`regularize`, before the gradient is applied)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, strength: torch.Tensor, lr: float):
+        self.weight = weight.requires_grad_()
+        self.bias = bias.requires_grad_()
+        self.strength, self.lr = strength, lr
+
+    def regularize(self, weight: torch.Tensor) -> None:
+        pass
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        squared_loss(predict(xb, self.weight, self.bias), yb).sum().backward()
+        with torch.no_grad():
+            self.regularize(self.weight)
+            for param in (self.weight, self.bias):
+                param -= self.lr * param.grad
+                param.grad = None
+
+    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.weight.detach(), self.bias.detach()
+
+
+class DecoupledStepper(_DataLossStepper):
+    """Weight decay applied apart from the gradient: w ← w − ηλ·w − η·∇L(w), both at the same w."""
+
+    def regularize(self, weight: torch.Tensor) -> None:
+        weight -= (self.lr * self.strength)[..., None] * weight  # runs before the gradient step, whose ∇L is at the old w
+
+
+class ProximalL1Stepper(_DataLossStepper):
+    """λ·‖w‖₁ by proximal SGD: a gradient step on the data loss, then soft-thresholding by ηλ, which sets every
+    weight that would cross zero to exactly zero (what plain subgradient SGD never does)."""
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        super().__call__(xb, yb)
+        with torch.no_grad():
+            threshold = (self.lr * self.strength)[..., None]
+            self.weight.copy_(self.weight.sign() * (self.weight.abs() - threshold).clamp_min(0))
+
+
+class DropoutStepper(_DataLossStepper):
+    """Inverted dropout on the inputs: each model sees x ⊙ m / (1 − p) with its own fresh mask m ~ Bernoulli(1 − p);
+    evaluation uses x itself. In expectation over m this is ridge with one weight per feature (wdlab.synthetic.references)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, rate: torch.Tensor, lr: float, seeds: Sequence[int]):
+        super().__init__(weight, bias, rate, lr)
+        self.gens = [streams.generator(seed, streams.SYNTHETIC_DROPOUT) for seed in seeds]
+
+    def masked(self, xb: torch.Tensor) -> torch.Tensor:
+        """xb [S, B, d] → each model's dropped-out copy [S, G, B, d]."""
+        keep = 1 - self.strength  # [G]
+        shape = (len(keep), *xb.shape[1:])  # per seed: [G, B, d]
+        masks = torch.stack([torch.rand(shape, generator=gen, dtype=xb.dtype) for gen in self.gens]).to(xb.device)
+        return xb[:, None] * (masks < keep[:, None, None]) / keep[:, None, None]  # [S, G, B, d]
+
+    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+        xs = self.masked(xb)
+        pred = (xs * self.weight[:, :, None, :]).sum(dim=-1).transpose(-1, -2) + self.bias[:, None, :]  # [S, B, G]
+        squared_loss(pred, yb).sum().backward()
+        with torch.no_grad():
+            for param in (self.weight, self.bias):
+                param -= self.lr * param.grad
+                param.grad = None
 
 
 class ScratchStepper:
