@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # no display in CI or under DVC
 
@@ -28,10 +29,24 @@ log = logging.getLogger("wd-lab.report")
 PALETTE = "colorblind"
 DPI = 130
 
+
+def bootstrap_band(values: Sequence[float], level: float = 95, resamples: int = 200, seed: int = 0) -> np.ndarray:
+    """The `level` % bootstrap interval of the mean: exactly seaborn's `errorbar=("ci", level)` with
+    `n_boot=resamples, seed=seed` (the same generator, draws, estimator and percentiles, so the same figures),
+    drawn as one [resamples, n] array instead of seaborn's Python loop of `resamples` means per point: a figure
+    of 10 λ × 101 epochs took ~2 s in that loop."""
+    values = np.asarray(values)
+    n = len(values)
+    resampled = np.random.default_rng(seed).integers(0, n, (resamples, n), dtype=np.intp)  # = seaborn's per-draw calls
+    mean = np.nanmean if np.isnan(np.sum(values)) else np.mean  # seaborn's switch when a value is missing
+    edge = (100 - level) / 2
+    return np.nanpercentile(mean(values[resampled], axis=1), (edge, 100 - edge))
+
+
 # Every curve over seeds: the mean with its 95 % bootstrap confidence band. Seeded, so figures repeat exactly;
 # 200 resamples, not seaborn's 1,000, as the band only guides the eye (the page's intervals are t-intervals).
 # A bootstrap band stays within the seeds' values, so it draws on log axes where a t-interval can cross zero.
-SEED_BAND = {"errorbar": ("ci", 95), "n_boot": 200, "seed": 0}
+SEED_BAND = {"errorbar": bootstrap_band}
 
 
 def set_theme() -> None:
