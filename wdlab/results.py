@@ -78,13 +78,15 @@ def markdown_table(table: pd.DataFrame, columns: Mapping[str, str], formats: Map
 def stats(values: pd.Series) -> dict[str, float | None]:
     """Mean, standard deviation and 95 % t-interval of the mean over seeds, NaN (diverged) values left out;
     with one seed only the mean is known."""
-    from scipy import stats as scipy_stats
+    # Student's t quantile: scipy.stats.t.ppf(q, df) is scipy.special.stdtrit(df, q), the same number, without
+    # importing scipy.stats (~0.5 s, a fifth of evaluate_synthetic's run).
+    from scipy.special import stdtrit
 
     values = values.dropna()
     n = len(values)
     mean = float(values.mean()) if n else math.nan
     std = float(values.std(ddof=1)) if n > 1 else math.nan
-    half = float(scipy_stats.t.ppf(0.975, n - 1)) * std / math.sqrt(n) if n > 1 else math.nan  # t·s/√n
+    half = float(stdtrit(n - 1, 0.975)) * std / math.sqrt(n) if n > 1 else math.nan  # t·s/√n
     return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 
 
