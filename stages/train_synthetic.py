@@ -27,6 +27,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     regularizer = study.regularizer if args.run == "headline" else args.run
     lambdas = (settings.wd,) if args.run == "headline" else study.strengths.of(regularizer)
     device = pick_device(settings.device)
+    torch.set_num_threads(1)  # tensors of ≤ S·G·d values: a 2nd thread gains nothing, and stalls each op when the other core is busy
     tracker = Tracker(settings.tracking, settings.tracking.experiment_synthetic)  # fails fast, before training
     params = {"device": str(device), "seeds": len(seeds)} | flatten({"data": study.data.model_dump(), "train": study.train.model_dump()})
     log.info("training %s run on %s: %s, strengths %s, %d seeds", args.run, device, regularizer, list(lambdas), len(seeds))
