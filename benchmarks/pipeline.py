@@ -1,6 +1,7 @@
 """Benchmark: the pipeline as a user runs it, in a temp copy of a git revision of this repository.
 
-    python -m benchmarks.pipeline                      # `dvc exp run -S wd=3` and a no-op `dvc repro`, warm
+    python -m benchmarks.pipeline                      # `dvc exp run -S wd=3` and a no-op `dvc repro`, warm, 3 times
+    python -m benchmarks.pipeline --repeat 5           # 5 times each (the run cache is cleared between runs)
     python -m benchmarks.pipeline --cifar              # + the default CIFAR-10 branch on a full-size stand-in
     python -m benchmarks.pipeline --cifar --rev 3f2de00   # the same for an older revision: before and after
 
@@ -12,8 +13,11 @@ one epoch of the current trainer split into training and evaluation (curves on s
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -63,14 +67,66 @@ def stage_times(output: str) -> dict[str, float]:
     return times
 
 
-def synthetic(project: Path) -> None:
+def timed_lines(project: Path, *args: str) -> tuple[float, float, list[tuple[float, str]]]:
+    """Run `dvc *args`: wall seconds, CPU seconds (DVC and the stages it ran) and each output line with the
+    second it arrived."""
+    cpu_before = _children_cpu()
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=project, env=tool_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = [(time.perf_counter() - start, line.rstrip()) for line in proc.stdout]
+    if proc.wait() != 0:
+        raise SystemExit(f"dvc {' '.join(args)} failed:\n" + "\n".join(line for _, line in lines[-30:]))
+    return time.perf_counter() - start, _children_cpu() - cpu_before, lines
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def stage_spans(lines: list[tuple[float, str]]) -> dict[str, float]:
+    """Seconds per stage that ran: from DVC's `Running stage` to its `Updating lock file` (the stage's process,
+    then DVC hashing its outputs)."""
+    spans, current = {}, None
+    for second, line in lines:
+        if match := re.match(r"Running stage '([^']+)'", line):
+            current, started = match.group(1), second
+        elif current and line.startswith("Updating lock file"):
+            spans[current], current = second - started, None
+    return spans
+
+
+def back_to_committed(project: Path, figure_cache: Path) -> None:
+    """The committed workspace (λ = 0), no run cache and the figure cache as the reproduction left it, so the next
+    `-S wd=3` trains and draws again what a first `-S wd=3` does."""
+    git(project, "checkout", "--", ".")
+    dvc(project, "checkout", "report_synthetic", "--with-deps")
+    shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
+    shutil.rmtree(figure_cache, ignore_errors=True)
+    shutil.copytree(figure_cache.with_name("figure-cache-after-repro"), figure_cache)
+
+
+def synthetic(project: Path, repeat: int) -> None:
+    figure_cache = Path(os.environ["WD_LAB_FIGURE_CACHE"])
     dvc(project, "repro", "report_synthetic", timeout=3600)  # warm: outputs, run cache, MLflow store exist
     commit_all(project, "reproduced")
-    noop, _ = timed(project, "repro", "report_synthetic")
-    exp, output = timed(project, "exp", "run", "-S", "wd=3", "report_synthetic")
-    print(f"no-op `dvc repro report_synthetic`   : {noop:6.1f} s")
-    ran = ", ".join(re.findall(r"Running stage '([^']+)'", output))
-    print(f"`dvc exp run -S wd=3`                 : {exp:6.1f} s  (stages: {ran})")
+    figure_cache.mkdir(exist_ok=True)
+    shutil.copytree(figure_cache, figure_cache.with_name("figure-cache-after-repro"))
+    noops, exps = [], []
+    for _ in range(repeat):
+        load = os.getloadavg()[0]
+        noop, _, _ = timed_lines(project, "repro", "report_synthetic")
+        noops.append(noop)
+        exp, cpu, lines = timed_lines(project, "exp", "run", "-S", "wd=3", "report_synthetic")
+        spans = stage_spans(lines)
+        exps.append(exp)
+        stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in spans.items())
+        print(f"`dvc exp run -S wd=3`: {exp:5.1f} s wall, {cpu:5.1f} s CPU, load {load:.2f} before | stages (s): {stages} "
+              f"| DVC itself {exp - sum(spans.values()):.1f} | no-op `dvc repro`: {noop:.2f} s")
+        back_to_committed(project, figure_cache)
+    print(f"no-op `dvc repro report_synthetic`   : {min(noops):6.2f} s best, {statistics.median(noops):.2f} s median of {repeat}")
+    print(f"`dvc exp run -S wd=3`                 : {min(exps):6.1f} s best, {statistics.median(exps):.1f} s median of {repeat}")
 
 
 def cifar(project: Path, archive: Path, md5: str) -> None:
@@ -125,12 +181,14 @@ def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("--rev", default="HEAD", help="the git revision to measure (default: HEAD)")
     cli.add_argument("--cifar", action="store_true", help="also the default CIFAR-10 branch on a full-size stand-in (minutes)")
+    cli.add_argument("--repeat", type=int, default=3, help="runs of `dvc exp run -S wd=3` and of the no-op `dvc repro` (default: 3)")
     args = cli.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="wd-lab-bench-"))
+    os.environ["WD_LAB_FIGURE_CACHE"] = str(scratch / "figure-cache")  # the stages' figures: this run's cache alone
     try:
         project = checkout(args.rev, scratch / "project")
         print(f"revision {args.rev}: {git(ROOT, 'rev-parse', '--short', args.rev).stdout.strip()}")
-        synthetic(project)
+        synthetic(project, args.repeat)
         if args.cifar:
             archive = build_archive(scratch / "serve", images_per_batch=10_000, difficulty="ci")
             cifar(project, archive.path, archive.md5)
