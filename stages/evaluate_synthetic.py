@@ -17,7 +17,7 @@ from wdlab.files import load_tensors, read_table, write_csv, write_json
 from wdlab.results import best_lambda, json_record, mean_curve, seed_summary, stats, stats_of
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.synthetic.data import Split, load_dataset
-from wdlab.synthetic.references import penalty, reference_solution
+from wdlab.synthetic.references import penalty
 from wdlab.synthetic.selection import chosen_per_seed, mean_cv_loss
 from wdlab.synthetic.training import predict, squared_loss
 
@@ -64,17 +64,17 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def load_run(path: Path, made_by: str) -> dict:
-    return load_tensors(path, made_by=made_by, required=("regularizer", "seeds", "lambdas", "weight", "bias", "diverged_epoch"))
+    return load_tensors(path, made_by=made_by, required=("regularizer", "seeds", "lambdas", "weight", "bias", "diverged_epoch",
+                                                         "reference_weight", "reference_bias"))
 
 
 def evaluate_run(run: dict, train_set: Split, test_set: Split) -> pd.DataFrame:
     """Per (seed, strength): final losses, ‖w‖ and exact zeros of the trained model beside the regulariser's exact
-    optimum on that seed's data, and how far the trained weights are from it."""
+    optimum on that seed's data (computed by the training stage), and how far the trained weights are from it."""
     regularizer, rows = run["regularizer"], []
     for g, lam in enumerate(run["lambdas"].tolist()):
         weight, bias = run["weight"][:, g : g + 1].double(), run["bias"][:, g : g + 1]  # [S, 1, d], [S, 1]
-        ref_w, ref_b = reference_solution(regularizer, train_set, lam)
-        ref_w, ref_b = ref_w[:, None], ref_b[:, None]
+        ref_w, ref_b = run["reference_weight"][:, g : g + 1], run["reference_bias"][:, g : g + 1]  # [S, 1, d], [S, 1]
         train_loss, ref_train_loss = _loss(train_set, weight, bias), _loss(train_set, ref_w, ref_b)
         test_loss, ref_test_loss = _loss(test_set, weight, bias), _loss(test_set, ref_w, ref_b)
         objective = train_loss + penalty(regularizer, train_set, weight, lam)[:, 0]  # what SGD minimises (dropout: in expectation)

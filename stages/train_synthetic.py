@@ -14,7 +14,8 @@ from wdlab.device import pick_device
 from wdlab.files import save_tensors, write_csv, write_json
 from wdlab.results import flatten, seed_aggregates
 from wdlab.settings import Settings
-from wdlab.synthetic.data import load_dataset
+from wdlab.synthetic.data import Split, load_dataset
+from wdlab.synthetic.references import reference_solution
 from wdlab.synthetic.training import GridRun, train_grid
 from wdlab.tracking import Tracker, lambda_params, member_params, training_run_name
 
@@ -42,7 +43,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
                   for g, lam in enumerate(lambdas)}
         tracker.log_history(run_id, {}, seed_aggregates(finals))
 
-    save_tensors(args.model, checkpoint(result))
+    save_tensors(args.model, checkpoint(result) | exact_optima(train_set, regularizer, lambdas))
     write_json(args.record, tracker.run_record(run_id))
     write_csv(args.history, history_rows(result))
     final = {name: values[-1] for name, values in result.history.items()}  # [S, G]
@@ -71,6 +72,13 @@ def checkpoint(result: GridRun) -> dict:
         "bias": result.bias,  # [S, G]
         "diverged_epoch": result.diverged_epoch,  # [S, G], −1: did not diverge
     }
+
+
+def exact_optima(train_set: Split, regularizer: str, lambdas: tuple[float, ...]) -> dict:
+    """The regulariser's exact optimum at each strength on each seed's training set (ridge, the lasso, dropout's
+    per-feature ridge), stored beside the trained weights: made once with the grid, read by every evaluation."""
+    optima = [reference_solution(regularizer, train_set, lam) for lam in lambdas]
+    return {"reference_weight": torch.stack([w for w, _ in optima], dim=1), "reference_bias": torch.stack([b for _, b in optima], dim=1)}
 
 
 def history_rows(result: GridRun) -> list[dict]:
