@@ -1,0 +1,128 @@
+"""A real multi-node Ray cluster on 127.0.0.1 for tests: a head and worker nodes started with the `ray` CLI.
+
+    with ray_cluster(workers=1) as cluster:   # RAY_ADDRESS=cluster.address; cluster.kill_worker(0) kills a node
+        ...
+
+Each node is one `ray start --block` in a process group of its own, so teardown kills exactly the processes this
+test started (`ray stop` would kill every Ray process on the machine, other users' too). Every port is a free one,
+the session files live in a short temp dir (Ray's socket paths must stay under ~100 characters), and the GCS gives
+up on a silent node after ~3 s instead of ~30 s, so a killed node's runs are retried quickly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+RAY = str(Path(sys.executable).parent / "ray")
+OBJECT_STORE_BYTES = 100 << 20  # Ray's floor is 75 MiB; the tiny grid's splits are a few MB
+FAST_FAILURE_DETECTION = {  # the GCS marks a node dead after 3 missed 1 s health checks
+    "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3",
+}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class Cluster:
+    address: str
+    temp_dir: Path
+    head: subprocess.Popen
+    workers: list[subprocess.Popen] = field(default_factory=list)
+    node_ids: dict[str, str] = field(default_factory=dict)  # "head", "worker0", ... → Ray node id
+
+    def kill_worker(self, index: int) -> None:
+        """SIGKILL worker node `index` whole (its raylet and every task on it), as a machine that dies would go."""
+        _kill_group(self.workers[index])
+
+    def group_processes(self, index: int) -> list[str]:
+        """Command lines of the processes of worker node `index` (a running task shows as `ray::<function>`)."""
+        pgid = self.workers[index].pid
+        table = subprocess.run(["ps", "-eo", "pgid=,args="], capture_output=True, text=True).stdout
+        return [line.split(None, 1)[1] for line in table.splitlines() if line.split(None, 1)[0] == str(pgid) and len(line.split(None, 1)) == 2]
+
+
+def _node(args: list[str], log: Path, **env: str) -> subprocess.Popen:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"RAY_USAGE_STATS_ENABLED": "0"} | env
+    return subprocess.Popen(
+        [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--object-store-memory", str(OBJECT_STORE_BYTES),
+         "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats", *args],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=environment,
+    )
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=10)
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, log: Path, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"ray head exited {process.returncode}:\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"ray head did not open port {port} in {timeout:.0f} s")
+
+
+def alive_nodes(address: str, expected: int, timeout: float = 90) -> dict[str, str]:
+    """{"head" or "worker": node id} once `expected` nodes are alive, asked from a separate Ray driver process."""
+    probe = (
+        "import json, sys, time, ray\n"
+        f"ray.init(address={address!r}, logging_level='ERROR')\n"
+        f"deadline = time.monotonic() + {timeout}\n"
+        "while time.monotonic() < deadline:\n"
+        "    nodes = [n for n in ray.nodes() if n['Alive']]\n"
+        f"    if len(nodes) >= {expected}: break\n"
+        "    time.sleep(0.3)\n"
+        "print(json.dumps([(n['NodeID'], 'node:__internal_head__' in n['Resources']) for n in nodes]))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"RAY_USAGE_STATS_ENABLED": "0"}
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout + 60, env=env, check=True)
+    nodes = json.loads(out.stdout.strip().splitlines()[-1])
+    if len(nodes) < expected:
+        raise RuntimeError(f"only {len(nodes)} of {expected} Ray nodes came up")
+    return {"head": next(n for n, head in nodes if head), "workers": [n for n, head in nodes if not head]}
+
+
+@contextlib.contextmanager
+def ray_cluster(workers: int = 1) -> Iterator[Cluster]:
+    """A head node (1 CPU) and `workers` worker nodes (1 CPU each) on 127.0.0.1, torn down whatever happens."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="wdray-", dir="/tmp"))
+    port = free_port()
+    head = _node(
+        ["--head", "--port", str(port), "--include-dashboard=false", "--dashboard-port", str(free_port()), "--temp-dir", str(temp_dir)],
+        temp_dir / "head.log", **FAST_FAILURE_DETECTION,
+    )
+    cluster = Cluster(f"127.0.0.1:{port}", temp_dir, head)
+    try:
+        _wait_for_port(port, head, temp_dir / "head.log")
+        for i in range(workers):
+            cluster.workers.append(_node(["--address", cluster.address], temp_dir / f"worker{i}.log"))
+        nodes = alive_nodes(cluster.address, 1 + workers)
+        cluster.node_ids = {"head": nodes["head"]} | {f"worker{i}": node for i, node in enumerate(nodes["workers"])}
+        yield cluster
+    finally:
+        for process in [*cluster.workers, head]:
+            _kill_group(process)
+        shutil.rmtree(temp_dir, ignore_errors=True)
