@@ -3,8 +3,8 @@
     with ray_cluster(workers=1) as cluster:   # RAY_ADDRESS=cluster.address; cluster.kill_worker(0) kills a node
         ...
 
-Each node is one `ray start --block` in a process group of its own, so teardown kills exactly the processes this
-test started (`ray stop` would kill every Ray process on the machine, other users' too). Every port is a free one,
+Each node is one `ray start --block` in a process group of its own; teardown kills exactly that group and the
+workers its raylet started (`ray stop` would kill every Ray process on the machine, other users' too). Every port is a free one,
 the session files live in a short temp dir (Ray's socket paths must stay under ~100 characters), and the GCS gives
 up on a silent node after ~3 s instead of ~30 s, so a killed node's runs are retried quickly.
 """
@@ -48,13 +48,26 @@ class Cluster:
 
     def kill_worker(self, index: int) -> None:
         """SIGKILL worker node `index` whole (its raylet and every task on it), as a machine that dies would go."""
-        _kill_group(self.workers[index])
+        _kill_node(self.workers[index])
 
-    def group_processes(self, index: int) -> list[str]:
-        """Command lines of the processes of worker node `index` (a running task shows as `ray::<function>`)."""
-        pgid = self.workers[index].pid
-        table = subprocess.run(["ps", "-eo", "pgid=,args="], capture_output=True, text=True).stdout
-        return [line.split(None, 1)[1] for line in table.splitlines() if line.split(None, 1)[0] == str(pgid) and len(line.split(None, 1)) == 2]
+    def worker_tasks(self, index: int) -> list[str]:
+        """Titles of the task processes running on worker node `index` (a running task shows as `ray::<function>`)."""
+        return [args for _, args in _node_processes(self.workers[index]) if args.startswith("ray::")]
+
+
+def _node_processes(process: subprocess.Popen) -> list[tuple[int, str]]:
+    """(pid, command line) of every process of a node: its process group and their descendants (Ray starts its
+    workers in sessions of their own)."""
+    table = subprocess.run(["ps", "-eo", "pid=,ppid=,pgid=,args="], capture_output=True, text=True).stdout
+    rows = [line.split(None, 3) for line in table.splitlines()]
+    rows = [(int(pid), int(ppid), int(pgid), args[0] if args else "") for pid, ppid, pgid, *args in rows]
+    members = {pid for pid, _, pgid, _ in rows if pgid == process.pid}
+    grew = True
+    while grew:
+        children = {pid for pid, ppid, _, _ in rows if ppid in members} - members
+        members |= children
+        grew = bool(children)
+    return [(pid, args) for pid, _, _, args in rows if pid in members]
 
 
 def _node(args: list[str], log: Path, **env: str) -> subprocess.Popen:
@@ -66,7 +79,11 @@ def _node(args: list[str], log: Path, **env: str) -> subprocess.Popen:
     )
 
 
-def _kill_group(process: subprocess.Popen) -> None:
+def _kill_node(process: subprocess.Popen) -> None:
+    """SIGKILL a node's `ray start` process group and every worker it started, then reap the `ray start` process."""
+    for pid, _ in _node_processes(process):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
@@ -124,5 +141,5 @@ def ray_cluster(workers: int = 1) -> Iterator[Cluster]:
         yield cluster
     finally:
         for process in [*cluster.workers, head]:
-            _kill_group(process)
+            _kill_node(process)
         shutil.rmtree(temp_dir, ignore_errors=True)

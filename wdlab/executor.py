@@ -131,7 +131,7 @@ def _run_ray(specs: Sequence[Any], work: Work, shared: Any, settings: ExecutorSe
         )
         pending = {task.remote(work, spec, shared_ref, settings.cpus_per_run): spec for spec in specs}
         log.info("%d runs submitted to Ray (%d CPU, %g GPU each; %d retries): cluster has %s",
-                 len(pending), settings.cpus_per_run, settings.gpus_per_run, settings.max_retries, _resources(ray.cluster_resources()))
+                 len(pending), settings.cpus_per_run, settings.gpus_per_run, settings.max_retries, _cluster(ray))
         failed: list[str] = []
         while pending:
             (ready,), _ = ray.wait(list(pending), num_returns=1)
@@ -177,5 +177,6 @@ def ray_session(settings: ExecutorSettings) -> Iterator[None]:
         ray.shutdown()
 
 
-def _resources(resources: dict[str, float]) -> str:
-    return ", ".join(f"{resources.get(kind, 0):g} {kind}" for kind in ("CPU", "GPU")) + f" on {sum(1 for k in resources if k.startswith('node:') and not k.startswith('node:__'))} nodes"
+def _cluster(ray: Any) -> str:
+    resources, nodes = ray.cluster_resources(), [node for node in ray.nodes() if node["Alive"]]
+    return f"{len(nodes)} nodes, " + ", ".join(f"{resources.get(kind, 0):g} {kind}" for kind in ("CPU", "GPU"))
