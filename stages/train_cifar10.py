@@ -22,7 +22,7 @@ from wdlab.cifar10.grid import RunSpec, as_record, from_record, train_run
 from wdlab.cifar10.training import RunResult
 from wdlab.device import Formats, device_formats, pick_device
 from wdlab.errors import StageError
-from wdlab.executor import Placement, check_address, run_all
+from wdlab.executor import Placement, check_address, check_device, run_all
 from wdlab.files import load_tensors, read_json, read_table, save_tensors, write_csv, write_json
 from wdlab.results import flatten, seed_aggregates
 from wdlab.runcache import RunCache
@@ -45,6 +45,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         log.info("λ = %g was trained by the grid with these settings: its %d runs are the headline's, none retrained", study.wd, len(seeds))
     else:
         if settings.executor.kind == "ray":
+            check_device(settings.executor, formats.device.type)
             check_address(settings.executor)  # a cluster that is not there fails in seconds, before any run starts
         splits = load_splits(args.data, study.data)
         setup = run_setup(splits, formats) | {"fingerprint": made_as}

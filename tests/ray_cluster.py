@@ -27,6 +27,9 @@ from pathlib import Path
 
 RAY = str(Path(sys.executable).parent / "ray")
 OBJECT_STORE_BYTES = 100 << 20  # Ray's floor is 75 MiB; the tiny grid's splits are a few MB
+# Ray turns token authentication on by itself when ~/.ray/auth_token exists (another user's cluster may have made one):
+# the test cluster and every driver that joins it say explicitly that it is off.
+NO_AUTH = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 FAST_FAILURE_DETECTION = {  # the GCS marks a node dead after 3 missed 1 s health checks
     "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3",
 }
@@ -45,6 +48,11 @@ class Cluster:
     head: subprocess.Popen
     workers: list[subprocess.Popen] = field(default_factory=list)
     node_ids: dict[str, str] = field(default_factory=dict)  # "head", "worker0", ... → Ray node id
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a driver process needs in its environment to join this cluster."""
+        return {"RAY_ADDRESS": self.address} | NO_AUTH
 
     def kill_worker(self, index: int) -> None:
         """SIGKILL worker node `index` whole (its raylet and every task on it), as a machine that dies would go."""
@@ -71,12 +79,16 @@ def _node_processes(process: subprocess.Popen) -> list[tuple[int, str]]:
 
 
 def _node(args: list[str], log: Path, **env: str) -> subprocess.Popen:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"RAY_USAGE_STATS_ENABLED": "0"} | env
+    environment = _environment() | env
     return subprocess.Popen(
         [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--object-store-memory", str(OBJECT_STORE_BYTES),
          "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats", *args],
         stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=environment,
     )
+
+
+def _environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | NO_AUTH
 
 
 def _kill_node(process: subprocess.Popen) -> None:
@@ -114,8 +126,14 @@ def alive_nodes(address: str, expected: int, timeout: float = 90) -> dict[str, s
         "    time.sleep(0.3)\n"
         "print(json.dumps([(n['NodeID'], 'node:__internal_head__' in n['Resources']) for n in nodes]))\n"
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"RAY_USAGE_STATS_ENABLED": "0"}
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout + 60, env=env, check=True)
+    env = _environment()
+    for attempt in range(3):  # the GCS port opens a moment before the head's raylet has registered
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout + 60, env=env)
+        if out.returncode == 0:
+            break
+        time.sleep(2)
+    else:
+        raise RuntimeError(f"cannot join the Ray cluster at {address}:\n{out.stderr[-3000:]}")
     nodes = json.loads(out.stdout.strip().splitlines()[-1])
     if len(nodes) < expected:
         raise RuntimeError(f"only {len(nodes)} of {expected} Ray nodes came up")

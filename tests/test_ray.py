@@ -6,18 +6,22 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import time
 
 import mlflow
 import pytest
 
 from tests.cifar_fixture import build_archive, served
-from tests.ray_cluster import free_port, ray_cluster
+from tests.ray_cluster import NO_AUTH, free_port, ray_cluster
 from tests.workspace import ROOT, commit_all, copy_project, dvc, load_params, set_key, stage, stage_command, tool_env, write_params
+from wdlab.errors import StageError
+from wdlab.executor import check_address, check_device
+from wdlab.settings import ExecutorSettings
 
 pytestmark = pytest.mark.slow
 
-TINY = {  # 2 λ × 2 seeds, a few seconds a run on one core
+TINY = {  # 2 λ × 2 seeds, ~3 s a run on one core
     "device": "cpu",
     "cifar10.seeds": [0, 1],
     "cifar10.data.train_subset": 0,
@@ -66,9 +70,9 @@ def set_executor(project, **values) -> None:
     write_params(project / "params.yaml", params)
 
 
-def start_stage(project, address: str) -> subprocess.Popen:
+def start_stage(project, cluster) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, *stage_command("train_cifar10")], cwd=project, env=tool_env(RAY_ADDRESS=address),
+        [sys.executable, *stage_command("train_cifar10")], cwd=project, env=tool_env(**cluster.env),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
@@ -88,7 +92,7 @@ def kill_worker_mid_run(cluster, stage_process: subprocess.Popen, timeout: float
 def test_the_grid_on_two_nodes_gives_the_local_outputs(local_grid):
     project, expected = local_grid
     with ray_cluster(workers=1) as cluster:
-        run = dvc(project, "exp", "run", "-f", "-S", "executor.kind=ray", "train_cifar10", RAY_ADDRESS=cluster.address)
+        run = dvc(project, "exp", "run", "-f", "-S", "executor.kind=ray", "train_cifar10", **cluster.env)
     assert "Running stage 'train_cifar10'" in run.stdout
     assert outputs(project) == expected, "same params and seeds: byte-identical weights, histories and layer norms"
     runs = record(project)["runs"]
@@ -109,7 +113,7 @@ def test_a_worker_node_killed_mid_grid_loses_nothing(local_grid):
     project, expected = local_grid
     set_executor(project, kind="ray", max_retries=3)
     with ray_cluster(workers=1) as cluster:
-        process = start_stage(project, cluster.address)
+        process = start_stage(project, cluster)
         kill_worker_mid_run(cluster, process)
         log, _ = process.communicate(timeout=300)
         assert process.returncode == 0, log[-3000:]
@@ -122,7 +126,7 @@ def test_a_failed_grid_keeps_its_finished_runs_and_a_rerun_trains_only_the_rest(
     project, expected = local_grid
     set_executor(project, kind="ray", max_retries=0)  # no retry: the run on the killed node is lost for this attempt
     with ray_cluster(workers=1) as cluster:
-        process = start_stage(project, cluster.address)
+        process = start_stage(project, cluster)
         kill_worker_mid_run(cluster, process)
         log, _ = process.communicate(timeout=300)
     assert process.returncode == 2, log[-3000:]
@@ -142,7 +146,9 @@ def test_a_failed_grid_keeps_its_finished_runs_and_a_rerun_trains_only_the_rest(
 def test_ray_on_this_machine_without_an_address_gives_the_local_outputs(local_grid):
     project, expected = local_grid
     set_executor(project, kind="ray", max_retries=3)
-    stage("train_cifar10", project)  # no RAY_ADDRESS: a Ray instance of its own, shut down at the end
+    with tempfile.TemporaryDirectory(prefix="wdray-", dir="/tmp") as ray_files:  # not Ray's shared /tmp/ray
+        # no RAY_ADDRESS: the stage starts a Ray instance of its own and shuts it down at the end
+        stage("train_cifar10", project, RAY_TMPDIR=ray_files, **NO_AUTH)
     assert outputs(project) == expected
 
 
@@ -159,3 +165,19 @@ def test_a_wrong_ray_address_stops_in_seconds_with_one_line(tmp_path):
     (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
     assert address in line and "RAY_ADDRESS" in line and "ray start --head" in line
     assert not (tmp_path / "models").exists() and not (tmp_path / "results").exists(), "nothing written"
+
+
+@pytest.mark.parametrize(
+    ("values", "device", "words"),
+    [({"gpus_per_run": 0.5}, "cpu", "resolves `device` to cpu"), ({"gpus_per_run": 0}, "cuda", "gives them no GPU")],
+    ids=["gpus-without-cuda", "cuda-without-gpus"],
+)
+def test_gpus_are_reserved_exactly_when_the_runs_compute_on_cuda(values, device, words):
+    with pytest.raises(StageError, match=words):
+        check_device(ExecutorSettings(kind="ray", **values), device)
+    check_device(ExecutorSettings(kind="local", **values), device)  # the local executor reserves nothing
+
+
+def test_an_address_that_is_not_host_port_is_one_line():
+    with pytest.raises(StageError, match="not host:port"):
+        check_address(ExecutorSettings(kind="ray", address="127.0.0.1:ray"))

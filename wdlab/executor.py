@@ -76,6 +76,20 @@ def check_address(settings: ExecutorSettings) -> str | None:
     return address
 
 
+def check_device(settings: ExecutorSettings, device: str) -> None:
+    """Ray workers compute on the device kind the driver resolved (`device`), so GPUs must be reserved exactly when
+    that is CUDA: a task that reserves none sees none (Ray sets CUDA_VISIBLE_DEVICES)."""
+    if settings.kind != "ray":
+        return
+    if device == "cuda" and settings.gpus_per_run == 0:
+        raise StageError("the runs compute on cuda but executor.gpus_per_run is 0, so Ray gives them no GPU: set it to 1 (or 0.5 to share one)")
+    if device != "cuda" and settings.gpus_per_run > 0:
+        raise StageError(
+            f"executor.gpus_per_run = {settings.gpus_per_run:g} but this machine, the driver, resolves `device` to {device}: "
+            "run dvc where CUDA is available (the driver decides every run's device and formats) or set executor.gpus_per_run: 0"
+        )
+
+
 def run_all(specs: Sequence[Spec], work: Work, shared: Any, settings: ExecutorSettings, open_run: OpenRun, finish: Finish) -> None:
     """Run `work(spec, shared, on_epoch)` for every spec; `finish(spec, result, placement)` each as it completes,
     inside `open_run(spec)`. Raises StageError once every run has ended if some could not finish."""
@@ -145,7 +159,7 @@ def _run_ray(specs: Sequence[Any], work: Work, shared: Any, settings: ExecutorSe
                 continue
             except RayError as err:  # its worker or node died, again and again
                 log.error("%s lost after %d retries: %s", spec, settings.max_retries, type(err).__name__)
-                failed.append(f"{spec}: worker lost {settings.max_retries + 1} times ({type(err).__name__})")
+                failed.append(f"{spec}: its worker died, {settings.max_retries} retries used ({type(err).__name__})")
                 continue
             log.info("%s done on node %s (%s) in %.1f s; %d to go", spec, placement.node[:8], placement.host, placement.seconds, len(pending))
             with open_run(spec):
@@ -166,11 +180,17 @@ def ray_session(settings: ExecutorSettings) -> Iterator[None]:
     address = check_address(settings)
     package = Path(wdlab.__file__).parent
     options: dict[str, Any] = {"include_dashboard": False} if address in (None, "local") else {}
-    ray.init(
-        address=address or "local",  # "local": a new instance, never someone else's cluster found on this machine
-        runtime_env={"py_modules": [str(package)], "excludes": ["__pycache__"]},
-        logging_level=logging.WARNING, log_to_driver=True, configure_logging=False, **options,
-    )
+    try:
+        ray.init(
+            address=address or "local",  # "local": a new instance, never someone else's cluster found on this machine
+            runtime_env={"py_modules": [str(package)], "excludes": ["__pycache__"]},
+            logging_level=logging.WARNING, log_to_driver=True, configure_logging=False, **options,
+        )
+    except (ConnectionError, RuntimeError, ValueError) as err:  # e.g. a token the cluster does not accept
+        raise StageError(
+            f"cannot join the Ray cluster at {address or 'this machine'} ({_first_line(err)}): check RAY_ADDRESS or executor.address, "
+            "and that this machine runs the cluster's Ray version and authentication (RAY_AUTH_MODE, ~/.ray/auth_token)"
+        ) from None
     try:
         yield
     finally:
@@ -180,3 +200,8 @@ def ray_session(settings: ExecutorSettings) -> Iterator[None]:
 def _cluster(ray: Any) -> str:
     resources, nodes = ray.cluster_resources(), [node for node in ray.nodes() if node["Alive"]]
     return f"{len(nodes)} nodes, " + ", ".join(f"{resources.get(kind, 0):g} {kind}" for kind in ("CPU", "GPU"))
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[-1] if text else type(err).__name__)[:160]
