@@ -4,6 +4,7 @@ nothing lost when the worker node dies, a failed stage resumed without retrainin
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import tempfile
@@ -55,6 +56,10 @@ def local_grid(tmp_path_factory):
     return project, outputs(project)
 
 
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
 def outputs(project) -> dict[str, bytes]:
     return {name: (project / name).read_bytes() for name in OUTPUTS}
 
@@ -92,8 +97,8 @@ def kill_worker_mid_run(cluster, stage_process: subprocess.Popen, timeout: float
 def test_the_grid_on_two_nodes_gives_the_local_outputs(local_grid):
     project, expected = local_grid
     with ray_cluster(workers=1) as cluster:
-        run = dvc(project, "exp", "run", "-f", "-S", "executor.kind=ray", "train_cifar10", **cluster.env)
-    assert "Running stage 'train_cifar10'" in run.stdout
+        run = dvc(project, "exp", "run", "-f", "-s", "-S", "executor.kind=ray", "train_cifar10", **cluster.env)
+    assert ran_stages(run.stdout) == {"train_cifar10"}, "--single-item: the grid alone, on the cluster"
     assert outputs(project) == expected, "same params and seeds: byte-identical weights, histories and layer norms"
     runs = record(project)["runs"]
     assert record(project)["executor"] == "ray" and len(runs) == 4
