@@ -12,18 +12,22 @@ import itertools
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from wdlab import stage
 from wdlab.cifar10.data import SPLITS, Splits, load_splits
-from wdlab.cifar10.training import RunResult, train
+from wdlab.cifar10.grid import RunSpec, as_record, from_record, train_run
+from wdlab.cifar10.training import RunResult
 from wdlab.device import Formats, device_formats, pick_device
 from wdlab.errors import StageError
+from wdlab.executor import Placement, check_address, check_device, run_all
 from wdlab.files import load_tensors, read_json, read_table, save_tensors, write_csv, write_json
 from wdlab.results import flatten, seed_aggregates
-from wdlab.settings import CifarSettings, Settings
+from wdlab.runcache import RunCache
+from wdlab.settings import CifarSettings, ExecutorSettings, Settings
 from wdlab.tracking import Tracker, lambda_params, member_params, training_run_name
 
 log = logging.getLogger("wd-lab.train_cifar10")
@@ -35,14 +39,19 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     lambdas = (study.wd,) if args.run == "headline" else study.strengths.of(regularizer)
     formats = device_formats(pick_device(settings.device), study.train.mixed_precision)
     tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)  # fails fast, before training
-    made_as = fingerprint(study, formats)
+    made_as = fingerprint(study, formats, settings.executor)
     reused = reuse_grid(args, regularizer, study.wd, made_as) if args.run == "headline" else None
+    placements: dict[str, dict] = {}
     if reused:
         grid_run_id, results, setup = reused
         log.info("%s %g was trained by its grid with these settings: its %d runs are the headline's, none retrained", regularizer, study.wd, len(seeds))
     else:
+        if settings.executor.kind == "ray":
+            check_device(settings.executor, formats.device.type)
+            check_address(settings.executor)  # a cluster that is not there fails in seconds, before any run starts
         splits = load_splits(args.data, study.data)
         setup = run_setup(splits, formats) | {"fingerprint": made_as, "regularizer": regularizer}
+        cache = RunCache(f"train_cifar10-{args.run}", made_as)
     params = {"seeds": len(seeds)} | flatten({k: setup[k] for k in ("device", "formats", "n_images")}) | flatten(
         {"data": study.data.model_dump(), "model": study.model.model_dump(), "train": study.train.model_dump()}
     )
@@ -55,18 +64,21 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
                 with member_run(tracker, result, params, role) as member:
                     log_result(tracker, member, result, study.model.width, curves=True)
         else:
-            log.info("training %s run on %s, %s images; %s ∈ %s, seeds %s", args.run, formats.describe(), setup["n_images"],
-                     regularizer, list(lambdas), list(seeds))
-            results = train_all(splits.to(formats.device), study, regularizer, lambdas, formats, tracker, params, role)
+            log.info("training %s run on %s, %s images; %s ∈ %s, seeds %s; executor %s", args.run, formats.describe(),
+                     setup["n_images"], regularizer, list(lambdas), list(seeds), settings.executor.kind)
+            specs = [RunSpec(study, regularizer, lam, seed, formats.device.type) for lam, seed in itertools.product(lambdas, seeds)]
+            results, placements = train_all(splits, specs, settings.executor, cache, tracker, params, role)
         finals: dict[float, list] = {}
         for result in results:
             finals.setdefault(result.strength, []).append(result.final)
         tracker.log_history(run_id, {}, seed_aggregates(finals))
 
     save_tensors(args.model, checkpoint(results, study.model.width))
-    write_json(args.record, tracker.run_record(run_id) | setup)
+    write_json(args.record, tracker.run_record(run_id) | setup | ({"executor": settings.executor.kind, "runs": placements} if placements else {}))
     write_csv(args.history, history_rows(results))
     write_csv(args.layer_norms, layer_norm_rows(results))
+    if not reused:
+        cache.clear()  # the outputs hold every run now
     for result in results:
         row = result.final
         state = f"diverged at epoch {result.diverged_epoch}" if result.diverged_epoch else f"{result.seconds:.0f} s"
@@ -76,20 +88,50 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         )
 
 
-def train_all(splits: Splits, study: CifarSettings, regularizer: str, lambdas: tuple[float, ...], formats: Formats, tracker: Tracker,
-              params: dict, role: str) -> list[RunResult]:
-    """Every (strength, seed), each its own nested MLflow run that shows its curves as the epochs end."""
-    results = []
-    for lam, seed in itertools.product(lambdas, study.seeds):
-        with member_run(tracker, RunResult(regularizer, lam, seed), params, role, system_metrics=True) as member:
+def train_all(
+    splits: Splits, specs: list[RunSpec], executor: ExecutorSettings, cache: RunCache, tracker: Tracker, params: dict, role: str
+) -> tuple[list[RunResult], dict[str, dict]]:
+    """Every run of `specs`, each its own nested MLflow run, in the order of `specs`; and where each ran.
+
+    Runs a failed earlier attempt finished come from the run cache; the executor trains the rest. Under `local` a run's
+    curves reach MLflow as its epochs end; under `ray` the run's whole record is logged when it comes back. Either way
+    only this process writes MLflow and the outputs.
+    """
+    width = specs[0].study.model.width
+    results: dict[str, RunResult] = {}
+    placements: dict[str, dict] = {}
+    members: dict[str, str | None] = {}  # spec key → its MLflow run, while it is open
+    for spec in specs:
+        if (record := cache.load(spec.key)) is not None:
+            results[spec.key] = from_record(record)
+            placements[spec.key] = {"regularizer": spec.regularizer, "lambda": spec.strength, "seed": spec.seed, "resumed": True}
+            with member_run(tracker, results[spec.key], params, role) as member:
+                tracker.set_tags(member, {"wd_lab.resumed": "true"})
+                log_result(tracker, member, results[spec.key], width, curves=True)
+    if results:
+        log.info("%d of %d runs were finished by an earlier attempt (run cache): training the other %d", len(results), len(specs), len(specs) - len(results))
+
+    @contextlib.contextmanager
+    def open_run(spec: RunSpec) -> Iterator:
+        with member_run(tracker, RunResult(spec.regularizer, spec.strength, spec.seed), params, role,
+                        system_metrics=executor.kind == "local") as member:
+            members[spec.key] = member
 
             def live(epoch: int, row: dict[str, float], norms: dict[str, float]) -> None:
                 tracker.log_epoch(member, epoch_metrics(row, norms), epoch)
 
-            result = train(splits, study, regularizer, lam, seed, formats, on_epoch=live)
-            log_result(tracker, member, result, study.model.width, curves=False)
-        results.append(result)
-    return results
+            yield live
+
+    def finish(spec: RunSpec, result: RunResult, placement: Placement) -> None:
+        cache.save(spec.key, as_record(result))  # first: a failure from here on never costs this run again
+        tracker.set_tags(members[spec.key], placement.as_tags())
+        log_result(tracker, members[spec.key], result, width, curves=not placement.live)
+        results[spec.key] = result
+        placements[spec.key] = {"regularizer": spec.regularizer, "lambda": spec.strength, "seed": spec.seed, "node": placement.node, "host": placement.host,
+                                "seconds": round(placement.seconds, 1)}
+
+    run_all([spec for spec in specs if spec.key not in results], train_run, splits, executor, open_run, finish)
+    return [results[spec.key] for spec in specs], placements
 
 
 def member_run(tracker: Tracker, run: RunResult, params: dict, role: str, **options: bool) -> contextlib.AbstractContextManager:
@@ -98,11 +140,14 @@ def member_run(tracker: Tracker, run: RunResult, params: dict, role: str, **opti
                        f"{role}-member", nested=True, **options)
 
 
-def fingerprint(study: CifarSettings, formats: Formats) -> str:
+def fingerprint(study: CifarSettings, formats: Formats, executor: ExecutorSettings) -> str:
     """What decides a run's numbers besides the regulariser and its strength: seeds, data, model, training settings,
-    device and formats."""
+    device and formats, and on a CPU the torch threads a run computes with (they move the last bits), whichever
+    executor runs it."""
     made = {"seeds": study.seeds, "data": study.data.model_dump(), "model": study.model.model_dump(),
             "train": study.train.model_dump(), "device": formats.device.type, "formats": formats.describe()}
+    if formats.device.type == "cpu":
+        made["threads"] = executor.cpus_per_run
     return hashlib.sha256(json.dumps(made, sort_keys=True).encode()).hexdigest()[:16]
 
 

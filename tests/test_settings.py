@@ -68,7 +68,23 @@ BAD = [
     ("cifar10.strengths.l2", [], "at least one"),
     ("tracking.enabled", "yes", "true or false"),
     ("synthetic.data", 5, "mapping"),
+    ("executor.kind", "dask", "one of local, ray"),
+    ("executor.cpus_per_run", 0, ">= 1"),
+    ("executor.cpus_per_run", 1.5, "an integer"),
+    ("executor.gpus_per_run", -0.5, ">= 0"),
+    ("executor.gpus_per_run", 1.5, "a fraction of one GPU"),
+    ("executor.max_retries", -1, ">= 0"),
+    ("executor.address", "", "non-empty"),
 ]
+
+
+def test_the_executor_is_no_stage_dependency_and_fractional_gpus_are_allowed():
+    """It changes where runs happen, never what they compute: DVC must not rerun a stage when it changes."""
+    stages = load_params(ROOT / "dvc.yaml")["stages"]
+    listed = [key for spec in stages.values() for key in (spec.get("do", spec).get("params") or []) if isinstance(key, str)]
+    assert not [key for key in listed if key.startswith("executor")]
+    assert parse_settings(set_key(copy.deepcopy(BASE), "executor.gpus_per_run", 0.25)).executor.gpus_per_run == 0.25
+    assert parse_settings(set_key(copy.deepcopy(BASE), "executor.gpus_per_run", 2)).executor.gpus_per_run == 2
 
 
 @pytest.mark.parametrize(("key", "value", "words"), BAD, ids=[f"{k}={v!r}" for k, v, _ in BAD])

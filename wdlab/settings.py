@@ -42,6 +42,12 @@ def _seeds(seeds: tuple[int, ...]) -> tuple[int, ...]:
     return seeds
 
 
+def _gpus(value: float) -> float:
+    if value > 1 and not value.is_integer():
+        raise ValueError("must be a fraction of one GPU (at most 1) or a whole number of GPUs")
+    return value
+
+
 Text = Annotated[str, Field(min_length=1)]
 Probability = Annotated[float, AfterValidator(_probability)]
 # The tuple alone is lax so that a YAML list becomes a tuple; its items stay strict floats (config below).
@@ -169,12 +175,23 @@ class CifarSettings(_Model):
         return self.strengths.of(self.regularizer)
 
 
+class ExecutorSettings(_Model):
+    """Where the runs of a grid stage happen. It never changes what a run computes, so no stage lists it in dvc.yaml."""
+
+    kind: Literal["local", "ray"] = Field("local", description="local: one run after another in the stage's process; ray: each run a Ray task")
+    address: Text | None = Field(None, description="the Ray cluster, host:port of its head (ray start --head); null: RAY_ADDRESS, else a Ray instance on this machine")
+    cpus_per_run: int = Field(2, ge=1, description="CPU cores a run reserves on a Ray node, and the torch threads it computes with under either executor")
+    gpus_per_run: Annotated[float, AfterValidator(_gpus)] = Field(0.0, ge=0, description="GPUs a run reserves on a Ray node: 1 = a whole GPU, 0.5 = two runs share one, 0 = none")
+    max_retries: int = Field(3, ge=0, description="how often a run whose worker or node died is started again elsewhere")
+
+
 class Settings(_Model):
     device: Literal["auto", "cpu", "cuda", "mps"] = Field(description="auto: CUDA, then MPS, then CPU")
     wd: float = Field(ge=0, description="strength of the synthetic headline run: λ, or the dropout rate p")
     tracking: TrackingSettings
     synthetic: SyntheticSettings
     cifar10: CifarSettings
+    executor: ExecutorSettings = ExecutorSettings()
 
     @model_validator(mode="after")
     def _rates_below_one(self) -> Settings:

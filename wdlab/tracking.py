@@ -131,6 +131,13 @@ class Tracker:
         if self.enabled and run_id is not None:
             self.mlflow.log_metrics(dict(metrics), step=epoch, run_id=run_id)
 
+    def set_tags(self, run_id: str | None, tags: Mapping[str, str]) -> None:
+        """Tags known only once a run has ended, such as the Ray node it ran on."""
+        if self.enabled and run_id is not None:
+            client = self.mlflow.MlflowClient()
+            for name, value in tags.items():
+                client.set_tag(run_id, name, value)
+
     def log_history(self, run_id: str | None, series: Mapping[str, Sequence[float]], final: Mapping[str, float] | None = None) -> None:
         """A finished run's per-epoch series (step = epoch, 0 = the initial model) and final values, in one batch."""
         if not self.enabled or run_id is None:

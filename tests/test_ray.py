@@ -1,0 +1,211 @@
+"""The CIFAR-10 grid on a real two-node Ray cluster on 127.0.0.1: the same outputs as `local`, runs on both nodes,
+nothing lost when the worker node dies, a failed stage resumed without retraining, a wrong address stopped in seconds."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import mlflow
+import pytest
+
+from tests.cifar_fixture import build_archive, served
+from tests.ray_cluster import NO_AUTH, free_port, ray_cluster
+from tests.workspace import ROOT, commit_all, copy_project, dvc, load_params, set_key, stage, stage_command, tool_env, write_params
+from wdlab.errors import StageError
+from wdlab.executor import check_address, check_device
+from wdlab.settings import ExecutorSettings
+
+pytestmark = pytest.mark.slow
+
+TINY = {  # 5 (regulariser, strength) × 2 seeds, ~3 s a run on one core
+    "device": "cpu",
+    "cifar10.seeds": [0, 1],
+    "cifar10.data.train_subset": 0,
+    "cifar10.data.valid_size": 60,
+    "cifar10.model.width": 8,
+    "cifar10.train.epochs": 6,  # long enough (~3 s) to kill a node while it trains a run
+    "cifar10.train.batch_size": 25,
+    "cifar10.train.mixed_precision": False,
+    "cifar10.strengths": {"l2": [0, 1.0e-2], "decoupled": [0.05], "l1": [1.0e-3], "dropout": [0.5]},
+    "executor.cpus_per_run": 1,  # one torch thread per run under both executors: the nodes have one CPU each
+    "cifar10.wd": 1.0e-2,  # in the grid: the headline takes the grid's runs
+}
+REGULARIZERS = ("l2", "decoupled", "l1", "dropout")
+OUTPUTS = tuple(f"{folder}/grid_{r}{suffix}" for r in REGULARIZERS for folder, suffix in
+                (("models/cifar10", ".pt"), ("results/cifar10", "_history.csv"), ("results/cifar10", "_layer_norms.csv")))
+RECORD = "models/cifar10/grid_l2_run.json"  # the l2 grid: 2 λ × 2 seeds, the one the kill tests run
+GRID = "train_cifar10@l2"
+METRICS = "metrics/cifar10.json"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_environment():
+    """Every Ray process these tests start, stages included, without token auth (which would write ~/.ray/auth_token)
+    and with its session files in a temp dir of its own (not the machine's shared /tmp/ray)."""
+    with tempfile.TemporaryDirectory(prefix="wdray-", dir="/tmp") as ray_files, pytest.MonkeyPatch.context() as patch:
+        for name, value in NO_AUTH.items():
+            patch.setenv(name, value)
+        patch.setenv("RAY_TMPDIR", ray_files)
+        patch.delenv("RAY_ADDRESS", raising=False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def local_grid(tmp_path_factory):
+    """A project whose grid was trained by the local executor, committed: (project, its output bytes)."""
+    root = tmp_path_factory.mktemp("ray-grid")
+    project = copy_project(root / "project")
+    archive = build_archive(root / "serve", images_per_batch=60)
+    params = load_params()
+    for key, value in TINY.items():
+        set_key(params, key, value)
+    with served(archive) as url:
+        set_key(params, "cifar10.download", {"url": url, "md5": archive.md5})
+        write_params(project / "params.yaml", params)
+        commit_all(project, "tiny CIFAR-10 profile")
+        dvc(project, "repro", "evaluate_cifar10")
+    commit_all(project, "grid trained and evaluated locally")
+    return project, outputs(project) | {METRICS: (project / METRICS).read_bytes()}
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def outputs(project) -> dict[str, bytes]:
+    return {name: (project / name).read_bytes() for name in OUTPUTS}
+
+
+def record(project) -> dict:
+    return json.loads((project / RECORD).read_text())
+
+
+def set_executor(project, **values) -> None:
+    params = load_params(project / "params.yaml")
+    for key, value in values.items():
+        set_key(params, f"executor.{key}", value)
+    write_params(project / "params.yaml", params)
+
+
+def start_stage(project, cluster) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, *stage_command(GRID)], cwd=project, env=tool_env(**cluster.env),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def kill_worker_mid_run(cluster, stage_process: subprocess.Popen, timeout: float = 120) -> None:
+    """Wait until the worker node is training a run (a `ray::on_worker` task), then SIGKILL the node."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and stage_process.poll() is None:
+        if "ray::on_worker" in cluster.worker_tasks(0):
+            time.sleep(0.5)  # inside the run (~3 s)
+            cluster.kill_worker(0)
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the worker node never ran a task:\n{stage_process.communicate()[0][-3000:]}")
+
+
+def test_the_grid_on_two_nodes_gives_the_local_outputs(local_grid):
+    project, expected = local_grid
+    with ray_cluster(workers=1) as cluster:
+        run = dvc(project, "exp", "run", "-f", "-s", "-S", "executor.kind=ray", "train_cifar10", **cluster.env)
+        nodes = cluster.node_ids
+        # then the rest of the branch: the headline takes its runs from the ray-trained grid, evaluate re-evaluates
+        evaluated = dvc(project, "repro", "evaluate_cifar10", **cluster.env)
+    assert ran_stages(run.stdout) == {f"train_cifar10@{r}" for r in REGULARIZERS}, "--single-item: the grids alone, on the cluster"
+    assert outputs(project).items() <= expected.items(), "same params and seeds: byte-identical weights, histories and layer norms"
+    # every regulariser's grid, dropout's masks and L1's thresholding included, spread over both nodes
+    spread = {run["node"] for r in REGULARIZERS for run in json.loads((project / f"models/cifar10/grid_{r}_run.json").read_text())["runs"].values()}
+    assert spread == set(nodes.values())
+    assert "none retrained" in evaluated.stdout + evaluated.stderr
+    assert (project / METRICS).read_bytes() == expected[METRICS], "the branch's metrics are local's, to the byte"
+
+    runs = record(project)["runs"]
+    assert record(project)["executor"] == "ray" and len(runs) == 4
+    assert {run["node"] for run in runs.values()} == {nodes["head"], nodes["worker0"]}, "spread over both nodes"
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    members = client.search_runs(
+        [client.get_experiment_by_name("wd-cifar10").experiment_id], f"tags.mlflow.parentRunId = '{record(project)['run_id']}'"
+    )
+    assert len(members) == 4 and all(m.info.status == "FINISHED" for m in members)
+    assert {m.data.tags["wd_lab.node"] for m in members} == set(nodes.values())
+    steps = [m.step for m in client.get_metric_history(members[0].info.run_id, "test_accuracy")]
+    assert steps == list(range(7)), "the driver logs each run's curves when it comes back"
+
+
+def test_a_worker_node_killed_mid_grid_loses_nothing(local_grid):
+    project, expected = local_grid
+    set_executor(project, kind="ray", max_retries=3)
+    with ray_cluster(workers=1) as cluster:
+        process = start_stage(project, cluster)
+        kill_worker_mid_run(cluster, process)
+        log, _ = process.communicate(timeout=300)
+        assert process.returncode == 0, log[-3000:]
+        head = cluster.node_ids["head"]
+    assert outputs(project).items() <= expected.items(), "the run that died was trained again, from scratch, to the same bits"
+    assert {run["node"] for run in record(project)["runs"].values()} == {head}, "every run the worker had is retried on the head"
+
+
+def test_a_failed_grid_keeps_its_finished_runs_and_a_rerun_trains_only_the_rest(local_grid):
+    project, expected = local_grid
+    set_executor(project, kind="ray", max_retries=0)  # no retry: the run on the killed node is lost for this attempt
+    with ray_cluster(workers=1) as cluster:
+        process = start_stage(project, cluster)
+        kill_worker_mid_run(cluster, process)
+        log, _ = process.communicate(timeout=300)
+    assert process.returncode == 2, log[-3000:]
+    (line,) = [l for l in log.splitlines() if l.startswith("error:")]
+    assert "runs did not finish" in line and "rerun the stage to train only the rest" in line
+    finished = 4 - int(line.split("error: ")[1].split(" of ")[0])
+    assert finished >= 1 and len(list((project / "cache/runs").rglob("*.pt"))) == finished
+
+    set_executor(project, kind="local")  # the run cache serves either executor
+    rerun = stage(GRID, project)
+    assert f"{finished} of 4 runs were finished by an earlier attempt" in rerun.stderr
+    assert rerun.stderr.count("epoch  6/6") == 4 - finished, "only the runs that did not finish are trained"
+    assert outputs(project).items() <= expected.items()
+    assert not list((project / "cache/runs").rglob("*.pt")), "a finished stage leaves no cached runs behind"
+
+
+def test_ray_on_this_machine_without_an_address_gives_the_local_outputs(local_grid):
+    project, expected = local_grid
+    set_executor(project, kind="ray", max_retries=3)
+    stage(GRID, project)  # no RAY_ADDRESS: the stage starts a Ray instance of its own, shut down at the end
+    assert outputs(project).items() <= expected.items()
+
+
+def test_a_wrong_ray_address_stops_in_seconds_with_one_line(tmp_path):
+    params = load_params()
+    set_key(params, "executor.kind", "ray")
+    write_params(tmp_path / "params.yaml", params)
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    start = time.monotonic()
+    proc = stage(GRID, tmp_path, check=False, PYTHONPATH=str(ROOT), RAY_ADDRESS=address,
+                 MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert time.monotonic() - start < 30
+    assert proc.returncode == 2
+    (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    assert address in line and "RAY_ADDRESS" in line and "ray start --head" in line
+    assert not (tmp_path / "models").exists() and not (tmp_path / "results").exists(), "nothing written"
+
+
+@pytest.mark.parametrize(
+    ("values", "device", "words"),
+    [({"gpus_per_run": 0.5}, "cpu", "resolves `device` to cpu"), ({"gpus_per_run": 0}, "cuda", "gives them no GPU")],
+    ids=["gpus-without-cuda", "cuda-without-gpus"],
+)
+def test_gpus_are_reserved_exactly_when_the_runs_compute_on_cuda(values, device, words):
+    with pytest.raises(StageError, match=words):
+        check_device(ExecutorSettings(kind="ray", **values), device)
+    check_device(ExecutorSettings(kind="local", **values), device)  # the local executor reserves nothing
+
+
+def test_an_address_that_is_not_host_port_is_one_line():
+    with pytest.raises(StageError, match="not host:port"):
+        check_address(ExecutorSettings(kind="ray", address="127.0.0.1:ray"))
