@@ -39,7 +39,8 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         pngs = cifar_figures(by_seed, norms, args.figures)
         page = cifar_page(metrics, table, settings, figures.relative_to_page(pngs, args.page))
         experiment = settings.tracking.experiment_cifar10
-    figures.publish(args.page, page, pngs, Tracker(settings.tracking, experiment), {})
+    records = {f"train_{args.study} ({path.name})": path for path in args.grid_record}  # every regulariser's grid run
+    figures.publish(args.page, page, pngs, Tracker(settings.tracking, experiment), records, folder="comparison")
 
 
 # ── figures: one panel per regulariser, each over its own strength grid, mean and 95 % band over seeds ─
@@ -279,6 +280,7 @@ def parser() -> argparse.ArgumentParser:
         "figures": "the folder of its figures (output)",
     })
     cli.add_argument("study", choices=("synthetic", "cifar10"))
+    cli.add_argument("--grid-record", type=Path, nargs="+", required=True, help="each regulariser grid's run record: the page goes to its MLflow run")
     cli.add_argument("--layer-norms", type=Path, nargs="+", help="cifar10: each grid's ‖W‖ per (strength, seed, epoch, layer)")
     return cli
 

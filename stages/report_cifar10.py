@@ -206,7 +206,7 @@ def render_page(metrics: dict, by_lambda: pd.DataFrame, setup: dict, settings: S
         "",
         "## Finding",
         "",
-        finding(metrics, study.lambda_grid),
+        finding(metrics, study.regularizer, study.lambda_grid),
         "",
         interpretation(by_lambda),
         "",
@@ -271,7 +271,7 @@ def separated(a: dict, b: dict) -> bool | None:
     return a["ci_high"] < b["ci_low"] or b["ci_high"] < a["ci_low"]
 
 
-def finding(metrics: dict, lambda_grid: tuple[float, ...]) -> str:
+def finding(metrics: dict, regularizer: str, lambda_grid: tuple[float, ...]) -> str:
     """The conclusion and the numbers behind it: the λ validation picks, against λ = 0, with the seed spread."""
     chosen, grid = metrics.get("chosen_by_validation"), metrics["grid"]
     if chosen is None:
@@ -301,7 +301,7 @@ def finding(metrics: dict, lambda_grid: tuple[float, ...]) -> str:
     if chosen["lambda"] == max(lambda_grid) > 0:
         text += (
             f" {lam(chosen['lambda'])} is the grid's largest, so the optimum may lie beyond it: extend "
-            f"`cifar10.strengths.{study.regularizer}` (e.g. add {3 * chosen['lambda']:g} and {10 * chosen['lambda']:g}) and rerun."
+            f"`cifar10.strengths.{regularizer}` (e.g. add {3 * chosen['lambda']:g} and {10 * chosen['lambda']:g}) and rerun."
         )
     return text
 

@@ -86,7 +86,8 @@ def by_role(runs: list[dict], role: str) -> list[dict]:
 
 
 def grid_parent(runs: list[dict]) -> dict:
-    (parent,) = by_role(runs, "synthetic-grid")
+    """The l2 grid's parent run (each regulariser's grid has one)."""
+    (parent,) = [run for run in by_role(runs, "synthetic-grid") if run["params"]["regularizer"] == "l2"]
     return parent
 
 
@@ -112,14 +113,15 @@ def test_server_lists_the_experiment_with_artifacts_next_to_the_store(server, ex
 
 def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, project):
     parent = grid_parent(runs)
-    assert parent["info"]["run_name"] == f"grid of {len(GRID)} λ" and parent["info"]["status"] == "FINISHED"
+    assert parent["info"]["run_name"] == f"l2 grid of {len(GRID)} strengths" and parent["info"]["status"] == "FINISHED"
     assert [float(v) for v in parent["params"]["strength_grid"].split(",")] == GRID and parent["params"]["regularizer"] == "l2"
     # the commit of the code that ran: the last one to change code or params (the outputs were committed after)
     commit = git(project, "rev-list", "-1", "HEAD", "--", "stages", "wdlab", "dvc.yaml", "params.yaml").stdout.strip()
     assert parent["tags"]["mlflow.source.git.commit"] == commit
 
     members = grid_members(runs)
-    assert len(members) == len(GRID) * len(SEEDS) == len(by_role(runs, "synthetic-grid-member"))
+    assert len(members) == len(GRID) * len(SEEDS)
+    assert {m["params"]["regularizer"] for m in by_role(runs, "synthetic-grid-member")} == {"l2", "decoupled", "l1", "dropout"}
     assert sorted((float(m["params"]["lambda"]), int(m["params"]["seed"])) for m in members) == sorted(
         (lam, seed) for lam in GRID for seed in SEEDS
     ), "one nested run per (λ, seed)"
@@ -129,7 +131,8 @@ def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, 
     assert latest_parent["final_test_loss.mean.lambda_3"] == pytest.approx(sum(finals) / len(finals)), "the parent carries the mean over seeds"
     for member in members:
         lam, seed = float(member["params"]["lambda"]), int(member["params"]["seed"])
-        assert member["info"]["run_name"] == f"λ={lam:g} seed {seed}" and member["info"]["status"] == "FINISHED"
+        assert member["info"]["run_name"] == f"l2 {lam:g} seed {seed}" and member["info"]["status"] == "FINISHED"
+        assert member["params"]["regularizer"] == "l2" and float(member["params"]["strength"]) == lam
         assert member["params"]["train.epochs"] == str(EPOCHS)
         history = get_json(
             server, "/api/2.0/mlflow/metrics/get-history", run_id=member["info"]["run_id"], metric_key="test_loss", max_results=10_000
@@ -146,7 +149,7 @@ def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, 
 
 def test_headline_run_is_there(server, runs):
     run = headline_run(runs)
-    assert run["info"]["run_name"] == f"headline λ={WD:g}" and run["info"]["status"] == "FINISHED"
+    assert run["info"]["run_name"] == f"headline l2 {WD:g}" and run["info"]["status"] == "FINISHED"
     assert float(run["params"]["lambda"]) == WD and "mlflow.parentRunId" not in run["tags"]
     assert {m["key"] for m in run["data"]["metrics"]} >= {"final_test_loss.mean", "final_test_loss.std"}
     members = [r for r in runs if r["tags"].get("mlflow.parentRunId") == run["info"]["run_id"]]
@@ -159,7 +162,7 @@ def test_headline_run_is_there(server, runs):
 @pytest.mark.parametrize("role", ["synthetic-grid", "synthetic-headline"])
 def test_report_figures_are_listed_and_downloadable_through_the_server(server, runs, project, role):
     """What the UI's artifact view does: list the run's `report` folder, then GET /get-artifact for each file."""
-    (run,) = by_role(runs, role)
+    run = grid_parent(runs) if role == "synthetic-grid" else headline_run(runs)
     run_id = run["info"]["run_id"]
     assert run["info"]["artifact_uri"] == f"{(project / 'mlruns').as_uri()}/{run_id}/artifacts"
     listing = get_json(server, "/api/2.0/mlflow/artifacts/list", run_id=run_id, path="report")
@@ -172,6 +175,13 @@ def test_report_figures_are_listed_and_downloadable_through_the_server(server, r
         assert int(files[f"report/{name}.png"]["file_size"]) == len(served)
     page = get_bytes(server, "/get-artifact", path="report/synthetic.md", run_uuid=run_id).decode()
     assert "## Finding" in page
+
+
+def test_every_grid_run_carries_the_comparison_page(server, runs):
+    for grid in by_role(runs, "synthetic-grid"):
+        listing = get_json(server, "/api/2.0/mlflow/artifacts/list", run_id=grid["info"]["run_id"], path="comparison")
+        names = {f["path"] for f in listing["files"]}
+        assert {"comparison/regularizers_synthetic.md", "comparison/zeros_vs_strength.png"} <= names, grid["params"]["regularizer"]
 
 
 # ---------- the UI in headless Chromium ----------
@@ -237,19 +247,30 @@ def render(chromium: str, url: str, profile: Path, ready, screenshot: Path | Non
 
 
 def test_experiment_page_lists_the_runs(chromium, server, experiment, runs, project, tmp_path):
-    """The experiment page lists every top-level run (λ runs nest under the grid run); screenshot: reports/mlflow_ui.png."""
+    """The experiment page lists the top-level runs, newest first (λ runs nest under their grid run; the UI pages
+    through them, "Load more" for the rest); screenshot: reports/mlflow_ui.png."""
     url = f"{server}/#/experiments/{experiment['experiment_id']}{TRAINING}"
-    top_level = {run["info"]["run_id"]: run["info"]["run_name"] for run in runs if "mlflow.parentRunId" not in run["tags"]}
+    top = sorted((run for run in runs if "mlflow.parentRunId" not in run["tags"]), key=lambda run: -int(run["info"]["start_time"]))
+    top_level = {run["info"]["run_id"]: run["info"]["run_name"] for run in top}
+    newest = top[0]["info"]["run_id"]
     shot = project / "reports" / "mlflow_ui.png"
     shot.unlink(missing_ok=True)
 
+    def shown(dom: str) -> dict[str, str]:
+        return {run_id: name for run_id, name in run_links(dom).items() if run_id in top_level}
+
     def ready(dom: str) -> bool:
-        return all(run_links(dom).get(run_id) == name for run_id, name in top_level.items())
+        visible = shown(dom)
+        return newest in visible and all(name == top_level[run_id] for run_id, name in visible.items())
 
     dom = render(chromium, url, tmp_path / "profile", ready, screenshot=shot)
     text = dom_text(dom)
-    assert f"{len(runs)} matching runs" in text, text[:2000]
-    assert {f"grid of {len(GRID)} λ", f"headline λ={WD:g}", f"cross-validation (5 folds, {len(SEEDS)} seeds)"} <= set(top_level.values())
+    visible = shown(dom)
+    assert list(visible) == list(top_level)[: len(visible)], "the newest top-level runs, in order"
+    assert len(visible) == len(top_level) or "Load more" in text, "the rest one click away"
+    assert re.search(r"\d+ matching runs", text), text[:2000]
+    assert {f"l2 grid of {len(GRID)} strengths", f"l1 grid of {len(PARAMS['synthetic']['strengths']['l1'])} strengths", f"headline l2 {WD:g}",
+            f"cross-validation (5 folds, {len(SEEDS)} seeds)"} <= set(top_level.values())
     assert EXPERIMENT in text and "Run Name" in text
     assert re.search(r"<title>\s*Runs - Experiment", dom), "not the experiment's runs page"
 
@@ -275,7 +296,7 @@ def test_grid_run_page_lists_its_children(chromium, server, experiment, runs, tm
     dom = render(chromium, url, tmp_path / "profile", ready)
     shown = listed(dom)
     assert all(children[run_id] == name for run_id, name in shown.items())
-    assert {float(re.match(r"λ=(\S+) seed", name).group(1)) for name in shown.values()} == set(GRID)
+    assert {float(re.match(r"l2 (\S+) seed", name).group(1)) for name in shown.values()} == set(GRID)
     text = dom_text(dom)
     assert f"l2 grid of {len(GRID)} strengths" in text and "Child runs" in text and "Load more" in text and "strength_grid" in text
 

@@ -177,12 +177,12 @@ class Tracker:
         """What a training stage writes beside its model so later stages find its MLflow run."""
         return {"run_id": run_id, "tracking_uri": self.uri}
 
-    def attach_report(self, records: Mapping[str, Path], files: Sequence[Path]) -> None:
+    def attach_report(self, records: Mapping[str, Path], files: Sequence[Path], folder: str = "report") -> None:
         """Attach report files to the MLflow runs named in the training stages' run records {stage name: path}."""
         for made_by, record in records.items():
             run_id = read_json(record, made_by=made_by).get("run_id")
             if self._exists(run_id):
-                self.log_artifacts(run_id, files, folder="report")
+                self.log_artifacts(run_id, files, folder=folder)
             elif self.enabled:
                 log.warning("the MLflow run of %s is not in %s; report not attached", made_by, self.uri)
 
