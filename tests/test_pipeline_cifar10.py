@@ -9,8 +9,7 @@ import mlflow
 import pytest
 import torch
 
-from tests.cifar_fixture import build_archive, served
-from tests.workspace import commit_all, copy_project, dvc, load_params, set_key, write_params
+from tests.workspace import cifar_project, dvc
 
 pytestmark = pytest.mark.slow
 
@@ -32,18 +31,7 @@ def ran_stages(output: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cifar-pipeline")
-    project = copy_project(root / "project")
-    archive = build_archive(root / "serve", images_per_batch=60)
-    params = load_params()
-    for key, value in TINY.items():
-        set_key(params, key, value)
-    with served(archive) as url:
-        set_key(params, "cifar10.download", {"url": url, "md5": archive.md5})
-        write_params(project / "params.yaml", params)
-        commit_all(project, "tiny CIFAR-10 profile")
-        first = dvc(project, "repro", TARGET, "compare_cifar10")
-    return project, first.stdout
+    return cifar_project(tmp_path_factory.mktemp("cifar-pipeline"), TINY, TARGET, "compare_cifar10")
 
 
 def metrics(project) -> dict:

@@ -13,9 +13,8 @@ import time
 import mlflow
 import pytest
 
-from tests.cifar_fixture import build_archive, served
 from tests.ray_cluster import NO_AUTH, free_port, ray_cluster
-from tests.workspace import ROOT, commit_all, copy_project, dvc, load_params, set_key, stage, stage_command, tool_env, write_params
+from tests.workspace import ROOT, cifar_project, commit_all, dvc, load_params, set_key, stage, stage_command, tool_env, write_params
 from wdlab.errors import StageError
 from wdlab.executor import check_address, check_device
 from wdlab.settings import ExecutorSettings
@@ -58,17 +57,7 @@ def ray_environment():
 @pytest.fixture(scope="module")
 def local_grid(tmp_path_factory):
     """A project whose grid was trained by the local executor, committed: (project, its output bytes)."""
-    root = tmp_path_factory.mktemp("ray-grid")
-    project = copy_project(root / "project")
-    archive = build_archive(root / "serve", images_per_batch=60)
-    params = load_params()
-    for key, value in TINY.items():
-        set_key(params, key, value)
-    with served(archive) as url:
-        set_key(params, "cifar10.download", {"url": url, "md5": archive.md5})
-        write_params(project / "params.yaml", params)
-        commit_all(project, "tiny CIFAR-10 profile")
-        dvc(project, "repro", "evaluate_cifar10")
+    project, _ = cifar_project(tmp_path_factory.mktemp("ray-grid"), TINY, "evaluate_cifar10")
     commit_all(project, "grid trained and evaluated locally")
     return project, outputs(project) | {METRICS: (project / METRICS).read_bytes()}
 

@@ -9,6 +9,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,20 @@ def repoint_mlflow_artifacts(store: Path, old: Path, new: Path) -> None:
                     f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE {column} = ? OR substr({column}, 1, ?) = ?",
                     (after, len(before) + 1, before, len(before) + 1, before + "/"),
                 )
+
+
+def cifar_project(root: Path, overrides: Mapping[str, Any], *targets: str) -> tuple[Path, str]:
+    """A fresh project (git + DVC) under `root` whose params take `overrides`, committed, then `dvc repro targets`
+    with CIFAR-10 downloaded over HTTP from a generated stand-in archive served on 127.0.0.1: (project, its stdout)."""
+    from tests.cifar_fixture import build_archive, served
+
+    project = copy_project(root / "project")
+    archive = build_archive(root / "serve", images_per_batch=60)
+    params = load_params()
+    for key, value in overrides.items():
+        set_key(params, key, value)
+    with served(archive) as url:
+        set_key(params, "cifar10.download", {"url": url, "md5": archive.md5})
+        write_params(project / "params.yaml", params)
+        commit_all(project, "tiny CIFAR-10 profile")
+        return project, dvc(project, "repro", *targets).stdout
