@@ -139,23 +139,31 @@ def stepper(regularizer: str, spec: SyntheticTrain, weight: torch.Tensor, bias: 
 
 class _DataLossStepper:
     """A hand-written SGD step on the data loss alone, for every (seed, strength) in one tensor op; a subclass adds
-    its regulariser as its own term of the step (`regularize`, before the gradient is applied)."""
+    its regulariser through one hook: the predictions the loss is taken on (`training_predictions`), a term applied
+    before the gradient step (`decay`), or a projection after it (`project`)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor, strength: torch.Tensor, lr: float):
         self.weight = weight.requires_grad_()
         self.bias = bias.requires_grad_()
         self.strength, self.lr = strength, lr
 
-    def regularize(self, weight: torch.Tensor) -> None:
+    def training_predictions(self, xb: torch.Tensor) -> torch.Tensor:
+        return predict(xb, self.weight, self.bias)
+
+    def decay(self, weight: torch.Tensor) -> None:
+        pass
+
+    def project(self, weight: torch.Tensor) -> None:
         pass
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
-        squared_loss(predict(xb, self.weight, self.bias), yb).sum().backward()
+        squared_loss(self.training_predictions(xb), yb).sum().backward()
         with torch.no_grad():
-            self.regularize(self.weight)
+            self.decay(self.weight)
             for param in (self.weight, self.bias):
                 param -= self.lr * param.grad
                 param.grad = None
+            self.project(self.weight)
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.weight.detach(), self.bias.detach()
@@ -164,7 +172,7 @@ class _DataLossStepper:
 class DecoupledStepper(_DataLossStepper):
     """Weight decay applied apart from the gradient: w ← w − ηλ·w − η·∇L(w), both at the same w."""
 
-    def regularize(self, weight: torch.Tensor) -> None:
+    def decay(self, weight: torch.Tensor) -> None:
         weight -= (self.lr * self.strength)[..., None] * weight  # runs before the gradient step, whose ∇L is at the old w
 
 
@@ -172,11 +180,9 @@ class ProximalL1Stepper(_DataLossStepper):
     """λ·‖w‖₁ by proximal SGD: a gradient step on the data loss, then soft-thresholding by ηλ, which sets every
     weight that would cross zero to exactly zero (what plain subgradient SGD never does)."""
 
-    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
-        super().__call__(xb, yb)
-        with torch.no_grad():
-            threshold = (self.lr * self.strength)[..., None]
-            self.weight.copy_(self.weight.sign() * (self.weight.abs() - threshold).clamp_min(0))
+    def project(self, weight: torch.Tensor) -> None:
+        threshold = (self.lr * self.strength)[..., None]
+        weight.copy_(weight.sign() * (weight.abs() - threshold).clamp_min(0))
 
 
 class DropoutStepper(_DataLossStepper):
@@ -194,14 +200,9 @@ class DropoutStepper(_DataLossStepper):
         masks = torch.stack([torch.rand(shape, generator=gen, dtype=xb.dtype) for gen in self.gens]).to(xb.device)
         return xb[:, None] * (masks < keep[:, None, None]) / keep[:, None, None]  # [S, G, B, d]
 
-    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
+    def training_predictions(self, xb: torch.Tensor) -> torch.Tensor:
         xs = self.masked(xb)
-        pred = (xs * self.weight[:, :, None, :]).sum(dim=-1).transpose(-1, -2) + self.bias[:, None, :]  # [S, B, G]
-        squared_loss(pred, yb).sum().backward()
-        with torch.no_grad():
-            for param in (self.weight, self.bias):
-                param -= self.lr * param.grad
-                param.grad = None
+        return (xs * self.weight[:, :, None, :]).sum(dim=-1).transpose(-1, -2) + self.bias[:, None, :]  # [S, B, G]
 
 
 class ScratchStepper:
