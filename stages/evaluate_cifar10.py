@@ -15,7 +15,7 @@ import pandas as pd
 import wdlab
 from wdlab import stage
 from wdlab.errors import StageInputError
-from wdlab.files import load_tensors, read_json, read_table, write_csv, write_json
+from wdlab.files import load_tensors, read_table, record_with, write_csv, write_json
 from wdlab.results import best_lambda, json_record, mean_curve, seed_summary, stats_of
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.tracking import Tracker
@@ -83,9 +83,8 @@ def log_chosen_model(settings: Settings, args: argparse.Namespace, chosen: float
     for the UI's Models view, `mlflow.pytorch.load_model` and the model registry; what was logged, for the record."""
     tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)
     regularizer = settings.cifar10.regularizer
-    records = [read_json(path, made_by="train_cifar10") for path in args.grid_record]
-    which = next((i for i, record in enumerate(records) if record.get("regularizer") == regularizer), None)
-    run_id = None if which is None else records[which].get("run_id")
+    found = record_with(args.grid_record, "regularizer", regularizer, made_by="train_cifar10")
+    which, run_id = (found[0], found[1].get("run_id")) if found else (None, None)
     if chosen is None or not tracker.enabled or run_id is None:
         return {"regularizer": regularizer, "lambda": chosen, "model_uri": None}
     import torch

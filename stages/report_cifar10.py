@@ -12,7 +12,7 @@ from matplotlib.ticker import MaxNLocator
 
 from wdlab import figures, stage
 from wdlab.errors import StageInputError
-from wdlab.files import read_json, read_table
+from wdlab.files import read_json, read_table, record_with
 from wdlab.results import fmt_lambda, markdown_table
 from wdlab.settings import CifarSettings, Settings
 from wdlab.tracking import Tracker
@@ -25,13 +25,12 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
                                                                      "test_accuracy", "gap_accuracy", "gap_loss", "w_norm"))
     by_seed = by_seed[by_seed["regularizer"] == regularizer]
     by_lambda = means(read_table(args.table, "evaluate_cifar10", required=("lambda", "seeds", "diverged", "epochs_run")))
-    records = [read_json(path, made_by="train_cifar10") for path in args.grid_record]
-    which = next((i for i, record in enumerate(records) if record.get("regularizer") == regularizer), None)
-    if which is None or len(args.grid_history) != len(records) or len(args.layer_norms) != len(records):
+    found = record_with(args.grid_record, "regularizer", regularizer, made_by="train_cifar10")
+    if found is None or not len(args.grid_history) == len(args.layer_norms) == len(args.grid_record):
         raise StageInputError(f"no grid of {regularizer} among --grid-record, or unequal lists: run `dvc repro train_cifar10@{regularizer}`")
+    which, setup = found  # the grid's record: device, formats and image counts
     history = read_table(args.grid_history[which], "train_cifar10", required=("seed", "lambda", "epoch", "train_accuracy", "test_accuracy", "w_norm"))
     layer_norms = read_table(args.layer_norms[which], "train_cifar10", required=("seed", "lambda", "epoch", "layer", "norm"))
-    setup = records[which]  # device, formats and image counts of the grid
     chosen = (metrics.get("chosen_by_validation") or {}).get("lambda")
 
     figures.set_theme()

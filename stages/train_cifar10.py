@@ -24,7 +24,7 @@ from wdlab.cifar10.training import RunResult
 from wdlab.device import Formats, device_formats, pick_device
 from wdlab.errors import StageError
 from wdlab.executor import Placement, check_address, check_device, run_all
-from wdlab.files import load_tensors, read_json, read_table, save_tensors, write_csv, write_json
+from wdlab.files import load_tensors, read_table, record_with, save_tensors, write_csv, write_json
 from wdlab.results import flatten, seed_aggregates
 from wdlab.runcache import RunCache
 from wdlab.settings import CifarSettings, ExecutorSettings, Settings
@@ -158,11 +158,10 @@ def reuse_grid(args: argparse.Namespace, regularizer: str, lam: float, wanted: s
     given = [getattr(args, name.replace("-", "_")) for name in GRID_OUTPUTS]
     if not all(given) or len({len(paths) for paths in given}) != 1:
         raise StageError(f"the headline run takes the grids' outputs: give {', '.join('--' + name for name in GRID_OUTPUTS)}, one file per regulariser each")
-    records = [read_json(path, made_by="train_cifar10") for path in args.grid_record]
-    mine = [i for i, record in enumerate(records) if record.get("regularizer") == regularizer]
-    if not mine or records[mine[0]].get("fingerprint") != wanted:
+    found = record_with(args.grid_record, "regularizer", regularizer, made_by="train_cifar10")
+    if found is None or found[1].get("fingerprint") != wanted:
         return None
-    which, record = mine[0], records[mine[0]]
+    which, record = found
     grid = load_tensors(args.grid_model[which], made_by="train_cifar10", required=("lambdas", "seeds", "state_dicts", "diverged_epoch"))
     picks = [i for i, member in enumerate(grid["lambdas"].tolist()) if member == lam]
     if not picks:
