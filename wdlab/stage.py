@@ -11,6 +11,7 @@ from pathlib import Path
 
 from wdlab.errors import StageError
 from wdlab.settings import PARAMS_FILE, REGULARIZERS, ParamsError, Settings, load_settings
+from wdlab.startup import resume_collection
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -47,6 +48,7 @@ def training_parser(module_doc: str | None, prog: str, grid_key: str, headline_k
 
 def run_stage(main: Callable[[Settings, argparse.Namespace], None], cli: argparse.ArgumentParser) -> None:
     """Parse arguments, validate params.yaml, run `main`; known failures exit with one clear line."""
+    resume_collection()  # the stage's imports are done
     args = cli.parse_args()
     setup_logging()
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `dvc queue kill` end a stage like Ctrl-C does
