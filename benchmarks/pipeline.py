@@ -1,6 +1,7 @@
 """Benchmark: the pipeline as a user runs it, in a temp copy of a git revision of this repository.
 
     python -m benchmarks.pipeline                      # `dvc exp run -S wd=3` and a no-op `dvc repro`, warm, 3 times
+                                                       # (of the synthetic branch: tests.workspace.SYNTHETIC_BRANCH)
     python -m benchmarks.pipeline --repeat 5           # 5 times each (the run cache is cleared between runs)
     python -m benchmarks.pipeline --cifar              # + the default CIFAR-10 branch on a full-size stand-in
     python -m benchmarks.pipeline --cifar --rev 3f2de00   # the same for an older revision: before and after
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.cifar_fixture import build_archive  # noqa: E402
-from tests.workspace import commit_all, dvc, git, load_params, set_key, tool_env, write_params  # noqa: E402
+from tests.workspace import SYNTHETIC_BRANCH, commit_all, dvc, git, load_params, set_key, tool_env, write_params  # noqa: E402
 
 
 def checkout(rev: str, dest: Path) -> Path:
@@ -97,35 +98,29 @@ def stage_spans(lines: list[tuple[float, str]]) -> dict[str, float]:
     return spans
 
 
-def back_to_committed(project: Path, figure_cache: Path) -> None:
-    """The committed workspace (λ = 0), no run cache and the figure cache as the reproduction left it, so the next
-    `-S wd=3` trains and draws again what a first `-S wd=3` does."""
+def back_to_committed(project: Path) -> None:
+    """The committed workspace (λ = 0) and no run cache, so the next `-S wd=3` trains again what a first one does."""
     git(project, "checkout", "--", ".")
-    dvc(project, "checkout", "report_synthetic", "--with-deps")
+    dvc(project, "checkout", "--with-deps", *SYNTHETIC_BRANCH)
     shutil.rmtree(project / ".dvc" / "cache" / "runs", ignore_errors=True)
-    shutil.rmtree(figure_cache, ignore_errors=True)
-    shutil.copytree(figure_cache.with_name("figure-cache-after-repro"), figure_cache)
 
 
 def synthetic(project: Path, repeat: int) -> None:
-    figure_cache = Path(os.environ["WD_LAB_FIGURE_CACHE"])
-    dvc(project, "repro", "report_synthetic", timeout=3600)  # warm: outputs, run cache, MLflow store exist
+    dvc(project, "repro", *SYNTHETIC_BRANCH, timeout=3600)  # warm: outputs, run cache, MLflow store exist
     commit_all(project, "reproduced")
-    figure_cache.mkdir(exist_ok=True)
-    shutil.copytree(figure_cache, figure_cache.with_name("figure-cache-after-repro"))
     noops, exps = [], []
     for _ in range(repeat):
         load = os.getloadavg()[0]
-        noop, _, _ = timed_lines(project, "repro", "report_synthetic")
+        noop, _, _ = timed_lines(project, "repro", *SYNTHETIC_BRANCH)
         noops.append(noop)
-        exp, cpu, lines = timed_lines(project, "exp", "run", "-S", "wd=3", "report_synthetic")
+        exp, cpu, lines = timed_lines(project, "exp", "run", "-S", "wd=3", *SYNTHETIC_BRANCH)
         spans = stage_spans(lines)
         exps.append(exp)
         stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in spans.items())
         print(f"`dvc exp run -S wd=3`: {exp:5.1f} s wall, {cpu:5.1f} s CPU, load {load:.2f} before | stages (s): {stages} "
               f"| DVC itself {exp - sum(spans.values()):.1f} | no-op `dvc repro`: {noop:.2f} s")
-        back_to_committed(project, figure_cache)
-    print(f"no-op `dvc repro report_synthetic`   : {min(noops):6.2f} s best, {statistics.median(noops):.2f} s median of {repeat}")
+        back_to_committed(project)
+    print(f"no-op `dvc repro`                     : {min(noops):6.2f} s best, {statistics.median(noops):.2f} s median of {repeat}")
     print(f"`dvc exp run -S wd=3`                 : {min(exps):6.1f} s best, {statistics.median(exps):.1f} s median of {repeat}")
 
 
@@ -184,7 +179,6 @@ def main() -> None:
     cli.add_argument("--repeat", type=int, default=3, help="runs of `dvc exp run -S wd=3` and of the no-op `dvc repro` (default: 3)")
     args = cli.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="wd-lab-bench-"))
-    os.environ["WD_LAB_FIGURE_CACHE"] = str(scratch / "figure-cache")  # the stages' figures: this run's cache alone
     try:
         project = checkout(args.rev, scratch / "project")
         print(f"revision {args.rev}: {git(ROOT, 'rev-parse', '--short', args.rev).stdout.strip()}")

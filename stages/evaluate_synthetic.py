@@ -1,6 +1,7 @@
 """Evaluate the synthetic study over seeds: for every regulariser and strength, the final losses, ‖w‖ and exact zeros
 per seed and their spread, beside the regulariser's exact optimum (ridge, lasso, dropout's per-feature ridge); the
-strength cross-validation chooses on each seed; the study's regulariser (synthetic.regularizer) in the metrics."""
+strength cross-validation chooses on each seed; the study's regulariser (synthetic.regularizer) in the metrics.
+The headline run (`wd`) reports itself (train_synthetic headline), so a new `wd` does not re-run this stage."""
 
 from __future__ import annotations
 
@@ -14,28 +15,23 @@ import torch
 from wdlab import stage
 from wdlab.errors import StageInputError
 from wdlab.files import load_tensors, read_table, write_csv, write_json
-from wdlab.results import best_lambda, json_record, mean_curve, seed_summary, stats, stats_of
+from wdlab.results import best_lambda, json_record, seed_summary, stats, stats_of
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.synthetic.data import Split, load_dataset
-from wdlab.synthetic.references import penalty
+from wdlab.synthetic.evaluation import EXACT, METRICS, RUN_KEYS, evaluate_run, loss
 from wdlab.synthetic.selection import chosen_per_seed, mean_cv_loss
-from wdlab.synthetic.training import predict, squared_loss
 
 log = logging.getLogger("wd-lab.evaluate_synthetic")
 
-METRICS = ["train_loss", "test_loss", "w_norm", "zeros", "objective", "distance",
-           "reference_test_loss", "reference_w_norm", "reference_zeros", "reference_objective"]
-EXACT = ("reference_test_loss", "reference_w_norm", "reference_zeros", "reference_objective")  # untouched by a diverged run
 COMPARED = ["test_loss", "train_loss", "w_norm", "zeros", "cv_loss", "distance", "reference_test_loss", "reference_zeros"]
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
     study, seeds = settings.synthetic, settings.synthetic.seeds
     train_set, test_set = load_dataset(args.data, seeds)
-    headline = evaluate_run(load_run(args.headline, "train_synthetic@headline"), train_set, test_set)
     grids = {}
     for path in args.grids:
-        run = load_run(path, "train_synthetic@<regulariser>")
+        run = load_tensors(path, made_by="train_synthetic@<regulariser>", required=RUN_KEYS)
         grids[run["regularizer"]] = evaluate_run(run, train_set, test_set)
     if missing := [r for r in REGULARIZERS if r not in grids]:
         raise StageInputError(f"no trained grid for {', '.join(missing)} among --grids: run `dvc repro train_synthetic`")
@@ -55,67 +51,25 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     write_csv(args.by_seed, [json_record(row) for row in by_seed.to_dict("records")])
     write_csv(args.table, [json_record(row) for row in summary.to_dict("records")])
     write_csv(args.compare, [json_record(row) for row in compared.to_dict("records")])
-    write_csv(args.headline_curve, mean_curve(read_table(args.headline_history, "train_synthetic@headline", required=("epoch",))))
     chosen = chosen_per_seed(cv_by_seed[cv_by_seed["regularizer"] == study.regularizer])
-    write_json(args.metrics, metrics(headline, summary, chosen, by_seed, compared, train_set, test_set, settings))
-    head = seed_summary(headline, ["test_loss", "w_norm"]).iloc[0]
-    log.info("headline %s %g over %d seeds: test loss %.3g ± %.2g, ‖w‖ %.3f ± %.2g", study.regularizer, head["lambda"], len(seeds),
-             head["test_loss_mean"], head["test_loss_std"], head["w_norm_mean"], head["w_norm_std"])
+    report = metrics(summary, chosen, by_seed, compared, train_set, test_set, settings)
+    write_json(args.metrics, report)
+    if (best := report["cv"]["best_lambda"]) is not None:
+        at = report["grid"][f"lambda_{best:g}"]
+        log.info("%s at its cross-validated strength %g over %d seeds: test loss %.3g ± %.2g, ‖w‖ %.3f ± %.2g", study.regularizer, best,
+                 len(seeds), at["test_loss"]["mean"], at["test_loss"]["std"], at["w_norm"]["mean"], at["w_norm"]["std"])
 
 
-def load_run(path: Path, made_by: str) -> dict:
-    return load_tensors(path, made_by=made_by, required=("regularizer", "seeds", "lambdas", "weight", "bias", "diverged_epoch",
-                                                         "reference_weight", "reference_bias"))
-
-
-def evaluate_run(run: dict, train_set: Split, test_set: Split) -> pd.DataFrame:
-    """Per (seed, strength): final losses, ‖w‖ and exact zeros of the trained model beside the regulariser's exact
-    optimum on that seed's data (computed by the training stage), and how far the trained weights are from it."""
-    regularizer, rows = run["regularizer"], []
-    for g, lam in enumerate(run["lambdas"].tolist()):
-        weight, bias = run["weight"][:, g : g + 1].double(), run["bias"][:, g : g + 1]  # [S, 1, d], [S, 1]
-        ref_w, ref_b = run["reference_weight"][:, g : g + 1], run["reference_bias"][:, g : g + 1]  # [S, 1, d], [S, 1]
-        train_loss, ref_train_loss = _loss(train_set, weight, bias), _loss(train_set, ref_w, ref_b)
-        test_loss, ref_test_loss = _loss(test_set, weight, bias), _loss(test_set, ref_w, ref_b)
-        objective = train_loss + penalty(regularizer, train_set, weight, lam)[:, 0]  # what SGD minimises (dropout: in expectation)
-        ref_objective = ref_train_loss + penalty(regularizer, train_set, ref_w, lam)[:, 0]
-        for s, seed in enumerate(run["seeds"].tolist()):
-            rows.append({
-                "regularizer": regularizer,
-                "seed": seed,
-                "lambda": lam,
-                "train_loss": train_loss[s].item(),
-                "test_loss": test_loss[s].item(),
-                "w_norm": weight[s, 0].norm().item(),
-                "zeros": int((weight[s, 0] == 0).sum()),  # exactly zero: only a proximal (L1) step makes them
-                "objective": objective[s].item(),
-                "distance": (weight[s, 0] - ref_w[s, 0]).norm().item(),  # ‖w − w_exact‖
-                "reference_test_loss": ref_test_loss[s].item(),
-                "reference_w_norm": ref_w[s, 0].norm().item(),
-                "reference_zeros": int((ref_w[s, 0] == 0).sum()),
-                "reference_objective": ref_objective[s].item(),
-                "diverged": bool(run["diverged_epoch"][s, g] >= 0),
-            })
-    return pd.DataFrame(rows)
-
-
-def _loss(split: Split, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-    # (ŷ − y)²/2 averaged per seed, in float64 so the exact solution is not blurred by rounding: [S].
-    return squared_loss(predict(split.x.double(), weight.double(), bias.double()), split.y.double())[:, 0]
-
-
-def metrics(headline: pd.DataFrame, summary: pd.DataFrame, chosen: pd.Series, by_seed: pd.DataFrame, compared: pd.DataFrame,
+def metrics(summary: pd.DataFrame, chosen: pd.Series, by_seed: pd.DataFrame, compared: pd.DataFrame,
             train_set: Split, test_set: Split, settings: Settings) -> dict:
     """The DVC metrics file: the study's regulariser per strength (each metric's mean, std and 95 % interval over
     seeds), CV's choices and references; then every regulariser at its cross-validated strength, side by side."""
     study = settings.synthetic
-    head = seed_summary(headline, METRICS, untrained=EXACT).iloc[0]
     by_cv = best_lambda(summary, "cv_loss_mean", higher_is_better=False)
-    zero_weight = _loss(test_set, torch.zeros(len(study.seeds), 1, test_set.x.shape[-1]), train_set.y.mean(dim=-1)[:, None])
+    zero_weight = loss(test_set, torch.zeros(len(study.seeds), 1, test_set.x.shape[-1]), train_set.y.mean(dim=-1)[:, None])
     return {
         "seeds": len(study.seeds),
         "regularizer": study.regularizer,
-        "headline": {"lambda": float(head["lambda"]), "diverged": int(head["diverged"])} | {m: stats_of(head, m) for m in METRICS},
         "grid": {
             f"lambda_{row['lambda']:g}": {"diverged": int(row["diverged"])} | {m: stats_of(row, m) for m in METRICS + ["cv_loss"]}
             for row in summary.to_dict("records")
@@ -156,14 +110,11 @@ def decoupled_vs_l2(by_seed: pd.DataFrame) -> dict:
 def parser() -> argparse.ArgumentParser:
     cli = stage.parser_with_paths(__doc__, "python -m stages.evaluate_synthetic", {
         "data": "the dataset the generate stage wrote",
-        "headline": "the headline run's trained weights",
         "cv": "cross-validation losses per (regulariser, seed, fold, strength)",
-        "headline-history": "the headline run's per-epoch history, per seed",
         "metrics": "the DVC metrics file (output)",
         "by-seed": "final metrics per (regulariser, seed, strength), long format (output)",
         "table": "the study's regulariser per strength: mean, std and 95 % interval over seeds, for dvc plots (output)",
         "compare": "every regulariser per strength: mean, std and 95 % interval over seeds (output)",
-        "headline-curve": "the headline run's per-epoch curves averaged over seeds, for dvc plots (output)",
     })
     cli.add_argument("--grids", type=Path, nargs="+", required=True, help="each regulariser's trained grid")
     return cli

@@ -40,12 +40,11 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     by_seed = read_table(args.by_seed, "evaluate_synthetic", required=BY_SEED_COLUMNS)
     by_seed = by_seed[by_seed["regularizer"] == regularizer]
     grid_history = study_history(args.grid_history, regularizer)
-    headline_history = read_table(args.headline_history, "train_synthetic@headline", required=HISTORY_COLUMNS)
-    contrast = contrast_lambda(settings.wd, metrics)
+    contrast = metrics["cv"]["best_lambda"]  # the regularised run shown beside λ = 0
 
     figures.set_theme()
     pngs = [
-        plot_loss_curves(grid_history, headline_history, contrast, regularizer, args.figures / "loss_curves.png"),
+        plot_loss_curves(grid_history, contrast, regularizer, args.figures / "loss_curves.png"),
         plot_loss_vs_lambda(by_seed, metrics, regularizer, args.figures / "loss_vs_lambda.png"),
         plot_norm_vs_lambda(by_seed, regularizer, settings.synthetic.train.epochs, args.figures / "wnorm_vs_lambda.png"),
         plot_norm_vs_epoch(grid_history, regularizer, args.figures / "wnorm_vs_epoch.png"),
@@ -53,7 +52,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     ]
     page = render_page(metrics, by_seed, contrast, settings, figures.relative_to_page(pngs, args.page))
     grid_record = next(path for path in args.grid_record if path.name == f"grid_{regularizer}_run.json")
-    records = {f"train_synthetic@{regularizer}": grid_record, "headline_synthetic": args.headline_record}
+    records = {f"train_synthetic@{regularizer}": grid_record}
     figures.publish(args.page, page, pngs, Tracker(settings.tracking, settings.tracking.experiment_synthetic), records)
 
 
@@ -65,17 +64,11 @@ def study_history(paths: list[Path], regularizer: str) -> pd.DataFrame:
     raise StageInputError(f"no grid history for {regularizer} among --grid-history: run `dvc repro train_synthetic@{regularizer}`")
 
 
-def contrast_lambda(wd: float, metrics: dict) -> float:
-    """The regularised run shown beside λ = 0: the headline λ, or the cross-validated one when wd = 0."""
-    return wd if wd > 0 else metrics["cv"]["best_lambda"]
-
-
 # ── figures: every curve is the mean over seeds with its 95 % confidence band ────────────────────
 
 
-def plot_loss_curves(grid_history: pd.DataFrame, headline_history: pd.DataFrame, contrast: float, regularizer: str, path: Path) -> Path:
-    runs = {0.0: grid_history[grid_history["lambda"] == 0.0]}
-    runs[contrast] = headline_history if headline_history["lambda"].iloc[0] == contrast else grid_history[grid_history["lambda"] == contrast]
+def plot_loss_curves(grid_history: pd.DataFrame, contrast: float, regularizer: str, path: Path) -> Path:
+    runs = {lam: grid_history[grid_history["lambda"] == lam] for lam in (0.0, contrast)}
     fig, axes = plt.subplots(1, len(runs), figsize=(11, 4.2), sharey=True, squeeze=False)
     for ax, (lam, history) in zip(axes[0], runs.items()):
         long = history.melt(id_vars=["seed", "epoch"], value_vars=["train_loss", "test_loss"], var_name="split", value_name="loss")
@@ -137,7 +130,7 @@ def plot_cv_choices(metrics: dict, regularizer: str, path: Path) -> Path:
 
 def render_page(metrics: dict, by_seed: pd.DataFrame, contrast: float, settings: Settings, figure_links: list[str]) -> str:
     spec, grid = settings.synthetic, metrics["grid"]
-    head, regularizer = metrics["headline"], spec.regularizer
+    regularizer = spec.regularizer
     title = "Weight decay" if regularizer == "l2" else f"The `{regularizer}` regulariser ({STRENGTH[regularizer]})"
     lines = [
         f"# {title} on high-dimensional linear regression",
@@ -158,8 +151,9 @@ def render_page(metrics: dict, by_seed: pd.DataFrame, contrast: float, settings:
         lines += [finding(grid["lambda_0"], grid[f"lambda_{contrast:g}"], contrast, regularizer, spec.data.n_train), ""]
     lines += [cv_sentence(metrics, regularizer, spec.lambda_grid), "", optimum_sentence(grid, metrics, regularizer, spec.train.epochs), ""]
     lines += [
-        f"Headline run ({regularizer}, `wd` = {fmt_lambda(head['lambda'])}): train loss {pm(head['train_loss'])}, "
-        f"test loss {pm(head['test_loss'])}, ‖w‖ = {pm(head['w_norm'])}, exact zeros {pm(head['zeros'])} of {spec.data.n_features}.",
+        "_This page is about the grid, so `dvc exp run -S wd=3` leaves it as it is: that experiment changes the headline run "
+        "alone, whose numbers are in `metrics/synthetic_headline.json` (`dvc exp show`, `dvc metrics diff`) and its "
+        "per-epoch curves in `dvc plots` (`results/synthetic/headline_curve.csv`)._",
         "",
     ]
     if reference := reference_table(by_seed, settings):
@@ -293,8 +287,6 @@ def parser() -> argparse.ArgumentParser:
     cli = stage.parser_with_paths(__doc__, "python -m stages.report_synthetic", {
         "metrics": "the DVC metrics file evaluate_synthetic wrote",
         "by-seed": "final metrics per (regulariser, seed, strength)",
-        "headline-history": "the headline run's per-epoch history",
-        "headline-record": "the headline run's run record",
         "page": "the report page (output)",
         "figures": "the folder of the report's figures (output)",
     })

@@ -1,20 +1,25 @@
-"""Train the synthetic linear regression on every seed: the headline run (synthetic.regularizer at strength `wd`) or
-one regulariser's whole strength grid at once (synthetic.strengths.<regulariser>)."""
+"""Train the synthetic linear regression on every seed: one regulariser's whole strength grid at once
+(synthetic.strengths.<regulariser>), or the headline run (synthetic.regularizer at strength `wd`), which also
+reports its own metrics and mean curves: `dvc exp run -S wd=3` runs this stage alone."""
 
 from __future__ import annotations
 
 import argparse
 import itertools
 import logging
+from pathlib import Path
 
+import pandas as pd
 import torch
 
 from wdlab import stage
 from wdlab.device import pick_device
+from wdlab.errors import StageInputError
 from wdlab.files import save_tensors, write_csv, write_json
-from wdlab.results import flatten, seed_aggregates
+from wdlab.results import flatten, mean_curve, seed_aggregates, seed_summary, stats_of
 from wdlab.settings import Settings
 from wdlab.synthetic.data import Split, load_dataset
+from wdlab.synthetic.evaluation import EXACT, METRICS, evaluate_run
 from wdlab.synthetic.references import reference_solution
 from wdlab.synthetic.training import GridRun, train_grid
 from wdlab.tracking import Tracker, lambda_params, member_params, training_run_name
@@ -24,6 +29,8 @@ log = logging.getLogger("wd-lab.train_synthetic")
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
     study, seeds = settings.synthetic, settings.synthetic.seeds
+    if args.run == "headline" and not (args.metrics and args.curve):
+        raise StageInputError("the headline run writes its metrics and mean curves: pass --metrics and --curve (see dvc.yaml)")
     train_set, test_set = load_dataset(args.data, seeds)
     regularizer = study.regularizer if args.run == "headline" else args.run
     lambdas = (settings.wd,) if args.run == "headline" else study.strengths.of(regularizer)
@@ -43,9 +50,13 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
                   for g, lam in enumerate(lambdas)}
         tracker.log_history(run_id, {}, seed_aggregates(finals))
 
-    save_tensors(args.model, checkpoint(result) | exact_optima(train_set, regularizer, lambdas))
+    trained = checkpoint(result) | exact_optima(train_set, regularizer, lambdas)
+    save_tensors(args.model, trained)
     write_json(args.record, tracker.run_record(run_id))
     write_csv(args.history, history_rows(result))
+    if args.run == "headline":
+        write_json(args.metrics, headline_metrics(evaluate_run(trained, train_set, test_set), regularizer))
+        write_csv(args.curve, mean_curve(pd.DataFrame(history_rows(result))))
     final = {name: values[-1] for name, values in result.history.items()}  # [S, G]
     for g, lam in enumerate(lambdas):
         log.info(
@@ -81,6 +92,14 @@ def exact_optima(train_set: Split, regularizer: str, lambdas: tuple[float, ...])
     return {"reference_weight": torch.stack([w for w, _ in optima], dim=1), "reference_bias": torch.stack([b for _, b in optima], dim=1)}
 
 
+def headline_metrics(by_seed: pd.DataFrame, regularizer: str) -> dict:
+    """The headline run's DVC metrics: each metric's mean, std and 95 % interval over seeds (evaluate_synthetic
+    reports the grids the same way), what `dvc exp show` and `dvc metrics diff` compare across experiments."""
+    head = seed_summary(by_seed, METRICS, untrained=EXACT).iloc[0]
+    return {"seeds": int(head["seeds"]), "regularizer": regularizer,
+            "headline": {"lambda": float(head["lambda"]), "diverged": int(head["diverged"])} | {m: stats_of(head, m) for m in METRICS}}
+
+
 def history_rows(result: GridRun) -> list[dict]:
     """Long format, one row per (seed, strength, epoch): what seaborn and `dvc plots` read; `lambda` is the strength."""
     names = list(result.history)
@@ -94,7 +113,10 @@ def history_rows(result: GridRun) -> list[dict]:
 
 
 def parser() -> argparse.ArgumentParser:
-    return stage.training_parser(__doc__, "python -m stages.train_synthetic", "synthetic.strengths", "wd")
+    cli = stage.training_parser(__doc__, "python -m stages.train_synthetic", "synthetic.strengths", "wd")
+    cli.add_argument("--metrics", type=Path, help="headline only: its metrics over seeds, a DVC metrics file (output)")
+    cli.add_argument("--curve", type=Path, help="headline only: its per-epoch curves averaged over seeds, for dvc plots (output)")
+    return cli
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.workspace import commit_all, copy_project, dvc
+from tests.workspace import SYNTHETIC_BRANCH, commit_all, copy_project, dvc
 
 
 class Reproduced(NamedTuple):
     path: Path  # the template project: clone it (tests.workspace.clone_project), never use or change it in place
-    output: str  # stdout of its `dvc repro report_synthetic compare_synthetic`
+    output: str  # stdout of its `dvc repro` of the SYNTHETIC_BRANCH
 
 
 @pytest.fixture(scope="session")
@@ -24,6 +24,6 @@ def synthetic_template(tmp_path_factory) -> Reproduced:
     """
     project = copy_project(tmp_path_factory.mktemp("synthetic-template") / "project")
     commit_all(project, "code")
-    repro = dvc(project, "repro", "report_synthetic", "compare_synthetic")
+    repro = dvc(project, "repro", *SYNTHETIC_BRANCH)
     commit_all(project, "baseline λ = 0")
     return Reproduced(project, repro.stdout)

@@ -15,6 +15,7 @@ from tests.workspace import ROOT, commit_all, copy_project, dvc, run
 from wdlab.results import flatten
 
 SYNTHETIC = json.loads((ROOT / "baselines/default/synthetic.json").read_text())
+HEADLINE = json.loads((ROOT / "baselines/default/synthetic_headline.json").read_text())
 CHECKS = check.load_checks(ROOT / "checks.yaml")
 RULES = CHECKS["studies"]["synthetic"]["tolerances"]
 TOLERANCES = check.calibrate(SYNTHETIC, RULES, CHECKS["seed_spread_k"])
@@ -62,7 +63,7 @@ def test_a_mean_may_move_k_standard_errors_of_its_seed_spread():
         ("grid.lambda_3.reference_test_loss.mean", lambda v: v * 1.001, False),  # a closed form: tight
         ("grid.lambda_0.w_norm.std", lambda v: v * 1.2, True),
         ("grid.lambda_0.w_norm.std", lambda v: v * 1.5, False),
-        ("headline.lambda", lambda v: v + 3, False),
+        ("cv.best_lambda", lambda v: v / 10, False),
         ("cv.chosen.lambda_100", lambda v: v - 1, True),  # one seed's choice may flip
         ("cv.chosen.lambda_100", lambda v: v - 3, False),
     ],
@@ -98,10 +99,12 @@ def test_cli_exit_codes_and_table(tmp_path, capsys, monkeypatch):
     shutil.copy(ROOT / "checks.yaml", tmp_path)
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics/synthetic.json").write_text(json.dumps(SYNTHETIC))
+    (tmp_path / "metrics/synthetic_headline.json").write_text(json.dumps(HEADLINE))
     assert check.main(["--profile", "default"]) == 2  # no baseline yet
     assert "--update" in capsys.readouterr().err
     assert check.main(["--update"]) == 0
     assert (tmp_path / "baselines/default/synthetic.tolerances.json").is_file()
+    assert (tmp_path / "baselines/default/synthetic_headline.tolerances.json").is_file()
     assert check.main([]) == 0
     out = capsys.readouterr().out
     assert "metric" in out and "tolerance" in out and "verdict" in out and " 0 regressed" in out
@@ -126,7 +129,7 @@ def test_a_wrong_lambda_in_the_code_fails_the_check(tmp_path):
     assert "self.lam / 2 * (self.weight**2)" in source
     linreg.write_text(source.replace("self.lam / 2 * (self.weight**2)", "self.lam / 20 * (self.weight**2)"))
     commit_all(project, "a subtle bug")
-    dvc(project, "repro", "evaluate_synthetic")
+    dvc(project, "repro", "evaluate_synthetic", "headline_synthetic")
     proc = run([sys.executable, "-m", "stages.check"], cwd=project, check=False)
     assert proc.returncode == 1, proc.stdout
     failures = [line.split()[0] for line in proc.stdout.splitlines() if line.rstrip().endswith("FAIL")]

@@ -12,11 +12,11 @@ import time
 import mlflow
 import pytest
 
-from tests.workspace import clone_project, dvc, load_params, set_key, tool_env, write_params
+from tests.workspace import SYNTHETIC_BRANCH, clone_project, dvc, load_params, set_key, tool_env, write_params
 
 pytestmark = pytest.mark.slow
 
-TARGET = "report_synthetic"  # the synthetic branch: quick to reproduce, and its training can run long
+TARGETS = SYNTHETIC_BRANCH  # quick to reproduce, and its training can run long
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def start_long_training(project) -> subprocess.Popen:
     """`dvc repro` with training long enough to be killed mid-way, in its own process group."""
     write_params(project / "params.yaml", set_key(load_params(project / "params.yaml"), "synthetic.train.epochs", 40_000))
     return subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", TARGET],
+        [sys.executable, "-m", "dvc", "repro", *TARGETS],
         cwd=project, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
 
@@ -57,8 +57,8 @@ def assert_nothing_lost(project, lock_before: str, metrics_before: str) -> None:
     assert (project / "metrics/synthetic.json").read_text() == metrics_before
     assert not [p for p in project.rglob(".*.tmp") if ".dvc" not in p.parts], "no half-written file may remain"
     # the previous outputs come back from the untouched cache
-    dvc(project, "checkout", "--force", "--with-deps", TARGET)
-    status = json.loads(dvc(project, "status", "--json", "--with-deps", TARGET).stdout)
+    dvc(project, "checkout", "--force", "--with-deps", *TARGETS)
+    status = json.loads(dvc(project, "status", "--json", "--with-deps", *TARGETS).stdout)
     assert set(status) == {"headline_synthetic", *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")),
                            "cross_validate", "report_synthetic"}  # params only
     assert all(list(entry) == ["changed deps"] for entries in status.values() for entry in entries), status
@@ -82,12 +82,12 @@ def test_killed_training_loses_nothing_and_repro_recovers(baseline, how):
 
     # back to the committed params: the next repro completes, and a SIGKILLed run no longer shows RUNNING
     subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=project, check=True)
-    dvc(project, "repro", TARGET)
+    dvc(project, "repro", *TARGETS)
     if how == "SIGKILL":
         # nothing could end that run from inside; the next training stage of the study marks it KILLED
         assert run_status(project, run_id) == "RUNNING"
         dvc(project, "repro", "--force", "--single-item", "headline_synthetic")
-        dvc(project, "repro", TARGET)
+        dvc(project, "repro", *TARGETS)
     assert run_status(project, run_id) == "KILLED"
-    assert dvc(project, "status", "--with-deps", TARGET).stdout.strip().endswith("Data and pipelines are up to date.")
+    assert dvc(project, "status", "--with-deps", *TARGETS).stdout.strip().endswith("Data and pipelines are up to date.")
     assert (project / "metrics/synthetic.json").read_text() == metrics_before

@@ -1,6 +1,6 @@
 """The MLflow UI over a store that a real pipeline run filled: the real server's REST API, then headless Chromium.
 
-A copy of the session's real `dvc repro report_synthetic` (tests/conftest.py), then the README's
+A copy of the session's real `dvc repro` of the synthetic branch (tests/conftest.py), then the README's
 `mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port …` started in that copy.
 The browser checks need Debian's `chromium` (.ci/install-chromium) and skip, saying so, without it.
 """
@@ -46,7 +46,7 @@ TRAINING = "?workflowType=machine_learning"
 
 @pytest.fixture(scope="module")
 def project(synthetic_template, tmp_path_factory) -> Path:
-    """A temp copy of the project (git + DVC) after one real `dvc repro report_synthetic`, its store its own."""
+    """A temp copy of the project (git + DVC) after one real `dvc repro` of the synthetic branch, its store its own."""
     dest = clone_project(synthetic_template.path, tmp_path_factory.mktemp("mlflow-ui") / "project")
     assert (dest / "mlflow.db").is_file() and (dest / "mlruns").is_dir()
     return dest
@@ -159,10 +159,9 @@ def test_headline_run_is_there(server, runs):
     assert all(run["info"]["status"] == "FINISHED" for run in runs)
 
 
-@pytest.mark.parametrize("role", ["synthetic-grid", "synthetic-headline"])
-def test_report_figures_are_listed_and_downloadable_through_the_server(server, runs, project, role):
-    """What the UI's artifact view does: list the run's `report` folder, then GET /get-artifact for each file."""
-    run = grid_parent(runs) if role == "synthetic-grid" else headline_run(runs)
+def test_report_figures_are_listed_and_downloadable_through_the_server(server, runs, project):
+    """What the UI's artifact view does: list the study grid run's `report` folder, then GET /get-artifact for each file."""
+    run = grid_parent(runs)
     run_id = run["info"]["run_id"]
     assert run["info"]["artifact_uri"] == f"{(project / 'mlruns').as_uri()}/{run_id}/artifacts"
     listing = get_json(server, "/api/2.0/mlflow/artifacts/list", run_id=run_id, path="report")

@@ -9,11 +9,10 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.workspace import clone_project, dvc, git
+from tests.workspace import SYNTHETIC_BRANCH, clone_project, dvc, git
 
 pytestmark = pytest.mark.slow
 
-TARGET = "report_synthetic"  # the whole synthetic branch of the DAG
 
 
 def ran_stages(output: str) -> set[str]:
@@ -21,7 +20,7 @@ def ran_stages(output: str) -> set[str]:
 
 
 def headline(project) -> dict:
-    return json.loads((project / "metrics/synthetic.json").read_text())["headline"]
+    return json.loads((project / "metrics/synthetic_headline.json").read_text())["headline"]
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +44,8 @@ def test_repro_runs_every_synthetic_stage_and_meets_the_bar(reproduced):
     assert 12.8 <= base["w_norm"]["mean"] <= 15.0 and 70 <= base["test_loss"]["mean"] <= 112 and base["train_loss"]["mean"] < 1e-4
     assert 0.35 <= three["w_norm"]["mean"] <= 0.43 and 0.058 <= three["test_loss"]["mean"] <= 0.135
     assert three["test_loss"]["ci_high"] < base["test_loss"]["ci_low"], "the difference exceeds the seed spread"
-    assert metrics["headline"]["lambda"] == 0.0
-    assert metrics["headline"]["test_loss"] == pytest.approx(base["test_loss"], rel=1e-4)
+    assert headline(project)["lambda"] == 0.0
+    assert headline(project)["test_loss"] == pytest.approx(base["test_loss"], rel=1e-4), "the headline is the grid's λ = 0 run"
     assert metrics["cv"]["best_lambda"] > 0 and sum(metrics["cv"]["chosen"].values()) == metrics["seeds"]
     for figure in ("loss_curves", "loss_vs_lambda", "wnorm_vs_lambda", "wnorm_vs_epoch", "cv_choices"):
         png = project / "reports/figures/synthetic" / f"{figure}.png"
@@ -58,15 +57,16 @@ def test_repro_runs_every_synthetic_stage_and_meets_the_bar(reproduced):
 
 def test_second_repro_does_nothing(reproduced):
     project, _ = reproduced
-    again = dvc(project, "repro", TARGET)
+    again = dvc(project, "repro", *SYNTHETIC_BRANCH)
     assert ran_stages(again.stdout) == set()
-    assert "Data and pipelines are up to date" in dvc(project, "status", "--with-deps", TARGET).stdout
+    assert "Data and pipelines are up to date" in dvc(project, "status", "--with-deps", *SYNTHETIC_BRANCH).stdout
 
 
 def test_metrics_and_plots_commands_work(reproduced, tmp_path):
     project, _ = reproduced
     shown = json.loads(dvc(project, "metrics", "show", "--json").stdout)
-    assert shown[""]["data"]["metrics/synthetic.json"]["data"]["headline"] == headline(project)
+    assert shown[""]["data"]["metrics/synthetic_headline.json"]["data"]["headline"] == headline(project)
+    assert shown[""]["data"]["metrics/synthetic.json"]["data"]["cv"]["folds"] == 5
     out = tmp_path / "plots"
     dvc(project, "plots", "show", "-o", str(out))
     html = (out / "index.html").read_text()
@@ -109,10 +109,10 @@ def test_exp_run_l1_reports_exact_zeros_and_the_lasso_and_trains_only_the_headli
     """`-S synthetic.regularizer=l1`: the L1 grid was trained (and cached) by the default repro, so only the headline
     trains; the study's page turns to L1, with its exact zeros and the scikit-learn lasso reference."""
     project = fresh
-    run = dvc(project, "exp", "run", "-S", "synthetic.regularizer=l1", "-S", "wd=0.3", TARGET)
-    assert ran_stages(run.stdout) == {"headline_synthetic", "evaluate_synthetic", "report_synthetic"}
+    run = dvc(project, "exp", "run", "-S", "synthetic.regularizer=l1", "-S", "wd=0.3", *SYNTHETIC_BRANCH)
+    assert ran_stages(run.stdout) == {"headline_synthetic", "evaluate_synthetic", "report_synthetic", "compare_synthetic"}
     metrics = json.loads((project / "metrics/synthetic.json").read_text())
-    assert metrics["regularizer"] == "l1" and metrics["headline"]["zeros"]["mean"] > 0
+    assert metrics["regularizer"] == "l1" and headline(project)["zeros"]["mean"] > 0
     grid = metrics["grid"]
     assert grid["lambda_3"]["zeros"]["mean"] == 200 and grid["lambda_0.001"]["reference_zeros"]["mean"] > grid["lambda_0.001"]["zeros"]["mean"]
     page = (project / "reports/synthetic.md").read_text()
@@ -131,10 +131,13 @@ def test_a_strength_grid_change_retrains_that_regulariser_alone(fresh):
 
 
 def test_exp_run_wd3_reruns_only_what_depends_on_wd(reproduced):
+    """`-S wd=3` retrains the headline, which reports itself; the study's pages are about the grid and stay."""
     project, _ = reproduced
     before = headline(project)
-    run = dvc(project, "exp", "run", "-S", "wd=3", TARGET)
-    assert ran_stages(run.stdout) == {"headline_synthetic", "evaluate_synthetic", "report_synthetic"}
+    pages = {path: path.read_bytes() for path in (project / "reports").rglob("*") if path.is_file()}
+    run = dvc(project, "exp", "run", "-S", "wd=3", *SYNTHETIC_BRANCH)
+    assert ran_stages(run.stdout) == {"headline_synthetic"}
+    assert {path: path.read_bytes() for path in (project / "reports").rglob("*") if path.is_file()} == pages
     after = headline(project)
     assert after["lambda"] == 3.0
     assert 70 <= before["test_loss"]["mean"] <= 112 and 0.058 <= after["test_loss"]["mean"] <= 0.135  # the reference bands
@@ -150,7 +153,7 @@ def test_exp_run_wd3_reruns_only_what_depends_on_wd(reproduced):
                 exps[exp.get("name") or rev["name"]] = data
     (name, data), = exps.items()
     wd = data["params"]["params.yaml"]["data"]["wd"]
-    test_loss = data["metrics"]["metrics/synthetic.json"]["data"]["headline"]["test_loss"]
+    test_loss = data["metrics"]["metrics/synthetic_headline.json"]["data"]["headline"]["test_loss"]
     assert wd == 3 and test_loss == after["test_loss"], "dvc exp show carries the mean and the spread"
 
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
@@ -173,6 +176,6 @@ def test_exp_run_wd3_reruns_only_what_depends_on_wd(reproduced):
     assert "workspace" in (diff_dir / "index.html").read_text() and "HEAD" in (diff_dir / "index.html").read_text()
 
     # back to λ = 0: restored from DVC's run cache, the original metrics exactly
-    back = dvc(project, "exp", "run", "-S", "wd=0", TARGET)
+    back = dvc(project, "exp", "run", "-S", "wd=0", *SYNTHETIC_BRANCH)
     assert "headline_synthetic" not in ran_stages(back.stdout)
     assert headline(project) == before

@@ -8,7 +8,7 @@ import time
 import mlflow
 import pytest
 
-from tests.workspace import clone_project, dvc
+from tests.workspace import SYNTHETIC_BRANCH, clone_project, dvc
 
 pytestmark = pytest.mark.slow
 
@@ -35,7 +35,7 @@ def queued_project(synthetic_template, tmp_path):
 
 def test_four_queued_experiments_two_workers(queued_project):
     project = queued_project
-    dvc(project, "exp", "run", "--queue", "-S", "wd=" + ",".join(f"{w:g}" for w in WDS), "report_synthetic")
+    dvc(project, "exp", "run", "--queue", "-S", "wd=" + ",".join(f"{w:g}" for w in WDS), *SYNTHETIC_BRANCH)
     dvc(project, "queue", "start", "-j", "2")
     status = wait_for_queue(project)
     assert status.count("Success") == len(WDS) and "Failed" not in status, status
@@ -46,7 +46,7 @@ def test_four_queued_experiments_two_workers(queued_project):
         for exp in row.get("experiments") or []:
             data = exp["revs"][0]["data"]
             wd = data["params"]["params.yaml"]["data"]["wd"]
-            landed[float(wd)] = data["metrics"]["metrics/synthetic.json"]["data"]["headline"]
+            landed[float(wd)] = data["metrics"]["metrics/synthetic_headline.json"]["data"]["headline"]
     assert set(landed) == set(WDS)
     assert all(landed[w]["lambda"] == w for w in WDS)
     mean = {w: landed[w]["test_loss"]["mean"] for w in WDS}
