@@ -8,6 +8,7 @@ a killed stage's run as KILLED, and marking runs orphaned by SIGKILL when the ne
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -38,13 +39,20 @@ def tracking_uri(settings: TrackingSettings) -> str:
 def run_tags(role: str) -> dict[str, str]:
     """Where a run comes from: the git commit and, under `dvc exp run`, the DVC experiment."""
     tags = {"wd_lab.role": role}
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10)
-        tags["mlflow.source.git.commit"] = commit.stdout.strip()
+    if commit := _git_commit():
+        tags["mlflow.source.git.commit"] = commit
     for variable, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev")):
         if value := os.environ.get(variable):
             tags[tag] = value
     return tags
+
+
+@functools.cache
+def _git_commit() -> str | None:
+    """HEAD's commit, asked once per process (a stage logs a run per seed and strength)."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    return None
 
 
 def training_run_name(run: str, regularizer: str, lambdas: Sequence[float]) -> str:
