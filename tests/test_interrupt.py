@@ -56,11 +56,13 @@ def assert_nothing_lost(project, lock_before: str, metrics_before: str) -> None:
     assert (project / "dvc.lock").read_text() == lock_before, "dvc.lock must not change for an unfinished stage"
     assert (project / "metrics/synthetic.json").read_text() == metrics_before
     assert not [p for p in project.rglob(".*.tmp") if ".dvc" not in p.parts], "no half-written file may remain"
-    # the previous outputs come back from the untouched cache
+    # DVC deletes a stage's outputs when it starts it: the previous ones come back, the cached ones from DVC's
+    # untouched cache and the git-tracked ones (the headline's metrics) from git
+    subprocess.run(["git", "checkout", "--", "metrics"], cwd=project, check=True)
     dvc(project, "checkout", "--force", "--with-deps", *TARGETS)
     status = json.loads(dvc(project, "status", "--json", "--with-deps", *TARGETS).stdout)
     assert set(status) == {"headline_synthetic", *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")),
-                           "cross_validate", "report_synthetic"}  # params only
+                           "cross_validate", "report_synthetic", "compare_synthetic"}  # params only
     assert all(list(entry) == ["changed deps"] for entries in status.values() for entry in entries), status
 
 
