@@ -53,10 +53,11 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     trained = checkpoint(result) | exact_optima(train_set, regularizer, lambdas)
     save_tensors(args.model, trained)
     write_json(args.record, tracker.run_record(run_id))
-    write_csv(args.history, history_rows(result))
+    history = history_rows(result)
+    write_csv(args.history, history)
     if args.run == "headline":
         write_json(args.metrics, headline_metrics(evaluate_run(trained, train_set, test_set), regularizer))
-        write_csv(args.curve, mean_curve(pd.DataFrame(history_rows(result))))
+        write_csv(args.curve, mean_curve(pd.DataFrame(history)))
     final = {name: values[-1] for name, values in result.history.items()}  # [S, G]
     for g, lam in enumerate(lambdas):
         log.info(

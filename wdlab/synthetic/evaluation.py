@@ -3,16 +3,12 @@ grids' evaluation (evaluate_synthetic) and the headline run (train_synthetic hea
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+import pandas as pd
 import torch
 
 from wdlab.synthetic.data import Split
 from wdlab.synthetic.references import penalty
 from wdlab.synthetic.training import predict, squared_loss
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 METRICS = ["train_loss", "test_loss", "w_norm", "zeros", "objective", "distance",
            "reference_test_loss", "reference_w_norm", "reference_zeros", "reference_objective"]
@@ -23,8 +19,6 @@ RUN_KEYS = ("regularizer", "seeds", "lambdas", "weight", "bias", "diverged_epoch
 def evaluate_run(run: dict, train_set: Split, test_set: Split) -> pd.DataFrame:
     """Per (seed, strength) of a trained run {RUN_KEYS}: final losses, ‖w‖ and exact zeros of the trained model beside
     the regulariser's exact optimum on that seed's data, and how far the trained weights are from it."""
-    import pandas as pd
-
     regularizer, rows = run["regularizer"], []
     for g, lam in enumerate(run["lambdas"].tolist()):
         weight, bias = run["weight"][:, g : g + 1].double(), run["bias"][:, g : g + 1]  # [S, 1, d], [S, 1]
