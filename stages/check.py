@@ -170,13 +170,19 @@ def _paths(checks: dict, profile: str, study: str) -> tuple[Path, Path, Path]:
     return metrics, baseline, baseline.with_suffix(".tolerances.json")
 
 
+def _made_by(spec: dict, study: str) -> str:
+    """The stage that writes a study's metrics, for the message when they are missing: evaluate_<study> unless
+    checks.yaml names another (`made_by`)."""
+    return spec.get("made_by", f"evaluate_{study}")
+
+
 def run_checks(checks: dict, profile: str, studies: list[str]) -> list[Row]:
     rows: list[Row] = []
     for study in studies:
         spec = checks["studies"][study]
         metrics, baseline, tolerances = _paths(checks, profile, study)
         fix = f"make it with `python -m stages.check --profile {profile} --update`"
-        now = read_json(metrics, made_by=spec.get("made_by", f"evaluate_{study}"))
+        now = read_json(metrics, made_by=_made_by(spec, study))
         rows += compare(read_json(baseline, fix=fix), now, read_json(tolerances, fix=fix))
         if study in INVARIANTS:
             rows += list(INVARIANTS[study](now, float(spec.get("invariant_slack", 0.0))))
@@ -189,7 +195,7 @@ def update(checks: dict, profile: str, studies: list[str], metrics_too: bool) ->
         spec = checks["studies"][study]
         metrics, baseline, tolerances = _paths(checks, profile, study)
         if metrics_too:
-            read_json(metrics, made_by=spec.get("made_by", f"evaluate_{study}"))
+            read_json(metrics, made_by=_made_by(spec, study))
             with atomic_path(baseline) as tmp:
                 shutil.copyfile(metrics, tmp)
             print(f"baseline {baseline} ← {metrics}")

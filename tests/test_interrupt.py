@@ -12,11 +12,9 @@ import time
 import mlflow
 import pytest
 
-from tests.workspace import SYNTHETIC_BRANCH, clone_project, dvc, load_params, set_key, tool_env, write_params
+from tests.workspace import SYNTHETIC_BRANCH, clone_project, dvc, git, load_params, set_key, tool_env, write_params
 
 pytestmark = pytest.mark.slow
-
-TARGETS = SYNTHETIC_BRANCH  # quick to reproduce, and its training can run long
 
 
 @pytest.fixture
@@ -29,7 +27,7 @@ def start_long_training(project) -> subprocess.Popen:
     """`dvc repro` with training long enough to be killed mid-way, in its own process group."""
     write_params(project / "params.yaml", set_key(load_params(project / "params.yaml"), "synthetic.train.epochs", 40_000))
     return subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", *TARGETS],
+        [sys.executable, "-m", "dvc", "repro", *SYNTHETIC_BRANCH],
         cwd=project, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
 
@@ -58,9 +56,9 @@ def assert_nothing_lost(project, lock_before: str, metrics_before: str) -> None:
     assert not [p for p in project.rglob(".*.tmp") if ".dvc" not in p.parts], "no half-written file may remain"
     # DVC deletes a stage's outputs when it starts it: the previous ones come back, the cached ones from DVC's
     # untouched cache and the git-tracked ones (the headline's metrics) from git
-    subprocess.run(["git", "checkout", "--", "metrics"], cwd=project, check=True)
-    dvc(project, "checkout", "--force", "--with-deps", *TARGETS)
-    status = json.loads(dvc(project, "status", "--json", "--with-deps", *TARGETS).stdout)
+    git(project, "checkout", "--", "metrics")
+    dvc(project, "checkout", "--force", "--with-deps", *SYNTHETIC_BRANCH)
+    status = json.loads(dvc(project, "status", "--json", "--with-deps", *SYNTHETIC_BRANCH).stdout)
     assert set(status) == {"headline_synthetic", *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")),
                            "cross_validate", "report_synthetic", "compare_synthetic"}  # params only
     assert all(list(entry) == ["changed deps"] for entries in status.values() for entry in entries), status
@@ -83,13 +81,13 @@ def test_killed_training_loses_nothing_and_repro_recovers(baseline, how):
     assert_nothing_lost(project, lock_before, metrics_before)
 
     # back to the committed params: the next repro completes, and a SIGKILLed run no longer shows RUNNING
-    subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=project, check=True)
-    dvc(project, "repro", *TARGETS)
+    git(project, "checkout", "--", "params.yaml")
+    dvc(project, "repro", *SYNTHETIC_BRANCH)
     if how == "SIGKILL":
         # nothing could end that run from inside; the next training stage of the study marks it KILLED
         assert run_status(project, run_id) == "RUNNING"
         dvc(project, "repro", "--force", "--single-item", "headline_synthetic")
-        dvc(project, "repro", *TARGETS)
+        dvc(project, "repro", *SYNTHETIC_BRANCH)
     assert run_status(project, run_id) == "KILLED"
-    assert dvc(project, "status", "--with-deps", *TARGETS).stdout.strip().endswith("Data and pipelines are up to date.")
+    assert dvc(project, "status", "--with-deps", *SYNTHETIC_BRANCH).stdout.strip().endswith("Data and pipelines are up to date.")
     assert (project / "metrics/synthetic.json").read_text() == metrics_before
