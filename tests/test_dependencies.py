@@ -1,0 +1,129 @@
+"""dvc.yaml declares every library module whose change can change a stage's outputs, so `dvc status` never calls a
+stale result up to date; modules that only decide how a stage runs are listed once below, with the reason."""
+
+from __future__ import annotations
+
+import ast
+import copy
+import shlex
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from tests.workspace import ROOT
+
+# Imported by stages, yet no change to them can change what a stage computes. Everything else in wdlab/ that a
+# stage's entry point imports, directly or through other modules, must be among its `deps` in dvc.yaml.
+PLUMBING = {
+    "wdlab/__init__.py": "the package's docstring",
+    "wdlab/cifar10/__init__.py": "the package's docstring",
+    "wdlab/synthetic/__init__.py": "the package's docstring",
+    "wdlab/stage.py": "command line, logging, signals and the one-line error of every stage",
+    "wdlab/errors.py": "the exception types of those one-line errors",
+    "wdlab/startup.py": "when the garbage collector runs while a stage imports",
+    "wdlab/progress.py": "progress bars at a terminal",
+    "wdlab/files.py": "atomic writes and checked reads; the values written are computed elsewhere",
+    "wdlab/settings.py": "validates params.yaml; the values themselves are each stage's `params`",
+    "wdlab/tracking.py": "what reaches MLflow (the `tracking` params are no stage's either)",
+    "wdlab/executor.py": "where a grid's runs happen (local or Ray), never what they compute",
+    "wdlab/runcache.py": "keeps the finished runs of an interrupted stage, so a rerun trains only the rest",
+}
+
+
+def module_path(name: str) -> Path | None:
+    """The file of a project module ('wdlab.cifar10.data' → wdlab/cifar10/data.py), None outside the project."""
+    if not name.startswith(("wdlab", "stages")):
+        return None
+    base = ROOT.joinpath(*name.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate.relative_to(ROOT)
+    return None
+
+
+def imported_modules(path: Path) -> Iterator[str]:
+    """Every module `path` imports, at the top or inside functions; `if TYPE_CHECKING:` blocks import nothing."""
+    tree = ast.parse((ROOT / path).read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            node.body = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)  # `from wdlab import stage`
+
+
+def import_closure(entry: Path) -> set[str]:
+    """The project files `entry` needs, itself included, with each package's __init__ on the way."""
+    seen: set[str] = set()
+    todo = [entry]
+    while todo:
+        path = todo.pop()
+        if path.as_posix() in seen:
+            continue
+        seen.add(path.as_posix())
+        for name in imported_modules(path):
+            parts = name.split(".")
+            for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ first
+                if (found := module_path(".".join(parts[:depth]))) is not None:
+                    todo.append(found)
+    return seen
+
+
+def stage_definitions(pipeline: Mapping) -> Iterator[tuple[str, dict]]:
+    """Each stage of dvc.yaml with its `cmd` and `deps`, a foreach member as `name@item` with ${item} filled in."""
+    for name, stage in pipeline["stages"].items():
+        if "foreach" in stage:
+            for item in stage["foreach"]:
+                body = stage["do"]
+                yield f"{name}@{item}", {"cmd": body["cmd"].replace("${item}", item), "deps": body.get("deps", [])}
+        else:
+            yield name, stage
+
+
+def entry_point(cmd: str) -> Path:
+    program, flag, module, *_ = shlex.split(cmd)
+    assert (program, flag) == ("python", "-m"), f"stage command {cmd!r} is not `python -m <module>`"
+    found = module_path(module)
+    assert found is not None, f"{module} is not a module of this project"
+    return found
+
+
+def dependency_gaps(pipeline: Mapping) -> dict[str, dict[str, set[str]]]:
+    """Per stage: the modules it imports but does not declare ('missing'), and the project modules it declares but
+    never imports ('stale', reruns for nothing). Empty when dvc.yaml is right."""
+    gaps = {}
+    for name, stage in stage_definitions(pipeline):
+        needed = {path for path in import_closure(entry_point(stage["cmd"])) if not path.startswith("stages/__init__")}
+        needed -= PLUMBING.keys()
+        declared = {dep for dep in stage["deps"] if dep.endswith(".py")}
+        missing, stale = needed - declared, declared - needed
+        if missing or stale:
+            gaps[name] = {"missing": missing, "stale": stale}
+    return gaps
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> dict:
+    return YAML(typ="safe", pure=True).load((ROOT / "dvc.yaml").read_text())
+
+
+def test_every_stage_declares_the_modules_that_change_its_outputs(pipeline):
+    assert dependency_gaps(pipeline) == {}
+
+
+def test_a_missing_declaration_is_found(pipeline):
+    """The check can fail: drop one result-changing import from a stage's deps and it is named."""
+    broken = copy.deepcopy(pipeline)
+    broken["stages"]["train_synthetic"]["do"]["deps"].remove("wdlab/synthetic/training.py")
+    gaps = dependency_gaps(broken)
+    assert set(gaps) == {f"train_synthetic@{item}" for item in pipeline["stages"]["train_synthetic"]["foreach"]}
+    assert all(gap == {"missing": {"wdlab/synthetic/training.py"}, "stale": set()} for gap in gaps.values())
+
+
+def test_the_plumbing_list_names_real_modules():
+    assert all((ROOT / path).is_file() for path in PLUMBING), "PLUMBING names a module that no longer exists"
