@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.workspace import tool_env
+from tests.workspace import kill_group, tool_env
 
 HOST = "127.0.0.1"  # the UI has no authentication: never bind it beyond this machine
 
@@ -30,20 +28,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
-
-
-def kill_group(proc: subprocess.Popen, grace: float = 10) -> None:
-    """SIGTERM the process group started with `start_new_session=True`, SIGKILL it if it lingers."""
-    if proc.poll() is not None:
-        return
-    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
 
 
 def server_command(port: int, backend_store_uri: str = "sqlite:///mlflow.db", workers: int = 1) -> list[str]:

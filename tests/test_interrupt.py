@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import time
 import mlflow
 import pytest
 
-from tests.workspace import SYNTHETIC_BRANCH, clone_project, dvc, git, load_params, set_key, tool_env, write_params
+from tests.workspace import SYNTHETIC_BRANCH, background, clone_project, dvc, git, load_params, set_key, write_params
 
 pytestmark = pytest.mark.slow
 
@@ -23,13 +24,10 @@ def baseline(synthetic_template, tmp_path):
     return clone_project(synthetic_template.path, tmp_path / "project")
 
 
-def start_long_training(project) -> subprocess.Popen:
-    """`dvc repro` with training long enough to be killed mid-way, in its own process group."""
+def long_training(project) -> contextlib.AbstractContextManager[subprocess.Popen]:
+    """`dvc repro` with training long enough to be killed mid-way, in its own process group, ended with the block."""
     write_params(project / "params.yaml", set_key(load_params(project / "params.yaml"), "synthetic.train.epochs", 40_000))
-    return subprocess.Popen(
-        [sys.executable, "-m", "dvc", "repro", *SYNTHETIC_BRANCH],
-        cwd=project, env=tool_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
+    return background([sys.executable, "-m", "dvc", "repro", *SYNTHETIC_BRANCH], cwd=project)
 
 
 def wait_for_running_training(project, timeout: float = 120) -> str:
@@ -69,10 +67,10 @@ def test_killed_training_loses_nothing_and_repro_recovers(baseline, how):
     project = baseline
     lock_before = (project / "dvc.lock").read_text()
     metrics_before = (project / "metrics/synthetic.json").read_text()
-    proc = start_long_training(project)
-    run_id = wait_for_running_training(project)
-    os.killpg(proc.pid, getattr(signal, how))  # the whole group, as Ctrl-C in a terminal does
-    output, _ = proc.communicate(timeout=120)
+    with long_training(project) as proc:
+        run_id = wait_for_running_training(project)
+        os.killpg(proc.pid, getattr(signal, how))  # the whole group, as Ctrl-C in a terminal does
+        output, _ = proc.communicate(timeout=120)
     assert proc.returncode != 0
 
     if how == "SIGINT":

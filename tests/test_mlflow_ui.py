@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.workspace import clone_project, git, load_params, tool_env
-from tests.mlflow_server import get_bytes, get_json, kill_group, mlflow_server, post_json
+from tests.workspace import clone_project, git, kill_group, load_params, tool_env
+from tests.mlflow_server import get_bytes, get_json, mlflow_server, post_json
+from wdlab.settings import REGULARIZERS
 
 pytestmark = pytest.mark.slow
 
@@ -177,7 +178,9 @@ def test_report_figures_are_listed_and_downloadable_through_the_server(server, r
 
 
 def test_every_grid_run_carries_the_comparison_page(server, runs):
-    for grid in by_role(runs, "synthetic-grid"):
+    grids = by_role(runs, "synthetic-grid")
+    assert sorted(grid["params"]["regularizer"] for grid in grids) == sorted(REGULARIZERS), "one grid run per regulariser"
+    for grid in grids:
         listing = get_json(server, "/api/2.0/mlflow/artifacts/list", run_id=grid["info"]["run_id"], path="comparison")
         names = {f["path"] for f in listing["files"]}
         assert {"comparison/regularizers_synthetic.md", "comparison/zeros_vs_strength.png"} <= names, grid["params"]["regularizer"]

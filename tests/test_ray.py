@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import sys
 import tempfile
 import time
@@ -14,7 +13,9 @@ import mlflow
 import pytest
 
 from tests.ray_cluster import NO_AUTH, free_port, ray_cluster
-from tests.workspace import ROOT, cifar_project, commit_all, dvc, load_params, set_key, stage, stage_command, tool_env, write_params
+from tests.workspace import (
+    ROOT, background, cifar_project, clone_project, commit_all, dvc, load_params, set_key, stage, stage_command, write_params,
+)
 from wdlab.errors import StageError
 from wdlab.executor import check_address, check_device
 from wdlab.settings import ExecutorSettings
@@ -56,7 +57,8 @@ def ray_environment():
 
 @pytest.fixture(scope="module")
 def local_grid(tmp_path_factory):
-    """A project whose grid was trained by the local executor, committed: (project, its output bytes)."""
+    """A project whose grid was trained by the local executor, committed: (project, its output bytes). Each test
+    runs in its own clone of it, so none sees what another did."""
     project, _ = cifar_project(tmp_path_factory.mktemp("ray-grid"), TINY, "evaluate_cifar10")
     commit_all(project, "grid trained and evaluated locally")
     return project, outputs(project) | {METRICS: (project / METRICS).read_bytes()}
@@ -81,27 +83,23 @@ def set_executor(project, **values) -> None:
     write_params(project / "params.yaml", params)
 
 
-def start_stage(project, cluster) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, *stage_command(GRID)], cwd=project, env=tool_env(**cluster.env),
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+def stage_killed_mid_run(project, cluster) -> tuple[int, str]:
+    """The grid stage on the cluster: once the worker node trains a run (a `ray::on_worker` task) it is SIGKILLed;
+    the stage's exit code and output. The stage never outlives this call."""
+    with background([sys.executable, *stage_command(GRID)], cwd=project, **cluster.env) as process:
+        deadline = time.monotonic() + 120
+        while "ray::on_worker" not in cluster.worker_tasks(0):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("the worker node never ran a task")
+            time.sleep(0.1)
+        time.sleep(0.5)  # inside the run (~3 s)
+        cluster.kill_worker(0)
+        log, _ = process.communicate(timeout=300)
+    return process.returncode, log
 
 
-def kill_worker_mid_run(cluster, stage_process: subprocess.Popen, timeout: float = 120) -> None:
-    """Wait until the worker node is training a run (a `ray::on_worker` task), then SIGKILL the node."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and stage_process.poll() is None:
-        if "ray::on_worker" in cluster.worker_tasks(0):
-            time.sleep(0.5)  # inside the run (~3 s)
-            cluster.kill_worker(0)
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"the worker node never ran a task:\n{stage_process.communicate()[0][-3000:]}")
-
-
-def test_the_grid_on_two_nodes_gives_the_local_outputs(local_grid):
-    project, expected = local_grid
+def test_the_grid_on_two_nodes_gives_the_local_outputs(local_grid, tmp_path):
+    project, expected = clone_project(local_grid[0], tmp_path / "project"), local_grid[1]
     with ray_cluster(workers=1) as cluster:
         run = dvc(project, "exp", "run", "-f", "-s", "-S", "executor.kind=ray", "train_cifar10", **cluster.env)
         nodes = cluster.node_ids
@@ -128,27 +126,23 @@ def test_the_grid_on_two_nodes_gives_the_local_outputs(local_grid):
     assert steps == list(range(7)), "the driver logs each run's curves when it comes back"
 
 
-def test_a_worker_node_killed_mid_grid_loses_nothing(local_grid):
-    project, expected = local_grid
+def test_a_worker_node_killed_mid_grid_loses_nothing(local_grid, tmp_path):
+    project, expected = clone_project(local_grid[0], tmp_path / "project"), local_grid[1]
     set_executor(project, kind="ray", max_retries=3)
     with ray_cluster(workers=1) as cluster:
-        process = start_stage(project, cluster)
-        kill_worker_mid_run(cluster, process)
-        log, _ = process.communicate(timeout=300)
-        assert process.returncode == 0, log[-3000:]
+        returncode, log = stage_killed_mid_run(project, cluster)
+        assert returncode == 0, log[-3000:]
         head = cluster.node_ids["head"]
     assert outputs(project).items() <= expected.items(), "the run that died was trained again, from scratch, to the same bits"
     assert {run["node"] for run in record(project)["runs"].values()} == {head}, "every run the worker had is retried on the head"
 
 
-def test_a_failed_grid_keeps_its_finished_runs_and_a_rerun_trains_only_the_rest(local_grid):
-    project, expected = local_grid
+def test_a_failed_grid_keeps_its_finished_runs_and_a_rerun_trains_only_the_rest(local_grid, tmp_path):
+    project, expected = clone_project(local_grid[0], tmp_path / "project"), local_grid[1]
     set_executor(project, kind="ray", max_retries=0)  # no retry: the run on the killed node is lost for this attempt
     with ray_cluster(workers=1) as cluster:
-        process = start_stage(project, cluster)
-        kill_worker_mid_run(cluster, process)
-        log, _ = process.communicate(timeout=300)
-    assert process.returncode == 2, log[-3000:]
+        returncode, log = stage_killed_mid_run(project, cluster)
+    assert returncode == 2, log[-3000:]
     (line,) = [l for l in log.splitlines() if l.startswith("error:")]
     assert "runs did not finish" in line and "rerun the stage to train only the rest" in line
     finished = 4 - int(line.split("error: ")[1].split(" of ")[0])
@@ -162,8 +156,8 @@ def test_a_failed_grid_keeps_its_finished_runs_and_a_rerun_trains_only_the_rest(
     assert not list((project / "cache/runs").rglob("*.pt")), "a finished stage leaves no cached runs behind"
 
 
-def test_ray_on_this_machine_without_an_address_gives_the_local_outputs(local_grid):
-    project, expected = local_grid
+def test_ray_on_this_machine_without_an_address_gives_the_local_outputs(local_grid, tmp_path):
+    project, expected = clone_project(local_grid[0], tmp_path / "project"), local_grid[1]
     set_executor(project, kind="ray", max_retries=3)
     stage(GRID, project)  # no RAY_ADDRESS: the stage starts a Ray instance of its own, shut down at the end
     assert outputs(project).items() <= expected.items()

@@ -6,10 +6,11 @@ import contextlib
 import os
 import shlex
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -50,11 +51,51 @@ def tool_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def other_kernel_set() -> dict[str, str]:
+    """Environment variables that make PyTorch compute with CPU kernels one level below this machine's own, so the
+    last bits of every result move as they do on another CPU: ATen's vectorised kernels (ATEN_CPU_CAPABILITY) and
+    oneDNN's convolutions (ONEDNN_MAX_CPU_ISA). Baselines are made with a machine's own kernels, so this is never
+    the set they were made with on this machine."""
+    import torch
+
+    native = torch.backends.cpu.get_cpu_capability().upper()  # DEFAULT, AVX2 or AVX512 on x86
+    if native.startswith("AVX512"):
+        return {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    return {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=tool_env(**env), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
     return proc
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 10) -> None:
+    """SIGTERM the process group started with `start_new_session=True`, SIGKILL it if it lingers."""
+    if proc.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5)):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+@contextlib.contextmanager
+def background(cmd: list[str], cwd: Path, **env: str) -> Iterator[subprocess.Popen]:
+    """`cmd` running in a process group of its own, stdout and stderr piped together; the whole group is ended when
+    the block exits, also when a test fails inside it, so no process outlives the test that started it."""
+    proc = subprocess.Popen(cmd, cwd=cwd, env=tool_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        kill_group(proc)
+        proc.stdout.close()
 
 
 def stage_command(name: str) -> list[str]:
