@@ -14,7 +14,6 @@ from tests.workspace import SYNTHETIC_BRANCH, clone_project, dvc, git
 pytestmark = pytest.mark.slow
 
 
-
 def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
@@ -26,7 +25,7 @@ def headline(project) -> dict:
 @pytest.fixture(scope="module")
 def reproduced(synthetic_template, tmp_path_factory):
     """A copy of the session's real `dvc repro` of the synthetic branch (committed), and that repro's output,
-    shared by this module's tests."""
+    shared by this module's tests, which only read it (a test that changes a workspace takes `fresh`)."""
     dest = clone_project(synthetic_template.path, tmp_path_factory.mktemp("pipeline") / "project")
     return dest, synthetic_template.output
 
@@ -130,9 +129,9 @@ def test_a_strength_grid_change_retrains_that_regulariser_alone(fresh):
     assert "per-feature ridge" in page and "| dropout | 0.5 |" in page
 
 
-def test_exp_run_wd3_reruns_only_what_depends_on_wd(reproduced):
+def test_exp_run_wd3_reruns_only_what_depends_on_wd(fresh):
     """`-S wd=3` retrains the headline, which reports itself; the study's pages are about the grid and stay."""
-    project, _ = reproduced
+    project = fresh
     before = headline(project)
     pages = {path: path.read_bytes() for path in (project / "reports").rglob("*") if path.is_file()}
     run = dvc(project, "exp", "run", "-S", "wd=3", *SYNTHETIC_BRANCH)
