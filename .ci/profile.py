@@ -70,9 +70,7 @@ def run_profile(scratch: Path, update_baseline: bool) -> int:
             print(f"updated baselines/ci/{recorded.name}")
     check = regression_check(project)
     print(check.stdout, check.stderr, sep="\n")
-    if summary := os.environ.get("GITHUB_STEP_SUMMARY"):  # the table in the GitHub Actions job summary
-        with open(summary, "a") as handle:
-            handle.write(f"## Regression check (CI profile)\n\n```\n{check.stdout}{check.stderr}```\n")
+    summarise(check)
     return check.returncode
 
 
@@ -85,15 +83,23 @@ def prepare(scratch: Path) -> tuple[Path, FixtureArchive]:
     return project, archive
 
 
-def reproduce(project: Path, archive: FixtureArchive, *targets: str) -> subprocess.CompletedProcess:
-    """`dvc repro [targets]` with the profile's params, the archive served from 127.0.0.1 meanwhile."""
+def reproduce(project: Path, archive: FixtureArchive, *targets: str, **env: str) -> subprocess.CompletedProcess:
+    """`dvc repro [targets]` with the profile's params, the archive served from 127.0.0.1 meanwhile; `env` adds
+    environment variables (another CPU kernel set, say)."""
     with served(archive) as url:
         params = merge(load_params(), YAML(typ="safe", pure=True).load(PROFILE.read_text()))
         params["cifar10"]["download"] |= {"url": url, "md5": archive.md5}
         write_params(project / "params.yaml", params)
         commit_all(project, "CI profile")
         print(f"CI profile: dvc repro {' '.join(targets)} in {project}", flush=True)
-        return dvc(project, "repro", *targets, check=False, timeout=1800)
+        return dvc(project, "repro", *targets, check=False, timeout=1800, **env)
+
+
+def summarise(check: subprocess.CompletedProcess, heading: str = "Regression check (CI profile)") -> None:
+    """The check's table in the GitHub Actions job summary, when there is one."""
+    if summary := os.environ.get("GITHUB_STEP_SUMMARY"):
+        with open(summary, "a") as handle:
+            handle.write(f"## {heading}\n\n```\n{check.stdout}{check.stderr}```\n")
 
 
 def regression_check(project: Path, *studies: str) -> subprocess.CompletedProcess:

@@ -1,4 +1,4 @@
-"""The metric regression check: tolerances, invariants, and a deliberately broken change that it must catch."""
+"""The metric regression check: tolerances and invariants (the breakage it must catch: test_breakage.py, test_reproducibility.py)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,11 @@ import copy
 import json
 import math
 import shutil
-import sys
 
 import pytest
 
 from stages import check
-from tests.workspace import ROOT, commit_all, copy_project, dvc, run
+from tests.workspace import ROOT
 from wdlab.results import flatten
 
 SYNTHETIC = json.loads((ROOT / "baselines/default/synthetic.json").read_text())
@@ -116,21 +115,3 @@ def test_cli_exit_codes_and_table(tmp_path, capsys, monkeypatch):
     assert line.rstrip().endswith("FAIL")
     assert check.main(["--calibrate"]) == 0 and check.main([]) == 1, "recalibrating keeps the baseline"
     assert check.main(["--profile", "nope"]) == 2
-
-
-@pytest.mark.slow
-def test_a_wrong_lambda_in_the_code_fails_the_check(tmp_path):
-    """A deliberately broken change: the training code applies λ/10. The check must catch it."""
-    project = copy_project(tmp_path / "project")
-    shutil.copytree(ROOT / "baselines", project / "baselines")
-    shutil.copy(ROOT / "checks.yaml", project / "checks.yaml")
-    linreg = project / "wdlab/synthetic/training.py"
-    source = linreg.read_text()
-    assert "self.lam / 2 * (self.weight**2)" in source
-    linreg.write_text(source.replace("self.lam / 2 * (self.weight**2)", "self.lam / 20 * (self.weight**2)"))
-    commit_all(project, "a subtle bug")
-    dvc(project, "repro", "evaluate_synthetic", "headline_synthetic")
-    proc = run([sys.executable, "-m", "stages.check"], cwd=project, check=False)
-    assert proc.returncode == 1, proc.stdout
-    failures = [line.split()[0] for line in proc.stdout.splitlines() if line.rstrip().endswith("FAIL")]
-    assert "grid.lambda_3.test_loss.mean" in failures and "grid.lambda_3.w_norm.mean" in failures

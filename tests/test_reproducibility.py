@@ -1,0 +1,59 @@
+"""Same params and seeds on another CPU kernel set: the last bits move, the regression check still passes, and it
+still fails a real bug reproduced the same way (bit-identity on one kernel set is test_failures.py's)."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.workspace import ROOT, clone_project, commit_all, copy_project, dvc, other_kernel_set, run
+
+pytestmark = pytest.mark.slow
+
+# Another CPU, as far as this machine can show one: ATen and oneDNN one kernel level down, and one torch thread
+# (the thread count moves the last bits of a reduction too).
+ANOTHER_CPU = other_kernel_set() | {"OMP_NUM_THREADS": "1"}
+SYNTHETIC_METRICS = ("evaluate_synthetic", "headline_synthetic")
+
+
+def regression_check(project: Path) -> tuple[int, str]:
+    proc = run([sys.executable, "-m", "stages.check"], cwd=project, check=False)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def on_another_cpu(tmp_path_factory) -> Path:
+    """The synthetic study's metrics reproduced from the committed params with the kernels of ANOTHER_CPU."""
+    project = copy_project(tmp_path_factory.mktemp("another-cpu") / "project")
+    shutil.copytree(ROOT / "baselines", project / "baselines")
+    shutil.copy(ROOT / "checks.yaml", project / "checks.yaml")
+    commit_all(project, "code, baselines and checks")
+    dvc(project, "repro", *SYNTHETIC_METRICS, **ANOTHER_CPU)
+    return project
+
+
+def test_the_synthetic_study_passes_the_check_on_another_kernel_set(on_another_cpu):
+    committed = (ROOT / "metrics/synthetic.json").read_bytes()
+    returncode, output = regression_check(on_another_cpu)
+    assert returncode == 0, f"the check false-alarms with {ANOTHER_CPU}:\n{output[-5000:]}"
+    # not vacuous: the kernels did move the results (if not, this machine cannot show another CPU this way)
+    assert (on_another_cpu / "metrics/synthetic.json").read_bytes() != committed
+
+
+def test_a_wrong_lambda_in_the_code_fails_the_check(on_another_cpu, tmp_path):
+    """A deliberately broken change: the training code applies λ/10. The check must catch it, on the same kernels
+    on which the clean code passes."""
+    project = clone_project(on_another_cpu, tmp_path / "project")
+    linreg = project / "wdlab/synthetic/training.py"
+    source = linreg.read_text()
+    assert source.count("self.lam / 2 * (self.weight**2)") == 1, "the line this test breaks moved: update the test"
+    linreg.write_text(source.replace("self.lam / 2 * (self.weight**2)", "self.lam / 20 * (self.weight**2)"))
+    commit_all(project, "a subtle bug")
+    dvc(project, "repro", *SYNTHETIC_METRICS, **ANOTHER_CPU)
+    returncode, output = regression_check(project)
+    assert returncode == 1, output
+    failures = [line.split()[0] for line in output.splitlines() if line.rstrip().endswith("FAIL")]
+    assert "grid.lambda_3.test_loss.mean" in failures and "grid.lambda_3.w_norm.mean" in failures
