@@ -236,7 +236,7 @@ def render(chromium: str, url: str, profile: Path, ready, screenshot: Path | Non
             dom, err = proc.communicate(timeout=left)
         except subprocess.TimeoutExpired:
             kill_group(proc, grace=2)
-            dom, err = proc.communicate()
+            dom, err = proc.communicate(timeout=10)
             err = f"(killed after {left:.0f} s) {err}"
         finally:
             kill_group(proc, grace=2)
