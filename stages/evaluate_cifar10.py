@@ -16,7 +16,7 @@ import wdlab
 from wdlab import stage
 from wdlab.errors import StageInputError
 from wdlab.files import load_tensors, read_table, record_with, write_csv, write_json
-from wdlab.results import best_lambda, json_record, mean_curve, seed_summary, stats_of
+from wdlab.results import best_lambda, by_strength, json_record, mean_curve, seed_summary, stats_of
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.tracking import Tracker
 
@@ -68,13 +68,15 @@ def with_shared_baseline(every: pd.DataFrame) -> pd.DataFrame:
 
 
 def chosen_per_regularizer(table: pd.DataFrame) -> dict:
-    """Each regulariser at the strength with the highest mean validation accuracy: what it reaches there."""
+    """Each regulariser at the strength with the highest mean validation accuracy: what it reaches there; and its
+    validation and test accuracy at every strength, the choice's evidence and what stays comparable when it moves."""
     chosen = {}
     for regularizer in REGULARIZERS:
         rows = table[table["regularizer"] == regularizer]
         best = best_lambda(rows, "valid_accuracy_mean", higher_is_better=True)
         at = rows[rows["lambda"] == best].iloc[0] if best is not None else None
-        chosen[regularizer] = {"valid_strength": best} | {key: stats_of(at, key) if at is not None else None for key in COMPARED}
+        chosen[regularizer] = ({"valid_strength": best} | {key: stats_of(at, key) if at is not None else None for key in COMPARED}
+                               | {"by_strength": by_strength(rows, ("valid_accuracy", "test_accuracy"))})
     return chosen
 
 

@@ -15,7 +15,7 @@ import torch
 from wdlab import stage
 from wdlab.errors import StageInputError
 from wdlab.files import load_tensors, read_table, write_csv, write_json
-from wdlab.results import best_lambda, json_record, seed_summary, stats, stats_of
+from wdlab.results import best_lambda, by_strength, json_record, seed_summary, stats, stats_of
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.synthetic.data import Split, load_dataset
 from wdlab.synthetic.evaluation import EXACT, METRICS, RUN_KEYS, evaluate_run, loss
@@ -89,10 +89,12 @@ def metrics(summary: pd.DataFrame, chosen: pd.Series, by_seed: pd.DataFrame, com
 
 
 def compared_at_cv(rows: pd.DataFrame) -> dict:
-    """One regulariser at the strength cross-validation chooses (lowest mean CV loss): what it reaches there."""
+    """One regulariser at the strength cross-validation chooses (lowest mean CV loss): what it reaches there; and its
+    CV and test loss at every strength, the choice's evidence and what stays comparable when the choice moves."""
     best = best_lambda(rows, "cv_loss_mean", higher_is_better=False)
     at = rows[rows["lambda"] == best].iloc[0]
-    return {"cv_strength": best} | {m: stats_of(at, m) for m in ("test_loss", "w_norm", "zeros", "reference_test_loss")}
+    return ({"cv_strength": best} | {m: stats_of(at, m) for m in ("test_loss", "w_norm", "zeros", "reference_test_loss")}
+            | {"by_strength": by_strength(rows, ("cv_loss", "test_loss"))})
 
 
 def decoupled_vs_l2(by_seed: pd.DataFrame) -> dict:

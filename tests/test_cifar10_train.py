@@ -296,6 +296,11 @@ def test_stages_write_metrics_curves_and_report(pipeline):
                                       l2[l2["lambda"] == 0.0].drop(columns="regularizer").reset_index(drop=True))
     assert set(metrics["regularizers"]) == set(REGULARIZERS) and metrics["regularizer"] == "l2"
     assert metrics["regularizers"]["l2"]["valid_strength"] == metrics["chosen_by_validation"]["lambda"]
+    # each regulariser's scores per strength, which the regression check weighs a moved choice with
+    scores = metrics["regularizers"]["l2"]["by_strength"]
+    assert set(scores) == set(metrics["grid"]) and scores["lambda_1000"]["valid_accuracy"]["mean"] is None
+    assert scores["lambda_0"]["valid_accuracy"] == {k: metrics["grid"]["lambda_0"]["valid_accuracy"][k] for k in ("mean", "std")}
+    assert set(metrics["regularizers"]["dropout"]["by_strength"]["lambda_0"]) == {"valid_accuracy", "test_accuracy"}
 
     history = pd.read_csv(pipeline / grid.history)
     assert {"seed", "lambda", "epoch", "train_accuracy", "test_loss", "gap_accuracy", "gap_loss", "w_norm"} <= set(history.columns)

@@ -112,6 +112,15 @@ def stats_of(row: Mapping[str, Any], metric: str) -> dict[str, float | None]:
     return json_record({name: row[f"{metric}_{name}"] for name in ("mean", "std", "ci_low", "ci_high")})
 
 
+def by_strength(summary: pd.DataFrame, metrics: Sequence[str]) -> dict[str, dict]:
+    """Per strength of a seed_summary table, each metric's mean and std over seeds, {lambda_<λ>: {metric: {mean, std}}}:
+    the scores a choice of strength was made on, which tell the regression check whether a moved choice is a tie."""
+    return {
+        f"lambda_{row['lambda']:g}": {m: json_record({"mean": row[f"{m}_mean"], "std": row[f"{m}_std"]}) for m in metrics}
+        for row in summary.to_dict("records")
+    }
+
+
 def mean_curve(history: pd.DataFrame) -> list[dict]:
     """A run's per-epoch curves averaged over seeds (diverged seeds' NaN left out): one line per metric for `dvc plots`."""
     numeric = history.drop(columns=[c for c in ("regularizer", "seed", "lambda", "diverged") if c in history])
