@@ -150,6 +150,7 @@ class CifarTrain(_Model):
     label_smoothing: Probability
     decay_norm_and_bias: bool = Field(description="false: λ applies to conv/linear weights only")
     mixed_precision: bool = Field(description="bf16 autocast where the hardware computes in bf16 (CUDA, CPUs with AVX512-BF16)")
+    deterministic: bool = Field(description="CUDA: deterministic kernels, so a rerun reproduces every number; false: torch's faster defaults. The CPU is deterministic either way")
 
 
 class CifarStrengths(Strengths):
