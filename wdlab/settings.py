@@ -8,8 +8,6 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -205,6 +203,10 @@ class Settings(_Model):
 
 def load_settings(path: Path | str = PARAMS_FILE) -> Settings:
     """Read and validate the whole params file; raise ParamsError naming the first bad key."""
+    # Imported here: the models alone need only pydantic, so benchmarks.gpu_check runs without the pipeline's packages.
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path} not found: run from the project root, where params.yaml lives")
