@@ -1,9 +1,10 @@
-"""Where tensors live and how they are computed: device choice, memory layout and bf16 autocast."""
+"""Where tensors live and how they are computed: device choice, memory layout, bf16 autocast and CUDA determinism."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import os
 import platform
 from dataclasses import dataclass
 
@@ -48,6 +49,32 @@ def device_formats(device: torch.device, mixed_precision: bool) -> Formats:
         (device.type == "cuda" and torch.cuda.is_bf16_supported()) or (device.type == "cpu" and cpu_has_bf16())
     )
     return Formats(device, torch.channels_last if channels_last else torch.contiguous_format, torch.bfloat16 if bf16 else None)
+
+
+CUBLAS_WORKSPACE = ":4096:8"  # cuBLAS's deterministic workspace settings: eight 4 MiB buffers (32 MiB)
+
+
+def set_cuda_determinism(device: torch.device, deterministic: bool) -> None:
+    """On CUDA, deterministic kernels (the same numbers on every rerun) or torch's defaults; elsewhere nothing.
+
+    Deterministic: cuDNN convolutions pick only deterministic algorithms (their backward passes otherwise may
+    accumulate with atomics, in a different order each run), and `torch.use_deterministic_algorithms` makes every
+    op with a deterministic variant use it and every op without one raise, so a run fails in its first step instead
+    of giving numbers a rerun cannot reproduce. Every op the trainer runs has one (conv, BatchNorm, 2D max-pool,
+    cross-entropy on [B, classes], the augmentation's gathers); what the docs list as raising (NLLLoss on images,
+    3D max-pool, adaptive pooling, …) it does not use. cuDNN's benchmark mode stays off: it times candidate
+    algorithms per shape and keeps the fastest, which can differ between runs. On the CPU torch is deterministic
+    already (for a given thread count): the switches would only reroute some of its ops and fill every new tensor
+    before use, slower and no more exact, so the CPU keeps its path and its numbers.
+    """
+    if device.type != "cuda":
+        return
+    # cuBLAS reads its workspace settings when torch first creates its handle, so this must come before the first
+    # matmul of the process; torch's deterministic mode refuses cuBLAS calls without them. A user's own value stays.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = deterministic
+    torch.use_deterministic_algorithms(deterministic)
 
 
 def cpu_has_bf16() -> bool:

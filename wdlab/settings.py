@@ -8,8 +8,6 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
-from ruamel.yaml import YAML
-from ruamel.yaml.error import YAMLError
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -150,6 +148,7 @@ class CifarTrain(_Model):
     label_smoothing: Probability
     decay_norm_and_bias: bool = Field(description="false: λ applies to conv/linear weights only")
     mixed_precision: bool = Field(description="bf16 autocast where the hardware computes in bf16 (CUDA, CPUs with AVX512-BF16)")
+    deterministic: bool = Field(description="CUDA: deterministic kernels, so a rerun reproduces every number; false: torch's faster defaults. The CPU is deterministic either way")
 
 
 class CifarStrengths(Strengths):
@@ -204,6 +203,10 @@ class Settings(_Model):
 
 def load_settings(path: Path | str = PARAMS_FILE) -> Settings:
     """Read and validate the whole params file; raise ParamsError naming the first bad key."""
+    # Imported here: the models alone need only pydantic, so benchmarks.gpu_check runs without the pipeline's packages.
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path} not found: run from the project root, where params.yaml lives")

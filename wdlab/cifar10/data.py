@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,9 @@ import torch.nn.functional as F
 from wdlab import streams
 from wdlab.errors import StageError
 from wdlab.settings import CifarData
+
+if TYPE_CHECKING:
+    from wdlab.cifar10.archive import Cifar10
 
 MEAN = (0.4914, 0.4822, 0.4465)  # per channel over the training set, pixels in [0, 1]
 STD = (0.2470, 0.2435, 0.2616)
@@ -38,11 +41,15 @@ class Splits(NamedTuple):
 
 
 def load_splits(directory: Path, spec: CifarData) -> Splits:
-    """The download stage's dataset cut into training subset, validation images and test set (by `split_seed`:
-    the same images for every training seed, so seeds differ by training noise alone)."""
+    """The download stage's dataset, cut into its splits."""
     from wdlab.cifar10.archive import load_cifar10
 
-    data = load_cifar10(directory)
+    return cut_splits(load_cifar10(directory), spec)
+
+
+def cut_splits(data: Cifar10, spec: CifarData) -> Splits:
+    """A dataset cut into training subset, validation images and test set (by `split_seed`: the same images for
+    every training seed, so seeds differ by training noise alone)."""
     train_idx, valid_idx = split_indices(data.train_labels, spec.train_subset, spec.valid_size, spec.split_seed)
     return Splits(
         Split(data.train_images[train_idx], data.train_labels[train_idx]),

@@ -8,7 +8,7 @@ from typing import Any
 
 from wdlab.cifar10.data import Splits
 from wdlab.cifar10.training import EpochCallback, RunResult, train
-from wdlab.device import device_formats, pick_device
+from wdlab.device import device_formats, pick_device, set_cuda_determinism
 from wdlab.settings import CifarSettings
 
 
@@ -34,7 +34,9 @@ class RunSpec:
 
 def train_run(spec: RunSpec, splits: Splits, on_epoch: EpochCallback | None = None) -> RunResult:
     """Train one run of the grid on `splits` (moved to the device here, so a worker can get them on the CPU)."""
-    formats = device_formats(pick_device(spec.device), spec.study.train.mixed_precision)
+    device = pick_device(spec.device)
+    set_cuda_determinism(device, spec.study.train.deterministic)  # before the run's first kernel, in whichever process runs it
+    formats = device_formats(device, spec.study.train.mixed_precision)
     return train(splits.to(formats.device), spec.study, spec.regularizer, spec.strength, spec.seed, formats, on_epoch=on_epoch)
 
 
