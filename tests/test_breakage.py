@@ -1,7 +1,7 @@
 """The regression check catches real breakage, and only that: the clean code passes it on another CPU kernel set,
 and deliberately broken changes, run through the CI profile, fail it.
 
-The CI profile is reproduced once from the clean code with PyTorch computing on a kernel set below this machine's
+The CI profile is reproduced once from the clean code with PyTorch computing on other kernels than this machine's
 own (the last bits of every result move, as on another CPU) and must pass the check against the committed
 baselines/ci. Each breakage test then takes a copy of that project, breaks one thing in the code, reproduces the
 branch it breaks with real `dvc repro` (CIFAR-10 on the generated stand-in served from 127.0.0.1) under the same

@@ -13,8 +13,8 @@ from tests.workspace import ROOT, clone_project, commit_all, copy_project, dvc, 
 
 pytestmark = pytest.mark.slow
 
-# Another CPU, as far as this machine can show one: ATen and oneDNN one kernel level down, and one torch thread
-# (the thread count moves the last bits of a reduction too).
+# Another CPU, as far as this machine can show one: other ATen and oneDNN kernels, and one torch thread (the thread
+# count moves the last bits of a reduction too).
 ANOTHER_CPU = other_kernel_set() | {"OMP_NUM_THREADS": "1"}
 SYNTHETIC_METRICS = ("evaluate_synthetic", "headline_synthetic")
 

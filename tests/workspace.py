@@ -52,16 +52,14 @@ def tool_env(**extra: str) -> dict[str, str]:
 
 
 def other_kernel_set() -> dict[str, str]:
-    """Environment variables that make PyTorch compute with CPU kernels one level below this machine's own, so the
-    last bits of every result move as they do on another CPU: ATen's vectorised kernels (ATEN_CPU_CAPABILITY) and
-    oneDNN's convolutions (ONEDNN_MAX_CPU_ISA). Baselines are made with a machine's own kernels, so this is never
-    the set they were made with on this machine."""
+    """Environment variables that make PyTorch compute with other CPU kernels than this machine's own, so the last
+    bits of results move as they do on another CPU: ATen's unvectorised kernels (ATEN_CPU_CAPABILITY=default, which
+    draws even `torch.randn` differently in the last bits) and oneDNN's convolutions one instruction set below this
+    machine's (ONEDNN_MAX_CPU_ISA). Baselines are made with a machine's own kernels, never with these."""
     import torch
 
     native = torch.backends.cpu.get_cpu_capability().upper()  # DEFAULT, AVX2 or AVX512 on x86
-    if native.startswith("AVX512"):
-        return {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    return {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}
+    return {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2" if native.startswith("AVX512") else "SSE41"}
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
