@@ -31,7 +31,7 @@ def free_port() -> int:
 
 
 def server_command(port: int, backend_store_uri: str = "sqlite:///mlflow.db", workers: int = 1) -> list[str]:
-    """The README's `mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, from this venv.
+    """docs/mlflow.md's `mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, from this venv.
 
     One worker instead of MLflow's default four: the same app, started in a third of the time.
     """

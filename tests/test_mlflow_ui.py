@@ -1,6 +1,6 @@
 """The MLflow UI over a store that a real pipeline run filled: the real server's REST API, then headless Chromium.
 
-A copy of the session's real `dvc repro` of the synthetic branch (tests/conftest.py), then the README's
+A copy of the session's real `dvc repro` of the synthetic branch (tests/conftest.py), then docs/mlflow.md's
 `mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port …` started in that copy.
 The browser checks need Debian's `chromium` (.ci/install-chromium) and skip, saying so, without it.
 """
@@ -55,7 +55,7 @@ def project(synthetic_template, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(project, tmp_path_factory):
-    """The README's command, run in the copy: a relative sqlite URI resolves against the project root there."""
+    """docs/mlflow.md's command, run in the copy: a relative sqlite URI resolves against the project root there."""
     log = tmp_path_factory.mktemp("mlflow-server") / "server.log"
     with mlflow_server(cwd=project, log=log, backend_store_uri="sqlite:///mlflow.db", timeout=60) as base:
         yield base
