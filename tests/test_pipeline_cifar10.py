@@ -41,7 +41,7 @@ def metrics(project) -> dict:
 
 def test_the_branch_runs_and_the_model_learns(reproduced):
     project, output = reproduced
-    assert ran_stages(output) == {"download", "headline_cifar10", *(f"train_cifar10@{r}" for r in REGULARIZERS), "evaluate_cifar10",
+    assert ran_stages(output) == {"validate", "download", "headline_cifar10", *(f"train_cifar10@{r}" for r in REGULARIZERS), "evaluate_cifar10",
                                   TARGET, "compare_cifar10"}
     result = metrics(project)
     assert set(result["grid"]) == {"lambda_0", "lambda_0.01"}
@@ -80,7 +80,7 @@ def test_exp_run_on_cifar_wd_reruns_only_the_headline_branch(reproduced, tmp_pat
     project = clone_project(reproduced[0], tmp_path / "project")
     before = metrics(project)
     run = dvc(project, "exp", "run", "-S", "cifar10.wd=0.01", TARGET)
-    assert ran_stages(run.stdout) == {"headline_cifar10", "evaluate_cifar10", TARGET}
+    assert ran_stages(run.stdout) == {"validate", "headline_cifar10", "evaluate_cifar10", TARGET}
     assert "none retrained" in run.stdout + run.stderr, "λ = 0.01 is in the grid: its runs are taken, not trained again"
     after = metrics(project)
     assert after["headline"]["lambda"] == 0.01 and after["grid"] == before["grid"]
@@ -90,7 +90,7 @@ def test_exp_run_on_cifar_wd_reruns_only_the_headline_branch(reproduced, tmp_pat
         assert after["headline"][key] == after["grid"]["lambda_0.01"][key], key
 
     outside = dvc(project, "exp", "run", "-S", "cifar10.wd=0.003", TARGET)
-    assert ran_stages(outside.stdout) == {"headline_cifar10", "evaluate_cifar10", TARGET}
+    assert ran_stages(outside.stdout) == {"validate", "headline_cifar10", "evaluate_cifar10", TARGET}
     assert "training headline run" in outside.stdout + outside.stderr and metrics(project)["headline"]["lambda"] == 0.003
 
 

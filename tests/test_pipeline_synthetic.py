@@ -33,7 +33,7 @@ def reproduced(synthetic_template, tmp_path_factory):
 def test_repro_runs_every_synthetic_stage_and_meets_the_bar(reproduced):
     project, output = reproduced
     assert ran_stages(output) == {
-        "generate", "headline_synthetic", *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")), "cross_validate", "evaluate_synthetic", "report_synthetic",
+        "validate", "generate", "headline_synthetic", *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")), "cross_validate", "evaluate_synthetic", "report_synthetic",
         "compare_synthetic",
     }
     metrics = json.loads((project / "metrics/synthetic.json").read_text())
@@ -109,7 +109,7 @@ def test_exp_run_l1_reports_exact_zeros_and_the_lasso_and_trains_only_the_headli
     trains; the study's page turns to L1, with its exact zeros and the scikit-learn lasso reference."""
     project = fresh
     run = dvc(project, "exp", "run", "-S", "synthetic.regularizer=l1", "-S", "wd=0.3", *SYNTHETIC_BRANCH)
-    assert ran_stages(run.stdout) == {"headline_synthetic", "evaluate_synthetic", "report_synthetic", "compare_synthetic"}
+    assert ran_stages(run.stdout) == {"validate", "headline_synthetic", "evaluate_synthetic", "report_synthetic", "compare_synthetic"}
     metrics = json.loads((project / "metrics/synthetic.json").read_text())
     assert metrics["regularizer"] == "l1" and headline(project)["zeros"]["mean"] > 0
     grid = metrics["grid"]
@@ -130,12 +130,13 @@ def test_a_strength_grid_change_retrains_that_regulariser_alone(fresh):
 
 
 def test_exp_run_wd3_reruns_only_what_depends_on_wd(fresh):
-    """`-S wd=3` retrains the headline, which reports itself; the study's pages are about the grid and stay."""
+    """`-S wd=3` retrains the headline, which reports itself; the study's pages are about the grid and stay (validate,
+    which checks the changed params.yaml, writes the same stamp, so nothing else reruns)."""
     project = fresh
     before = headline(project)
     pages = {path: path.read_bytes() for path in (project / "reports").rglob("*") if path.is_file()}
     run = dvc(project, "exp", "run", "-S", "wd=3", *SYNTHETIC_BRANCH)
-    assert ran_stages(run.stdout) == {"headline_synthetic"}
+    assert ran_stages(run.stdout) == {"validate", "headline_synthetic"}
     assert {path: path.read_bytes() for path in (project / "reports").rglob("*") if path.is_file()} == pages
     after = headline(project)
     assert after["lambda"] == 3.0

@@ -127,7 +127,7 @@ def git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 # The synthetic branch's last stages: `dvc repro` of these three is the whole branch, `dvc exp run -S wd=3` of them
-# the headline alone (the study's pages do not depend on it).
+# validate and the headline alone (the study's pages do not depend on it).
 SYNTHETIC_BRANCH = ("headline_synthetic", "report_synthetic", "compare_synthetic")
 
 TRACKED_FOR_COPY = ("stages", "wdlab", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore", "tests")

@@ -46,8 +46,9 @@ def training_parser(module_doc: str | None, prog: str, grid_key: str, headline_k
     return cli
 
 
-def run_stage(main: Callable[[Settings, argparse.Namespace], None], cli: argparse.ArgumentParser) -> None:
-    """Parse arguments, validate params.yaml, run `main`; known failures exit with one clear line."""
+def run_stage(main: Callable[[Settings, argparse.Namespace], None], cli: argparse.ArgumentParser, params_fix: str = "") -> None:
+    """Parse arguments, validate params.yaml, run `main`; known failures exit with one clear line (a bad value's
+    followed by `params_fix`, where the stage has one to give)."""
     resume_collection()  # the stage's imports are done
     args = cli.parse_args()
     setup_logging()
@@ -55,7 +56,8 @@ def run_stage(main: Callable[[Settings, argparse.Namespace], None], cli: argpars
     try:
         main(load_settings(args.params), args)
     except (ParamsError, StageError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        fix = f"; {params_fix}" if params_fix and isinstance(err, ParamsError) else ""
+        print(f"error: {err}{fix}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"error: {cli.prog} interrupted; earlier outputs are intact, rerun `dvc repro`", file=sys.stderr)
