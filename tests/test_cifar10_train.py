@@ -270,7 +270,7 @@ def pipeline(tmp_path_factory, splits) -> Path:
     train_x = torch.cat([splits.train.images, splits.valid.images])
     train_y = torch.cat([splits.train.labels, splits.valid.labels])
     save_cifar10(Cifar10(train_x, train_y, test.images, test.labels, CLASSES), root / args("train_cifar10@l2", train_cifar10).data, source_md5="0" * 32)
-    settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.strengths.l2": [0.0, 5e-4, 1e3], "cifar10.seeds": [0, 1]})
+    settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.strengths.l2": [0.0, 5e-4, 1e3], "cifar10.seeds": [0, 1], "cifar10.wd": 5e-4})
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
