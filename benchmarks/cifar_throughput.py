@@ -12,15 +12,18 @@ CIFAR shape, which cost exactly what real images cost:
 
 and the trainer's achieved GFLOP/s (FLOPs of one step as FlopCounterMode counts them: convolutions and matmuls,
 forward and backward) beside what this machine reaches at best, timed in the same run: a large matmul and a
-32-channel 3×3 convolution in the trainer's precision and layout.
+32-channel 3×3 convolution in the trainer's precision and layout. It prints the machine first (benchmarks/machine.py)
+and writes every figure with it to benchmarks/results/cifar_throughput-<machine class>.json.
 
     python -m benchmarks.cifar_throughput                 # params.yaml's width and batch size
     python -m benchmarks.cifar_throughput --images 5120 --workers 0
+    ONEDNN_MAX_CPU_ISA=AVX512_CORE python -m benchmarks.cifar_throughput   # as a CPU without bf16 computes (float32)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections.abc import Callable
 
@@ -32,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision import transforms
 
+from benchmarks.machine import this_machine, write_result
 from wdlab import streams
 from wdlab.cifar10.data import MEAN, STD, Split
 from wdlab.cifar10.model import build_model
@@ -151,6 +155,8 @@ def main() -> None:
     images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=gen)
     labels = torch.randint(0, 10, (args.images,), generator=gen)
     n = (args.images // study.train.batch_size) * study.train.batch_size  # both loops drop the last partial batch
+    machine = this_machine()
+    print(machine.describe())
     print(f"device {device} ({torch.get_num_threads()} threads), width {study.model.width}, batch {study.train.batch_size}, "
           f"{n} images per epoch, trainer formats: {fast.describe()}")
 
@@ -176,8 +182,14 @@ def main() -> None:
     per_image = flops_per_image(Trainer.create(spec, study.regularizer, study.wd, seed, fast, n_train=len(batch.labels)), batch)
     achieved = results["trainer"] * per_image / 1e9
     print(f"trainer    {per_image / 1e9:.3f} GFLOP per image (forward + backward) = {achieved:.0f} GFLOP/s")
-    for name, peak in peak_gflops(fast, repeats=5 * args.repeats).items():
+    peaks = peak_gflops(fast, repeats=5 * args.repeats)
+    for name, peak in peaks.items():
         print(f"  {100 * achieved / peak:4.0f} % of a {name:<28} {peak:6.0f} GFLOP/s")
+    figures = {"width": study.model.width, "batch_size": study.train.batch_size, "images_per_epoch": n, "formats": fast.describe(),
+               "images_per_s": {name: round(rate) for name, rate in results.items()}, "gflop_per_image": round(per_image / 1e9, 4),
+               "trainer_gflop_per_s": round(achieved, 1), "peak_gflop_per_s": {name: round(peak, 1) for name, peak in peaks.items()},
+               "load_after": round(os.getloadavg()[0], 2)}
+    print(f"written: {write_result('cifar_throughput', machine, figures)}")
 
 
 if __name__ == "__main__":

@@ -151,6 +151,15 @@ def test_mixed_precision_runs_are_identical_too(splits):
     assert (first.history != float32.history) is native, "bf16 ran where it is native, float32 elsewhere"
 
 
+def test_a_onednn_cap_below_bf16_trains_in_float32(monkeypatch):
+    """ONEDNN_MAX_CPU_ISA=AVX512_CORE keeps oneDNN off bf16 on any CPU: the trainer then computes as a CPU without
+    bf16 does, so the variable alone stands in for the float32 machine most users have."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core")
+    assert not cpu_has_bf16() and device_formats(CPU, mixed_precision=True).autocast_dtype is None
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+    assert device_formats(CPU, mixed_precision=True).autocast_dtype == (torch.bfloat16 if cpu_has_bf16() else None)
+
+
 def test_weight_decay_shrinks_the_weights(splits):
     settings = tiny_settings(**{"cifar10.train.epochs": 1})
     plain, decayed = train(splits, settings, weight_decay=0.0), train(splits, settings, weight_decay=0.05)
@@ -261,7 +270,7 @@ def pipeline(tmp_path_factory, splits) -> Path:
     train_x = torch.cat([splits.train.images, splits.valid.images])
     train_y = torch.cat([splits.train.labels, splits.valid.labels])
     save_cifar10(Cifar10(train_x, train_y, test.images, test.labels, CLASSES), root / args("train_cifar10@l2", train_cifar10).data, source_md5="0" * 32)
-    settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.strengths.l2": [0.0, 5e-4, 1e3], "cifar10.seeds": [0, 1]})
+    settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.strengths.l2": [0.0, 5e-4, 1e3], "cifar10.seeds": [0, 1], "cifar10.wd": 5e-4})
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")

@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 
 import pytest
 import torch
+from ruamel.yaml import YAML
 
 from benchmarks import gpu_check
 from tests.workspace import ROOT, load_params, set_key
 from wdlab.device import CUBLAS_WORKSPACE, set_cuda_determinism
 from wdlab.settings import parse_settings
 
-# The README's GPU recipe: params.yaml with these `-S` overrides.
-README_GPU = {"cifar10.seeds": [0, 1, 2], "cifar10.data.train_subset": 0, "cifar10.model.width": 64,
-              "cifar10.train.epochs": 30, "cifar10.data.augment": True}
 # What a bare GPU machine lacks: the pipeline's and the reports' packages.
 NOT_NEEDED = ("dvc", "mlflow", "ray", "pandas", "seaborn", "matplotlib", "scipy", "sklearn", "ruamel", "yaml")
 RUN_WITHOUT = """
@@ -66,15 +65,29 @@ def test_the_cpu_keeps_its_path(restores_torch_determinism):
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
 
 
+def readme_gpu_preset() -> dict[str, object]:
+    """The `-S key=value` overrides of the README's GPU preset (the `dvc exp run` after `# a GPU:`), values as YAML."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("# a GPU:")) + 1
+    command = ""
+    while True:
+        command += lines[start].strip().removesuffix("\\") + " "
+        if not lines[start].rstrip().endswith("\\"):
+            break
+        start += 1
+    words = shlex.split(command)
+    assert words[:3] == ["dvc", "exp", "run"], command
+    overrides = [words[i + 1] for i, word in enumerate(words) if word == "-S"]
+    return {key: YAML(typ="safe", pure=True).load(value) for key, value in (o.split("=", 1) for o in overrides)}
+
+
 def test_the_check_measures_the_readme_gpu_recipe():
-    readme = " ".join((ROOT / "README.md").read_text().split())
-    for key, value in README_GPU.items():
-        written = f"'{key}=[0,1,2]'" if isinstance(value, list) else f"{key}={str(value).lower()}"
-        assert f"-S {written}" in readme, f"the README's GPU recipe no longer sets {key}: update README_GPU and the check"
+    preset = readme_gpu_preset()
+    assert preset["cifar10.data.train_subset"] == 0 and preset["cifar10.model.width"] == 64, "the full-size recipe"
     raw = load_params()
-    for key, value in README_GPU.items():
+    for key, value in preset.items():
         set_key(raw, key, value)
-    assert gpu_check.recipe(gpu_check.FULL) == parse_settings(raw).cifar10, "benchmarks/gpu_check.py's RECIPE must follow params.yaml"
+    assert gpu_check.recipe(gpu_check.FULL) == parse_settings(raw).cifar10, "benchmarks/gpu_check.py's RECIPE must follow params.yaml and the README's GPU preset"
 
 
 def test_the_check_runs_on_a_cpu_without_the_pipelines_packages(tmp_path):

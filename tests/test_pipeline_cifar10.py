@@ -15,6 +15,7 @@ pytestmark = pytest.mark.slow
 
 TARGET = "report_cifar10"
 TINY = {
+    "cifar10.seeds": [0],  # one seed keeps the branch quick; tests/test_cifar10_train.py runs the stages on two
     "cifar10.data.train_subset": 0,
     "cifar10.data.valid_size": 60,
     "cifar10.model.width": 8,

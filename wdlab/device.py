@@ -77,8 +77,16 @@ def set_cuda_determinism(device: torch.device, deterministic: bool) -> None:
     torch.use_deterministic_algorithms(deterministic)
 
 
+# oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA) that stop below AVX512_CORE_BF16: no bf16 dot product among them
+ONEDNN_ISAS_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_has_bf16() -> bool:
-    """Native bf16 matrix instructions (AVX512-BF16 or AMX); without them bf16 on the CPU is emulated and slow."""
+    """Native bf16 matrix instructions (AVX512-BF16 or AMX) that oneDNN may use; without them bf16 on the CPU is
+    emulated and slow. `ONEDNN_MAX_CPU_ISA=AVX512_CORE` keeps oneDNN off bf16 on any CPU, so it answers False
+    there too: one environment variable then stands in for a CPU without bf16 (the float32 most CPUs compute in)."""
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in ONEDNN_ISAS_WITHOUT_BF16:
+        return False
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
 
