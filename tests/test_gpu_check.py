@@ -107,7 +107,7 @@ def test_the_check_runs_on_a_cpu_without_the_pipelines_packages(tmp_path):
     assert report["recipe"]["seconds_per_epoch"] > report["recipe"]["train_seconds"] > 0
     assert report["airbench"]["ratio_to_airbench94"] > 0
     study = report["study"]
-    strengths = load_params()["cifar10"]["strengths"]
+    strengths = gpu_check.RECIPE["strengths"]
     assert study["runs"] == 3 * sum(map(len, strengths.values())) and study["epochs"] == 30  # every strength on 3 seeds
     assert study["hours"] == pytest.approx(study["runs"] * study["epochs"] * study["seconds_per_epoch"] / 3600)
     assert "same seed" in done.stdout and "identical" in done.stdout

@@ -21,7 +21,8 @@ def test_committed_params_are_valid():
     assert 3.0 in settings.synthetic.lambda_grid and 0.0 in settings.synthetic.lambda_grid
     assert len(settings.synthetic.lambda_grid) >= 10
     assert max(settings.synthetic.lambda_grid) >= 100
-    assert 5e-4 in settings.cifar10.lambda_grid
+    assert 0.0 in settings.cifar10.lambda_grid and settings.cifar10.wd in settings.cifar10.lambda_grid, "the headline is a grid run"
+    assert len(settings.cifar10.seeds) >= 3, "every CIFAR-10 finding with its spread over seeds"
     assert len(settings.synthetic.seeds) >= 10, "spread comparable with the reference's 10 seeds"
 
 
