@@ -1,12 +1,12 @@
 """The GPU path in one command: the machine, the study's epoch time and FLOP rate, same-seed reruns, memory, wall time.
 
-What a GPU user needs before trusting the README's GPU recipe, measured on a generated full-size dataset in memory
+What a GPU user needs before trusting the GPU recipe (docs/cifar10.md), measured on a generated full-size dataset in memory
 (50,000 + 10,000 random uint8 images: random pixels cost exactly what real ones cost), printed and, with --out,
 written as JSON:
 
   machine     GPU, CUDA and cuDNN versions, torch, CPU model, date, git revision
   peak        a large matmul in the trainer's precision, timed here: what this GPU reaches at best
-  recipe      one epoch of the README's GPU configuration (all images, width 64, augmentation, batch 256):
+  recipe      one epoch of the GPU preset of docs/cifar10.md (all images, width 64, augmentation, batch 256):
               seconds, images/s, TFLOP/s (FlopCounterMode's count); and the same pass with torch's nondeterministic
               defaults, the price of `cifar10.train.deterministic`
   airbench    an epoch at airbench94's size (width 64, its batch of 1,024, all 50,000 images) against airbench94's
@@ -47,7 +47,7 @@ from wdlab.cifar10.training import RunResult, Trainer, measure
 from wdlab.device import Formats, device_formats, pick_device, set_cuda_determinism
 from wdlab.settings import REGULARIZERS, CifarSettings
 
-# params.yaml's cifar10 section with the README's GPU preset (every training image, width 64, 30 epochs of batch 256,
+# params.yaml's cifar10 section with the GPU preset of docs/cifar10.md (every training image, width 64, 30 epochs of batch 256,
 # augmentation, curves on 2,000 images, the full strength grids). Written out because reading params.yaml needs the pipeline's YAML parser; a test keeps the two equal.
 RECIPE = {
     "seeds": [0, 1, 2],
@@ -95,7 +95,7 @@ TINY = Scale(
 
 
 def recipe(scale: Scale) -> CifarSettings:
-    """The README's GPU configuration, with the scale's overrides."""
+    """The GPU preset, with the scale's overrides."""
     raw = {key: value | scale.overrides[key] if key in scale.overrides else value for key, value in RECIPE.items()}
     return CifarSettings.model_validate(raw)
 

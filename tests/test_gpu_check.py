@@ -65,9 +65,9 @@ def test_the_cpu_keeps_its_path(restores_torch_determinism):
     assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
 
 
-def readme_gpu_preset() -> dict[str, object]:
-    """The `-S key=value` overrides of the README's GPU preset (the `dvc exp run` after `# a GPU:`), values as YAML."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+def gpu_preset() -> dict[str, object]:
+    """The `-S key=value` overrides of the GPU preset in docs/cifar10.md (the `dvc exp run` after `# a GPU:`), values as YAML."""
+    lines = (ROOT / "docs/cifar10.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip().startswith("# a GPU:")) + 1
     command = ""
     while True:
@@ -81,13 +81,13 @@ def readme_gpu_preset() -> dict[str, object]:
     return {key: YAML(typ="safe", pure=True).load(value) for key, value in (o.split("=", 1) for o in overrides)}
 
 
-def test_the_check_measures_the_readme_gpu_recipe():
-    preset = readme_gpu_preset()
+def test_the_check_measures_the_documented_gpu_recipe():
+    preset = gpu_preset()
     assert preset["cifar10.data.train_subset"] == 0 and preset["cifar10.model.width"] == 64, "the full-size recipe"
     raw = load_params()
     for key, value in preset.items():
         set_key(raw, key, value)
-    assert gpu_check.recipe(gpu_check.FULL) == parse_settings(raw).cifar10, "benchmarks/gpu_check.py's RECIPE must follow params.yaml and the README's GPU preset"
+    assert gpu_check.recipe(gpu_check.FULL) == parse_settings(raw).cifar10, "benchmarks/gpu_check.py's RECIPE must follow params.yaml and the GPU preset of docs/cifar10.md"
 
 
 def test_the_check_runs_on_a_cpu_without_the_pipelines_packages(tmp_path):
