@@ -26,20 +26,19 @@ in seconds (the tests do), so it cannot rot where no GPU is.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
-import platform
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks.cifar_throughput import dtype_name, flops_per_image, gflops, sync
+from benchmarks.machine import this_machine
 from wdlab.cifar10.archive import Cifar10
 from wdlab.cifar10.data import Split, Splits, curve_subsets, cut_splits
 from wdlab.cifar10.grid import RunSpec, train_run
@@ -108,35 +107,13 @@ def with_values(study: CifarSettings, section: str, **values: Any) -> CifarSetti
 
 
 def machine(device: torch.device) -> dict[str, Any]:
-    """What the numbers were measured on."""
-    info = {
-        "device": device.type, "torch": torch.__version__, "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "git_revision": git_revision(),
-    }
+    """What the numbers were measured on: benchmarks.machine's description, with the CUDA details where they apply."""
+    info = {"device": device.type} | dataclasses.asdict(this_machine())
     if device.type == "cuda":
         gpu = torch.cuda.get_device_properties(device)
-        info |= {"gpu": gpu.name, "gpu_memory_gib": gpu.total_memory / 2**30, "multiprocessors": gpu.multi_processor_count,
+        info |= {"gpu_memory_gib": gpu.total_memory / 2**30, "multiprocessors": gpu.multi_processor_count,
                  "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
     return info
-
-
-def cpu_model() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def git_revision() -> str | None:
-    """This checkout's commit (`-dirty` with uncommitted changes); None outside git."""
-    try:
-        described = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=Path(__file__).parent,
-                                   capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return described.stdout.strip() if described.returncode == 0 else None
 
 
 # ── data and timing ───────────────────────────────────────────────────────────────────────────────
@@ -306,7 +283,7 @@ def summary(report: dict[str, Any]) -> str:
     cuda = m["device"] == "cuda"
     where = f"{m['gpu']}, CUDA {m['cuda']}, cuDNN {m['cudnn']}" if cuda else f"{m['device']}, torch threads: {m['torch_threads']}"
     lines = [
-        f"machine    {where}; torch {m['torch']}; {m['cpu']}; {m['date']}; revision {m['git_revision']}",
+        f"machine    {where}; torch {m['torch']}; {m['cpu']}; {m['date']}; revision {m['revision']}",
         f"peak       {peak['kernel']}: {peak['tflops']:.3g} TFLOP/s",
     ]
     for name, section in (("recipe", r), ("airbench", a)):
