@@ -44,7 +44,9 @@ def merge(base: dict, override: dict) -> dict:
 
 def main() -> int:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.add_argument("--update-baseline", action="store_true", help="accept this run's metrics as baselines/ci, on purpose")
+    cli.add_argument(
+        "--update-baseline", action="store_true", help="accept this run's metrics as baselines/ci, on purpose"
+    )
     cli.add_argument("--keep", action="store_true", help="keep the temp copy for inspection")
     args = cli.parse_args()
 
@@ -79,7 +81,9 @@ def prepare(scratch: Path) -> tuple[Path, FixtureArchive]:
     project = copy_project(scratch / "project")
     shutil.copytree(ROOT / "baselines", project / "baselines")
     shutil.copy(ROOT / "checks.yaml", project / "checks.yaml")
-    archive = build_archive(scratch / "serve", images_per_batch=IMAGES_PER_BATCH, difficulty="ci", test_images=TEST_IMAGES)
+    archive = build_archive(
+        scratch / "serve", images_per_batch=IMAGES_PER_BATCH, difficulty="ci", test_images=TEST_IMAGES
+    )
     return project, archive
 
 
@@ -106,7 +110,8 @@ def regression_check(project: Path, *studies: str) -> subprocess.CompletedProces
     """`python -m stages.check --profile ci` (for `studies` only, if given) in the project copy."""
     return run(
         [sys.executable, "-m", "stages.check", "--profile", "ci", *(f"--study={study}" for study in studies)],
-        cwd=project, check=False,
+        cwd=project,
+        check=False,
     )
 
 

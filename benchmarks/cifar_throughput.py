@@ -58,17 +58,28 @@ class ArrayCIFAR(Dataset):
 
 
 def tutorial_loader(images: torch.Tensor, labels: torch.Tensor, batch_size: int, workers: int) -> DataLoader:
-    augment = transforms.Compose([
-        transforms.RandomCrop(32, padding=4),
-        transforms.RandomHorizontalFlip(),
-        transforms.ToTensor(),
-        transforms.Normalize(MEAN, STD),
-    ])
+    augment = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(MEAN, STD),
+        ]
+    )
     dataset = ArrayCIFAR(images.permute(0, 2, 3, 1).numpy(), labels.numpy(), augment)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True, persistent_workers=workers > 0)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
 
 
-def tutorial_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, formats: Formats) -> None:
+def tutorial_epoch(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, loader: DataLoader, formats: Formats
+) -> None:
     model.train()
     for images, labels in loader:
         images = images.to(formats.device).contiguous(memory_format=formats.memory_format)
@@ -146,7 +157,12 @@ def main() -> None:
     settings = load_settings(args.params)
     study = settings.cifar10
     # Both loops augment (flip + crop), whatever cifar10.data.augment says: that is the work being compared.
-    spec = study.model_copy(update={"data": study.data.model_copy(update={"augment": True}), "train": study.train.model_copy(update={"epochs": 1})})
+    spec = study.model_copy(
+        update={
+            "data": study.data.model_copy(update={"augment": True}),
+            "train": study.train.model_copy(update={"epochs": 1}),
+        }
+    )
     device = pick_device(settings.device)
     fast = device_formats(device, study.train.mixed_precision)
     plain = Formats(device, torch.contiguous_format, None)
@@ -157,8 +173,10 @@ def main() -> None:
     n = (args.images // study.train.batch_size) * study.train.batch_size  # both loops drop the last partial batch
     machine = this_machine()
     print(machine.describe())
-    print(f"device {device} ({torch.get_num_threads()} threads), width {study.model.width}, batch {study.train.batch_size}, "
-          f"{n} images per epoch, trainer formats: {fast.describe()}")
+    print(
+        f"device {device} ({torch.get_num_threads()} threads), width {study.model.width}, batch {study.train.batch_size}, "
+        f"{n} images per epoch, trainer formats: {fast.describe()}"
+    )
 
     def fresh(formats: Formats) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
         model = build_model(study.model.width, seed).to(device, memory_format=formats.memory_format)
@@ -168,27 +186,40 @@ def main() -> None:
     tutorial, tutorial_plus = fresh(plain), fresh(fast)
     trainer = Trainer.create(spec, study.regularizer, study.wd, seed, fast, n_train=n)
     split = Split(images, labels).to(device)
-    results = measure({
-        "tutorial": lambda: tutorial_epoch(*tutorial, loader, plain),
-        "tutorial+": lambda: tutorial_epoch(*tutorial_plus, loader, fast),
-        "trainer": lambda: trainer.train_epoch(split),
-    }, n, args.repeats)
+    results = measure(
+        {
+            "tutorial": lambda: tutorial_epoch(*tutorial, loader, plain),
+            "tutorial+": lambda: tutorial_epoch(*tutorial_plus, loader, fast),
+            "trainer": lambda: trainer.train_epoch(split),
+        },
+        n,
+        args.repeats,
+    )
     for name, rate in results.items():
         print(f"{name:<10} {rate:8.0f} images/s")
     print(f"trainer / tutorial  = {results['trainer'] / results['tutorial']:.2f}×")
     print(f"trainer / tutorial+ = {results['trainer'] / results['tutorial+']:.2f}×  (data pipeline alone)")
 
     batch = Split(images[: study.train.batch_size], labels[: study.train.batch_size]).to(device)
-    per_image = flops_per_image(Trainer.create(spec, study.regularizer, study.wd, seed, fast, n_train=len(batch.labels)), batch)
+    per_image = flops_per_image(
+        Trainer.create(spec, study.regularizer, study.wd, seed, fast, n_train=len(batch.labels)), batch
+    )
     achieved = results["trainer"] * per_image / 1e9
     print(f"trainer    {per_image / 1e9:.3f} GFLOP per image (forward + backward) = {achieved:.0f} GFLOP/s")
     peaks = peak_gflops(fast, repeats=5 * args.repeats)
     for name, peak in peaks.items():
         print(f"  {100 * achieved / peak:4.0f} % of a {name:<28} {peak:6.0f} GFLOP/s")
-    figures = {"width": study.model.width, "batch_size": study.train.batch_size, "images_per_epoch": n, "formats": fast.describe(),
-               "images_per_s": {name: round(rate) for name, rate in results.items()}, "gflop_per_image": round(per_image / 1e9, 4),
-               "trainer_gflop_per_s": round(achieved, 1), "peak_gflop_per_s": {name: round(peak, 1) for name, peak in peaks.items()},
-               "load_after": round(os.getloadavg()[0], 2)}
+    figures = {
+        "width": study.model.width,
+        "batch_size": study.train.batch_size,
+        "images_per_epoch": n,
+        "formats": fast.describe(),
+        "images_per_s": {name: round(rate) for name, rate in results.items()},
+        "gflop_per_image": round(per_image / 1e9, 4),
+        "trainer_gflop_per_s": round(achieved, 1),
+        "peak_gflop_per_s": {name: round(peak, 1) for name, peak in peaks.items()},
+        "load_after": round(os.getloadavg()[0], 2),
+    }
     print(f"written: {write_result('cifar_throughput', machine, figures)}")
 
 

@@ -52,17 +52,31 @@ RECIPE = {
     "seeds": [0, 1, 2],
     "regularizer": "l2",
     "wd": 5.0e-4,
-    "download": {"url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz", "md5": "c58f30108f718f92721af3b95e74349a"},
+    "download": {
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        "md5": "c58f30108f718f92721af3b95e74349a",
+    },
     "data": {"split_seed": 0, "train_subset": 0, "valid_size": 2000, "curve_subset": 2000, "augment": True},
     "model": {"width": 64},
     "train": {
-        "lr": 0.1, "adamw_lr": 2.0e-3, "momentum": 0.9, "nesterov": True, "epochs": 30, "batch_size": 256,
-        "schedule": "onecycle", "warmup_fraction": 0.2, "label_smoothing": 0.0, "decay_norm_and_bias": False,
-        "mixed_precision": True, "deterministic": True,
+        "lr": 0.1,
+        "adamw_lr": 2.0e-3,
+        "momentum": 0.9,
+        "nesterov": True,
+        "epochs": 30,
+        "batch_size": 256,
+        "schedule": "onecycle",
+        "warmup_fraction": 0.2,
+        "label_smoothing": 0.0,
+        "decay_norm_and_bias": False,
+        "mixed_precision": True,
+        "deterministic": True,
     },
     "strengths": {
-        "l2": [0, 1.0e-4, 5.0e-4, 1.0e-3, 3.0e-3, 1.0e-2], "decoupled": [0, 0.05, 0.2, 0.5],
-        "l1": [1.0e-4, 1.0e-3], "dropout": [0.2, 0.5],
+        "l2": [0, 1.0e-4, 5.0e-4, 1.0e-3, 3.0e-3, 1.0e-2],
+        "decoupled": [0, 0.05, 0.2, 0.5],
+        "l1": [1.0e-4, 1.0e-3],
+        "dropout": [0.2, 0.5],
     },
 }
 
@@ -88,8 +102,14 @@ class Scale:
 
 FULL = Scale(50_000, 10_000, {}, AIRBENCH94_BATCH, same_seed_subset=5_000, same_seed_epochs=2, matmul=8192, repeats=2)
 TINY = Scale(
-    300, 100, {"data": {"valid_size": 50, "curve_subset": 50}, "model": {"width": 4}, "train": {"batch_size": 25}},
-    airbench_batch=50, same_seed_subset=0, same_seed_epochs=1, matmul=128, repeats=1,
+    300,
+    100,
+    {"data": {"valid_size": 50, "curve_subset": 50}, "model": {"width": 4}, "train": {"batch_size": 25}},
+    airbench_batch=50,
+    same_seed_subset=0,
+    same_seed_epochs=1,
+    matmul=128,
+    repeats=1,
 )
 
 
@@ -111,8 +131,12 @@ def machine(device: torch.device) -> dict[str, Any]:
     info = {"device": device.type} | dataclasses.asdict(this_machine())
     if device.type == "cuda":
         gpu = torch.cuda.get_device_properties(device)
-        info |= {"gpu_memory_gib": gpu.total_memory / 2**30, "multiprocessors": gpu.multi_processor_count,
-                 "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version()}
+        info |= {
+            "gpu_memory_gib": gpu.total_memory / 2**30,
+            "multiprocessors": gpu.multi_processor_count,
+            "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version(),
+        }
     return info
 
 
@@ -129,7 +153,9 @@ def generated_dataset(n_train: int, n_test: int, seed: int = 0) -> Cifar10:
     def labels(n: int) -> torch.Tensor:
         return torch.randint(0, 10, (n,), generator=gen)
 
-    return Cifar10(images(n_train), labels(n_train), images(n_test), labels(n_test), tuple(f"class {i}" for i in range(10)))
+    return Cifar10(
+        images(n_train), labels(n_train), images(n_test), labels(n_test), tuple(f"class {i}" for i in range(10))
+    )
 
 
 def seconds(work: Callable[[], Any]) -> float:
@@ -150,22 +176,37 @@ def epoch_rate(study: CifarSettings, train: Split, formats: Formats, repeats: in
     trainer.train_epoch(train)  # warm-up: cuDNN's algorithm choice, the allocator's first blocks
     best = min(seconds(lambda: trainer.train_epoch(train)) for _ in range(repeats))
     batch = Split(train.images[: study.train.batch_size], train.labels[: study.train.batch_size])
-    per_image = flops_per_image(Trainer.create(study, study.regularizer, study.wd, study.seeds[0], formats, len(batch.labels)), batch)
+    per_image = flops_per_image(
+        Trainer.create(study, study.regularizer, study.wd, study.seeds[0], formats, len(batch.labels)), batch
+    )
     images = (len(train.labels) // study.train.batch_size) * study.train.batch_size  # a pass drops the partial batch
     rate = images / best
-    return trainer, {"images": images, "train_seconds": best, "images_per_s": rate, "gflop_per_image": per_image / 1e9,
-                     "tflops": rate * per_image / 1e12}
+    return trainer, {
+        "images": images,
+        "train_seconds": best,
+        "images_per_s": rate,
+        "gflop_per_image": per_image / 1e9,
+        "tflops": rate * per_image / 1e12,
+    }
 
 
 def configuration(study: CifarSettings, n_train: int, formats: Formats) -> dict[str, Any]:
-    return {"width": study.model.width, "batch_size": study.train.batch_size, "train_images": n_train,
-            "augment": study.data.augment, "formats": formats.describe(), "deterministic": study.train.deterministic}
+    return {
+        "width": study.model.width,
+        "batch_size": study.train.batch_size,
+        "train_images": n_train,
+        "augment": study.data.augment,
+        "formats": formats.describe(),
+        "deterministic": study.train.deterministic,
+    }
 
 
 # ── the sections ──────────────────────────────────────────────────────────────────────────────────
 
 
-def recipe_epoch(study: CifarSettings, splits: Splits, formats: Formats, repeats: int, peak_tflops: float) -> tuple[dict, dict | None]:
+def recipe_epoch(
+    study: CifarSettings, splits: Splits, formats: Formats, repeats: int, peak_tflops: float
+) -> tuple[dict, dict | None]:
     """One epoch of the recipe: its training pass, deterministic and with torch's defaults, and the per-epoch curves
     (eval mode on `curve_subset` images of each split); and the memory the run held at its peak (CUDA)."""
     device = formats.device
@@ -182,8 +223,10 @@ def recipe_epoch(study: CifarSettings, splits: Splits, formats: Formats, repeats
     finally:
         set_cuda_determinism(device, study.train.deterministic)
     return {
-        "configuration": configuration(study, len(splits.train.labels), formats), **rate,
-        "percent_of_matmul_peak": 100 * rate["tflops"] / peak_tflops, "curve_seconds": curve_seconds,
+        "configuration": configuration(study, len(splits.train.labels), formats),
+        **rate,
+        "percent_of_matmul_peak": 100 * rate["tflops"] / peak_tflops,
+        "curve_seconds": curve_seconds,
         "seconds_per_epoch": rate["train_seconds"] + curve_seconds,
         "nondeterministic_train_seconds": default_seconds,
         "determinism_cost_percent": 100 * (rate["train_seconds"] / default_seconds - 1),
@@ -202,12 +245,16 @@ def run_memory(device: torch.device) -> dict[str, float]:
     return {
         "peak_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30,
         "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30,
-        "process_gib": process / 2**30, "gpu_gib": total / 2**30, "runs_fit": fit,
+        "process_gib": process / 2**30,
+        "gpu_gib": total / 2**30,
+        "runs_fit": fit,
         "gpus_per_run": math.floor(1e4 / fit) / 1e4,  # Ray's fractions have 4 decimals; rounded down so `fit` runs fit
     }
 
 
-def airbench_epoch(study: CifarSettings, data: Cifar10, batch: int, formats: Formats, repeats: int, peak_tflops: float) -> dict:
+def airbench_epoch(
+    study: CifarSettings, data: Cifar10, batch: int, formats: Formats, repeats: int, peak_tflops: float
+) -> dict:
     """An epoch at airbench94's size: every training image, width 64, its batch; and airbench94's A100 epoch,
     scaled to this GPU by how much faster its bf16 matmul is than the A100's datasheet peak."""
     study = with_values(study, "train", batch_size=batch)
@@ -216,23 +263,31 @@ def airbench_epoch(study: CifarSettings, data: Cifar10, batch: int, formats: For
     scale = peak_tflops / A100_BF16_TFLOPS
     airbench_seconds = AIRBENCH94_SECONDS / AIRBENCH94_EPOCHS / scale
     return {
-        "configuration": configuration(study, len(train.labels), formats), **rate,
+        "configuration": configuration(study, len(train.labels), formats),
+        **rate,
         "percent_of_matmul_peak": 100 * rate["tflops"] / peak_tflops,
         "airbench94_a100_seconds_per_epoch": AIRBENCH94_SECONDS / AIRBENCH94_EPOCHS,
-        "gpu_vs_a100": scale, "airbench94_seconds_per_epoch_here": airbench_seconds,
+        "gpu_vs_a100": scale,
+        "airbench94_seconds_per_epoch_here": airbench_seconds,
         "ratio_to_airbench94": rate["train_seconds"] / airbench_seconds,
     }
 
 
 def same_seed(study: CifarSettings, data: Cifar10, scale: Scale, device: torch.device) -> dict:
     """Two short runs of one spec through the function every executor trains with: identical, or how far apart."""
-    study = with_values(with_values(study, "data", train_subset=scale.same_seed_subset), "train", epochs=scale.same_seed_epochs)
+    study = with_values(
+        with_values(study, "data", train_subset=scale.same_seed_subset), "train", epochs=scale.same_seed_epochs
+    )
     splits = cut_splits(data, study.data)
     spec = RunSpec(study, study.regularizer, study.wd, study.seeds[0], device.type)
     first, second = train_run(spec, splits), train_run(spec, splits)
     difference = largest_difference(first, second)
-    return {"epochs": scale.same_seed_epochs, "train_images": len(splits.train.labels), "identical": difference == 0.0,
-            "max_difference": difference}
+    return {
+        "epochs": scale.same_seed_epochs,
+        "train_images": len(splits.train.labels),
+        "identical": difference == 0.0,
+        "max_difference": difference,
+    }
 
 
 def largest_difference(first: RunResult, second: RunResult) -> float:
@@ -240,9 +295,16 @@ def largest_difference(first: RunResult, second: RunResult) -> float:
     histories differ in length; equal NaNs, like epoch 0's training-pass loss, count as equal)."""
     if len(first.history) != len(second.history):
         return math.inf
-    metrics = [abs(a[key] - b[key]) for a, b in zip(first.history, second.history) for key in a
-               if not (math.isnan(a[key]) and math.isnan(b[key]))]
-    weights = [(value.double() - second.state_dict[name].double()).abs().max().item() for name, value in first.state_dict.items()]
+    metrics = [
+        abs(a[key] - b[key])
+        for a, b in zip(first.history, second.history)
+        for key in a
+        if not (math.isnan(a[key]) and math.isnan(b[key]))
+    ]
+    weights = [
+        (value.double() - second.state_dict[name].double()).abs().max().item()
+        for name, value in first.state_dict.items()
+    ]
     return max(metrics + weights)
 
 
@@ -251,8 +313,13 @@ def study_time(study: CifarSettings, seconds_per_epoch: float) -> dict:
     headline run is the grid's), each `epochs` epochs long."""
     runs = len(study.seeds) * sum(len(study.strengths.of(regularizer)) for regularizer in REGULARIZERS)
     total = runs * study.train.epochs * seconds_per_epoch
-    return {"runs": runs, "epochs": study.train.epochs, "seconds_per_epoch": seconds_per_epoch, "hours": total / 3600,
-            "formula": f"{runs} runs × {study.train.epochs} epochs × {seconds_per_epoch:.2f} s = {total / 3600:.2f} h"}
+    return {
+        "runs": runs,
+        "epochs": study.train.epochs,
+        "seconds_per_epoch": seconds_per_epoch,
+        "hours": total / 3600,
+        "formula": f"{runs} runs × {study.train.epochs} epochs × {seconds_per_epoch:.2f} s = {total / 3600:.2f} h",
+    }
 
 
 # ── the command ───────────────────────────────────────────────────────────────────────────────────
@@ -260,7 +327,9 @@ def study_time(study: CifarSettings, seconds_per_epoch: float) -> dict:
 
 def check(device: torch.device, scale: Scale) -> dict[str, Any]:
     study = recipe(scale)
-    set_cuda_determinism(device, study.train.deterministic)  # first: cuBLAS takes its workspace settings at the first matmul
+    set_cuda_determinism(
+        device, study.train.deterministic
+    )  # first: cuBLAS takes its workspace settings at the first matmul
     formats = device_formats(device, study.train.mixed_precision)
     report: dict[str, Any] = {"machine": machine(device)}
     dtype = formats.autocast_dtype or torch.float32
@@ -279,9 +348,15 @@ def check(device: torch.device, scale: Scale) -> dict[str, Any]:
 
 
 def summary(report: dict[str, Any]) -> str:
-    m, peak, r, a, s, mem, t = (report[k] for k in ("machine", "peak", "recipe", "airbench", "same_seed", "memory", "study"))
+    m, peak, r, a, s, mem, t = (
+        report[k] for k in ("machine", "peak", "recipe", "airbench", "same_seed", "memory", "study")
+    )
     cuda = m["device"] == "cuda"
-    where = f"{m['gpu']}, CUDA {m['cuda']}, cuDNN {m['cudnn']}" if cuda else f"{m['device']}, torch threads: {m['torch_threads']}"
+    where = (
+        f"{m['gpu']}, CUDA {m['cuda']}, cuDNN {m['cudnn']}"
+        if cuda
+        else f"{m['device']}, torch threads: {m['torch_threads']}"
+    )
     lines = [
         f"machine    {where}; torch {m['torch']}; {m['cpu']}; {m['date']}; revision {m['revision']}",
         f"peak       {peak['kernel']}: {peak['tflops']:.3g} TFLOP/s",
@@ -297,7 +372,8 @@ def summary(report: dict[str, Any]) -> str:
     lines += [
         f"           recipe epoch with its curves: {r['seconds_per_epoch']:.2f} s; training pass with torch's nondeterministic "
         f"defaults {r['nondeterministic_train_seconds']:.2f} s (determinism costs {r['determinism_cost_percent']:+.0f} %"
-        + ("" if cuda else ": noise, the switches act on CUDA only") + ")",
+        + ("" if cuda else ": noise, the switches act on CUDA only")
+        + ")",
         f"           airbench94: {a['airbench94_a100_seconds_per_epoch']:.3f} s per epoch on an A100, "
         f"{a['airbench94_seconds_per_epoch_here']:.3g} s scaled to this device ({a['gpu_vs_a100']:.3g}× the A100's bf16 peak); "
         f"this epoch takes {a['ratio_to_airbench94']:.3g}× that",
@@ -305,7 +381,8 @@ def summary(report: dict[str, Any]) -> str:
         + ("identical" if s["identical"] else f"different (largest difference {s['max_difference']:.3g})"),
         f"memory     peak {mem['peak_allocated_gib']:.2f} GiB allocated, {mem['process_gib']:.2f} GiB for the process of "
         f"{mem['gpu_gib']:.0f} GiB: {mem['runs_fit']} runs fit side by side (executor.gpus_per_run: {mem['gpus_per_run']:g})"
-        if mem else "memory     (CUDA only)",
+        if mem
+        else "memory     (CUDA only)",
         f"study      {t['formula']} on one device, one run after another",
     ]
     return "\n".join(lines)
@@ -313,8 +390,12 @@ def summary(report: dict[str, Any]) -> str:
 
 def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    cli.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="as `device` in params.yaml")
-    cli.add_argument("--tiny", action="store_true", help="a tiny configuration: the same code in seconds, numbers meaningless")
+    cli.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="as `device` in params.yaml"
+    )
+    cli.add_argument(
+        "--tiny", action="store_true", help="a tiny configuration: the same code in seconds, numbers meaningless"
+    )
     cli.add_argument("--out", type=Path, help="also write the report here as JSON")
     args = cli.parse_args()
     report = check(pick_device(args.device), TINY if args.tiny else FULL)

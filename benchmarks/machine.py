@@ -46,9 +46,11 @@ class Machine:
     def describe(self) -> str:
         cap = f", oneDNN capped at {self.onednn_isa_cap}" if self.onednn_isa_cap else ""
         gpu = f", GPU {self.gpu}" if self.gpu else ""
-        return (f"{self.cpu}, {self.cores} cores ({self.torch_threads} torch threads), PyTorch {self.torch} CPU capability "
-                f"{self.cpu_capability}, bf16 {'native' if self.bf16_native else 'not native'}{cap}{gpu}; "
-                f"revision {self.revision}, {self.date}, load {self.load:.2f}")
+        return (
+            f"{self.cpu}, {self.cores} cores ({self.torch_threads} torch threads), PyTorch {self.torch} CPU capability "
+            f"{self.cpu_capability}, bf16 {'native' if self.bf16_native else 'not native'}{cap}{gpu}; "
+            f"revision {self.revision}, {self.date}, load {self.load:.2f}"
+        )
 
 
 def this_machine() -> Machine:
@@ -62,7 +64,7 @@ def this_machine() -> Machine:
         gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         torch=torch.__version__,
         revision=_revision(),
-        date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        date=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         load=os.getloadavg()[0],
     )
 
@@ -71,7 +73,9 @@ def write_result(name: str, machine: Machine, figures: dict) -> Path:
     """`benchmarks/results/<name>-<machine class>.json`: the figures with the machine they were measured on."""
     path = RESULTS / f"{name}-{machine.machine_class}.json"
     path.parent.mkdir(exist_ok=True)
-    path.write_text(json.dumps({"machine": dataclasses.asdict(machine), "figures": figures}, indent=2, ensure_ascii=False) + "\n")
+    path.write_text(
+        json.dumps({"machine": dataclasses.asdict(machine), "figures": figures}, indent=2, ensure_ascii=False) + "\n"
+    )
     return path
 
 
@@ -86,6 +90,7 @@ def _cpu_model() -> str:
 
 def _revision() -> str:
     """The short commit, marked `-dirty` when tracked files differ from it (a figure then belongs to no commit)."""
+
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 

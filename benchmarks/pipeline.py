@@ -34,8 +34,10 @@ from benchmarks.machine import this_machine, write_result  # noqa: E402
 from tests.cifar_fixture import build_archive  # noqa: E402
 from tests.workspace import SYNTHETIC_BRANCH, commit_all, dvc, git, load_params, set_key, tool_env, write_params  # noqa: E402
 
-
-CIFAR_BRANCH = ("report_cifar10", "compare_cifar10")  # with everything they depend on: download, the grids, headline, evaluate
+CIFAR_BRANCH = (
+    "report_cifar10",
+    "compare_cifar10",
+)  # with everything they depend on: download, the grids, headline, evaluate
 
 
 def checkout(rev: str, dest: Path) -> Path:
@@ -58,8 +60,14 @@ def timed_lines(project: Path, *args: str) -> tuple[float, float, list[tuple[flo
     second it arrived."""
     cpu_before = _children_cpu()
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "dvc", *args], cwd=project, env=tool_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dvc", *args],
+        cwd=project,
+        env=tool_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines = [(time.perf_counter() - start, line.rstrip()) for line in proc.stdout]
     if proc.wait() != 0:
         raise SystemExit(f"dvc {' '.join(args)} failed:\n" + "\n".join(line for _, line in lines[-30:]))
@@ -102,11 +110,17 @@ def synthetic(project: Path, repeat: int) -> dict:
         spans = stage_spans(lines)
         exps.append(exp)
         stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in spans.items())
-        print(f"`dvc exp run -S wd=3`: {exp:5.1f} s wall, {cpu:5.1f} s CPU, load {load:.2f} before | stages (s): {stages} "
-              f"| DVC itself {exp - sum(spans.values()):.1f} | no-op `dvc repro`: {noop:.2f} s")
+        print(
+            f"`dvc exp run -S wd=3`: {exp:5.1f} s wall, {cpu:5.1f} s CPU, load {load:.2f} before | stages (s): {stages} "
+            f"| DVC itself {exp - sum(spans.values()):.1f} | no-op `dvc repro`: {noop:.2f} s"
+        )
         back_to_committed(project)
-    print(f"no-op `dvc repro`                     : {min(noops):6.2f} s best, {statistics.median(noops):.2f} s median of {repeat}")
-    print(f"`dvc exp run -S wd=3`                 : {min(exps):6.1f} s best, {statistics.median(exps):.1f} s median of {repeat}")
+    print(
+        f"no-op `dvc repro`                     : {min(noops):6.2f} s best, {statistics.median(noops):.2f} s median of {repeat}"
+    )
+    print(
+        f"`dvc exp run -S wd=3`                 : {min(exps):6.1f} s best, {statistics.median(exps):.1f} s median of {repeat}"
+    )
     return {"noop_repro_s": [round(t, 2) for t in noops], "exp_run_wd3_s": [round(t, 1) for t in exps]}
 
 
@@ -119,38 +133,52 @@ def cifar(project: Path, archive: Path, md5: str, keep: Path | None) -> dict:
     load = os.getloadavg()[0]
     total, cpu, lines = timed_lines(project, "repro", *CIFAR_BRANCH)
     # CPU seconds beside wall: on a machine shared with other jobs the wall time is an upper bound, the CPU time is not
-    print(f"CIFAR-10 branch `dvc repro {' '.join(CIFAR_BRANCH)}`: {total:6.0f} s wall, {cpu:6.0f} s CPU "
-          f"(load {load:.2f} before, {os.getloadavg()[0]:.2f} after)")
+    print(
+        f"CIFAR-10 branch `dvc repro {' '.join(CIFAR_BRANCH)}`: {total:6.0f} s wall, {cpu:6.0f} s CPU "
+        f"(load {load:.2f} before, {os.getloadavg()[0]:.2f} after)"
+    )
     stages = {name: round(seconds, 1) for name, seconds in stage_spans(lines).items()}
     for name, seconds in stages.items():
         print(f"  {name:<24} {seconds:6.0f} s")
     if keep is not None:  # what the time bought: the pages, figures and metrics
         for made in ("reports", "metrics", "results"):
             shutil.copytree(project / made, keep / made, dirs_exist_ok=True)
-    return {"cifar10_branch_s": round(total), "cifar10_branch_cpu_s": round(cpu), "load_before": round(load, 2), "load_after": round(os.getloadavg()[0], 2),
-            "stages_s": stages, "params": {key: params["cifar10"][key] for key in ("seeds", "data", "model", "train", "strengths")}}
+    return {
+        "cifar10_branch_s": round(total),
+        "cifar10_branch_cpu_s": round(cpu),
+        "load_before": round(load, 2),
+        "load_after": round(os.getloadavg()[0], 2),
+        "stages_s": stages,
+        "params": {key: params["cifar10"][key] for key in ("seeds", "data", "model", "train", "strengths")},
+    }
 
 
 def epoch_split() -> None:
     """One epoch of the current trainer at the default params: training vs evaluating (subsets, every image)."""
     import torch
 
+    from tests.cifar_fixture import make_batches
     from wdlab.cifar10.data import Split, Splits, curve_subsets, split_indices
     from wdlab.cifar10.training import Trainer, measure
     from wdlab.device import device_formats, pick_device
     from wdlab.settings import load_settings
-    from tests.cifar_fixture import make_batches
 
     settings = load_settings(ROOT / "params.yaml")
     study = settings.cifar10
     batches = make_batches(10_000, difficulty="ci")
-    images = torch.cat([torch.from_numpy(b[b"data"]) for n, b in batches.items() if n.startswith("data_batch")]).view(-1, 3, 32, 32)
+    images = torch.cat([torch.from_numpy(b[b"data"]) for n, b in batches.items() if n.startswith("data_batch")]).view(
+        -1, 3, 32, 32
+    )
     labels = torch.cat([torch.tensor(b[b"labels"]) for n, b in batches.items() if n.startswith("data_batch")])
     test = batches["test_batch"]
     train_idx, valid_idx = split_indices(labels, study.data.train_subset, study.data.valid_size, study.data.split_seed)
     formats = device_formats(pick_device(settings.device), study.train.mixed_precision)
-    splits = Splits(Split(images[train_idx], labels[train_idx]), Split(images[valid_idx], labels[valid_idx]),
-                    Split(torch.from_numpy(test[b"data"]).view(-1, 3, 32, 32), torch.tensor(test[b"labels"])), ()).to(formats.device)
+    splits = Splits(
+        Split(images[train_idx], labels[train_idx]),
+        Split(images[valid_idx], labels[valid_idx]),
+        Split(torch.from_numpy(test[b"data"]).view(-1, 3, 32, 32), torch.tensor(test[b"labels"])),
+        (),
+    ).to(formats.device)
     trainer = Trainer.create(study, study.regularizer, study.wd, study.seeds[0], formats, n_train=len(train_idx))
     curves = curve_subsets(splits, study.data.curve_subset, study.data.split_seed)
     start = time.perf_counter()
@@ -162,18 +190,26 @@ def epoch_split() -> None:
     start = time.perf_counter()
     measure(trainer.model, splits, formats)
     full_s = time.perf_counter() - start
-    print(f"one epoch at the default params ({formats.describe()}, {len(train_idx):,} training images): training {train_s:.1f} s, "
-          f"curves on {study.data.curve_subset:,}-image subsets {curves_s:.1f} s, every image {full_s:.1f} s "
-          f"(evaluation {curves_s / (train_s + curves_s):.0%} of an epoch, was {full_s / (train_s + full_s):.0%})")
+    print(
+        f"one epoch at the default params ({formats.describe()}, {len(train_idx):,} training images): training {train_s:.1f} s, "
+        f"curves on {study.data.curve_subset:,}-image subsets {curves_s:.1f} s, every image {full_s:.1f} s "
+        f"(evaluation {curves_s / (train_s + curves_s):.0%} of an epoch, was {full_s / (train_s + full_s):.0%})"
+    )
 
 
 def main() -> None:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument("--rev", default="HEAD", help="the git revision to measure (default: HEAD)")
-    cli.add_argument("--cifar", action="store_true", help="also the default CIFAR-10 branch on a full-size stand-in (minutes)")
+    cli.add_argument(
+        "--cifar", action="store_true", help="also the default CIFAR-10 branch on a full-size stand-in (minutes)"
+    )
     cli.add_argument("--cifar-only", action="store_true", help="the CIFAR-10 branch alone, no synthetic runs")
-    cli.add_argument("--keep", type=Path, help="copy the CIFAR-10 branch's reports, metrics and results into this folder")
-    cli.add_argument("--repeat", type=int, default=3, help="runs of `dvc exp run -S wd=3` and of the no-op `dvc repro` (default: 3)")
+    cli.add_argument(
+        "--keep", type=Path, help="copy the CIFAR-10 branch's reports, metrics and results into this folder"
+    )
+    cli.add_argument(
+        "--repeat", type=int, default=3, help="runs of `dvc exp run -S wd=3` and of the no-op `dvc repro` (default: 3)"
+    )
     args = cli.parse_args()
     machine = this_machine()
     print(machine.describe())

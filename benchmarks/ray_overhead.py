@@ -29,7 +29,10 @@ def standin_splits(images: int) -> Splits:
     gen = torch.Generator().manual_seed(0)
 
     def split(n: int) -> Split:
-        return Split(torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen), torch.randint(0, 10, (n,), generator=gen))
+        return Split(
+            torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen),
+            torch.randint(0, 10, (n,), generator=gen),
+        )
 
     return Splits(split(images), split(images // 5), split(images // 5), tuple(str(c) for c in range(10)))
 
@@ -60,9 +63,15 @@ def main() -> None:
     raw["cifar10"]["data"]["curve_subset"] = 0
     study = type(load_settings()).model_validate(raw).cifar10
     seeds = range((args.runs + 1) // 2)
-    specs = [RunSpec(study, lam, seed, "cpu") for lam, seed in itertools.islice(itertools.product((0.0, 5e-4), seeds), args.runs)]
+    specs = [
+        RunSpec(study, lam, seed, "cpu")
+        for lam, seed in itertools.islice(itertools.product((0.0, 5e-4), seeds), args.runs)
+    ]
     splits = standin_splits(args.images)
-    print(f"{len(specs)} runs: width 8, {args.epochs} epochs, {args.images} training images, 1 CPU thread each", flush=True)
+    print(
+        f"{len(specs)} runs: width 8, {args.epochs} epochs, {args.images} training images, 1 CPU thread each",
+        flush=True,
+    )
 
     os.environ.update(NO_AUTH)  # the benchmark's clusters run without token authentication (tests/ray_cluster.py)
     rows = []
@@ -70,15 +79,21 @@ def main() -> None:
     rows.append(("local", 1, local_wall, local_work))
     for nodes in (1, 2):
         with ray_cluster(workers=nodes - 1) as cluster:
-            wall, work, used = time_grid(specs, splits, ExecutorSettings(kind="ray", address=cluster.address, cpus_per_run=1))
+            wall, work, used = time_grid(
+                specs, splits, ExecutorSettings(kind="ray", address=cluster.address, cpus_per_run=1)
+            )
         assert len(used) == nodes, f"runs landed on {len(used)} of {nodes} nodes"
         rows.append(("ray", nodes, wall, work))
 
-    print("\n| executor | workers (1-CPU nodes) | wall s | runs/hour | mean s on a worker per run | overhead per run vs local |")
+    print(
+        "\n| executor | workers (1-CPU nodes) | wall s | runs/hour | mean s on a worker per run | overhead per run vs local |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for kind, workers, wall, work in rows:
         overhead = "" if kind == "local" else f"{(wall * workers - local_wall) / len(specs):+.2f} s"
-        print(f"| {kind} | {workers} | {wall:.1f} | {3600 * len(specs) / wall:.0f} | {work / len(specs):.2f} | {overhead} |")
+        print(
+            f"| {kind} | {workers} | {wall:.1f} | {3600 * len(specs) / wall:.0f} | {work / len(specs):.2f} | {overhead} |"
+        )
     print("\noverhead per run: (wall × workers − local wall) / runs, i.e. the CPU-seconds Ray adds to each run")
 
 

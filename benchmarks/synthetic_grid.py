@@ -56,9 +56,15 @@ def main() -> None:
             for lam in lambdas:
                 train_grid(train.seed(s), (lam,), spec, (seed,), device, {"test": test["test"].seed(s)}, progress=False)
 
-    t_all, t_one, t_loop = timed(all_at_once, args.repeats), timed(one_seed, args.repeats), timed(per_run, max(1, args.repeats // 2))
-    print(f"device {device}, {torch.get_num_threads()} threads, {len(seeds)} seeds × {len(lambdas)} λ, {spec.epochs} epochs, "
-          f"{spec.implementation} implementation, median of {args.repeats}")
+    t_all, t_one, t_loop = (
+        timed(all_at_once, args.repeats),
+        timed(one_seed, args.repeats),
+        timed(per_run, max(1, args.repeats // 2)),
+    )
+    print(
+        f"device {device}, {torch.get_num_threads()} threads, {len(seeds)} seeds × {len(lambdas)} λ, {spec.epochs} epochs, "
+        f"{spec.implementation} implementation, median of {args.repeats}"
+    )
     print(f"all seeds × λ at once     : {t_all * 1000:8.1f} ms")
     print(f"one seed, λ batched       : {t_one * 1000:8.1f} ms   (seeds cost {t_all / t_one:.1f}× one seed)")
     print(f"one loop per (seed, λ)    : {t_loop * 1000:8.1f} ms   (batching: {t_loop / t_all:.1f}× faster)")

@@ -32,6 +32,7 @@ CHECKS_FILE = Path("checks.yaml")
 
 # ---------- the rules of checks.yaml, one model per kind ----------
 
+
 class _Rule(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -39,6 +40,7 @@ class _Rule(BaseModel):
 class Band(_Rule):
     """A number compared with the baseline's: |now − baseline| ≤ abs + rel·|baseline|; a mean's band may widen to
     its seed spread, a spread's and an exact value's never do. `at`: the choice metric it is read at."""
+
     kind: Literal["mean", "spread", "exact"]
     rel: float = Field(0.0, ge=0)
     abs: float = Field(0.0, ge=0)
@@ -47,18 +49,21 @@ class Band(_Rule):
 
 class Count(_Rule):
     """An integer that may move by `slack`."""
+
     kind: Literal["count"]
     slack: int = Field(0, ge=0)
 
 
 class Bound(_Rule):
     """Noise by construction (rounding): it must stay at or below `max`, whatever the baseline's value."""
+
     kind: Literal["bound"]
     max: float = Field(gt=0)
 
 
 class Choice(_Rule):
     """A strength chosen by the best mean score; `scores` names the {mean, std} node of the score at `{strength}`."""
+
     kind: Literal["choice"]
     scores: str
 
@@ -101,6 +106,7 @@ def rule_for(metric: str, rules: Mapping[str, Rule]) -> tuple[Rule, tuple[str, .
 
 # ---------- tolerances: derived from the rules and the baseline ----------
 
+
 @dataclass(frozen=True)
 class Tolerance:
     rel: float = 0.0
@@ -127,11 +133,17 @@ def calibrate(baseline: dict, rules: Mapping[str, Any], k: float) -> dict[str, d
             tolerances[metric] = derive(*found, metric, value, flat, seeds, k)
     if unmatched:
         named = ", ".join(unmatched[:5]) + (f" and {len(unmatched) - 5} more" if len(unmatched) > 5 else "")
-        raise StageInputError(f"no rule in checks.yaml matches {named}: give each pattern a kind (or `kind: skip` with a reason)")
+        raise StageInputError(
+            f"no rule in checks.yaml matches {named}: give each pattern a kind (or `kind: skip` with a reason)"
+        )
     return tolerances
 
 
-BAND_WHY = {"mean": "checks.yaml: the floor", "spread": "checks.yaml: a spread estimate", "exact": "checks.yaml: a closed form or a name"}
+BAND_WHY = {
+    "mean": "checks.yaml: the floor",
+    "spread": "checks.yaml: a spread estimate",
+    "exact": "checks.yaml: a closed form or a name",
+}
 
 
 def derive(rule: Rule, parts: tuple[str, ...], metric: str, value: Any, flat: dict, seeds: int, k: float) -> dict:
@@ -142,7 +154,11 @@ def derive(rule: Rule, parts: tuple[str, ...], metric: str, value: Any, flat: di
         case Count():
             return {"kind": "count", "slack": rule.slack, "why": "checks.yaml: an integer"}
         case Bound():
-            return {"kind": "bound", "max": rule.max, "why": "checks.yaml: a ceiling on rounding; the baseline's value is not compared"}
+            return {
+                "kind": "bound",
+                "max": rule.max,
+                "why": "checks.yaml: a ceiling on rounding; the baseline's value is not compared",
+            }
         case Choice():
             scores = rule.scores.format(*parts, strength="{strength}")
             why = f"the same strength, or the baseline's scoring within {k:g}·√(σ₁² + σ₂²)/√S of the current choice in the current metrics"
@@ -161,6 +177,7 @@ def derive(rule: Rule, parts: tuple[str, ...], metric: str, value: Any, flat: di
 
 
 # ---------- the comparison ----------
+
 
 @dataclass(frozen=True)
 class Row:
@@ -193,13 +210,19 @@ def compare(baseline: dict, now: dict, tolerances: dict[str, dict]) -> list[Row]
             ok, tolerance, note = choice_holds(entry, base, value, now_flat)
         elif kind == "count":
             slack = entry["slack"]
-            ok, tolerance, note = _within(base, value, lambda b, v: abs(v - b) <= slack), f"±{slack}" if slack else "exact", ""
+            ok, tolerance, note = (
+                _within(base, value, lambda b, v: abs(v - b) <= slack),
+                f"±{slack}" if slack else "exact",
+                "",
+            )
         elif kind == "bound":
             ok, tolerance, note = _within(base, value, lambda b, v: abs(v) <= entry["max"]), f"≤ {entry['max']:g}", ""
         else:
             band = Tolerance(entry["rel"], entry["abs"])
             moved = "at" in entry and base_flat.get(entry["at"]) != now_flat.get(entry["at"])
-            ok, tolerance, note = (True, str(band), MOVED) if moved else (_within(base, value, band.allows), str(band), "")
+            ok, tolerance, note = (
+                (True, str(band), MOVED) if moved else (_within(base, value, band.allows), str(band), "")
+            )
             kind += ", at choice" if "at" in entry else ""
         rows.append(Row(metric, base, value, tolerance, ok, kind, note))
     return rows
@@ -242,6 +265,7 @@ def _within(base: Any, value: Any, allows: Callable[[float, float], bool]) -> bo
 
 # ---------- scientific invariants: they must hold whatever the tolerances ----------
 
+
 def _grid_means(m: dict, metric: str) -> dict[float, float | None]:
     return {float(k.removeprefix("lambda_")): v[metric]["mean"] for k, v in m["grid"].items()}
 
@@ -249,18 +273,36 @@ def _grid_means(m: dict, metric: str) -> dict[float, float | None]:
 def synthetic_invariants(m: dict, slack: float) -> Iterator[Row]:
     """On the seed means: decay helps, shrinks ‖w‖, and never beats the exact optimum of its own objective."""
     test, norms = _grid_means(m, "test_loss"), _grid_means(m, "w_norm")
-    objective, reference_objective, ridge_test = (_grid_means(m, key) for key in ("objective", "reference_objective", "reference_test_loss"))
+    objective, reference_objective, ridge_test = (
+        _grid_means(m, key) for key in ("objective", "reference_objective", "reference_test_loss")
+    )
     lambdas = sorted(lam for lam in test if test[lam] is not None)  # every seed of a λ diverged: nothing to compare
     if 0.0 in test and 3.0 in test:
         yield Row("invariant: mean test loss λ=3 < λ=0", test[0.0], test[3.0], "strict", test[3.0] < test[0.0])
     falling = [norms[lam] for lam in lambdas]
-    yield Row("invariant: mean ‖w‖ falls as λ grows", falling[0], falling[-1], "strictly", all(a > b for a, b in zip(falling, falling[1:])))
+    yield Row(
+        "invariant: mean ‖w‖ falls as λ grows",
+        falling[0],
+        falling[-1],
+        "strictly",
+        all(a > b for a, b in zip(falling, falling[1:])),
+    )
     for lam in lambdas:
         # the exact optimum solution minimises the training objective on every seed: SGD can't beat it
-        yield Row(f"invariant: objective λ={lam:g} ≥ exact optimum", reference_objective[lam], objective[lam], "exact",
-                  objective[lam] >= reference_objective[lam] * (1 - 1e-6) - 1e-12)
-        yield Row(f"invariant: test loss λ={lam:g} not below exact optimum", ridge_test[lam], test[lam],
-                  f"-{slack:.0%}", test[lam] >= ridge_test[lam] * (1 - slack))
+        yield Row(
+            f"invariant: objective λ={lam:g} ≥ exact optimum",
+            reference_objective[lam],
+            objective[lam],
+            "exact",
+            objective[lam] >= reference_objective[lam] * (1 - 1e-6) - 1e-12,
+        )
+        yield Row(
+            f"invariant: test loss λ={lam:g} not below exact optimum",
+            ridge_test[lam],
+            test[lam],
+            f"-{slack:.0%}",
+            test[lam] >= ridge_test[lam] * (1 - slack),
+        )
 
 
 def cifar10_invariants(m: dict, slack: float) -> Iterator[Row]:
@@ -269,9 +311,21 @@ def cifar10_invariants(m: dict, slack: float) -> Iterator[Row]:
     norms, test, gap = (_grid_means(m, key) for key in ("w_norm", "test_accuracy", "gap_accuracy"))
     lambdas = sorted(lam for lam in norms if lam not in diverged)
     falling = [norms[lam] for lam in lambdas]
-    yield Row("invariant: mean weight norm falls as λ grows", falling[0], falling[-1], "strictly", all(a > b for a, b in zip(falling, falling[1:])))
+    yield Row(
+        "invariant: mean weight norm falls as λ grows",
+        falling[0],
+        falling[-1],
+        "strictly",
+        all(a > b for a, b in zip(falling, falling[1:])),
+    )
     for lam in lambdas:
-        yield Row(f"invariant: mean test accuracy λ={lam:g} above chance", 0.1, test[lam], f"+{slack:g}", test[lam] > 0.1 + slack)
+        yield Row(
+            f"invariant: mean test accuracy λ={lam:g} above chance",
+            0.1,
+            test[lam],
+            f"+{slack:g}",
+            test[lam] > 0.1 + slack,
+        )
     if 0.0 in lambdas:
         yield Row("invariant: λ = 0 overfits (train − test accuracy)", 0.0, gap[0.0], "> 0", gap[0.0] > 0)
 
@@ -283,6 +337,7 @@ INVARIANTS: dict[str, Callable[[dict, float], Iterator[Row]]] = {
 
 
 # ---------- command line ----------
+
 
 def load_checks(path: Path) -> dict:
     """checks.yaml, its rules validated: a rule without a kind, or with a key its kind lacks, stops here."""
@@ -343,7 +398,10 @@ def update(checks: dict, profile: str, studies: list[str], metrics_too: bool) ->
         if metrics_too:
             source, base = metrics, read_json(metrics, made_by=_made_by(spec, study))
         else:
-            source, base = baseline, read_json(baseline, fix=f"make it with `python -m stages.check --profile {profile} --update`")
+            source, base = (
+                baseline,
+                read_json(baseline, fix=f"make it with `python -m stages.check --profile {profile} --update`"),
+            )
         try:
             derived = calibrate(base, spec["tolerances"], float(checks["seed_spread_k"]))
         except StageInputError as err:
@@ -361,17 +419,27 @@ def main(argv: list[str] | None = None) -> int:
     cli.add_argument("--profile", default="default", help="which baseline: a key of `profiles` in checks.yaml")
     cli.add_argument("--study", action="append", help="check only this study (repeatable); default: all in checks.yaml")
     cli.add_argument("--checks", type=Path, default=CHECKS_FILE)
-    cli.add_argument("--update", action="store_true", help="copy the current metrics into the baseline and calibrate its tolerances, on purpose")
-    cli.add_argument("--calibrate", action="store_true", help="re-derive the baseline's tolerances from checks.yaml and its spread")
+    cli.add_argument(
+        "--update",
+        action="store_true",
+        help="copy the current metrics into the baseline and calibrate its tolerances, on purpose",
+    )
+    cli.add_argument(
+        "--calibrate", action="store_true", help="re-derive the baseline's tolerances from checks.yaml and its spread"
+    )
     args = cli.parse_args(argv)
     try:
         checks = load_checks(args.checks)
         if args.profile not in checks["profiles"]:
-            raise StageInputError(f"unknown profile '{args.profile}'; {args.checks} defines: {', '.join(checks['profiles'])}")
+            raise StageInputError(
+                f"unknown profile '{args.profile}'; {args.checks} defines: {', '.join(checks['profiles'])}"
+            )
         studies = args.study or list(checks["profiles"][args.profile]["studies"])
         unknown = sorted(set(studies) - set(checks["studies"]))
         if unknown:
-            raise StageInputError(f"unknown study '{unknown[0]}'; {args.checks} defines: {', '.join(checks['studies'])}")
+            raise StageInputError(
+                f"unknown study '{unknown[0]}'; {args.checks} defines: {', '.join(checks['studies'])}"
+            )
         if args.update or args.calibrate:
             update(checks, args.profile, studies, metrics_too=args.update)
             return 0

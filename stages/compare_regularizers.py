@@ -18,24 +18,46 @@ from wdlab.results import fmt_lambda, markdown_table
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.tracking import Tracker
 
-STRENGTH = {"l2": "λ (L2 penalty)", "decoupled": "λ (decoupled decay)", "l1": "λ (L1 penalty)", "dropout": "dropout rate p"}
-EXACT = {"l2": "exact ridge", "decoupled": "exact ridge", "l1": "exact lasso", "dropout": "per-feature ridge (dropout in expectation)"}
+STRENGTH = {
+    "l2": "λ (L2 penalty)",
+    "decoupled": "λ (decoupled decay)",
+    "l1": "λ (L1 penalty)",
+    "dropout": "dropout rate p",
+}
+EXACT = {
+    "l2": "exact ridge",
+    "decoupled": "exact ridge",
+    "l1": "exact lasso",
+    "dropout": "per-feature ridge (dropout in expectation)",
+}
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
     metrics = read_json(args.metrics, made_by=f"evaluate_{args.study}")
     figures.set_theme()
     if args.study == "synthetic":
-        by_seed = read_table(args.by_seed, "evaluate_synthetic", required=("regularizer", "seed", "lambda", "test_loss", "w_norm", "zeros"))
+        by_seed = read_table(
+            args.by_seed,
+            "evaluate_synthetic",
+            required=("regularizer", "seed", "lambda", "test_loss", "w_norm", "zeros"),
+        )
         table = read_table(args.table, "evaluate_synthetic", required=("regularizer", "lambda", "test_loss_mean"))
         pngs = synthetic_figures(by_seed, settings.synthetic.data.n_features, args.figures)
         page = synthetic_page(metrics, table, settings, figures.relative_to_page(pngs, args.page))
         experiment = settings.tracking.experiment_synthetic
     else:
-        by_seed = read_table(args.by_seed, "evaluate_cifar10", required=("regularizer", "seed", "lambda", "test_accuracy", "gap_accuracy", "w_norm"))
+        by_seed = read_table(
+            args.by_seed,
+            "evaluate_cifar10",
+            required=("regularizer", "seed", "lambda", "test_accuracy", "gap_accuracy", "w_norm"),
+        )
         table = read_table(args.table, "evaluate_cifar10", required=("regularizer", "lambda", "test_accuracy_mean"))
-        norms = pd.concat([read_table(path, "train_cifar10", required=("regularizer", "seed", "lambda", "epoch", "layer", "norm"))
-                           for path in args.layer_norms or []])
+        norms = pd.concat(
+            [
+                read_table(path, "train_cifar10", required=("regularizer", "seed", "lambda", "epoch", "layer", "norm"))
+                for path in args.layer_norms or []
+            ]
+        )
         pngs = cifar_figures(by_seed, norms, args.figures)
         page = cifar_page(metrics, table, settings, figures.relative_to_page(pngs, args.page))
         experiment = settings.tracking.experiment_cifar10
@@ -46,8 +68,14 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
 # ── figures: one panel per regulariser, each over its own strength grid, mean and 95 % band over seeds ─
 
 
-def per_regularizer(by_seed: pd.DataFrame, draw: Callable[[plt.Axes, pd.DataFrame, str], None], ylabel: str, title: str,
-                    path: Path, yscale: str = "linear") -> Path:
+def per_regularizer(
+    by_seed: pd.DataFrame,
+    draw: Callable[[plt.Axes, pd.DataFrame, str], None],
+    ylabel: str,
+    title: str,
+    path: Path,
+    yscale: str = "linear",
+) -> Path:
     present = [r for r in REGULARIZERS if r in set(by_seed["regularizer"])]
     fig, axes = plt.subplots(1, len(present), figsize=(3.6 * len(present), 4.4), sharey=True, squeeze=False)
     for ax, regularizer in zip(axes[0], present):
@@ -60,7 +88,9 @@ def per_regularizer(by_seed: pd.DataFrame, draw: Callable[[plt.Axes, pd.DataFram
         if ax.get_legend():
             ax.get_legend().remove()
     if handles:
-        fig.legend(handles, labels, loc="lower center", ncols=len(labels), fontsize="small", bbox_to_anchor=(0.5, -0.02))
+        fig.legend(
+            handles, labels, loc="lower center", ncols=len(labels), fontsize="small", bbox_to_anchor=(0.5, -0.02)
+        )
     fig.suptitle(f"{title}\n({figures.band_note(by_seed)})")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return figures.save(fig, path)
@@ -71,22 +101,49 @@ def lines(columns: dict[str, str], dashed: Sequence[str] = ()) -> Callable[[plt.
 
     def draw(ax: plt.Axes, rows: pd.DataFrame, regularizer: str) -> None:
         for i, (column, label) in enumerate(columns.items()):
-            sns.lineplot(data=rows, x="lambda", y=column, ax=ax, marker="o", color=sns.color_palette()[i],
-                         linestyle="--" if column in dashed else "-", label=label.format(exact=EXACT[regularizer]), **figures.SEED_BAND)
+            sns.lineplot(
+                data=rows,
+                x="lambda",
+                y=column,
+                ax=ax,
+                marker="o",
+                color=sns.color_palette()[i],
+                linestyle="--" if column in dashed else "-",
+                label=label.format(exact=EXACT[regularizer]),
+                **figures.SEED_BAND,
+            )
 
     return draw
 
 
 def synthetic_figures(by_seed: pd.DataFrame, n_features: int, folder: Path) -> list[Path]:
     return [
-        per_regularizer(by_seed, lines({"test_loss": "SGD test loss", "reference_test_loss": "exact optimum's test loss"}, ["reference_test_loss"]),
-                        "final test loss (ŷ − y)²/2", "Test loss vs strength: every regulariser cures the overfit of strength 0",
-                        folder / "test_loss_vs_strength.png", yscale="log"),
-        per_regularizer(by_seed, lines({"zeros": "SGD: exact zeros", "reference_zeros": "exact optimum: zeros"}, ["reference_zeros"]),
-                        f"weights exactly 0 (of {n_features})", "Sparsity vs strength: only L1 sets weights to exactly zero",
-                        folder / "zeros_vs_strength.png"),
-        per_regularizer(by_seed, lines({"w_norm": "SGD ‖w‖", "reference_w_norm": "exact optimum's ‖w‖"}, ["reference_w_norm"]),
-                        "‖w‖₂", "‖w‖ vs strength", folder / "wnorm_vs_strength.png", yscale="log"),
+        per_regularizer(
+            by_seed,
+            lines(
+                {"test_loss": "SGD test loss", "reference_test_loss": "exact optimum's test loss"},
+                ["reference_test_loss"],
+            ),
+            "final test loss (ŷ − y)²/2",
+            "Test loss vs strength: every regulariser cures the overfit of strength 0",
+            folder / "test_loss_vs_strength.png",
+            yscale="log",
+        ),
+        per_regularizer(
+            by_seed,
+            lines({"zeros": "SGD: exact zeros", "reference_zeros": "exact optimum: zeros"}, ["reference_zeros"]),
+            f"weights exactly 0 (of {n_features})",
+            "Sparsity vs strength: only L1 sets weights to exactly zero",
+            folder / "zeros_vs_strength.png",
+        ),
+        per_regularizer(
+            by_seed,
+            lines({"w_norm": "SGD ‖w‖", "reference_w_norm": "exact optimum's ‖w‖"}, ["reference_w_norm"]),
+            "‖w‖₂",
+            "‖w‖ vs strength",
+            folder / "wnorm_vs_strength.png",
+            yscale="log",
+        ),
     ]
 
 
@@ -99,18 +156,44 @@ def cifar_figures(by_seed: pd.DataFrame, norms: pd.DataFrame, folder: Path) -> l
     shown = pd.concat([baseline, strongest], ignore_index=True)
     shown = shown.assign(run=shown["regularizer"] + shown["lambda"].map(lambda v: f" {fmt_lambda(v)}" if v else ""))
     sns.barplot(data=shown, x="layer", y="norm", hue="run", order=layer_order, ax=axes, **figures.SEED_BAND)
-    axes.set(yscale="log", xlabel="layer", ylabel="‖W‖₂ after training", title="Per-layer weight norms: no regulariser vs each at its strongest")
+    axes.set(
+        yscale="log",
+        xlabel="layer",
+        ylabel="‖W‖₂ after training",
+        title="Per-layer weight norms: no regulariser vs each at its strongest",
+    )
     axes.tick_params(axis="x", rotation=30)
     figures.save(fig, folder / "layer_norms.png")
     return [
-        per_regularizer(by_seed, lines({"train_accuracy": "train", "valid_accuracy": "validation", "test_accuracy": "test"}),
-                        "final accuracy", "Accuracy vs strength, per regulariser", folder / "accuracy_vs_strength.png"),
-        per_regularizer(by_seed, lines({"gap_accuracy": "train − test accuracy"}), "generalisation gap",
-                        "Generalisation gap vs strength, per regulariser", folder / "gap_vs_strength.png"),
-        per_regularizer(by_seed, lines({"zero_fraction": "weights exactly 0"}), "fraction of conv/linear weights",
-                        "Sparsity vs strength: only L1's soft-threshold step makes exact zeros", folder / "zeros_vs_strength.png"),
-        per_regularizer(by_seed, lines({"w_norm": "‖θ‖"}), "‖θ‖₂ of conv/linear weights", "‖θ‖ vs strength",
-                        folder / "wnorm_vs_strength.png", yscale="log"),
+        per_regularizer(
+            by_seed,
+            lines({"train_accuracy": "train", "valid_accuracy": "validation", "test_accuracy": "test"}),
+            "final accuracy",
+            "Accuracy vs strength, per regulariser",
+            folder / "accuracy_vs_strength.png",
+        ),
+        per_regularizer(
+            by_seed,
+            lines({"gap_accuracy": "train − test accuracy"}),
+            "generalisation gap",
+            "Generalisation gap vs strength, per regulariser",
+            folder / "gap_vs_strength.png",
+        ),
+        per_regularizer(
+            by_seed,
+            lines({"zero_fraction": "weights exactly 0"}),
+            "fraction of conv/linear weights",
+            "Sparsity vs strength: only L1's soft-threshold step makes exact zeros",
+            folder / "zeros_vs_strength.png",
+        ),
+        per_regularizer(
+            by_seed,
+            lines({"w_norm": "‖θ‖"}),
+            "‖θ‖₂ of conv/linear weights",
+            "‖θ‖ vs strength",
+            folder / "wnorm_vs_strength.png",
+            yscale="log",
+        ),
         folder / "layer_norms.png",
     ]
 
@@ -138,69 +221,107 @@ def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links
     spec, compared = settings.synthetic, metrics["regularizers"]
     ranked = sorted(compared, key=lambda r: compared[r]["test_loss"]["mean"])
     lowest = compared[ranked[0]]["test_loss"]["mean"]
-    tied = [r for r in ranked if abs(compared[r]["test_loss"]["mean"] - lowest) <= 1e-6 * abs(lowest)]  # l2 ≡ decoupled here
+    tied = [
+        r for r in ranked if abs(compared[r]["test_loss"]["mean"] - lowest) <= 1e-6 * abs(lowest)
+    ]  # l2 ≡ decoupled here
     best, rest = " and ".join(tied), [r for r in ranked if r not in tied]
     beyond = [r for r in rest if separated(compared[ranked[0]]["test_loss"], compared[r]["test_loss"])]
     l1 = table[table["regularizer"] == "l1"]
     sparse = l1[l1["zeros_mean"] > 0]
     smallest = l1[l1["lambda"] > 0].iloc[0] if (l1["lambda"] > 0).any() else None
-    best_exact = {r: table.loc[(table["regularizer"] == r) & (table["lambda"] > 0), "reference_test_loss_mean"].min() for r in ("l2", "l1")}
+    best_exact = {
+        r: table.loc[(table["regularizer"] == r) & (table["lambda"] > 0), "reference_test_loss_mean"].min()
+        for r in ("l2", "l1")
+    }
     dropout = table[(table["regularizer"] == "dropout") & (table["lambda"] > 0)]
     gap = metrics["decoupled_vs_l2"]
     rows = [
-        {"regularizer": r, "strength": fmt_lambda(c["cv_strength"]), "test": pm(c["test_loss"]), "exact": pm(c["reference_test_loss"]),
-         "w": pm(c["w_norm"]), "zeros": pm(c["zeros"], ".1f")}
+        {
+            "regularizer": r,
+            "strength": fmt_lambda(c["cv_strength"]),
+            "test": pm(c["test_loss"]),
+            "exact": pm(c["reference_test_loss"]),
+            "w": pm(c["w_norm"]),
+            "zeros": pm(c["zeros"], ".1f"),
+        }
         for r, c in compared.items()
     ]
     findings = [
         f"- **At its cross-validated strength**, {best} reach{'' if len(tied) > 1 else 'es'} the lowest mean test loss, {pm(compared[ranked[0]]['test_loss'])}; "
-        + (f"{'their' if len(tied) > 1 else 'its'} 95 % interval over seeds lies below those of {', '.join(beyond)}" if beyond else "its 95 % interval overlaps every other's")
-        + (f", and overlaps {', '.join(r for r in rest if r not in beyond)}: that difference is within the seed spread." if len(beyond) < len(rest) else "."),
+        + (
+            f"{'their' if len(tied) > 1 else 'its'} 95 % interval over seeds lies below those of {', '.join(beyond)}"
+            if beyond
+            else "its 95 % interval overlaps every other's"
+        )
+        + (
+            f", and overlaps {', '.join(r for r in rest if r not in beyond)}: that difference is within the seed spread."
+            if len(beyond) < len(rest)
+            else "."
+        ),
         f"- **L1 gives exact zeros; L2 never does.** Proximal SGD sets weights to exactly 0 from λ = {fmt_lambda(sparse['lambda'].min())} on "
         f"(mean {sparse['zeros_mean'].max():.0f} of {spec.data.n_features} at λ = {fmt_lambda(sparse.loc[sparse['zeros_mean'].idxmax(), 'lambda'])}); "
         f"{'no' if not nonzero_elsewhere(table) else 'some'} L2, decoupled or dropout run ends with an exact zero. "
         "The exact lasso (scikit-learn's coordinate descent on the same objective, bias unpenalised) is sparser than SGD at small λ "
-        + (f"(at λ = {fmt_lambda(smallest['lambda'])}: {smallest['reference_zeros_mean']:.0f} zeros against SGD's {smallest['zeros_mean']:.0f})" if smallest is not None else "")
+        + (
+            f"(at λ = {fmt_lambda(smallest['lambda'])}: {smallest['reference_zeros_mean']:.0f} zeros against SGD's {smallest['zeros_mean']:.0f})"
+            if smallest is not None
+            else ""
+        )
         + f": in {spec.train.epochs} epochs the soft-threshold step moves a weight at most "
         f"{spec.train.epochs * -(-spec.data.n_train // spec.train.batch_size)}·ηλ in all, too little to undo an N(0, {spec.train.init_std:g}²) "
         f"initialisation. Every w*_j = {spec.data.true_w:g} here, a dense truth: over λ > 0 the lowest exact-lasso test loss is "
         f"{best_exact['l1']:.3g}, the lowest exact-ridge one {best_exact['l2']:.3g}."
-        if not sparse.empty else "- L1 made no exact zero at any strength of this grid.",
+        if not sparse.empty
+        else "- L1 made no exact zero at any strength of this grid.",
         f"- **Decoupled = L2 for plain SGD.** Without momentum, w ← w − η(∇L + λw) and w ← w − ηλw − η∇L are one update; over "
         f"{gap['pairs']} (seed, λ) pairs the final test losses differ by at most {gap['max_rel_test_loss']:.1e} (relative): rounding. "
         "With momentum they part: L2's λw enters the velocity and is carried over later steps, while decoupled decay shrinks w "
         "once per step; with Adam, L2's λw is also divided by √v̂, so weights with large gradients are barely decayed, which AdamW avoids.",
         "- **Dropout is a per-feature ridge in expectation.** Input dropout of rate p adds ½·p/(1 − p)·Σ_j w_j²·mean_i x_ij² to the "
         "expected loss (Wager, Wang & Liang 2013), whose exact minimiser the figures show dashed. "
-        + (f"At p = {fmt_lambda(dropout['lambda'].max())} trained dropout reaches test loss {dropout.iloc[-1]['test_loss_mean']:.3g} against "
-           f"{dropout.iloc[-1]['reference_test_loss_mean']:.3g} for its closed form, ‖w − w_exact‖ = {dropout.iloc[-1]['distance_mean']:.3g}; "
-           "at smaller p the per-feature penalty c_j ≈ p/(1 − p) is weak and the initialisation remains, as for small λ in L2."
-           if not dropout.empty else ""),
+        + (
+            f"At p = {fmt_lambda(dropout['lambda'].max())} trained dropout reaches test loss {dropout.iloc[-1]['test_loss_mean']:.3g} against "
+            f"{dropout.iloc[-1]['reference_test_loss_mean']:.3g} for its closed form, ‖w − w_exact‖ = {dropout.iloc[-1]['distance_mean']:.3g}; "
+            "at smaller p the per-feature penalty c_j ≈ p/(1 − p) is weak and the initialisation remains, as for small λ in L2."
+            if not dropout.empty
+            else ""
+        ),
     ]
-    return "\n".join([
-        "# Regularisers side by side: high-dimensional linear regression",
-        "",
-        f"_n_train = {spec.data.n_train}, d = {spec.data.n_features}; SGD, batch {spec.train.batch_size}, lr {spec.train.lr:g}, "
-        f"{spec.train.epochs} epochs for every regulariser; {metrics['seeds']} seeds. Numbers are means ± std over seeds; "
-        "figures show the mean with its 95 % band; dashed: each regulariser's exact optimum. The study page: [synthetic.md](synthetic.md)._",
-        "",
-        "## Findings",
-        "",
-        *findings,
-        "",
-        "## Each regulariser at the strength cross-validation chooses",
-        "",
-        markdown_table(pd.DataFrame(rows), {"regularizer": "regulariser", "strength": "CV strength", "test": "test loss",
-                                            "exact": "exact optimum's test loss", "w": "‖w‖", "zeros": "exact zeros"},
-                       {c: str for c in ("regularizer", "strength", "test", "exact", "w", "zeros")}),
-        "",
-        "## Figures",
-        "",
-        *[f"![{Path(link).stem}]({link})" for link in links],
-        "",
-        "_Generated by the `compare_synthetic` stage of dvc.yaml; rerun `dvc repro` to refresh._",
-        "",
-    ])
+    return "\n".join(
+        [
+            "# Regularisers side by side: high-dimensional linear regression",
+            "",
+            f"_n_train = {spec.data.n_train}, d = {spec.data.n_features}; SGD, batch {spec.train.batch_size}, lr {spec.train.lr:g}, "
+            f"{spec.train.epochs} epochs for every regulariser; {metrics['seeds']} seeds. Numbers are means ± std over seeds; "
+            "figures show the mean with its 95 % band; dashed: each regulariser's exact optimum. The study page: [synthetic.md](synthetic.md)._",
+            "",
+            "## Findings",
+            "",
+            *findings,
+            "",
+            "## Each regulariser at the strength cross-validation chooses",
+            "",
+            markdown_table(
+                pd.DataFrame(rows),
+                {
+                    "regularizer": "regulariser",
+                    "strength": "CV strength",
+                    "test": "test loss",
+                    "exact": "exact optimum's test loss",
+                    "w": "‖w‖",
+                    "zeros": "exact zeros",
+                },
+                {c: str for c in ("regularizer", "strength", "test", "exact", "w", "zeros")},
+            ),
+            "",
+            "## Figures",
+            "",
+            *[f"![{Path(link).stem}]({link})" for link in links],
+            "",
+            "_Generated by the `compare_synthetic` stage of dvc.yaml; rerun `dvc repro` to refresh._",
+            "",
+        ]
+    )
 
 
 def nonzero_elsewhere(table: pd.DataFrame) -> bool:
@@ -214,39 +335,65 @@ def cifar_page(metrics: dict, table: pd.DataFrame, settings: Settings, links: li
     best = ranked[0]
     beyond = [r for r in ranked[1:] if separated(compared[best]["test_accuracy"], compared[r]["test_accuracy"])]
     rows = [
-        {"regularizer": r, "strength": fmt_lambda(c["valid_strength"]), "valid": pm(c["valid_accuracy"]), "test": pm(c["test_accuracy"]),
-         "gap": pm(c["gap_accuracy"]), "w": pm(c["w_norm"]), "zeros": pm(c["zero_fraction"], ".2%")}
+        {
+            "regularizer": r,
+            "strength": fmt_lambda(c["valid_strength"]),
+            "valid": pm(c["valid_accuracy"]),
+            "test": pm(c["test_accuracy"]),
+            "gap": pm(c["gap_accuracy"]),
+            "w": pm(c["w_norm"]),
+            "zeros": pm(c["zero_fraction"], ".2%"),
+        }
         for r, c in compared.items()
     ]
     seeds = metrics["seeds"]
-    spread = ("its 95 % interval over seeds lies above those of " + ", ".join(beyond)) if beyond else (
-        "its interval overlaps the others'" if seeds > 1 else "with one seed no interval exists: run more seeds (`cifar10.seeds`) before reading a ranking")
-    return "\n".join([
-        "# Regularisers side by side: CIFAR-10",
-        "",
-        f"_The same net (width {study.model.width}) and budget ({study.train.epochs} epochs, batch {study.train.batch_size}, "
-        f"{study.train.schedule} schedule) for every regulariser: SGD (lr {study.train.lr:g}, momentum {study.train.momentum:g}) for l2, "
-        f"l1 and dropout; AdamW (lr {study.train.adamw_lr:g}) for decoupled. Strength 0 of l1 and dropout is l2's λ = 0 run. "
-        f"{seeds} seed(s); means ± std; the study page: [cifar10.md](cifar10.md)._",
-        "",
-        "## Findings",
-        "",
-        f"- Chosen on the validation split, {best} reaches the highest test accuracy, {pm(compared[best]['test_accuracy'])}; {spread}.",
-        *cifar_findings(table),
-        "",
-        "## Each regulariser at the strength validation chooses",
-        "",
-        markdown_table(pd.DataFrame(rows), {"regularizer": "regulariser", "strength": "strength", "valid": "validation accuracy",
-                                            "test": "test accuracy", "gap": "train − test gap", "w": "‖θ‖", "zeros": "exact zeros"},
-                       {c: str for c in ("regularizer", "strength", "valid", "test", "gap", "w", "zeros")}),
-        "",
-        "## Figures",
-        "",
-        *[f"![{Path(link).stem}]({link})" for link in links],
-        "",
-        "_Generated by the `compare_cifar10` stage of dvc.yaml; rerun `dvc repro` to refresh._",
-        "",
-    ])
+    spread = (
+        ("its 95 % interval over seeds lies above those of " + ", ".join(beyond))
+        if beyond
+        else (
+            "its interval overlaps the others'"
+            if seeds > 1
+            else "with one seed no interval exists: run more seeds (`cifar10.seeds`) before reading a ranking"
+        )
+    )
+    return "\n".join(
+        [
+            "# Regularisers side by side: CIFAR-10",
+            "",
+            f"_The same net (width {study.model.width}) and budget ({study.train.epochs} epochs, batch {study.train.batch_size}, "
+            f"{study.train.schedule} schedule) for every regulariser: SGD (lr {study.train.lr:g}, momentum {study.train.momentum:g}) for l2, "
+            f"l1 and dropout; AdamW (lr {study.train.adamw_lr:g}) for decoupled. Strength 0 of l1 and dropout is l2's λ = 0 run. "
+            f"{seeds} seed(s); means ± std; the study page: [cifar10.md](cifar10.md)._",
+            "",
+            "## Findings",
+            "",
+            f"- Chosen on the validation split, {best} reaches the highest test accuracy, {pm(compared[best]['test_accuracy'])}; {spread}.",
+            *cifar_findings(table),
+            "",
+            "## Each regulariser at the strength validation chooses",
+            "",
+            markdown_table(
+                pd.DataFrame(rows),
+                {
+                    "regularizer": "regulariser",
+                    "strength": "strength",
+                    "valid": "validation accuracy",
+                    "test": "test accuracy",
+                    "gap": "train − test gap",
+                    "w": "‖θ‖",
+                    "zeros": "exact zeros",
+                },
+                {c: str for c in ("regularizer", "strength", "valid", "test", "gap", "w", "zeros")},
+            ),
+            "",
+            "## Figures",
+            "",
+            *[f"![{Path(link).stem}]({link})" for link in links],
+            "",
+            "_Generated by the `compare_cifar10` stage of dvc.yaml; rerun `dvc repro` to refresh._",
+            "",
+        ]
+    )
 
 
 def cifar_findings(table: pd.DataFrame) -> list[str]:
@@ -265,23 +412,37 @@ def cifar_findings(table: pd.DataFrame) -> list[str]:
             f"(none: {base['gap_accuracy_mean']:+.3f}), ‖θ‖ {row['w_norm_mean']:.3g} (none: {base['w_norm_mean']:.3g}), "
             f"exact zeros {row['zero_fraction_mean']:.1%} of the conv/linear weights."
         )
-    return lines + ["- Only L1's soft-threshold step can make exact zeros; the per-layer norms are in the last figure. "
-                    "With BatchNorm after every conv, shrinking a conv's weights leaves its output unchanged: decay there "
-                    "raises the effective learning rate rather than limiting the function, so ‖θ‖ and accuracy move less "
-                    "together than in the linear study."]
+    return lines + [
+        "- Only L1's soft-threshold step can make exact zeros; the per-layer norms are in the last figure. "
+        "With BatchNorm after every conv, shrinking a conv's weights leaves its output unchanged: decay there "
+        "raises the effective learning rate rather than limiting the function, so ‖θ‖ and accuracy move less "
+        "together than in the linear study."
+    ]
 
 
 def parser() -> argparse.ArgumentParser:
-    cli = stage.parser_with_paths(__doc__, "python -m stages.compare_regularizers", {
-        "metrics": "the study's DVC metrics file",
-        "by-seed": "final metrics per (regulariser, seed, strength)",
-        "table": "per (regulariser, strength): mean, std and 95 % interval over seeds",
-        "page": "the comparison page (output)",
-        "figures": "the folder of its figures (output)",
-    })
+    cli = stage.parser_with_paths(
+        __doc__,
+        "python -m stages.compare_regularizers",
+        {
+            "metrics": "the study's DVC metrics file",
+            "by-seed": "final metrics per (regulariser, seed, strength)",
+            "table": "per (regulariser, strength): mean, std and 95 % interval over seeds",
+            "page": "the comparison page (output)",
+            "figures": "the folder of its figures (output)",
+        },
+    )
     cli.add_argument("study", choices=("synthetic", "cifar10"))
-    cli.add_argument("--grid-record", type=Path, nargs="+", required=True, help="each regulariser grid's run record: the page goes to its MLflow run")
-    cli.add_argument("--layer-norms", type=Path, nargs="+", help="cifar10: each grid's ‖W‖ per (strength, seed, epoch, layer)")
+    cli.add_argument(
+        "--grid-record",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="each regulariser grid's run record: the page goes to its MLflow run",
+    )
+    cli.add_argument(
+        "--layer-norms", type=Path, nargs="+", help="cifar10: each grid's ‖W‖ per (strength, seed, epoch, layer)"
+    )
     return cli
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 import pandas as pd
 
@@ -28,25 +27,43 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     tracker = Tracker(settings.tracking, settings.tracking.experiment_synthetic)
     params = {"seeds": len(seeds), "cv_folds": study.cv_folds} | flatten({"train": study.train.model_dump()})
     tables, chosen = [], {}
-    with tracker.run(f"cross-validation ({study.cv_folds} folds, {len(seeds)} seeds)", params, "synthetic-cv") as run_id:
+    with tracker.run(
+        f"cross-validation ({study.cv_folds} folds, {len(seeds)} seeds)", params, "synthetic-cv"
+    ) as run_id:
         for regularizer in REGULARIZERS:
             grid = study.strengths.of(regularizer)
             cv_loss = cross_validate(train_set, grid, study.train, study.cv_folds, seeds, device, regularizer)
             tables.append(cv_table(regularizer, seeds, grid, cv_loss))
             chosen[regularizer] = chosen_per_seed(mean_cv_loss(tables[-1])).value_counts()
-        tracker.log_history(run_id, {}, {f"chosen_{regularizer}_{lam:g}": int(counts.get(lam, 0))
-                                         for regularizer, counts in chosen.items() for lam in study.strengths.of(regularizer)})
+        tracker.log_history(
+            run_id,
+            {},
+            {
+                f"chosen_{regularizer}_{lam:g}": int(counts.get(lam, 0))
+                for regularizer, counts in chosen.items()
+                for lam in study.strengths.of(regularizer)
+            },
+        )
     write_csv(args.out, pd.concat(tables).to_dict("records"))
     for regularizer, counts in chosen.items():
-        log.info("%s: %d-fold cross-validation on each of %d seeds chooses %s", regularizer, study.cv_folds, len(seeds),
-                 ", ".join(f"{lam:g} ({n}×)" for lam, n in counts.items()))
+        log.info(
+            "%s: %d-fold cross-validation on each of %d seeds chooses %s",
+            regularizer,
+            study.cv_folds,
+            len(seeds),
+            ", ".join(f"{lam:g} ({n}×)" for lam, n in counts.items()),
+        )
 
 
 def parser() -> argparse.ArgumentParser:
-    return stage.parser_with_paths(__doc__, "python -m stages.cross_validate", {
-        "data": "the dataset the generate stage wrote",
-        "out": "validation loss per (regulariser, seed, fold, strength) (output)",
-    })
+    return stage.parser_with_paths(
+        __doc__,
+        "python -m stages.cross_validate",
+        {
+            "data": "the dataset the generate stage wrote",
+            "out": "validation loss per (regulariser, seed, fold, strength) (output)",
+        },
+    )
 
 
 if __name__ == "__main__":

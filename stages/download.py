@@ -34,7 +34,10 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         cifar_archive.save_cifar10(dataset, staging, md5)
     log.info(
         "wrote %s: %d train and %d test images of %s",
-        args.out, len(dataset.train_labels), len(dataset.test_labels), ", ".join(dataset.classes),
+        args.out,
+        len(dataset.train_labels),
+        len(dataset.test_labels),
+        ", ".join(dataset.classes),
     )
 
 
@@ -48,10 +51,14 @@ def unpack(archive: Path, md5: str) -> cifar_archive.Cifar10:
 
 
 def parser() -> argparse.ArgumentParser:
-    return stage.parser_with_paths(__doc__, "python -m stages.download", {
-        "cache": "where verified archives are kept, relative to the project root",
-        "out": "the dataset as tensors (output folder)",
-    })
+    return stage.parser_with_paths(
+        __doc__,
+        "python -m stages.download",
+        {
+            "cache": "where verified archives are kept, relative to the project root",
+            "out": "the dataset as tensors (output folder)",
+        },
+    )
 
 
 if __name__ == "__main__":

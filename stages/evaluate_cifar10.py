@@ -24,8 +24,16 @@ log = logging.getLogger("wd-lab.evaluate_cifar10")
 
 # What the metrics file keeps of each run's last epoch.
 FINAL_KEYS = (
-    "train_accuracy", "valid_accuracy", "test_accuracy", "train_loss", "valid_loss", "test_loss",
-    "gap_accuracy", "gap_loss", "w_norm", "zero_fraction",
+    "train_accuracy",
+    "valid_accuracy",
+    "test_accuracy",
+    "train_loss",
+    "valid_loss",
+    "test_loss",
+    "gap_accuracy",
+    "gap_loss",
+    "w_norm",
+    "zero_fraction",
 )
 COMPARED = ("train_accuracy", "valid_accuracy", "test_accuracy", "gap_accuracy", "w_norm", "zero_fraction")
 
@@ -37,25 +45,47 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     for regularizer in REGULARIZERS:
         rows = every[every["regularizer"] == regularizer]
         if set(rows["lambda"]) != set(study.strengths.of(regularizer)) or set(rows["seed"]) != set(study.seeds):
-            raise StageInputError(f"the grid histories do not match cifar10.strengths.{regularizer} and seeds: run `dvc repro train_cifar10@{regularizer}`")
+            raise StageInputError(
+                f"the grid histories do not match cifar10.strengths.{regularizer} and seeds: run `dvc repro train_cifar10@{regularizer}`"
+            )
     grid = every[every["regularizer"] == study.regularizer]
     summary = seed_summary(grid, FINAL_KEYS)
     summary["epochs_run"] = grid.groupby("lambda")["epochs_run"].min().to_numpy()
     compared = with_shared_baseline(every)
-    table = pd.concat([seed_summary(compared[compared["regularizer"] == r], COMPARED).assign(regularizer=r) for r in REGULARIZERS])
+    table = pd.concat(
+        [seed_summary(compared[compared["regularizer"] == r], COMPARED).assign(regularizer=r) for r in REGULARIZERS]
+    )
 
-    write_csv(args.by_seed, [json_record(row) for row in compared[["regularizer", "seed", "lambda", *FINAL_KEYS, "epochs_run", "diverged"]].to_dict("records")])
+    write_csv(
+        args.by_seed,
+        [
+            json_record(row)
+            for row in compared[["regularizer", "seed", "lambda", *FINAL_KEYS, "epochs_run", "diverged"]].to_dict(
+                "records"
+            )
+        ],
+    )
     write_csv(args.table, [json_record(row) for row in summary.to_dict("records")])
     write_csv(args.compare, [json_record(row) for row in table.to_dict("records")])
-    result = metrics(headline, summary, len(study.seeds)) | {"regularizer": study.regularizer, "regularizers": chosen_per_regularizer(table)}
+    result = metrics(headline, summary, len(study.seeds)) | {
+        "regularizer": study.regularizer,
+        "regularizers": chosen_per_regularizer(table),
+    }
     write_json(args.metrics, result)
     write_csv(args.headline_curve, mean_curve(read_table(args.headline_history, "headline_cifar10")))
     head = result["headline"]
-    log.info("headline λ=%g over %d seeds: test accuracy %.3f (std %s), gap %+.3f", head["lambda"], len(study.seeds),
-             head["test_accuracy"]["mean"], f"{head['test_accuracy']['std']:.3f}" if head["test_accuracy"]["std"] is not None else "—",
-             head["gap_accuracy"]["mean"])
+    log.info(
+        "headline λ=%g over %d seeds: test accuracy %.3f (std %s), gap %+.3f",
+        head["lambda"],
+        len(study.seeds),
+        head["test_accuracy"]["mean"],
+        f"{head['test_accuracy']['std']:.3f}" if head["test_accuracy"]["std"] is not None else "—",
+        head["gap_accuracy"]["mean"],
+    )
     if chosen := result["chosen_by_validation"]:
-        log.info("validation accuracy picks λ=%g (test accuracy %.3f)", chosen["lambda"], chosen["test_accuracy"]["mean"])
+        log.info(
+            "validation accuracy picks λ=%g (test accuracy %.3f)", chosen["lambda"], chosen["test_accuracy"]["mean"]
+        )
     write_json(args.model_record, log_chosen_model(settings, args, chosen["lambda"] if chosen else None))
 
 
@@ -63,8 +93,14 @@ def with_shared_baseline(every: pd.DataFrame) -> pd.DataFrame:
     """Every regulariser's final rows, plus l2's λ = 0 runs as strength 0 of a regulariser whose grid lacks 0 and
     whose strength 0 is the same training (l1 and dropout: plain SGD), so each is compared with no regulariser."""
     base = every[(every["regularizer"] == "l2") & (every["lambda"] == 0)]
-    shared = [base.assign(regularizer=r) for r in ("l1", "dropout") if not ((every["regularizer"] == r) & (every["lambda"] == 0)).any()]
-    return pd.concat([every, *shared]).sort_values(["regularizer", "lambda", "seed"], kind="stable").reset_index(drop=True)
+    shared = [
+        base.assign(regularizer=r)
+        for r in ("l1", "dropout")
+        if not ((every["regularizer"] == r) & (every["lambda"] == 0)).any()
+    ]
+    return (
+        pd.concat([every, *shared]).sort_values(["regularizer", "lambda", "seed"], kind="stable").reset_index(drop=True)
+    )
 
 
 def chosen_per_regularizer(table: pd.DataFrame) -> dict:
@@ -75,8 +111,11 @@ def chosen_per_regularizer(table: pd.DataFrame) -> dict:
         rows = table[table["regularizer"] == regularizer]
         best = best_lambda(rows, "valid_accuracy_mean", higher_is_better=True)
         at = rows[rows["lambda"] == best].iloc[0] if best is not None else None
-        chosen[regularizer] = ({"valid_strength": best} | {key: stats_of(at, key) if at is not None else None for key in COMPARED}
-                               | {"by_strength": by_strength(rows, ("valid_accuracy", "test_accuracy"))})
+        chosen[regularizer] = (
+            {"valid_strength": best}
+            | {key: stats_of(at, key) if at is not None else None for key in COMPARED}
+            | {"by_strength": by_strength(rows, ("valid_accuracy", "test_accuracy"))}
+        )
     return chosen
 
 
@@ -94,20 +133,33 @@ def log_chosen_model(settings: Settings, args: argparse.Namespace, chosen: float
     from wdlab.cifar10.data import MEAN, STD
     from wdlab.cifar10.model import ImageClassifier, ResNet
 
-    grid = load_tensors(args.grid_model[which], made_by="train_cifar10", required=("regularizer", "lambdas", "seeds", "width", "state_dicts"))
+    grid = load_tensors(
+        args.grid_model[which],
+        made_by="train_cifar10",
+        required=("regularizer", "lambdas", "seeds", "width", "state_dicts"),
+    )
     member = grid["lambdas"].tolist().index(chosen)
     net = ResNet(grid["width"])  # dropout has no weights: the trained net serves without it, as in eval mode
     net.load_state_dict(grid["state_dicts"][member])
     example = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     uri = tracker.log_model(run_id, ImageClassifier(net, MEAN, STD).eval(), example, code=Path(wdlab.__file__).parent)
     log.info("logged the %s %g model (seed %d) as %s", regularizer, chosen, int(grid["seeds"][member]), uri)
-    return {"regularizer": regularizer, "lambda": chosen, "seed": int(grid["seeds"][member]), "run_id": run_id, "model_uri": uri}
+    return {
+        "regularizer": regularizer,
+        "lambda": chosen,
+        "seed": int(grid["seeds"][member]),
+        "run_id": run_id,
+        "model_uri": uri,
+    }
 
 
 def final_rows(path: Path, run: str) -> pd.DataFrame:
     """The last recorded epoch of every (seed, λ) of a training run; a run that diverged stopped at the epoch marked so."""
-    history = read_table(path, made_by="train_cifar10" if run == "grid" else "headline_cifar10",
-                         required=("regularizer", "seed", "lambda", "epoch", "diverged", *FINAL_KEYS))
+    history = read_table(
+        path,
+        made_by="train_cifar10" if run == "grid" else "headline_cifar10",
+        required=("regularizer", "seed", "lambda", "epoch", "diverged", *FINAL_KEYS),
+    )
     # tail(1), not last(): last() would skip a diverged run's NaN and report an earlier epoch's value.
     final = history.sort_values(["lambda", "seed", "epoch"]).groupby(["lambda", "seed"]).tail(1).reset_index(drop=True)
     return final.rename(columns={"epoch": "epochs_run"})
@@ -123,14 +175,20 @@ def metrics(headline: pd.DataFrame, summary: pd.DataFrame, seeds: int) -> dict:
     return {
         "seeds": seeds,
         "headline": {"lambda": float(head["lambda"])} | summary_of(head, int(headline["epochs_run"].min())),
-        "grid": {f"lambda_{row['lambda']:g}": summary_of(row, int(row["epochs_run"])) for row in summary.to_dict("records")},
-        "chosen_by_validation": None if chosen is None else {
+        "grid": {
+            f"lambda_{row['lambda']:g}": summary_of(row, int(row["epochs_run"])) for row in summary.to_dict("records")
+        },
+        "chosen_by_validation": None
+        if chosen is None
+        else {
             "lambda": chosen,
             "valid_accuracy": stats_of(by_lambda.loc[chosen], "valid_accuracy"),
             "test_accuracy": stats_of(by_lambda.loc[chosen], "test_accuracy"),
         },
         # Descriptive only: a λ chosen by test accuracy would make that test accuracy an optimistic estimate.
-        "highest_test_accuracy": None if top_test is None else {
+        "highest_test_accuracy": None
+        if top_test is None
+        else {
             "lambda": top_test,
             "test_accuracy": stats_of(by_lambda.loc[top_test], "test_accuracy"),
         },
@@ -138,22 +196,38 @@ def metrics(headline: pd.DataFrame, summary: pd.DataFrame, seeds: int) -> dict:
 
 
 def summary_of(row: Mapping[str, Any], epochs_run: int) -> dict:
-    return {"diverged": int(row["diverged"]), "epochs_run": epochs_run} | {key: stats_of(row, key) for key in FINAL_KEYS}
+    return {"diverged": int(row["diverged"]), "epochs_run": epochs_run} | {
+        key: stats_of(row, key) for key in FINAL_KEYS
+    }
 
 
 def parser() -> argparse.ArgumentParser:
-    cli = stage.parser_with_paths(__doc__, "python -m stages.evaluate_cifar10", {
-        "headline-history": "the headline run's per-epoch history, per seed",
-        "metrics": "the DVC metrics file (output)",
-        "by-seed": "final metrics per (regulariser, seed, strength), long format (output)",
-        "table": "the study's regulariser per strength: mean, std and 95 % interval over seeds, for dvc plots (output)",
-        "compare": "every regulariser per strength: mean, std and 95 % interval over seeds (output)",
-        "headline-curve": "the headline run's per-epoch curves averaged over seeds, for dvc plots (output)",
-        "model-record": "which model was logged to MLflow, its URI (output)",
-    })
-    cli.add_argument("--grid-history", type=Path, nargs="+", required=True, help="each regulariser grid's per-epoch history")
-    cli.add_argument("--grid-model", type=Path, nargs="+", required=True, help="each grid's weights, in the order of --grid-record")
-    cli.add_argument("--grid-record", type=Path, nargs="+", required=True, help="each grid's run record: the MLflow run the model goes to")
+    cli = stage.parser_with_paths(
+        __doc__,
+        "python -m stages.evaluate_cifar10",
+        {
+            "headline-history": "the headline run's per-epoch history, per seed",
+            "metrics": "the DVC metrics file (output)",
+            "by-seed": "final metrics per (regulariser, seed, strength), long format (output)",
+            "table": "the study's regulariser per strength: mean, std and 95 % interval over seeds, for dvc plots (output)",
+            "compare": "every regulariser per strength: mean, std and 95 % interval over seeds (output)",
+            "headline-curve": "the headline run's per-epoch curves averaged over seeds, for dvc plots (output)",
+            "model-record": "which model was logged to MLflow, its URI (output)",
+        },
+    )
+    cli.add_argument(
+        "--grid-history", type=Path, nargs="+", required=True, help="each regulariser grid's per-epoch history"
+    )
+    cli.add_argument(
+        "--grid-model", type=Path, nargs="+", required=True, help="each grid's weights, in the order of --grid-record"
+    )
+    cli.add_argument(
+        "--grid-record",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="each grid's run record: the MLflow run the model goes to",
+    )
     return cli
 
 

@@ -23,7 +23,16 @@ from wdlab.synthetic.selection import chosen_per_seed, mean_cv_loss
 
 log = logging.getLogger("wd-lab.evaluate_synthetic")
 
-COMPARED = ["test_loss", "train_loss", "w_norm", "zeros", "cv_loss", "distance", "reference_test_loss", "reference_zeros"]
+COMPARED = [
+    "test_loss",
+    "train_loss",
+    "w_norm",
+    "zeros",
+    "cv_loss",
+    "distance",
+    "reference_test_loss",
+    "reference_zeros",
+]
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
@@ -34,19 +43,26 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         run = load_tensors(path, made_by="train_synthetic@<regulariser>", required=RUN_KEYS)
         grids[run["regularizer"]] = evaluate_run(run, train_set, test_set)
     if missing := [r for r in REGULARIZERS if r not in grids]:
-        raise StageInputError(f"no trained grid for {', '.join(missing)} among --grids: run `dvc repro train_synthetic`")
+        raise StageInputError(
+            f"no trained grid for {', '.join(missing)} among --grids: run `dvc repro train_synthetic`"
+        )
     cv = read_table(args.cv, made_by="cross_validate", required=("regularizer", "seed", "fold", "lambda", "valid_loss"))
     for regularizer in REGULARIZERS:
         held = cv[cv["regularizer"] == regularizer]
         if set(held["lambda"]) != set(study.strengths.of(regularizer)) or set(held["seed"]) != set(seeds):
-            raise StageInputError(f"{args.cv} does not match synthetic.strengths.{regularizer} and seeds: run `dvc repro cross_validate`")
+            raise StageInputError(
+                f"{args.cv} does not match synthetic.strengths.{regularizer} and seeds: run `dvc repro cross_validate`"
+            )
     cv_by_seed = mean_cv_loss(cv)
     by_seed = pd.concat(grids.values()).merge(cv_by_seed, on=["regularizer", "seed", "lambda"])
     own = by_seed[by_seed["regularizer"] == study.regularizer]
     summary = seed_summary(own, METRICS + ["cv_loss"], untrained=EXACT)
-    compared = pd.concat([
-        seed_summary(by_seed[by_seed["regularizer"] == r], COMPARED, untrained=EXACT).assign(regularizer=r) for r in REGULARIZERS
-    ])
+    compared = pd.concat(
+        [
+            seed_summary(by_seed[by_seed["regularizer"] == r], COMPARED, untrained=EXACT).assign(regularizer=r)
+            for r in REGULARIZERS
+        ]
+    )
 
     write_csv(args.by_seed, [json_record(row) for row in by_seed.to_dict("records")])
     write_csv(args.table, [json_record(row) for row in summary.to_dict("records")])
@@ -56,22 +72,40 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     write_json(args.metrics, report)
     if (best := report["cv"]["best_lambda"]) is not None:
         at = report["grid"][f"lambda_{best:g}"]
-        log.info("%s at its cross-validated strength %g over %d seeds: test loss %.3g ± %.2g, ‖w‖ %.3f ± %.2g", study.regularizer, best,
-                 len(seeds), at["test_loss"]["mean"], at["test_loss"]["std"], at["w_norm"]["mean"], at["w_norm"]["std"])
+        log.info(
+            "%s at its cross-validated strength %g over %d seeds: test loss %.3g ± %.2g, ‖w‖ %.3f ± %.2g",
+            study.regularizer,
+            best,
+            len(seeds),
+            at["test_loss"]["mean"],
+            at["test_loss"]["std"],
+            at["w_norm"]["mean"],
+            at["w_norm"]["std"],
+        )
 
 
-def metrics(summary: pd.DataFrame, chosen: pd.Series, by_seed: pd.DataFrame, compared: pd.DataFrame,
-            train_set: Split, test_set: Split, settings: Settings) -> dict:
+def metrics(
+    summary: pd.DataFrame,
+    chosen: pd.Series,
+    by_seed: pd.DataFrame,
+    compared: pd.DataFrame,
+    train_set: Split,
+    test_set: Split,
+    settings: Settings,
+) -> dict:
     """The DVC metrics file: the study's regulariser per strength (each metric's mean, std and 95 % interval over
     seeds), CV's choices and references; then every regulariser at its cross-validated strength, side by side."""
     study = settings.synthetic
     by_cv = best_lambda(summary, "cv_loss_mean", higher_is_better=False)
-    zero_weight = loss(test_set, torch.zeros(len(study.seeds), 1, test_set.x.shape[-1]), train_set.y.mean(dim=-1)[:, None])
+    zero_weight = loss(
+        test_set, torch.zeros(len(study.seeds), 1, test_set.x.shape[-1]), train_set.y.mean(dim=-1)[:, None]
+    )
     return {
         "seeds": len(study.seeds),
         "regularizer": study.regularizer,
         "grid": {
-            f"lambda_{row['lambda']:g}": {"diverged": int(row["diverged"])} | {m: stats_of(row, m) for m in METRICS + ["cv_loss"]}
+            f"lambda_{row['lambda']:g}": {"diverged": int(row["diverged"])}
+            | {m: stats_of(row, m) for m in METRICS + ["cv_loss"]}
             for row in summary.to_dict("records")
         },
         "cv": {
@@ -93,8 +127,11 @@ def compared_at_cv(rows: pd.DataFrame) -> dict:
     CV and test loss at every strength, the choice's evidence and what stays comparable when the choice moves."""
     best = best_lambda(rows, "cv_loss_mean", higher_is_better=False)
     at = rows[rows["lambda"] == best].iloc[0]
-    return ({"cv_strength": best} | {m: stats_of(at, m) for m in ("test_loss", "w_norm", "zeros", "reference_test_loss")}
-            | {"by_strength": by_strength(rows, ("cv_loss", "test_loss"))})
+    return (
+        {"cv_strength": best}
+        | {m: stats_of(at, m) for m in ("test_loss", "w_norm", "zeros", "reference_test_loss")}
+        | {"by_strength": by_strength(rows, ("cv_loss", "test_loss"))}
+    )
 
 
 def decoupled_vs_l2(by_seed: pd.DataFrame) -> dict:
@@ -105,19 +142,26 @@ def decoupled_vs_l2(by_seed: pd.DataFrame) -> dict:
     both = l2.index.intersection(dec.index)
     if both.empty:
         return {"pairs": 0, "max_rel_test_loss": None, "max_rel_w_norm": None}
-    rel = {m: ((dec.loc[both, m] - l2.loc[both, m]).abs() / l2.loc[both, m].abs().clip(lower=1e-12)).max() for m in ("test_loss", "w_norm")}
+    rel = {
+        m: ((dec.loc[both, m] - l2.loc[both, m]).abs() / l2.loc[both, m].abs().clip(lower=1e-12)).max()
+        for m in ("test_loss", "w_norm")
+    }
     return {"pairs": len(both), "max_rel_test_loss": float(rel["test_loss"]), "max_rel_w_norm": float(rel["w_norm"])}
 
 
 def parser() -> argparse.ArgumentParser:
-    cli = stage.parser_with_paths(__doc__, "python -m stages.evaluate_synthetic", {
-        "data": "the dataset the generate stage wrote",
-        "cv": "cross-validation losses per (regulariser, seed, fold, strength)",
-        "metrics": "the DVC metrics file (output)",
-        "by-seed": "final metrics per (regulariser, seed, strength), long format (output)",
-        "table": "the study's regulariser per strength: mean, std and 95 % interval over seeds, for dvc plots (output)",
-        "compare": "every regulariser per strength: mean, std and 95 % interval over seeds (output)",
-    })
+    cli = stage.parser_with_paths(
+        __doc__,
+        "python -m stages.evaluate_synthetic",
+        {
+            "data": "the dataset the generate stage wrote",
+            "cv": "cross-validation losses per (regulariser, seed, fold, strength)",
+            "metrics": "the DVC metrics file (output)",
+            "by-seed": "final metrics per (regulariser, seed, strength), long format (output)",
+            "table": "the study's regulariser per strength: mean, std and 95 % interval over seeds, for dvc plots (output)",
+            "compare": "every regulariser per strength: mean, std and 95 % interval over seeds (output)",
+        },
+    )
     cli.add_argument("--grids", type=Path, nargs="+", required=True, help="each regulariser's trained grid")
     return cli
 

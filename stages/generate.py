@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from wdlab import stage
 from wdlab.files import save_tensors
@@ -19,14 +18,22 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     save_tensors(args.out, make_dataset(spec, seeds))
     log.info(
         "wrote %s: %d train and %d test samples, %d features, for each of %d seeds",
-        args.out, spec.n_train, spec.n_test, spec.n_features, len(seeds),
+        args.out,
+        spec.n_train,
+        spec.n_test,
+        spec.n_features,
+        len(seeds),
     )
 
 
 def parser() -> argparse.ArgumentParser:
-    return stage.parser_with_paths(__doc__, "python -m stages.generate", {
-        "out": "the dataset (output)",
-    })
+    return stage.parser_with_paths(
+        __doc__,
+        "python -m stages.generate",
+        {
+            "out": "the dataset (output)",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -21,16 +21,39 @@ from wdlab.tracking import Tracker
 def main(settings: Settings, args: argparse.Namespace) -> None:
     metrics = read_json(args.metrics, made_by="evaluate_cifar10")
     regularizer = settings.cifar10.regularizer
-    by_seed = read_table(args.by_seed, "evaluate_cifar10", required=("regularizer", "seed", "lambda", "train_accuracy", "valid_accuracy",
-                                                                     "test_accuracy", "gap_accuracy", "gap_loss", "w_norm"))
+    by_seed = read_table(
+        args.by_seed,
+        "evaluate_cifar10",
+        required=(
+            "regularizer",
+            "seed",
+            "lambda",
+            "train_accuracy",
+            "valid_accuracy",
+            "test_accuracy",
+            "gap_accuracy",
+            "gap_loss",
+            "w_norm",
+        ),
+    )
     by_seed = by_seed[by_seed["regularizer"] == regularizer]
-    by_lambda = means(read_table(args.table, "evaluate_cifar10", required=("lambda", "seeds", "diverged", "epochs_run")))
+    by_lambda = means(
+        read_table(args.table, "evaluate_cifar10", required=("lambda", "seeds", "diverged", "epochs_run"))
+    )
     found = record_with(args.grid_record, "regularizer", regularizer, made_by="train_cifar10")
     if found is None or not len(args.grid_history) == len(args.layer_norms) == len(args.grid_record):
-        raise StageInputError(f"no grid of {regularizer} among --grid-record, or unequal lists: run `dvc repro train_cifar10@{regularizer}`")
+        raise StageInputError(
+            f"no grid of {regularizer} among --grid-record, or unequal lists: run `dvc repro train_cifar10@{regularizer}`"
+        )
     which, setup = found  # the grid's record: device, formats and image counts
-    history = read_table(args.grid_history[which], "train_cifar10", required=("seed", "lambda", "epoch", "train_accuracy", "test_accuracy", "w_norm"))
-    layer_norms = read_table(args.layer_norms[which], "train_cifar10", required=("seed", "lambda", "epoch", "layer", "norm"))
+    history = read_table(
+        args.grid_history[which],
+        "train_cifar10",
+        required=("seed", "lambda", "epoch", "train_accuracy", "test_accuracy", "w_norm"),
+    )
+    layer_norms = read_table(
+        args.layer_norms[which], "train_cifar10", required=("seed", "lambda", "epoch", "layer", "norm")
+    )
     chosen = (metrics.get("chosen_by_validation") or {}).get("lambda")
 
     figures.set_theme()
@@ -70,22 +93,59 @@ def mark_diverged(ax: plt.Axes, by_lambda: pd.DataFrame) -> None:
     """A cross on the λ axis for each diverged run, so a missing point reads as 'diverged', not 'forgotten'."""
     diverged = by_lambda[by_lambda["diverged"].astype(bool)]
     if not diverged.empty:
-        ax.scatter(diverged["lambda"], [0.02] * len(diverged), marker="x", s=80, color="black",
-                   transform=ax.get_xaxis_transform(), label="diverged (stopped)", zorder=5, clip_on=False)
+        ax.scatter(
+            diverged["lambda"],
+            [0.02] * len(diverged),
+            marker="x",
+            s=80,
+            color="black",
+            transform=ax.get_xaxis_transform(),
+            label="diverged (stopped)",
+            zorder=5,
+            clip_on=False,
+        )
 
 
 def plot_accuracy_vs_lambda(by_seed: pd.DataFrame, by_lambda: pd.DataFrame, chosen: float | None, path: Path) -> Path:
-    long = by_seed.melt(id_vars=["seed", "lambda"], value_vars=["train_accuracy", "valid_accuracy", "test_accuracy"], var_name="split", value_name="accuracy")
+    long = by_seed.melt(
+        id_vars=["seed", "lambda"],
+        value_vars=["train_accuracy", "valid_accuracy", "test_accuracy"],
+        var_name="split",
+        value_name="accuracy",
+    )
     long["split"] = long["split"].str.removesuffix("_accuracy")
     long["accuracy"] *= 100
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    sns.lineplot(data=long.dropna(), x="lambda", y="accuracy", hue="split", style="split", markers=True, dashes=False, ax=ax, **figures.SEED_BAND)
+    sns.lineplot(
+        data=long.dropna(),
+        x="lambda",
+        y="accuracy",
+        hue="split",
+        style="split",
+        markers=True,
+        dashes=False,
+        ax=ax,
+        **figures.SEED_BAND,
+    )
     if chosen is not None:
         picked = 100 * by_lambda.loc[by_lambda["lambda"] == chosen, "test_accuracy"]
-        ax.scatter([chosen], picked, marker="*", s=260, color="black", zorder=6, clip_on=False, label=f"picked by validation ({lam(chosen)})")
+        ax.scatter(
+            [chosen],
+            picked,
+            marker="*",
+            s=260,
+            color="black",
+            zorder=6,
+            clip_on=False,
+            label=f"picked by validation ({lam(chosen)})",
+        )
     mark_diverged(ax, by_lambda)
     figures.lambda_axis(ax, by_lambda["lambda"])
-    ax.set(xlabel="weight decay λ", ylabel="accuracy (%)", title=f"{accuracy_title(by_lambda)}\n({figures.band_note(by_seed)})")
+    ax.set(
+        xlabel="weight decay λ",
+        ylabel="accuracy (%)",
+        title=f"{accuracy_title(by_lambda)}\n({figures.band_note(by_seed)})",
+    )
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     return figures.save(fig, path)
 
@@ -135,14 +195,31 @@ def plot_curves(history: pd.DataFrame, path: Path) -> Path:
     history = history.assign(λ=history["lambda"].map(fmt_lambda))
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for ax, metric, label in ((axes[0], "loss", "cross-entropy"), (axes[1], "accuracy", "accuracy (%)")):
-        long = history.melt(id_vars=["λ", "epoch"], value_vars=[f"train_{metric}", f"test_{metric}"], var_name="split", value_name=metric)
+        long = history.melt(
+            id_vars=["λ", "epoch"],
+            value_vars=[f"train_{metric}", f"test_{metric}"],
+            var_name="split",
+            value_name=metric,
+        )
         long["split"] = long["split"].str.removesuffix(f"_{metric}")
         if metric == "accuracy":
             long[metric] *= 100
-        sns.lineplot(data=long, x="epoch", y=metric, hue="λ", style="split", palette=palette, ax=ax, legend=ax is axes[0], **figures.SEED_BAND)
+        sns.lineplot(
+            data=long,
+            x="epoch",
+            y=metric,
+            hue="λ",
+            style="split",
+            palette=palette,
+            ax=ax,
+            legend=ax is axes[0],
+            **figures.SEED_BAND,
+        )
         ax.set(xlabel="epoch", ylabel=label)
     axes[0].legend(fontsize="x-small", ncols=2)
-    sns.lineplot(data=history, x="epoch", y="w_norm", hue="λ", palette=palette, ax=axes[2], legend=False, **figures.SEED_BAND)
+    sns.lineplot(
+        data=history, x="epoch", y="w_norm", hue="λ", palette=palette, ax=axes[2], legend=False, **figures.SEED_BAND
+    )
     axes[2].set(xlabel="epoch", ylabel="‖θ‖₂ (all parameters)")
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -152,7 +229,9 @@ def plot_curves(history: pd.DataFrame, path: Path) -> Path:
 
 def curves_title(history: pd.DataFrame) -> str:
     last_epochs = history.sort_values("epoch").groupby(["lambda", "seed"]).tail(1).dropna(subset=["w_norm"])
-    final = last_epochs.groupby("lambda", as_index=False)[["train_accuracy", "test_accuracy"]].mean().sort_values("lambda")
+    final = (
+        last_epochs.groupby("lambda", as_index=False)[["train_accuracy", "test_accuracy"]].mean().sort_values("lambda")
+    )
     if len(final) < 2:
         return "Training curves"
     first, last = final.iloc[0], final.iloc[-1]
@@ -170,8 +249,14 @@ def plot_layer_norms(layer_norms: pd.DataFrame, path: Path) -> Path:
     shown = table.div(table[0.0], axis=0) if relative else table
     shown.columns = [fmt_lambda(v) for v in shown.columns]
     fig, ax = plt.subplots(figsize=(1.1 * len(shown.columns) + 3, 0.45 * len(shown) + 2))
-    sns.heatmap(shown, annot=True, fmt=".2f", cmap="viridis", ax=ax,
-                cbar_kws={"label": "‖W‖ / ‖W‖ at λ = 0" if relative else "‖W‖₂"})
+    sns.heatmap(
+        shown,
+        annot=True,
+        fmt=".2f",
+        cmap="viridis",
+        ax=ax,
+        cbar_kws={"label": "‖W‖ / ‖W‖ at λ = 0" if relative else "‖W‖₂"},
+    )
     ax.set(xlabel="weight decay λ", ylabel="layer (input → output)", title=layer_title(shown, relative))
     return figures.save(fig, path)
 
@@ -191,7 +276,9 @@ def layer_title(shown: pd.DataFrame, relative: bool) -> str:
 # ── the page ──────────────────────────────────────────────────────────────────────────────────────
 
 
-def render_page(metrics: dict, by_lambda: pd.DataFrame, setup: dict, settings: Settings, figure_links: list[str]) -> str:
+def render_page(
+    metrics: dict, by_lambda: pd.DataFrame, setup: dict, settings: Settings, figure_links: list[str]
+) -> str:
     study = settings.cifar10
     head = metrics["headline"]
     title = "Weight decay" if study.regularizer == "l2" else f"The `{study.regularizer}` regulariser"
@@ -221,8 +308,7 @@ def render_page(metrics: dict, by_lambda: pd.DataFrame, setup: dict, settings: S
         "",
         (
             "Gap = train − test accuracy (percentage points) and test − train cross-entropy, both measured in eval "
-            "mode without augmentation. ‖θ‖ is the norm of all parameters. "
-            + curves_note(study.data.curve_subset)
+            "mode without augmentation. ‖θ‖ is the norm of all parameters. " + curves_note(study.data.curve_subset)
         ),
         "",
         "_Generated by the `report_cifar10` stage of dvc.yaml from the study's metrics; rerun `dvc repro` to refresh._",
@@ -242,7 +328,8 @@ def setup_line(study: CifarSettings, setup: dict) -> str:
         "dropout": f"{sgd}, dropout of rate p before the classifier",
     }[study.regularizer]
     decayed = (
-        "every parameter is decayed, biases and BatchNorm scales/shifts included" if t.decay_norm_and_bias
+        "every parameter is decayed, biases and BatchNorm scales/shifts included"
+        if t.decay_norm_and_bias
         else "λ applies to conv and linear weights only; biases and BatchNorm scales/shifts are not decayed"
     )
     return (
@@ -354,29 +441,53 @@ def headline_sentence(head: dict) -> str:
 
 
 TABLE_COLUMNS = {
-    "lambda": "λ", "train_accuracy": "train acc", "valid_accuracy": "valid acc", "test_accuracy": "test acc",
-    "test_accuracy_std": "± std", "gap_accuracy": "gap (points)", "gap_loss": "gap (loss)", "w_norm": "‖θ‖",
-    "epochs_run": "epochs", "diverged": "diverged",
+    "lambda": "λ",
+    "train_accuracy": "train acc",
+    "valid_accuracy": "valid acc",
+    "test_accuracy": "test acc",
+    "test_accuracy_std": "± std",
+    "gap_accuracy": "gap (points)",
+    "gap_loss": "gap (loss)",
+    "w_norm": "‖θ‖",
+    "epochs_run": "epochs",
+    "diverged": "diverged",
 }
 TABLE_FORMATS = {
-    "train_accuracy": pct, "valid_accuracy": pct, "test_accuracy": pct, "test_accuracy_std": lambda v: f"{100 * v:.1f}",
-    "gap_accuracy": lambda v: f"{100 * v:.1f}", "gap_loss": lambda v: f"{v:.3f}", "w_norm": lambda v: f"{v:.1f}",
+    "train_accuracy": pct,
+    "valid_accuracy": pct,
+    "test_accuracy": pct,
+    "test_accuracy_std": lambda v: f"{100 * v:.1f}",
+    "gap_accuracy": lambda v: f"{100 * v:.1f}",
+    "gap_loss": lambda v: f"{v:.3f}",
+    "w_norm": lambda v: f"{v:.1f}",
     "epochs_run": lambda v: f"{int(v)}",
 }
 
 
 def parser() -> argparse.ArgumentParser:
-    cli = stage.parser_with_paths(__doc__, "python -m stages.report_cifar10", {
-        "metrics": "the DVC metrics file evaluate_cifar10 wrote",
-        "by-seed": "final metrics per (regulariser, seed, strength)",
-        "table": "the study's regulariser: final metrics per strength over seeds",
-        "headline-record": "the headline run's run record",
-        "page": "the report page (output)",
-        "figures": "the folder of the report's figures (output)",
-    })
+    cli = stage.parser_with_paths(
+        __doc__,
+        "python -m stages.report_cifar10",
+        {
+            "metrics": "the DVC metrics file evaluate_cifar10 wrote",
+            "by-seed": "final metrics per (regulariser, seed, strength)",
+            "table": "the study's regulariser: final metrics per strength over seeds",
+            "headline-record": "the headline run's run record",
+            "page": "the report page (output)",
+            "figures": "the folder of the report's figures (output)",
+        },
+    )
     cli.add_argument("--grid-record", type=Path, nargs="+", required=True, help="each regulariser grid's run record")
-    cli.add_argument("--grid-history", type=Path, nargs="+", required=True, help="each grid's per-epoch history, in the same order")
-    cli.add_argument("--layer-norms", type=Path, nargs="+", required=True, help="each grid's per-layer weight norms, in the same order")
+    cli.add_argument(
+        "--grid-history", type=Path, nargs="+", required=True, help="each grid's per-epoch history, in the same order"
+    )
+    cli.add_argument(
+        "--layer-norms",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="each grid's per-layer weight norms, in the same order",
+    )
     return cli
 
 

@@ -18,11 +18,32 @@ from wdlab.settings import Settings
 from wdlab.tracking import Tracker
 
 HISTORY_COLUMNS = ("seed", "lambda", "epoch", "train_loss", "test_loss", "w_norm")
-BY_SEED_COLUMNS = ("regularizer", "seed", "lambda", "train_loss", "test_loss", "w_norm", "zeros", "cv_loss",
-                   "reference_test_loss", "reference_w_norm", "diverged")
+BY_SEED_COLUMNS = (
+    "regularizer",
+    "seed",
+    "lambda",
+    "train_loss",
+    "test_loss",
+    "w_norm",
+    "zeros",
+    "cv_loss",
+    "reference_test_loss",
+    "reference_w_norm",
+    "diverged",
+)
 # Per regulariser: the name of its strength, and of its exact optimum (wdlab/synthetic/references.py).
-STRENGTH = {"l2": "weight decay λ", "decoupled": "decoupled decay λ", "l1": "L1 strength λ", "dropout": "dropout rate p"}
-EXACT_NAME = {"l2": "exact ridge", "decoupled": "exact ridge", "l1": "exact lasso", "dropout": "dropout's exact per-feature ridge"}
+STRENGTH = {
+    "l2": "weight decay λ",
+    "decoupled": "decoupled decay λ",
+    "l1": "L1 strength λ",
+    "dropout": "dropout rate p",
+}
+EXACT_NAME = {
+    "l2": "exact ridge",
+    "decoupled": "exact ridge",
+    "l1": "exact lasso",
+    "dropout": "dropout's exact per-feature ridge",
+}
 SYMBOL = {"l2": "λ", "decoupled": "λ", "l1": "λ", "dropout": "p"}
 # The reference implementation's range over 10 seeds (shared/REFERENCE.md §2), for the reference setup only.
 REFERENCE_BANDS = {
@@ -31,7 +52,15 @@ REFERENCE_BANDS = {
     ("concise", 0.0): {"w_norm": (12.8, 15.0), "test_loss": (56, 153)},
     ("concise", 3.0): {"w_norm": (0.37, 0.50), "train_loss": (8e-4, 1e-2), "test_loss": (0.09, 0.74)},
 }
-REFERENCE_SETUP = {"n_train": 20, "n_test": 100, "n_features": 200, "batch_size": 5, "lr": 0.003, "epochs": 100, "init_std": 1.0}
+REFERENCE_SETUP = {
+    "n_train": 20,
+    "n_test": 100,
+    "n_features": 200,
+    "batch_size": 5,
+    "lr": 0.003,
+    "epochs": 100,
+    "init_std": 1.0,
+}
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
@@ -46,7 +75,9 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     pngs = [
         plot_loss_curves(grid_history, contrast, regularizer, args.figures / "loss_curves.png"),
         plot_loss_vs_lambda(by_seed, metrics, regularizer, args.figures / "loss_vs_lambda.png"),
-        plot_norm_vs_lambda(by_seed, regularizer, settings.synthetic.train.epochs, args.figures / "wnorm_vs_lambda.png"),
+        plot_norm_vs_lambda(
+            by_seed, regularizer, settings.synthetic.train.epochs, args.figures / "wnorm_vs_lambda.png"
+        ),
         plot_norm_vs_epoch(grid_history, regularizer, args.figures / "wnorm_vs_epoch.png"),
         plot_cv_choices(metrics, regularizer, args.figures / "cv_choices.png"),
     ]
@@ -61,7 +92,9 @@ def study_history(paths: list[Path], regularizer: str) -> pd.DataFrame:
     for path in paths:
         if path.name == f"grid_{regularizer}_history.csv":
             return read_table(path, f"train_synthetic@{regularizer}", required=HISTORY_COLUMNS)
-    raise StageInputError(f"no grid history for {regularizer} among --grid-history: run `dvc repro train_synthetic@{regularizer}`")
+    raise StageInputError(
+        f"no grid history for {regularizer} among --grid-history: run `dvc repro train_synthetic@{regularizer}`"
+    )
 
 
 # ── figures: every curve is the mean over seeds with its 95 % confidence band ────────────────────
@@ -71,46 +104,110 @@ def plot_loss_curves(grid_history: pd.DataFrame, contrast: float, regularizer: s
     runs = {lam: grid_history[grid_history["lambda"] == lam] for lam in (0.0, contrast)}
     fig, axes = plt.subplots(1, len(runs), figsize=(11, 4.2), sharey=True, squeeze=False)
     for ax, (lam, history) in zip(axes[0], runs.items()):
-        long = history.melt(id_vars=["seed", "epoch"], value_vars=["train_loss", "test_loss"], var_name="split", value_name="loss")
+        long = history.melt(
+            id_vars=["seed", "epoch"], value_vars=["train_loss", "test_loss"], var_name="split", value_name="loss"
+        )
         long["split"] = long["split"].str.removesuffix("_loss")
         sns.lineplot(data=long, x="epoch", y="loss", hue="split", ax=ax, **figures.SEED_BAND)
-        ax.set(yscale="log", title=f"{regularizer}, {SYMBOL[regularizer]} = {fmt_lambda(lam)}", xlabel="epoch", ylabel="squared loss (ŷ − y)²/2")
-    fig.suptitle(f"Without a regulariser the test loss stays high while the train loss vanishes\n({figures.band_note(grid_history)})")
+        ax.set(
+            yscale="log",
+            title=f"{regularizer}, {SYMBOL[regularizer]} = {fmt_lambda(lam)}",
+            xlabel="epoch",
+            ylabel="squared loss (ŷ − y)²/2",
+        )
+    fig.suptitle(
+        f"Without a regulariser the test loss stays high while the train loss vanishes\n({figures.band_note(grid_history)})"
+    )
     return figures.save(fig, path)
 
 
 def plot_loss_vs_lambda(by_seed: pd.DataFrame, metrics: dict, regularizer: str, path: Path) -> Path:
-    curves = {"train_loss": "SGD train", "test_loss": "SGD test", "cv_loss": "SGD cross-validation",
-              "reference_test_loss": f"{EXACT_NAME[regularizer]} test"}
+    curves = {
+        "train_loss": "SGD train",
+        "test_loss": "SGD test",
+        "cv_loss": "SGD cross-validation",
+        "reference_test_loss": f"{EXACT_NAME[regularizer]} test",
+    }
     long = by_seed.melt(id_vars=["seed", "lambda"], value_vars=list(curves), var_name="curve", value_name="loss")
     long["curve"] = long["curve"].map(curves)
     fig, ax = plt.subplots(figsize=(10, 4.8))
-    sns.lineplot(data=long, x="lambda", y="loss", hue="curve", style="curve", markers=True, dashes=False, ax=ax, **figures.SEED_BAND)
+    sns.lineplot(
+        data=long,
+        x="lambda",
+        y="loss",
+        hue="curve",
+        style="curve",
+        markers=True,
+        dashes=False,
+        ax=ax,
+        **figures.SEED_BAND,
+    )
     ax.axhline(metrics["reference"]["noise_floor"], color="grey", linestyle=":", label="noise floor σ²/2")
-    ax.axvline(metrics["cv"]["best_lambda"], color="black", linestyle="--", linewidth=1, label="strength with the lowest mean CV loss")
+    ax.axvline(
+        metrics["cv"]["best_lambda"],
+        color="black",
+        linestyle="--",
+        linewidth=1,
+        label="strength with the lowest mean CV loss",
+    )
     figures.lambda_axis(ax, by_seed["lambda"])
-    ax.set(yscale="log", xlabel=STRENGTH[regularizer], ylabel="final squared loss",
-           title=f"{regularizer}: final losses as the strength grows\n({figures.band_note(by_seed)})")
+    ax.set(
+        yscale="log",
+        xlabel=STRENGTH[regularizer],
+        ylabel="final squared loss",
+        title=f"{regularizer}: final losses as the strength grows\n({figures.band_note(by_seed)})",
+    )
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     return figures.save(fig, path)
 
 
 def plot_norm_vs_lambda(by_seed: pd.DataFrame, regularizer: str, epochs: int, path: Path) -> Path:
-    long = by_seed.melt(id_vars=["seed", "lambda"], value_vars=["w_norm", "reference_w_norm"], var_name="model", value_name="norm")
-    long["model"] = long["model"].map({"w_norm": f"SGD, {epochs}-epoch budget", "reference_w_norm": EXACT_NAME[regularizer]})
+    long = by_seed.melt(
+        id_vars=["seed", "lambda"], value_vars=["w_norm", "reference_w_norm"], var_name="model", value_name="norm"
+    )
+    long["model"] = long["model"].map(
+        {"w_norm": f"SGD, {epochs}-epoch budget", "reference_w_norm": EXACT_NAME[regularizer]}
+    )
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(data=long, x="lambda", y="norm", hue="model", style="model", markers=True, dashes=False, ax=ax, **figures.SEED_BAND)
+    sns.lineplot(
+        data=long,
+        x="lambda",
+        y="norm",
+        hue="model",
+        style="model",
+        markers=True,
+        dashes=False,
+        ax=ax,
+        **figures.SEED_BAND,
+    )
     figures.lambda_axis(ax, by_seed["lambda"])
-    ax.set(yscale="log", xlabel=STRENGTH[regularizer], ylabel="‖w‖₂", title=f"{regularizer} shrinks the weights\n({figures.band_note(by_seed)})")
+    ax.set(
+        yscale="log",
+        xlabel=STRENGTH[regularizer],
+        ylabel="‖w‖₂",
+        title=f"{regularizer} shrinks the weights\n({figures.band_note(by_seed)})",
+    )
     return figures.save(fig, path)
 
 
 def plot_norm_vs_epoch(grid_history: pd.DataFrame, regularizer: str, path: Path) -> Path:
     lambdas = sorted(grid_history["lambda"].unique())
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(data=grid_history, x="epoch", y="w_norm", hue="lambda", palette=figures.lambda_palette(lambdas), ax=ax, **figures.SEED_BAND)
-    title = {"l2": "Each epoch multiplies w by about (1 − ηλ)^(steps)", "decoupled": "Each epoch multiplies w by about (1 − ηλ)^(steps)",
-             "l1": "Each step moves every weight ηλ towards zero, and stops it there", "dropout": "Dropout shrinks w like a per-feature ridge"}
+    sns.lineplot(
+        data=grid_history,
+        x="epoch",
+        y="w_norm",
+        hue="lambda",
+        palette=figures.lambda_palette(lambdas),
+        ax=ax,
+        **figures.SEED_BAND,
+    )
+    title = {
+        "l2": "Each epoch multiplies w by about (1 − ηλ)^(steps)",
+        "decoupled": "Each epoch multiplies w by about (1 − ηλ)^(steps)",
+        "l1": "Each step moves every weight ηλ towards zero, and stops it there",
+        "dropout": "Dropout shrinks w like a per-feature ridge",
+    }
     ax.set(yscale="log", xlabel="epoch", ylabel="‖w‖₂", title=title[regularizer])
     ax.legend(title=SYMBOL[regularizer], fontsize="small", ncols=2)
     return figures.save(fig, path)
@@ -120,7 +217,11 @@ def plot_cv_choices(metrics: dict, regularizer: str, path: Path) -> Path:
     chosen = {float(key.removeprefix("lambda_")): n for key, n in metrics["cv"]["chosen"].items()}
     fig, ax = plt.subplots(figsize=(7, 3.8))
     sns.barplot(x=[fmt_lambda(lam) for lam in chosen], y=list(chosen.values()), color=sns.color_palette()[0], ax=ax)
-    ax.set(xlabel=STRENGTH[regularizer], ylabel="seeds", title=f"The {SYMBOL[regularizer]} each seed's {metrics['cv']['folds']}-fold cross-validation chooses")
+    ax.set(
+        xlabel=STRENGTH[regularizer],
+        ylabel="seeds",
+        title=f"The {SYMBOL[regularizer]} each seed's {metrics['cv']['folds']}-fold cross-validation chooses",
+    )
     ax.yaxis.get_major_locator().set_params(integer=True)
     return figures.save(fig, path)
 
@@ -128,7 +229,9 @@ def plot_cv_choices(metrics: dict, regularizer: str, path: Path) -> Path:
 # ── the page ──────────────────────────────────────────────────────────────────────────────────────
 
 
-def render_page(metrics: dict, by_seed: pd.DataFrame, contrast: float, settings: Settings, figure_links: list[str]) -> str:
+def render_page(
+    metrics: dict, by_seed: pd.DataFrame, contrast: float, settings: Settings, figure_links: list[str]
+) -> str:
     spec, grid = settings.synthetic, metrics["grid"]
     regularizer = spec.regularizer
     title = "Weight decay" if regularizer == "l2" else f"The `{regularizer}` regulariser ({STRENGTH[regularizer]})"
@@ -149,7 +252,12 @@ def render_page(metrics: dict, by_seed: pd.DataFrame, contrast: float, settings:
     ]
     if "lambda_0" in grid and f"lambda_{contrast:g}" in grid:
         lines += [finding(grid["lambda_0"], grid[f"lambda_{contrast:g}"], contrast, regularizer, spec.data.n_train), ""]
-    lines += [cv_sentence(metrics, regularizer, spec.lambda_grid), "", optimum_sentence(grid, metrics, regularizer, spec.train.epochs), ""]
+    lines += [
+        cv_sentence(metrics, regularizer, spec.lambda_grid),
+        "",
+        optimum_sentence(grid, metrics, regularizer, spec.train.epochs),
+        "",
+    ]
     lines += [
         "_This page is about the grid, so `dvc exp run -S wd=3` leaves it as it is: that experiment changes the headline run "
         "alone, whose numbers are in `metrics/synthetic_headline.json` (`dvc exp show`, `dvc metrics diff`) and its "
@@ -165,7 +273,9 @@ def render_page(metrics: dict, by_seed: pd.DataFrame, contrast: float, settings:
         "",
         f"## Metrics per {SYMBOL[regularizer]} (mean ± std over seeds)",
         "",
-        markdown_table(per_lambda_table(grid), table_columns(regularizer), {c: str for c in TABLE_COLUMNS if c != "lambda"}),
+        markdown_table(
+            per_lambda_table(grid), table_columns(regularizer), {c: str for c in TABLE_COLUMNS if c != "lambda"}
+        ),
         "",
         "_Generated by the `report_synthetic` stage of dvc.yaml from the study's metrics; rerun `dvc repro` to refresh._",
         "",
@@ -215,7 +325,11 @@ def cv_sentence(metrics: dict, regularizer: str, lambda_grid: tuple[float, ...])
     )
     edge = {min(lambda_grid): "smallest", max(lambda_grid): "largest"}.get(best)
     if edge:
-        beyond = f"{max(lambda_grid) * 3:g}, {max(lambda_grid) * 10:g}" if edge == "largest" else f"{min(lambda_grid) / 10:g}"
+        beyond = (
+            f"{max(lambda_grid) * 3:g}, {max(lambda_grid) * 10:g}"
+            if edge == "largest"
+            else f"{min(lambda_grid) / 10:g}"
+        )
         text += (
             f" That λ is the grid's {edge}, so the optimum may lie beyond it: extend the grid and rerun, e.g. "
             f"`dvc exp run -S 'synthetic.strengths.{regularizer}=[{', '.join(f'{v:g}' for v in lambda_grid)}, {beyond}]'`."
@@ -226,13 +340,21 @@ def cv_sentence(metrics: dict, regularizer: str, lambda_grid: tuple[float, ...])
 def optimum_sentence(grid: dict, metrics: dict, regularizer: str, epochs: int) -> str:
     """How far SGD is from the exact optimum of its own objective, and where it closes the gap."""
     exact, sym = EXACT_NAME[regularizer], SYMBOL[regularizer]
-    ratios = {float(k.removeprefix("lambda_")): v["test_loss"]["mean"] / v["reference_test_loss"]["mean"] for k, v in grid.items() if v["test_loss"]["mean"]}
+    ratios = {
+        float(k.removeprefix("lambda_")): v["test_loss"]["mean"] / v["reference_test_loss"]["mean"]
+        for k, v in grid.items()
+        if v["test_loss"]["mean"]
+    }
     close = [lam for lam, ratio in ratios.items() if ratio <= 1.25]
     reach = (
         f"SGD comes within 25% of the {exact} test loss (means over seeds) only from {sym} = {fmt_lambda(min(close))} on"
-        if close else f"SGD stays more than 25% above the {exact} test loss at every {sym} of the grid"
+        if close
+        else f"SGD stays more than 25% above the {exact} test loss at every {sym} of the grid"
     )
-    shrink = {"l1": "moves each weight only ηλ towards zero", "dropout": "shrinks only as a ridge step with λ_j = c_j would"}
+    shrink = {
+        "l1": "moves each weight only ηλ towards zero",
+        "dropout": "shrinks only as a ridge step with λ_j = c_j would",
+    }
     ridge = [v["reference_test_loss"]["mean"] for v in grid.values()]
     return (
         f"{reach}; below that, what remains after {epochs} epochs is the random initialisation, which each "
@@ -264,33 +386,50 @@ def reference_table(by_seed: pd.DataFrame, settings: Settings) -> str | None:
 
 
 TABLE_COLUMNS = {
-    "lambda": "λ", "train_loss": "train loss", "test_loss": "test loss", "w_norm": "‖w‖", "zeros": "exact zeros",
-    "cv_loss": "CV loss", "reference_test_loss": "exact optimum's test loss", "reference_zeros": "exact optimum's zeros",
+    "lambda": "λ",
+    "train_loss": "train loss",
+    "test_loss": "test loss",
+    "w_norm": "‖w‖",
+    "zeros": "exact zeros",
+    "cv_loss": "CV loss",
+    "reference_test_loss": "exact optimum's test loss",
+    "reference_zeros": "exact optimum's zeros",
     "diverged": "seeds diverged",
 }
 
 
 def table_columns(regularizer: str) -> dict[str, str]:
-    return TABLE_COLUMNS | {"lambda": SYMBOL[regularizer], "reference_test_loss": f"{EXACT_NAME[regularizer]} test loss",
-                            "reference_zeros": f"{EXACT_NAME[regularizer]} zeros"}
+    return TABLE_COLUMNS | {
+        "lambda": SYMBOL[regularizer],
+        "reference_test_loss": f"{EXACT_NAME[regularizer]} test loss",
+        "reference_zeros": f"{EXACT_NAME[regularizer]} zeros",
+    }
 
 
 def per_lambda_table(grid: dict) -> pd.DataFrame:
     rows = [
-        {"lambda": float(key.removeprefix("lambda_"))} | {c: pm(run[c]) for c in list(TABLE_COLUMNS)[1:-1]} | {"diverged": str(run["diverged"])}
+        {"lambda": float(key.removeprefix("lambda_"))}
+        | {c: pm(run[c]) for c in list(TABLE_COLUMNS)[1:-1]}
+        | {"diverged": str(run["diverged"])}
         for key, run in grid.items()
     ]
     return pd.DataFrame(rows)
 
 
 def parser() -> argparse.ArgumentParser:
-    cli = stage.parser_with_paths(__doc__, "python -m stages.report_synthetic", {
-        "metrics": "the DVC metrics file evaluate_synthetic wrote",
-        "by-seed": "final metrics per (regulariser, seed, strength)",
-        "page": "the report page (output)",
-        "figures": "the folder of the report's figures (output)",
-    })
-    cli.add_argument("--grid-history", type=Path, nargs="+", required=True, help="each regulariser grid's per-epoch history")
+    cli = stage.parser_with_paths(
+        __doc__,
+        "python -m stages.report_synthetic",
+        {
+            "metrics": "the DVC metrics file evaluate_synthetic wrote",
+            "by-seed": "final metrics per (regulariser, seed, strength)",
+            "page": "the report page (output)",
+            "figures": "the folder of the report's figures (output)",
+        },
+    )
+    cli.add_argument(
+        "--grid-history", type=Path, nargs="+", required=True, help="each regulariser grid's per-epoch history"
+    )
     cli.add_argument("--grid-record", type=Path, nargs="+", required=True, help="each regulariser grid's run record")
     return cli
 

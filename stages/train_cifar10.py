@@ -44,7 +44,12 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     placements: dict[str, dict] = {}
     if reused:
         grid_run_id, results, setup = reused
-        log.info("%s %g was trained by its grid with these settings: its %d runs are the headline's, none retrained", regularizer, study.wd, len(seeds))
+        log.info(
+            "%s %g was trained by its grid with these settings: its %d runs are the headline's, none retrained",
+            regularizer,
+            study.wd,
+            len(seeds),
+        )
     else:
         if settings.executor.kind == "ray":
             check_device(settings.executor, formats.device.type)
@@ -52,21 +57,40 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         splits = load_splits(args.data, study.data)
         setup = run_setup(splits, formats) | {"fingerprint": made_as, "regularizer": regularizer}
         cache = RunCache(f"train_cifar10-{args.run}", made_as)
-    params = {"seeds": len(seeds)} | flatten({k: setup[k] for k in ("device", "formats", "n_images")}) | flatten(
-        {"data": study.data.model_dump(), "model": study.model.model_dump(), "train": study.train.model_dump()}
+    params = (
+        {"seeds": len(seeds)}
+        | flatten({k: setup[k] for k in ("device", "formats", "n_images")})
+        | flatten(
+            {"data": study.data.model_dump(), "model": study.model.model_dump(), "train": study.train.model_dump()}
+        )
     )
 
     role = "cifar10-headline" if args.run == "headline" else "cifar10-grid"
-    with tracker.run(training_run_name(args.run, regularizer, lambdas), params | lambda_params(regularizer, lambdas), role,
-                     tags={"wd_lab.reused_from": str(grid_run_id)} if reused else None) as run_id:
+    with tracker.run(
+        training_run_name(args.run, regularizer, lambdas),
+        params | lambda_params(regularizer, lambdas),
+        role,
+        tags={"wd_lab.reused_from": str(grid_run_id)} if reused else None,
+    ) as run_id:
         if reused:
             for result in results:
                 with member_run(tracker, result, params, role) as member:
                     log_result(tracker, member, result, study.model.width, curves=True)
         else:
-            log.info("training %s run on %s, %s images; %s ∈ %s, seeds %s; executor %s", args.run, formats.describe(),
-                     setup["n_images"], regularizer, list(lambdas), list(seeds), settings.executor.kind)
-            specs = [RunSpec(study, regularizer, lam, seed, formats.device.type) for lam, seed in itertools.product(lambdas, seeds)]
+            log.info(
+                "training %s run on %s, %s images; %s ∈ %s, seeds %s; executor %s",
+                args.run,
+                formats.describe(),
+                setup["n_images"],
+                regularizer,
+                list(lambdas),
+                list(seeds),
+                settings.executor.kind,
+            )
+            specs = [
+                RunSpec(study, regularizer, lam, seed, formats.device.type)
+                for lam, seed in itertools.product(lambdas, seeds)
+            ]
             results, placements = train_all(splits, specs, settings.executor, cache, tracker, params, role)
         finals: dict[float, list] = {}
         for result in results:
@@ -74,7 +98,12 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         tracker.log_history(run_id, {}, seed_aggregates(finals))
 
     save_tensors(args.model, checkpoint(results, study.model.width))
-    write_json(args.record, tracker.run_record(run_id) | setup | ({"executor": settings.executor.kind, "runs": placements} if placements else {}))
+    write_json(
+        args.record,
+        tracker.run_record(run_id)
+        | setup
+        | ({"executor": settings.executor.kind, "runs": placements} if placements else {}),
+    )
     write_csv(args.history, history_rows(results))
     write_csv(args.layer_norms, layer_norm_rows(results))
     if not reused:
@@ -84,12 +113,25 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         state = f"diverged at epoch {result.diverged_epoch}" if result.diverged_epoch else f"{result.seconds:.0f} s"
         log.info(
             "%s %-7g seed %d  train acc %.3f  valid acc %.3f  test acc %.3f  ‖θ‖ %.2f  (%s)",
-            result.regularizer, result.strength, result.seed, row["train_accuracy"], row["valid_accuracy"], row["test_accuracy"], row["w_norm"], state,
+            result.regularizer,
+            result.strength,
+            result.seed,
+            row["train_accuracy"],
+            row["valid_accuracy"],
+            row["test_accuracy"],
+            row["w_norm"],
+            state,
         )
 
 
 def train_all(
-    splits: Splits, specs: list[RunSpec], executor: ExecutorSettings, cache: RunCache, tracker: Tracker, params: dict, role: str
+    splits: Splits,
+    specs: list[RunSpec],
+    executor: ExecutorSettings,
+    cache: RunCache,
+    tracker: Tracker,
+    params: dict,
+    role: str,
 ) -> tuple[list[RunResult], dict[str, dict]]:
     """Every run of `specs`, each its own nested MLflow run, in the order of `specs`; and where each ran.
 
@@ -104,17 +146,32 @@ def train_all(
     for spec in specs:
         if (record := cache.load(spec.key)) is not None:
             results[spec.key] = from_record(record)
-            placements[spec.key] = {"regularizer": spec.regularizer, "lambda": spec.strength, "seed": spec.seed, "resumed": True}
+            placements[spec.key] = {
+                "regularizer": spec.regularizer,
+                "lambda": spec.strength,
+                "seed": spec.seed,
+                "resumed": True,
+            }
             with member_run(tracker, results[spec.key], params, role) as member:
                 tracker.set_tags(member, {"wd_lab.resumed": "true"})
                 log_result(tracker, member, results[spec.key], width, curves=True)
     if results:
-        log.info("%d of %d runs were finished by an earlier attempt (run cache): training the other %d", len(results), len(specs), len(specs) - len(results))
+        log.info(
+            "%d of %d runs were finished by an earlier attempt (run cache): training the other %d",
+            len(results),
+            len(specs),
+            len(specs) - len(results),
+        )
 
     @contextlib.contextmanager
     def open_run(spec: RunSpec) -> Iterator:
-        with member_run(tracker, RunResult(spec.regularizer, spec.strength, spec.seed), params, role,
-                        system_metrics=executor.kind == "local") as member:
+        with member_run(
+            tracker,
+            RunResult(spec.regularizer, spec.strength, spec.seed),
+            params,
+            role,
+            system_metrics=executor.kind == "local",
+        ) as member:
             members[spec.key] = member
 
             def live(epoch: int, row: dict[str, float], norms: dict[str, float]) -> None:
@@ -127,59 +184,96 @@ def train_all(
         tracker.set_tags(members[spec.key], placement.as_tags())
         log_result(tracker, members[spec.key], result, width, curves=not placement.live)
         results[spec.key] = result
-        placements[spec.key] = {"regularizer": spec.regularizer, "lambda": spec.strength, "seed": spec.seed, "node": placement.node, "host": placement.host,
-                                "seconds": round(placement.seconds, 1)}
+        placements[spec.key] = {
+            "regularizer": spec.regularizer,
+            "lambda": spec.strength,
+            "seed": spec.seed,
+            "node": placement.node,
+            "host": placement.host,
+            "seconds": round(placement.seconds, 1),
+        }
 
     run_all([spec for spec in specs if spec.key not in results], train_run, splits, executor, open_run, finish)
     return [results[spec.key] for spec in specs], placements
 
 
-def member_run(tracker: Tracker, run: RunResult, params: dict, role: str, **options: bool) -> contextlib.AbstractContextManager:
+def member_run(
+    tracker: Tracker, run: RunResult, params: dict, role: str, **options: bool
+) -> contextlib.AbstractContextManager:
     """The MLflow run of one (regulariser, strength, seed), nested under the stage's run."""
-    return tracker.run(f"{run.regularizer} {run.strength:g} seed {run.seed}", params | member_params(run.regularizer, run.strength, run.seed),
-                       f"{role}-member", nested=True, **options)
+    return tracker.run(
+        f"{run.regularizer} {run.strength:g} seed {run.seed}",
+        params | member_params(run.regularizer, run.strength, run.seed),
+        f"{role}-member",
+        nested=True,
+        **options,
+    )
 
 
 def fingerprint(study: CifarSettings, formats: Formats, executor: ExecutorSettings) -> str:
     """What decides a run's numbers besides the regulariser and its strength: seeds, data, model, training settings,
     device and formats, and on a CPU the torch threads a run computes with (they move the last bits), whichever
     executor runs it."""
-    made = {"seeds": study.seeds, "data": study.data.model_dump(), "model": study.model.model_dump(),
-            "train": study.train.model_dump(), "device": formats.device.type, "formats": formats.describe()}
+    made = {
+        "seeds": study.seeds,
+        "data": study.data.model_dump(),
+        "model": study.model.model_dump(),
+        "train": study.train.model_dump(),
+        "device": formats.device.type,
+        "formats": formats.describe(),
+    }
     if formats.device.type == "cpu":
         made["threads"] = executor.cpus_per_run
     return hashlib.sha256(json.dumps(made, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def reuse_grid(args: argparse.Namespace, regularizer: str, lam: float, wanted: str) -> tuple[str | None, list[RunResult], dict] | None:
+def reuse_grid(
+    args: argparse.Namespace, regularizer: str, lam: float, wanted: str
+) -> tuple[str | None, list[RunResult], dict] | None:
     """The regulariser's grid runs of strength λ (its MLflow run id, the runs, how they were made), if that grid
     trained λ with the same settings on the same kind of device. Each --grid-* option lists every regulariser's
     file, in the same order; the run records say which is which."""
     given = [getattr(args, name.replace("-", "_")) for name in GRID_OUTPUTS]
     if not all(given) or len({len(paths) for paths in given}) != 1:
-        raise StageError(f"the headline run takes the grids' outputs: give {', '.join('--' + name for name in GRID_OUTPUTS)}, one file per regulariser each")
+        raise StageError(
+            f"the headline run takes the grids' outputs: give {', '.join('--' + name for name in GRID_OUTPUTS)}, one file per regulariser each"
+        )
     found = record_with(args.grid_record, "regularizer", regularizer, made_by="train_cifar10")
     if found is None or found[1].get("fingerprint") != wanted:
         return None
     which, record = found
-    grid = load_tensors(args.grid_model[which], made_by="train_cifar10", required=("lambdas", "seeds", "state_dicts", "diverged_epoch"))
+    grid = load_tensors(
+        args.grid_model[which], made_by="train_cifar10", required=("lambdas", "seeds", "state_dicts", "diverged_epoch")
+    )
     picks = [i for i, member in enumerate(grid["lambdas"].tolist()) if member == lam]
     if not picks:
         return None
-    history = read_table(args.grid_history[which], made_by="train_cifar10", required=("seed", "lambda", "epoch", "diverged"))
-    norms = read_table(args.grid_layer_norms[which], made_by="train_cifar10", required=("seed", "lambda", "epoch", "layer", "norm"))
+    history = read_table(
+        args.grid_history[which], made_by="train_cifar10", required=("seed", "lambda", "epoch", "diverged")
+    )
+    norms = read_table(
+        args.grid_layer_norms[which], made_by="train_cifar10", required=("seed", "lambda", "epoch", "layer", "norm")
+    )
     results = []
     for i in picks:
         seed, diverged = int(grid["seeds"][i]), int(grid["diverged_epoch"][i])
         rows = history[(history["lambda"] == lam) & (history["seed"] == seed)].sort_values("epoch")
         layers = norms[(norms["lambda"] == lam) & (norms["seed"] == seed)]
-        results.append(RunResult(
-            regularizer=regularizer, strength=lam, seed=seed,
-            history=rows.drop(columns=["regularizer", "seed", "lambda", "epoch", "diverged"], errors="ignore").to_dict("records"),
-            layer_norms=[dict(zip(epoch["layer"], epoch["norm"])) for _, epoch in layers.groupby("epoch", sort=True)],
-            diverged_epoch=None if diverged < 0 else diverged,
-            state_dict=grid["state_dicts"][i],
-        ))
+        results.append(
+            RunResult(
+                regularizer=regularizer,
+                strength=lam,
+                seed=seed,
+                history=rows.drop(
+                    columns=["regularizer", "seed", "lambda", "epoch", "diverged"], errors="ignore"
+                ).to_dict("records"),
+                layer_norms=[
+                    dict(zip(epoch["layer"], epoch["norm"])) for _, epoch in layers.groupby("epoch", sort=True)
+                ],
+                diverged_epoch=None if diverged < 0 else diverged,
+                state_dict=grid["state_dicts"][i],
+            )
+        )
     setup = {key: record[key] for key in ("device", "formats", "n_images", "classes", "fingerprint", "regularizer")}
     return record.get("run_id"), results, setup
 
@@ -196,7 +290,9 @@ def run_setup(splits: Splits, formats: Formats) -> dict:
 
 def epoch_metrics(row: dict[str, float], norms: dict[str, float]) -> dict[str, float]:
     """One epoch as MLflow metrics: the row's numbers and each layer's ‖W‖."""
-    return {name: float(value) for name, value in row.items()} | {f"layer_norm.{layer}": norm for layer, norm in norms.items()}
+    return {name: float(value) for name, value in row.items()} | {
+        f"layer_norm.{layer}": norm for layer, norm in norms.items()
+    }
 
 
 def log_result(tracker: Tracker, run_id: str | None, result: RunResult, width: int, curves: bool) -> None:
@@ -220,7 +316,13 @@ def log_result(tracker: Tracker, run_id: str | None, result: RunResult, width: i
 
 def model_file(result: RunResult, width: int) -> dict:
     """One trained net: `ResNet(width).load_state_dict(file["state_dict"])` restores it."""
-    return {"regularizer": result.regularizer, "lambda": result.strength, "seed": result.seed, "width": width, "state_dict": result.state_dict}
+    return {
+        "regularizer": result.regularizer,
+        "lambda": result.strength,
+        "seed": result.seed,
+        "width": width,
+        "state_dict": result.state_dict,
+    }
 
 
 def checkpoint(results: list[RunResult], width: int) -> dict:
@@ -238,7 +340,9 @@ def checkpoint(results: list[RunResult], width: int) -> dict:
 def history_rows(results: list[RunResult]) -> list[dict]:
     """Long format, one row per (seed, strength, epoch): what seaborn reads; `diverged` marks the epoch that did."""
     return [
-        {"regularizer": r.regularizer, "seed": r.seed, "lambda": r.strength, "epoch": epoch} | row | {"diverged": epoch == r.diverged_epoch}
+        {"regularizer": r.regularizer, "seed": r.seed, "lambda": r.strength, "epoch": epoch}
+        | row
+        | {"diverged": epoch == r.diverged_epoch}
         for r in results
         for epoch, row in enumerate(r.history)
     ]
@@ -247,7 +351,14 @@ def history_rows(results: list[RunResult]) -> list[dict]:
 def layer_norm_rows(results: list[RunResult]) -> list[dict]:
     """Long format, one row per (seed, strength, epoch, layer): ‖W‖₂ of each conv and linear layer."""
     return [
-        {"regularizer": r.regularizer, "seed": r.seed, "lambda": r.strength, "epoch": epoch, "layer": layer, "norm": norm}
+        {
+            "regularizer": r.regularizer,
+            "seed": r.seed,
+            "lambda": r.strength,
+            "epoch": epoch,
+            "layer": layer,
+            "norm": norm,
+        }
         for r in results
         for epoch, norms in enumerate(r.layer_norms)
         for layer, norm in norms.items()
@@ -255,14 +366,19 @@ def layer_norm_rows(results: list[RunResult]) -> list[dict]:
 
 
 GRID_OUTPUTS = {  # what the headline run reads to take its strength from its regulariser's grid
-    "grid-model": "the grids' weights", "grid-history": "the grids' per-epoch histories",
-    "grid-layer-norms": "the grids' per-layer norms", "grid-record": "the grids' run records",
+    "grid-model": "the grids' weights",
+    "grid-history": "the grids' per-epoch histories",
+    "grid-layer-norms": "the grids' per-layer norms",
+    "grid-record": "the grids' run records",
 }
 
 
 def parser() -> argparse.ArgumentParser:
     cli = stage.training_parser(
-        __doc__, "python -m stages.train_cifar10", "cifar10.strengths", "cifar10.wd",
+        __doc__,
+        "python -m stages.train_cifar10",
+        "cifar10.strengths",
+        "cifar10.wd",
         layer_norms="‖W‖ per layer and epoch, long format (output)",
     )
     for name, what in GRID_OUTPUTS.items():

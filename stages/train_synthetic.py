@@ -30,24 +30,43 @@ log = logging.getLogger("wd-lab.train_synthetic")
 def main(settings: Settings, args: argparse.Namespace) -> None:
     study, seeds = settings.synthetic, settings.synthetic.seeds
     if args.run == "headline" and not (args.metrics and args.curve):
-        raise StageInputError("the headline run writes its metrics and mean curves: pass --metrics and --curve (see dvc.yaml)")
+        raise StageInputError(
+            "the headline run writes its metrics and mean curves: pass --metrics and --curve (see dvc.yaml)"
+        )
     train_set, test_set = load_dataset(args.data, seeds)
     regularizer = study.regularizer if args.run == "headline" else args.run
     lambdas = (settings.wd,) if args.run == "headline" else study.strengths.of(regularizer)
     device = pick_device(settings.device)
-    torch.set_num_threads(1)  # tensors of ≤ S·G·d values: a 2nd thread gains nothing, and stalls each op when the other core is busy
+    torch.set_num_threads(
+        1
+    )  # tensors of ≤ S·G·d values: a 2nd thread gains nothing, and stalls each op when the other core is busy
     tracker = Tracker(settings.tracking, settings.tracking.experiment_synthetic)  # fails fast, before training
-    params = {"device": str(device), "seeds": len(seeds)} | flatten({"data": study.data.model_dump(), "train": study.train.model_dump()})
-    log.info("training %s run on %s: %s, strengths %s, %d seeds", args.run, device, regularizer, list(lambdas), len(seeds))
+    params = {"device": str(device), "seeds": len(seeds)} | flatten(
+        {"data": study.data.model_dump(), "train": study.train.model_dump()}
+    )
+    log.info(
+        "training %s run on %s: %s, strengths %s, %d seeds", args.run, device, regularizer, list(lambdas), len(seeds)
+    )
     role = "synthetic-headline" if args.run == "headline" else "synthetic-grid"
 
-    with tracker.run(training_run_name(args.run, regularizer, lambdas), params | lambda_params(regularizer, lambdas), role) as run_id:
-        result = train_grid(train_set, lambdas, study.train, seeds, device, eval_sets={"test": test_set}, regularizer=regularizer)
+    with tracker.run(
+        training_run_name(args.run, regularizer, lambdas), params | lambda_params(regularizer, lambdas), role
+    ) as run_id:
+        result = train_grid(
+            train_set, lambdas, study.train, seeds, device, eval_sets={"test": test_set}, regularizer=regularizer
+        )
         for (s, seed), (g, lam) in itertools.product(enumerate(seeds), enumerate(lambdas)):
-            with tracker.run(f"{regularizer} {lam:g} seed {seed}", params | member_params(regularizer, lam, seed), f"{role}-member", nested=True) as member:
+            with tracker.run(
+                f"{regularizer} {lam:g} seed {seed}",
+                params | member_params(regularizer, lam, seed),
+                f"{role}-member",
+                nested=True,
+            ) as member:
                 tracker.log_history(member, *curves(result, s, g))
-        finals = {lam: [{name: values[-1, s, g].item() for name, values in result.history.items()} for s in range(len(seeds))]
-                  for g, lam in enumerate(lambdas)}
+        finals = {
+            lam: [{name: values[-1, s, g].item() for name, values in result.history.items()} for s in range(len(seeds))]
+            for g, lam in enumerate(lambdas)
+        }
         tracker.log_history(run_id, {}, seed_aggregates(finals))
 
     trained = checkpoint(result) | exact_optima(train_set, regularizer, lambdas)
@@ -61,8 +80,13 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     final = {name: values[-1] for name, values in result.history.items()}  # [S, G]
     for g, lam in enumerate(lambdas):
         log.info(
-            "%s %-8g over %d seeds: train loss %.3g  test loss %.3g  ‖w‖ %.3f  zeros %.1f (means)", regularizer,
-            lam, len(seeds), final["train_loss"][:, g].nanmean(), final["test_loss"][:, g].nanmean(), final["w_norm"][:, g].nanmean(),
+            "%s %-8g over %d seeds: train loss %.3g  test loss %.3g  ‖w‖ %.3f  zeros %.1f (means)",
+            regularizer,
+            lam,
+            len(seeds),
+            final["train_loss"][:, g].nanmean(),
+            final["test_loss"][:, g].nanmean(),
+            final["w_norm"][:, g].nanmean(),
             final["zeros"][:, g].nanmean(),
         )
 
@@ -90,15 +114,22 @@ def exact_optima(train_set: Split, regularizer: str, lambdas: tuple[float, ...])
     """The regulariser's exact optimum at each strength on each seed's training set (ridge, the lasso, dropout's
     per-feature ridge), stored beside the trained weights: made once with the grid, read by every evaluation."""
     optima = [reference_solution(regularizer, train_set, lam) for lam in lambdas]
-    return {"reference_weight": torch.stack([w for w, _ in optima], dim=1), "reference_bias": torch.stack([b for _, b in optima], dim=1)}
+    return {
+        "reference_weight": torch.stack([w for w, _ in optima], dim=1),
+        "reference_bias": torch.stack([b for _, b in optima], dim=1),
+    }
 
 
 def headline_metrics(by_seed: pd.DataFrame, regularizer: str) -> dict:
     """The headline run's DVC metrics: each metric's mean, std and 95 % interval over seeds (evaluate_synthetic
     reports the grids the same way), what `dvc exp show` and `dvc metrics diff` compare across experiments."""
     head = seed_summary(by_seed, METRICS, untrained=EXACT).iloc[0]
-    return {"seeds": int(head["seeds"]), "regularizer": regularizer,
-            "headline": {"lambda": float(head["lambda"]), "diverged": int(head["diverged"])} | {m: stats_of(head, m) for m in METRICS}}
+    return {
+        "seeds": int(head["seeds"]),
+        "regularizer": regularizer,
+        "headline": {"lambda": float(head["lambda"]), "diverged": int(head["diverged"])}
+        | {m: stats_of(head, m) for m in METRICS},
+    }
 
 
 def history_rows(result: GridRun) -> list[dict]:
@@ -106,7 +137,8 @@ def history_rows(result: GridRun) -> list[dict]:
     names = list(result.history)
     epochs = len(result.history[names[0]])
     return [
-        {"regularizer": result.regularizer, "seed": seed, "lambda": lam, "epoch": epoch} | {name: result.history[name][epoch, s, g].item() for name in names}
+        {"regularizer": result.regularizer, "seed": seed, "lambda": lam, "epoch": epoch}
+        | {name: result.history[name][epoch, s, g].item() for name in names}
         for s, seed in enumerate(result.seeds)
         for g, lam in enumerate(result.lambdas)
         for epoch in range(epochs)
@@ -116,7 +148,9 @@ def history_rows(result: GridRun) -> list[dict]:
 def parser() -> argparse.ArgumentParser:
     cli = stage.training_parser(__doc__, "python -m stages.train_synthetic", "synthetic.strengths", "wd")
     cli.add_argument("--metrics", type=Path, help="headline only: its metrics over seeds, a DVC metrics file (output)")
-    cli.add_argument("--curve", type=Path, help="headline only: its per-epoch curves averaged over seeds, for dvc plots (output)")
+    cli.add_argument(
+        "--curve", type=Path, help="headline only: its per-epoch curves averaged over seeds, for dvc plots (output)"
+    )
     return cli
 
 

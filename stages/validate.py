@@ -25,9 +25,13 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    return stage.parser_with_paths(__doc__, "python -m stages.validate", {
-        "stamp": "written when the params are valid, always the same text (output)",
-    })
+    return stage.parser_with_paths(
+        __doc__,
+        "python -m stages.validate",
+        {
+            "stamp": "written when the params are valid, always the same text (output)",
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,18 @@ ARCHIVE_NAME = "cifar-10-python.tar.gz"
 
 # One RGB colour per class, far apart, so the class is visible in the mean colour alone.
 _CLASS_COLOURS = np.array(
-    [[200, 60, 60], [60, 200, 60], [60, 60, 200], [200, 200, 60], [200, 60, 200],
-     [60, 200, 200], [230, 140, 40], [128, 128, 128], [40, 40, 40], [230, 230, 230]],
+    [
+        [200, 60, 60],
+        [60, 200, 60],
+        [60, 60, 200],
+        [200, 200, 60],
+        [200, 60, 200],
+        [60, 200, 200],
+        [230, 140, 40],
+        [128, 128, 128],
+        [40, 40, 40],
+        [230, 230, 230],
+    ],
     dtype=np.float64,
 )
 _MTIME = 1_244_000_000  # fixed, so the archive's bytes (and md5) depend only on the arguments
@@ -86,7 +96,9 @@ def build_archive(
     members.update(replace or {})
     for name in omit:
         members.pop(name)
-    return write_archive(Path(directory) / ARCHIVE_NAME, {f"{BATCH_DIR}/{name}": data for name, data in members.items()})
+    return write_archive(
+        Path(directory) / ARCHIVE_NAME, {f"{BATCH_DIR}/{name}": data for name, data in members.items()}
+    )
 
 
 def make_batches(
@@ -106,9 +118,13 @@ def make_batches(
         draw_images = functools.partial(standin_images, world=world)
     else:
         draw_images = class_images
-    sizes = {name: images_per_batch for name in TRAIN_BATCHES} | {TEST_BATCH: images_per_batch if test_images is None else test_images}
+    sizes = {name: images_per_batch for name in TRAIN_BATCHES} | {
+        TEST_BATCH: images_per_batch if test_images is None else test_images
+    }
     batches = {}
-    for name, label in [(b, f"training batch {i} of 5") for i, b in enumerate(TRAIN_BATCHES, 1)] + [(TEST_BATCH, "testing batch 1 of 1")]:
+    for name, label in [(b, f"training batch {i} of 5") for i, b in enumerate(TRAIN_BATCHES, 1)] + [
+        (TEST_BATCH, "testing batch 1 of 1")
+    ]:
         labels = rng.permutation(np.arange(sizes[name]) % len(CLASSES))  # every class in every batch
         batches[name] = {
             b"batch_label": label.encode(),
@@ -174,11 +190,17 @@ class StandInWorld(NamedTuple):
                 rendered = []
                 for size in (*_OBJECT_SIZES, _CLUTTER_SIZE):
                     r = np.linspace(-1, 1, size)
-                    opacity = 1 / (1 + np.exp(-4 * (_smooth(silhouette, size) + 1.5 - 2.5 * (r[:, None] ** 2 + r[None, :] ** 2))))
+                    opacity = 1 / (
+                        1 + np.exp(-4 * (_smooth(silhouette, size) + 1.5 - 2.5 * (r[:, None] ** 2 + r[None, :] ** 2)))
+                    )
                     y, x = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
                     angle, frequency = angles[c] + tilt, periods[c] * (1 + stretch) / 32
                     stripes = np.sin(2 * np.pi * frequency * (np.cos(angle) * x + np.sin(angle) * y) + phase)
-                    rgb = colour[:, None, None] + 45 * _smooth(texture, size) + 90 * stripes * stripe_colour[:, None, None]
+                    rgb = (
+                        colour[:, None, None]
+                        + 45 * _smooth(texture, size)
+                        + 90 * stripes * stripe_colour[:, None, None]
+                    )
                     rendered.append((rgb, opacity))
                 prototypes.append(rendered)
             objects.append(prototypes)

@@ -51,7 +51,9 @@ def _log_tail(log: Path, chars: int = 3000) -> str:
 
 
 @contextlib.contextmanager
-def mlflow_server(cwd: Path, log: Path, backend_store_uri: str = "sqlite:///mlflow.db", timeout: float = 60, attempts: int = 3) -> Iterator[str]:
+def mlflow_server(
+    cwd: Path, log: Path, backend_store_uri: str = "sqlite:///mlflow.db", timeout: float = 60, attempts: int = 3
+) -> Iterator[str]:
     """Start `mlflow ui` in `cwd` (a relative sqlite URI resolves there), yield its base URL, always stop it.
 
     Waits for /health with a bounded timeout; retries on another port if the chosen one was taken meanwhile.
@@ -70,7 +72,9 @@ def mlflow_server(cwd: Path, log: Path, backend_store_uri: str = "sqlite:///mlfl
                 if proc.poll() is not None:
                     break  # exited: port taken (retry) or a real failure (raised below)
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"MLflow server on {base} not up after {timeout:.0f} s; log:\n{_log_tail(log)}")
+                    raise AssertionError(
+                        f"MLflow server on {base} not up after {timeout:.0f} s; log:\n{_log_tail(log)}"
+                    )
                 try:
                     with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
                         if response.status == 200:

@@ -31,7 +31,9 @@ OBJECT_STORE_BYTES = 100 << 20  # Ray's floor is 75 MiB; the tiny grid's splits 
 # the test cluster and every driver that joins it say explicitly that it is off.
 NO_AUTH = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 FAST_FAILURE_DETECTION = {  # the GCS marks a node dead after 3 missed 1 s health checks
-    "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000", "RAY_health_check_failure_threshold": "3",
+    "RAY_health_check_period_ms": "1000",
+    "RAY_health_check_timeout_ms": "1000",
+    "RAY_health_check_failure_threshold": "3",
 }
 
 
@@ -81,9 +83,25 @@ def _node_processes(process: subprocess.Popen) -> list[tuple[int, str]]:
 def _node(args: list[str], log: Path, **env: str) -> subprocess.Popen:
     environment = _environment() | env
     return subprocess.Popen(
-        [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--object-store-memory", str(OBJECT_STORE_BYTES),
-         "--dashboard-agent-listen-port", str(free_port()), "--disable-usage-stats", *args],
-        stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env=environment,
+        [
+            RAY,
+            "start",
+            "--block",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            "1",
+            "--object-store-memory",
+            str(OBJECT_STORE_BYTES),
+            "--dashboard-agent-listen-port",
+            str(free_port()),
+            "--disable-usage-stats",
+            *args,
+        ],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env=environment,
     )
 
 
@@ -128,7 +146,9 @@ def alive_nodes(address: str, expected: int, timeout: float = 90) -> dict[str, s
     )
     env = _environment()
     for attempt in range(3):  # the GCS port opens a moment before the head's raylet has registered
-        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout + 60, env=env)
+        out = subprocess.run(
+            [sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout + 60, env=env
+        )
         if out.returncode == 0:
             break
         time.sleep(2)
@@ -146,8 +166,18 @@ def ray_cluster(workers: int = 1) -> Iterator[Cluster]:
     temp_dir = Path(tempfile.mkdtemp(prefix="wdray-", dir="/tmp"))
     port = free_port()
     head = _node(
-        ["--head", "--port", str(port), "--include-dashboard=false", "--dashboard-port", str(free_port()), "--temp-dir", str(temp_dir)],
-        temp_dir / "head.log", **FAST_FAILURE_DETECTION,
+        [
+            "--head",
+            "--port",
+            str(port),
+            "--include-dashboard=false",
+            "--dashboard-port",
+            str(free_port()),
+            "--temp-dir",
+            str(temp_dir),
+        ],
+        temp_dir / "head.log",
+        **FAST_FAILURE_DETECTION,
     )
     cluster = Cluster(f"127.0.0.1:{port}", temp_dir, head)
     try:

@@ -63,8 +63,9 @@ def test_the_clean_code_passes_the_check_on_another_kernel_set(clean):
     assert check.returncode == 0 and "0 regressed" in check.stdout
 
 
-def checked_after(clean: Profile, tmp_path: Path, path: str, old: str, new: str, targets: tuple[str, ...],
-                  studies: tuple[str, ...]) -> set[str]:
+def checked_after(
+    clean: Profile, tmp_path: Path, path: str, old: str, new: str, targets: tuple[str, ...], studies: tuple[str, ...]
+) -> set[str]:
     project = clone_project(clean.project, tmp_path / "project")
     source = (project / path).read_text()
     assert source.count(old) == 1, f"{path} no longer holds the line this test breaks: update the test"
@@ -78,28 +79,38 @@ def checked_after(clean: Profile, tmp_path: Path, path: str, old: str, new: str,
 
 def test_weight_decay_silently_not_applied_by_the_cifar_optimiser(clean, tmp_path):
     failed = checked_after(
-        clean, tmp_path, "wdlab/cifar10/training.py",
+        clean,
+        tmp_path,
+        "wdlab/cifar10/training.py",
         '{"name": "decay", "params": decayed, "weight_decay": weight_decay}',
         '{"name": "decay", "params": decayed, "weight_decay": 0.0}',
-        ("evaluate_cifar10",), ("cifar10",),
+        ("evaluate_cifar10",),
+        ("cifar10",),
     )
     assert "grid.lambda_0.01.w_norm.mean" in failed and "invariant: mean weight norm falls as λ grows" in failed
 
 
 def test_cifar_labels_shuffled_against_the_images(clean, tmp_path):
     failed = checked_after(
-        clean, tmp_path, "wdlab/cifar10/data.py",
+        clean,
+        tmp_path,
+        "wdlab/cifar10/data.py",
         "Split(data.train_images[train_idx], data.train_labels[train_idx]),",
         "Split(data.train_images[train_idx], data.train_labels[train_idx][torch.randperm(len(train_idx))]),",
-        ("evaluate_cifar10",), ("cifar10",),
+        ("evaluate_cifar10",),
+        ("cifar10",),
     )
     assert {"grid.lambda_0.test_accuracy.mean", "headline.test_accuracy.mean"} <= failed
 
 
 def test_synthetic_learning_rate_100_times_too_low(clean, tmp_path):
     failed = checked_after(
-        clean, tmp_path, "wdlab/synthetic/training.py",
-        "param -= self.lr * param.grad  # w ← w − η·(∇L + λw)", "param -= self.lr / 100 * param.grad  # the l2 stepper, 100× too slow",
-        ("evaluate_synthetic", "headline_synthetic"), ("synthetic", "synthetic_headline"),
+        clean,
+        tmp_path,
+        "wdlab/synthetic/training.py",
+        "param -= self.lr * param.grad  # w ← w − η·(∇L + λw)",
+        "param -= self.lr / 100 * param.grad  # the l2 stepper, 100× too slow",
+        ("evaluate_synthetic", "headline_synthetic"),
+        ("synthetic", "synthetic_headline"),
     )
     assert {"grid.lambda_0.train_loss.mean", "grid.lambda_3.test_loss.mean", "headline.train_loss.mean"} <= failed

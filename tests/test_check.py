@@ -51,12 +51,18 @@ def test_identical_metrics_pass_and_every_metric_but_the_intervals_is_checked():
     assert TOLERANCES.keys() == flatten(SYNTHETIC).keys(), "every metric has a kind, skipped ones too"
 
 
-@pytest.mark.parametrize(("profile", "study"), [(p, s) for p, spec in CHECKS["profiles"].items() for s in spec["studies"]])
+@pytest.mark.parametrize(
+    ("profile", "study"), [(p, s) for p, spec in CHECKS["profiles"].items() for s in spec["studies"]]
+)
 def test_the_committed_tolerances_are_the_calibration_of_the_committed_baseline(profile, study):
     baseline = ROOT / CHECKS["profiles"][profile]["baselines"] / Path(CHECKS["studies"][study]["metrics"]).name
     recorded = json.loads(baseline.with_suffix(".tolerances.json").read_text())
-    derived = check.calibrate(json.loads(baseline.read_text()), CHECKS["studies"][study]["tolerances"], CHECKS["seed_spread_k"])
-    assert recorded == json.loads(json.dumps(derived)), f"run `python -m stages.check --calibrate --profile {profile}` and commit"
+    derived = check.calibrate(
+        json.loads(baseline.read_text()), CHECKS["studies"][study]["tolerances"], CHECKS["seed_spread_k"]
+    )
+    assert recorded == json.loads(json.dumps(derived)), (
+        f"run `python -m stages.check --calibrate --profile {profile}` and commit"
+    )
 
 
 def test_a_mean_may_move_k_standard_errors_of_its_seed_spread():
@@ -115,16 +121,21 @@ def test_the_cifar10_flip_of_issue_17_is_a_tie_and_its_reading_moves_with_it():
     baseline["regularizers"]["l2"]["by_strength"] = {
         key: {"valid_accuracy": at["valid_accuracy"], "test_accuracy": at["test_accuracy"]} for key, at in grid.items()
     }
-    now = moved("regularizers.l2.by_strength.lambda_0.01.valid_accuracy", lambda v: v | {"mean": 0.577, "std": 0.061}, baseline)
+    now = moved(
+        "regularizers.l2.by_strength.lambda_0.01.valid_accuracy", lambda v: v | {"mean": 0.577, "std": 0.061}, baseline
+    )
     now = moved("regularizers.l2.valid_strength", lambda v: 0.01, now)
     now = moved("regularizers.l2.w_norm.mean", lambda v: grid["lambda_0.01"]["w_norm"]["mean"], now)
     tolerances = check.calibrate(baseline, rules, CHECKS["seed_spread_k"])
     rows = check.compare(baseline, now, tolerances)
     assert failed(rows) == [] and row(rows, "regularizers.l2.w_norm.mean").verdict == check.MOVED
     # λ = 0.01 far ahead of the baseline's λ = 0: no tie, and the score itself moved beyond its band
-    clear = moved("regularizers.l2.by_strength.lambda_0.01.valid_accuracy", lambda v: v | {"mean": 0.9, "std": 0.01}, now)
+    clear = moved(
+        "regularizers.l2.by_strength.lambda_0.01.valid_accuracy", lambda v: v | {"mean": 0.9, "std": 0.01}, now
+    )
     assert set(failed(check.compare(baseline, clear, tolerances))) == {
-        "regularizers.l2.valid_strength", "regularizers.l2.by_strength.lambda_0.01.valid_accuracy.mean",
+        "regularizers.l2.valid_strength",
+        "regularizers.l2.by_strength.lambda_0.01.valid_accuracy.mean",
     }
 
 
@@ -138,7 +149,10 @@ def test_a_baseline_without_scores_still_calibrates_and_says_so():
     # the tie is judged on the current metrics: with scores there, as the evaluate stage writes them now, it holds
     assert failed(check.compare(old, moved("regularizers.l2.cv_strength", lambda v: 30.0), tolerances)) == []
     rows = check.compare(old, moved("regularizers.l2.cv_strength", lambda v: 30.0, old), tolerances)
-    assert failed(rows) == ["regularizers.l2.cv_strength"] and "no score" in row(rows, "regularizers.l2.cv_strength").tolerance
+    assert (
+        failed(rows) == ["regularizers.l2.cv_strength"]
+        and "no score" in row(rows, "regularizers.l2.cv_strength").tolerance
+    )
 
 
 def test_a_metric_no_rule_matches_is_refused_and_a_rule_needs_its_kind():
@@ -156,7 +170,9 @@ def test_missing_nan_and_flipped_flags_fail():
     now["grid"]["lambda_30"]["w_norm"]["mean"] = math.nan
     now["grid"]["lambda_1"]["diverged"] = 1
     assert set(failed(check.compare(SYNTHETIC, now, TOLERANCES))) == {
-        "grid.lambda_10.test_loss.mean", "grid.lambda_30.w_norm.mean", "grid.lambda_1.diverged",
+        "grid.lambda_10.test_loss.mean",
+        "grid.lambda_30.w_norm.mean",
+        "grid.lambda_1.diverged",
     }
 
 
@@ -168,7 +184,9 @@ def test_synthetic_invariants_hold_on_the_seed_means_and_catch_violations():
     grid["lambda_10"]["w_norm"]["mean"] = grid["lambda_3"]["w_norm"]["mean"]  # not falling: decay not applied
     grid["lambda_30"]["objective"]["mean"] = grid["lambda_30"]["reference_objective"]["mean"] / 2
     assert set(failed(check.synthetic_invariants(bad, 0.1))) == {
-        "invariant: mean test loss λ=3 < λ=0", "invariant: mean ‖w‖ falls as λ grows", "invariant: objective λ=30 ≥ exact optimum",
+        "invariant: mean test loss λ=3 < λ=0",
+        "invariant: mean ‖w‖ falls as λ grows",
+        "invariant: objective λ=30 ≥ exact optimum",
     }
 
 
@@ -199,4 +217,3 @@ def test_cli_exit_codes_and_table(tmp_path, capsys, monkeypatch):
     assert check.main(["--update"]) == 2, "a metric no rule matches is not recorded"
     assert "new_block.value" in capsys.readouterr().err
     assert "new_block" not in (tmp_path / "baselines/default/synthetic.json").read_text()
-

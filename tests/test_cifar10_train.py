@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import math
+import shutil
 from pathlib import Path
 
 import mlflow
@@ -47,7 +47,9 @@ def tiny_settings(**overrides) -> Settings:
 
 def coloured_images(per_class: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Each class a flat colour of its own plus pixel noise: learnable in an epoch or two, not trivially."""
-    colours = torch.randint(40, 216, (10, 3), generator=torch.Generator().manual_seed(0)).float()  # same for every split
+    colours = torch.randint(
+        40, 216, (10, 3), generator=torch.Generator().manual_seed(0)
+    ).float()  # same for every split
     gen = torch.Generator().manual_seed(seed)
     labels = torch.arange(10).repeat_interleave(per_class)
     noise = 45 * torch.randn(len(labels), 3, 32, 32, generator=gen)
@@ -68,7 +70,9 @@ def splits() -> cifar_data.Splits:
     )
 
 
-def train(splits: cifar_data.Splits, settings: Settings, weight_decay: float = 5e-4, regularizer: str = "l2") -> cifar_training.RunResult:
+def train(
+    splits: cifar_data.Splits, settings: Settings, weight_decay: float = 5e-4, regularizer: str = "l2"
+) -> cifar_training.RunResult:
     formats = device_formats(CPU, settings.cifar10.train.mixed_precision)
     return cifar_training.train(splits, settings.cifar10, regularizer, weight_decay, settings.cifar10.seeds[0], formats)
 
@@ -79,6 +83,7 @@ def default_run(splits) -> cifar_training.RunResult:
 
 
 # ---------- data ----------
+
 
 def test_subsets_are_class_balanced_disjoint_and_seeded():
     labels = torch.arange(10).repeat_interleave(100)[torch.randperm(1000, generator=torch.Generator().manual_seed(0))]
@@ -123,6 +128,7 @@ def test_normalise_uses_the_cifar_channel_statistics():
 
 # ---------- training ----------
 
+
 def test_the_net_learns(default_run):
     final = default_run.final
     assert default_run.diverged_epoch is None
@@ -137,11 +143,15 @@ def test_same_seed_gives_identical_metrics_and_weights(splits, default_run):
     again = train(splits, tiny_settings())
     assert again.history == default_run.history  # bit-identical on the CPU
     assert all(torch.equal(again.state_dict[k], v) for k, v in default_run.state_dict.items())
-    assert not torch.equal(cifar_model.build_model(8, seed=1).prep.conv.weight, cifar_model.build_model(8, seed=0).prep.conv.weight)
+    assert not torch.equal(
+        cifar_model.build_model(8, seed=1).prep.conv.weight, cifar_model.build_model(8, seed=0).prep.conv.weight
+    )
 
 
 def test_mixed_precision_runs_are_identical_too(splits):
-    settings = tiny_settings(**{"cifar10.train.mixed_precision": True, "cifar10.train.epochs": 1, "cifar10.data.augment": True})
+    settings = tiny_settings(
+        **{"cifar10.train.mixed_precision": True, "cifar10.train.epochs": 1, "cifar10.data.augment": True}
+    )
     formats = device_formats(CPU, mixed_precision=True)
     native = cpu_has_bf16()
     assert formats.autocast_dtype == (torch.bfloat16 if native else None), "bf16 exactly where the CPU computes in it"
@@ -248,7 +258,9 @@ def test_dropout_is_active_in_training_and_off_in_evaluation(splits):
 
 
 def test_a_diverging_run_is_stopped_and_recorded(splits):
-    run = train(splits, tiny_settings(**{"cifar10.train.epochs": 3}), weight_decay=1e3)  # ηλ ≫ 2: w flips sign and grows
+    run = train(
+        splits, tiny_settings(**{"cifar10.train.epochs": 3}), weight_decay=1e3
+    )  # ηλ ≫ 2: w flips sign and grows
     assert run.diverged_epoch == 1
     assert len(run.history) == 2  # the initial model and the epoch that diverged; no more
     assert not math.isfinite(run.final["train_loss"])
@@ -256,7 +268,8 @@ def test_a_diverging_run_is_stopped_and_recorded(splits):
 
 # ---------- the stages, with a real MLflow store ----------
 
-def args(name: str, module) -> "argparse.Namespace":
+
+def args(name: str, module) -> argparse.Namespace:
     """Stage `name`'s arguments as dvc.yaml gives them: the same paths and run."""
     return module.parser().parse_args(stage_args(name))
 
@@ -269,12 +282,26 @@ def pipeline(tmp_path_factory, splits) -> Path:
     test = splits.test
     train_x = torch.cat([splits.train.images, splits.valid.images])
     train_y = torch.cat([splits.train.labels, splits.valid.labels])
-    save_cifar10(Cifar10(train_x, train_y, test.images, test.labels, CLASSES), root / args("train_cifar10@l2", train_cifar10).data, source_md5="0" * 32)
-    settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.strengths.l2": [0.0, 5e-4, 1e3], "cifar10.seeds": [0, 1], "cifar10.wd": 5e-4})
+    save_cifar10(
+        Cifar10(train_x, train_y, test.images, test.labels, CLASSES),
+        root / args("train_cifar10@l2", train_cifar10).data,
+        source_md5="0" * 32,
+    )
+    settings = tiny_settings(
+        **{
+            "cifar10.train.epochs": 1,
+            "cifar10.strengths.l2": [0.0, 5e-4, 1e3],
+            "cifar10.seeds": [0, 1],
+            "cifar10.wd": 5e-4,
+        }
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-        for name in [*(f"train_cifar10@{r}" for r in REGULARIZERS), "headline_cifar10"]:  # the headline takes l2's λ = 5e-4
+        for name in [
+            *(f"train_cifar10@{r}" for r in REGULARIZERS),
+            "headline_cifar10",
+        ]:  # the headline takes l2's λ = 5e-4
             train_cifar10.main(settings, args(name, train_cifar10))
         evaluate_cifar10.main(settings, args("evaluate_cifar10", evaluate_cifar10))
         report_cifar10.main(settings, args("report_cifar10", report_cifar10))
@@ -283,11 +310,18 @@ def pipeline(tmp_path_factory, splits) -> Path:
 
 
 def test_stages_write_metrics_curves_and_report(pipeline):
-    evaluated, grid, report = args("evaluate_cifar10", evaluate_cifar10), args("train_cifar10@l2", train_cifar10), args("report_cifar10", report_cifar10)
+    evaluated, grid, report = (
+        args("evaluate_cifar10", evaluate_cifar10),
+        args("train_cifar10@l2", train_cifar10),
+        args("report_cifar10", report_cifar10),
+    )
     metrics = json.loads((pipeline / evaluated.metrics).read_text())
     assert set(metrics["grid"]) == {"lambda_0", "lambda_0.0005", "lambda_1000"}
     assert metrics["seeds"] == 2
-    assert metrics["grid"]["lambda_1000"]["diverged"] == 2 and metrics["grid"]["lambda_1000"]["test_accuracy"]["mean"] is None
+    assert (
+        metrics["grid"]["lambda_1000"]["diverged"] == 2
+        and metrics["grid"]["lambda_1000"]["test_accuracy"]["mean"] is None
+    )
     assert not metrics["headline"]["diverged"] and metrics["headline"]["test_accuracy"]["mean"] > 0.3
     accuracy = metrics["grid"]["lambda_0"]["test_accuracy"]
     assert accuracy["ci_low"] <= accuracy["mean"] <= accuracy["ci_high"]
@@ -301,18 +335,24 @@ def test_stages_write_metrics_curves_and_report(pipeline):
     # l1 and dropout have no strength 0 of their own: l2's λ = 0 runs stand for it, the same plain SGD
     for regularizer in ("l1", "dropout"):
         zero = by_seed[(by_seed["regularizer"] == regularizer) & (by_seed["lambda"] == 0.0)]
-        pd.testing.assert_frame_equal(zero.drop(columns="regularizer").reset_index(drop=True),
-                                      l2[l2["lambda"] == 0.0].drop(columns="regularizer").reset_index(drop=True))
+        pd.testing.assert_frame_equal(
+            zero.drop(columns="regularizer").reset_index(drop=True),
+            l2[l2["lambda"] == 0.0].drop(columns="regularizer").reset_index(drop=True),
+        )
     assert set(metrics["regularizers"]) == set(REGULARIZERS) and metrics["regularizer"] == "l2"
     assert metrics["regularizers"]["l2"]["valid_strength"] == metrics["chosen_by_validation"]["lambda"]
     # each regulariser's scores per strength, which the regression check weighs a moved choice with
     scores = metrics["regularizers"]["l2"]["by_strength"]
     assert set(scores) == set(metrics["grid"]) and scores["lambda_1000"]["valid_accuracy"]["mean"] is None
-    assert scores["lambda_0"]["valid_accuracy"] == {k: metrics["grid"]["lambda_0"]["valid_accuracy"][k] for k in ("mean", "std")}
+    assert scores["lambda_0"]["valid_accuracy"] == {
+        k: metrics["grid"]["lambda_0"]["valid_accuracy"][k] for k in ("mean", "std")
+    }
     assert set(metrics["regularizers"]["dropout"]["by_strength"]["lambda_0"]) == {"valid_accuracy", "test_accuracy"}
 
     history = pd.read_csv(pipeline / grid.history)
-    assert {"seed", "lambda", "epoch", "train_accuracy", "test_loss", "gap_accuracy", "gap_loss", "w_norm"} <= set(history.columns)
+    assert {"seed", "lambda", "epoch", "train_accuracy", "test_loss", "gap_accuracy", "gap_loss", "w_norm"} <= set(
+        history.columns
+    )
     assert len(pd.read_csv(pipeline / evaluated.table)) == 3
     assert set(pd.read_csv(pipeline / grid.layer_norms)["layer"]) >= {"prep", "head"}
     checkpoint = torch.load(pipeline / grid.model, weights_only=True)
@@ -343,10 +383,18 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
     assert by_lambda[1e3].data.metrics["diverged"] == 1.0 and by_lambda[0.0].data.metrics["diverged"] == 0.0
     steps = [m.step for m in client.get_metric_history(by_lambda[0.0].info.run_id, "test_accuracy")]
     assert steps == [0, 1]
-    assert [a.path for a in client.list_artifacts(by_lambda[0.0].info.run_id, "model")] == ["model/model_l2_0_seed_0.pt"]
+    assert [a.path for a in client.list_artifacts(by_lambda[0.0].info.run_id, "model")] == [
+        "model/model_l2_0_seed_0.pt"
+    ]
     assert {run.data.params["regularizer"] for run in children} == {"l2"} and parent.data.params["regularizer"] == "l2"
     assert parent.data.metrics["final_test_accuracy.mean.lambda_0"] == pytest.approx(
-        (by_lambda[0.0].data.metrics["final_test_accuracy"] + [r for r in children if r.data.params == by_lambda[0.0].data.params | {"seed": "1"}][0].data.metrics["final_test_accuracy"]) / 2
+        (
+            by_lambda[0.0].data.metrics["final_test_accuracy"]
+            + [r for r in children if r.data.params == by_lambda[0.0].data.params | {"seed": "1"}][0].data.metrics[
+                "final_test_accuracy"
+            ]
+        )
+        / 2
     ), "the parent carries the aggregates over seeds"
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/cifar10.md" in report and "report/accuracy_vs_lambda.png" in report
@@ -368,7 +416,14 @@ def test_a_headline_lambda_outside_the_grid_is_trained(pipeline, tmp_path, monke
     shutil.copytree(pipeline, project)
     monkeypatch.chdir(project)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-    settings = tiny_settings(**{"cifar10.train.epochs": 1, "cifar10.strengths.l2": [0.0, 5e-4, 1e3], "cifar10.seeds": [0, 1], "cifar10.wd": 1e-2})
+    settings = tiny_settings(
+        **{
+            "cifar10.train.epochs": 1,
+            "cifar10.strengths.l2": [0.0, 5e-4, 1e3],
+            "cifar10.seeds": [0, 1],
+            "cifar10.wd": 1e-2,
+        }
+    )
     headline = args("headline_cifar10", train_cifar10)
     train_cifar10.main(settings, headline)
     rows = pd.read_csv(headline.history)
@@ -384,8 +439,15 @@ def test_the_comparison_page_sets_every_regulariser_side_by_side(pipeline):
         assert f"| {regularizer} |" in page, regularizer
     assert "AdamW" in page and "l2's λ = 0 run" in page
     pngs = sorted((pipeline / compare.figures).glob("*.png"))
-    assert [p.name for p in pngs] == sorted(["accuracy_vs_strength.png", "gap_vs_strength.png", "zeros_vs_strength.png",
-                                             "wnorm_vs_strength.png", "layer_norms.png"])
+    assert [p.name for p in pngs] == sorted(
+        [
+            "accuracy_vs_strength.png",
+            "gap_vs_strength.png",
+            "zeros_vs_strength.png",
+            "wnorm_vs_strength.png",
+            "layer_norms.png",
+        ]
+    )
     assert all(f"]({compare.figures.relative_to(compare.page.parent) / p.name})" in page for p in pngs)
 
 
@@ -395,7 +457,10 @@ def test_curves_are_measured_on_subsets_the_last_epoch_on_every_image(splits):
     assert [row["full_sets"] for row in run.history] == [False, False, True]
     whole = train(splits, tiny_settings(**{"cifar10.data.curve_subset": 0, "cifar10.train.epochs": 2}))
     assert run.final == whole.final, "the final metrics do not depend on the curves' subsets"
-    assert run.history[1]["test_accuracy"] != whole.history[1]["test_accuracy"] or run.history[1]["test_loss"] != whole.history[1]["test_loss"]
+    assert (
+        run.history[1]["test_accuracy"] != whole.history[1]["test_accuracy"]
+        or run.history[1]["test_loss"] != whole.history[1]["test_loss"]
+    )
 
 
 def test_metrics_reach_mlflow_as_each_epoch_ends_and_the_chosen_model_loads(pipeline):
@@ -406,7 +471,9 @@ def test_metrics_reach_mlflow_as_each_epoch_ends_and_the_chosen_model_loads(pipe
         filter_string=f"tags.mlflow.parentRunId = '{grid_record['run_id']}' and params.lambda = '0.0'",
     )[0]
     history = sorted(client.get_metric_history(member.info.run_id, "test_accuracy"), key=lambda m: m.step)
-    assert [m.step for m in history] == [0, 1] and history[0].timestamp < history[1].timestamp, "logged live, epoch by epoch"
+    assert [m.step for m in history] == [0, 1] and history[0].timestamp < history[1].timestamp, (
+        "logged live, epoch by epoch"
+    )
 
     chosen = json.loads((pipeline / args("evaluate_cifar10", evaluate_cifar10).model_record).read_text())
     assert chosen["lambda"] in (0.0, 5e-4) and chosen["model_uri"]

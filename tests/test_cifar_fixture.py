@@ -60,7 +60,9 @@ def test_the_ci_stand_in_overfits_like_cifar_and_shuffled_labels_give_chance(tmp
     formats = device_formats(torch.device("cpu"), mixed_precision=False)
 
     def final(train_labels: torch.Tensor) -> dict[str, float]:
-        train_idx, valid_idx = split_indices(train_labels, spec.data.train_subset, spec.data.valid_size, spec.data.split_seed)
+        train_idx, valid_idx = split_indices(
+            train_labels, spec.data.train_subset, spec.data.valid_size, spec.data.split_seed
+        )
         splits = Splits(
             Split(data.train_images[train_idx], train_labels[train_idx]),
             Split(data.train_images[valid_idx], train_labels[valid_idx]),
@@ -72,5 +74,7 @@ def test_the_ci_stand_in_overfits_like_cifar_and_shuffled_labels_give_chance(tmp
     honest = final(data.train_labels)
     assert 0.45 < honest["test_accuracy"] < 0.75, "measured 0.57–0.60 over training seeds"
     assert honest["gap_accuracy"] > 0.2, "measured 0.34–0.41: λ = 0 overfits"
-    shuffled = final(data.train_labels[torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(0))])
+    shuffled = final(
+        data.train_labels[torch.randperm(len(data.train_labels), generator=torch.Generator().manual_seed(0))]
+    )
     assert shuffled["test_accuracy"] < 0.2, "measured 0.07–0.08: labels out of step with images learn nothing"

@@ -13,7 +13,9 @@ STAGE_MODULES = sorted(set(re.findall(r"python -m stages\.(\w+)", (ROOT / "dvc.y
 
 
 def test_dvc_yaml_names_every_stage_module():
-    assert {"generate", "train_synthetic", "cross_validate", "evaluate_synthetic", "report_synthetic"} <= set(STAGE_MODULES)
+    assert {"generate", "train_synthetic", "cross_validate", "evaluate_synthetic", "report_synthetic"} <= set(
+        STAGE_MODULES
+    )
     for name in STAGE_MODULES:
         assert (ROOT / "stages" / f"{name}.py").is_file()
 

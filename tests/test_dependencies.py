@@ -98,7 +98,9 @@ def dependency_gaps(pipeline: Mapping) -> dict[str, dict[str, set[str]]]:
     never imports ('stale', reruns for nothing). Empty when dvc.yaml is right."""
     gaps = {}
     for name, stage in stage_definitions(pipeline):
-        imported = {path for path in import_closure(entry_point(stage["cmd"])) if not path.startswith("stages/__init__")}
+        imported = {
+            path for path in import_closure(entry_point(stage["cmd"])) if not path.startswith("stages/__init__")
+        }
         declared = {dep for dep in stage["deps"] if dep.endswith(".py")}
         # plumbing may still be declared where it is what a stage computes (the validation stage's rules)
         missing, stale = imported - PLUMBING.keys() - declared, declared - imported

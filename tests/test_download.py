@@ -116,7 +116,11 @@ def download(base_settings: Settings, workspace: Path) -> Callable[[str, str], N
 
 def files_under(directory: Path) -> list[str]:
     """Every file below `directory`, hidden temp files included."""
-    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if not p.is_dir()) if directory.exists() else []
+    return (
+        sorted(str(p.relative_to(directory)) for p in directory.rglob("*") if not p.is_dir())
+        if directory.exists()
+        else []
+    )
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:
@@ -148,7 +152,9 @@ def expect_failure(run: Callable[[], None], *fragments: str) -> str:
 # ── success ───────────────────────────────────────────────────────────────────────────────────────
 
 
-def test_http_download_writes_uint8_tensors_in_channel_row_column_layout(download, serve_archive, server, archive, workspace):
+def test_http_download_writes_uint8_tensors_in_channel_row_column_layout(
+    download, serve_archive, server, archive, workspace
+):
     download(serve_archive, archive.md5)
 
     raw = make_batches(IMAGES_PER_BATCH, SEED)
@@ -172,9 +178,9 @@ def test_http_download_writes_uint8_tensors_in_channel_row_column_layout(downloa
     meta = json.loads((CIFAR_DATA / "meta.json").read_text())
     assert meta == {"classes": list(CLASSES), "source_md5": archive.md5, "n_train": 5 * n, "n_test": n}
     assert server.hits == [ARCHIVE_URL_PATH]
-    assert files_under(workspace / "data") == [
-        f"cifar10/{name}" for name in ("meta.json", "test.pt", "train.pt")
-    ] + [f"downloads/cifar-10-python-{archive.md5}.tar.gz"]
+    assert files_under(workspace / "data") == [f"cifar10/{name}" for name in ("meta.json", "test.pt", "train.pt")] + [
+        f"downloads/cifar-10-python-{archive.md5}.tar.gz"
+    ]
 
 
 def test_load_cifar10_returns_what_the_stage_wrote(download, serve_archive, archive):
@@ -228,7 +234,9 @@ def test_checksum_mismatch_names_both_md5s_and_keeps_the_earlier_dataset(downloa
     earlier = snapshot(CIFAR_DATA)
     wrong = "0123456789abcdef0123456789abcdef"
 
-    expect_failure(lambda: download(serve_archive, wrong), f"expected md5 {wrong}", f"got {archive.md5}", "cifar10.download.md5")
+    expect_failure(
+        lambda: download(serve_archive, wrong), f"expected md5 {wrong}", f"got {archive.md5}", "cifar10.download.md5"
+    )
 
     assert snapshot(CIFAR_DATA) == earlier
     # Only the earlier verified archive remains: the mismatching download and any partial file are gone.
@@ -245,7 +253,9 @@ def test_unreachable_source_names_the_url_and_the_param(source, download, server
     }[source]
     hint = {"HTTP 404": "HTTP 404", "connection refused": "Connection refused"}.get(source, "No such file")
 
-    expect_failure(lambda: download(url, OFFICIAL_MD5), url.removeprefix("file://"), hint, "set `cifar10.download.url` to a mirror")
+    expect_failure(
+        lambda: download(url, OFFICIAL_MD5), url.removeprefix("file://"), hint, "set `cifar10.download.url` to a mirror"
+    )
 
     assert files_under(workspace / "data") == []
 
@@ -273,7 +283,10 @@ def test_corrupt_archive_with_matching_md5_fails_cleanly(damage, download, archi
     corrupt = workspace / "corrupt.tar.gz"
     corrupt.write_bytes(_damaged(archive.path.read_bytes(), damage))
 
-    expect_failure(lambda: download(str(corrupt), md5_of(corrupt)), f"the archive with md5 {md5_of(corrupt)} is not a readable .tar.gz")
+    expect_failure(
+        lambda: download(str(corrupt), md5_of(corrupt)),
+        f"the archive with md5 {md5_of(corrupt)} is not a readable .tar.gz",
+    )
 
     assert files_under(workspace / "data") == []
 
@@ -328,7 +341,9 @@ class _ExecsPython(_RunsShell):
         return exec, (f"open({str(self.marker)!r}, 'w').close()",)
 
 
-@pytest.mark.parametrize(("payload", "named"), [(_RunsShell, "system"), (_ExecsPython, "exec")], ids=["os.system", "exec"])
+@pytest.mark.parametrize(
+    ("payload", "named"), [(_RunsShell, "system"), (_ExecsPython, "exec")], ids=["os.system", "exec"]
+)
 def test_pickle_that_runs_code_is_refused(payload, named, download, workspace, tmp_path):
     marker = tmp_path / "pwned"
     batch = make_batches(IMAGES_PER_BATCH, SEED)["data_batch_1"] | {b"filenames": payload(marker)}

@@ -8,15 +8,22 @@ import json
 import pytest
 import torch
 
-from tests.workspace import ROOT, stage, write_params, load_params, set_key
+from tests.workspace import ROOT, load_params, set_key, stage, write_params
 
 SYNTHETIC_STAGES = [
-    "generate", "headline_synthetic", *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")), "cross_validate", "evaluate_synthetic", "report_synthetic",
+    "generate",
+    "headline_synthetic",
+    *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")),
+    "cross_validate",
+    "evaluate_synthetic",
+    "report_synthetic",
 ]
 
 
 def run_stage(workdir, name, check=True):
-    return stage(name, workdir, check=check, PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}")
+    return stage(
+        name, workdir, check=check, PYTHONPATH=str(ROOT), MLFLOW_TRACKING_URI=f"sqlite:///{workdir / 'mlflow.db'}"
+    )
 
 
 @pytest.fixture
@@ -30,8 +37,18 @@ def workdir(tmp_path):
     [
         (lambda p: p.unlink(), "is missing"),
         (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "is unreadable"),
-        (lambda p: torch.save({"x_train": torch.zeros(20, 200), "y_train": torch.zeros(19), "x_test": torch.zeros(5, 200),
-                               "y_test": torch.zeros(5)}, p), "malformed train split"),
+        (
+            lambda p: torch.save(
+                {
+                    "x_train": torch.zeros(20, 200),
+                    "y_train": torch.zeros(19),
+                    "x_test": torch.zeros(5, 200),
+                    "y_test": torch.zeros(5),
+                },
+                p,
+            ),
+            "malformed train split",
+        ),
         (lambda p: torch.save({"x_train": torch.zeros(20, 200)}, p), "lacks y_train"),
     ],
     ids=["deleted", "truncated", "wrong-shape", "missing-key"],
@@ -73,7 +90,9 @@ def test_diverging_lambdas_are_recorded_and_the_rest_completes(workdir):
     client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("wd-synthetic")
     members = client.search_runs([experiment.experiment_id], "tags.`wd_lab.role` = 'synthetic-grid-member'")
-    flags = {float(r.data.params["lambda"]): r.data.metrics["diverged"] for r in members if r.data.params["seed"] == "0"}
+    flags = {
+        float(r.data.params["lambda"]): r.data.metrics["diverged"] for r in members if r.data.params["seed"] == "0"
+    }
     assert flags[100.0] == 1.0 and flags[0.0] == 0.0
     assert all(r.info.status == "FINISHED" for r in members)
 
@@ -87,9 +106,16 @@ def test_same_params_and_seed_give_identical_outputs_twice(tmp_path):
         write_params(workdir / "params.yaml", load_params())
         for name in SYNTHETIC_STAGES[:-1]:
             run_stage(workdir, name)
-        outputs.append({
-            name: (workdir / name).read_bytes()
-            for name in ("metrics/synthetic.json", "results/synthetic/by_lambda.csv", "results/synthetic/by_seed.csv",
-                         "results/synthetic/grid_l1_history.csv", "results/synthetic/cv.csv")
-        })
+        outputs.append(
+            {
+                name: (workdir / name).read_bytes()
+                for name in (
+                    "metrics/synthetic.json",
+                    "results/synthetic/by_lambda.csv",
+                    "results/synthetic/by_seed.csv",
+                    "results/synthetic/grid_l1_history.csv",
+                    "results/synthetic/cv.csv",
+                )
+            }
+        )
     assert outputs[0] == outputs[1]

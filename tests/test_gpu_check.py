@@ -31,8 +31,12 @@ runpy.run_module("benchmarks.gpu_check", run_name="__main__")
 def restores_torch_determinism():
     """Whatever a test switches, the next one finds torch's global flags and the environment as they were."""
     cudnn = torch.backends.cudnn
-    flags = (cudnn.benchmark, cudnn.deterministic, torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled())
+    flags = (
+        cudnn.benchmark,
+        cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     workspace = os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
     yield
     cudnn.benchmark, cudnn.deterministic = flags[:2]
@@ -87,15 +91,30 @@ def test_the_check_measures_the_documented_gpu_recipe():
     raw = load_params()
     for key, value in preset.items():
         set_key(raw, key, value)
-    assert gpu_check.recipe(gpu_check.FULL) == parse_settings(raw).cifar10, "benchmarks/gpu_check.py's RECIPE must follow params.yaml and the GPU preset of docs/cifar10.md"
+    assert gpu_check.recipe(gpu_check.FULL) == parse_settings(raw).cifar10, (
+        "benchmarks/gpu_check.py's RECIPE must follow params.yaml and the GPU preset of docs/cifar10.md"
+    )
 
 
 def test_the_check_runs_on_a_cpu_without_the_pipelines_packages(tmp_path):
     out = tmp_path / "gpu_check.json"
     # One thread: the tiny tensors gain nothing from more, and on a busy machine OpenMP's threads wait on each other.
     done = subprocess.run(
-        [sys.executable, "-c", RUN_WITHOUT.format(not_needed=NOT_NEEDED), "--device", "cpu", "--tiny", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "-c",
+            RUN_WITHOUT.format(not_needed=NOT_NEEDED),
+            "--device",
+            "cpu",
+            "--tiny",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())

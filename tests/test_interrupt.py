@@ -26,7 +26,9 @@ def baseline(synthetic_template, tmp_path):
 
 def long_training(project) -> contextlib.AbstractContextManager[subprocess.Popen]:
     """`dvc repro` with training long enough to be killed mid-way, in its own process group, ended with the block."""
-    write_params(project / "params.yaml", set_key(load_params(project / "params.yaml"), "synthetic.train.epochs", 40_000))
+    write_params(
+        project / "params.yaml", set_key(load_params(project / "params.yaml"), "synthetic.train.epochs", 40_000)
+    )
     return background([sys.executable, "-m", "dvc", "repro", *SYNTHETIC_BRANCH], cwd=project)
 
 
@@ -35,8 +37,11 @@ def wait_for_running_training(project, timeout: float = 120) -> str:
     experiment_id = client.get_experiment_by_name("wd-synthetic").experiment_id
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        runs = [run for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
-                if run.data.tags.get("wd_lab.role") in ("synthetic-headline", "synthetic-grid")]  # DVC picks which trains first
+        runs = [
+            run
+            for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
+            if run.data.tags.get("wd_lab.role") in ("synthetic-headline", "synthetic-grid")
+        ]  # DVC picks which trains first
         if runs:
             time.sleep(2)  # well inside the training loop
             return runs[0].info.run_id
@@ -63,8 +68,13 @@ def assert_nothing_lost(project, lock_before: dict, metrics_before: str) -> None
     git(project, "checkout", "--", "metrics")
     dvc(project, "checkout", "--force", "--with-deps", *SYNTHETIC_BRANCH)
     status = json.loads(dvc(project, "status", "--json", "--with-deps", *SYNTHETIC_BRANCH).stdout)
-    assert set(status) == {"headline_synthetic", *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")),
-                           "cross_validate", "report_synthetic", "compare_synthetic"}  # params only
+    assert set(status) == {
+        "headline_synthetic",
+        *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")),
+        "cross_validate",
+        "report_synthetic",
+        "compare_synthetic",
+    }  # params only
     assert all(list(entry) == ["changed deps"] for entries in status.values() for entry in entries), status
 
 
@@ -93,5 +103,9 @@ def test_killed_training_loses_nothing_and_repro_recovers(baseline, how):
         dvc(project, "repro", "--force", "--single-item", "headline_synthetic")
         dvc(project, "repro", *SYNTHETIC_BRANCH)
     assert run_status(project, run_id) == "KILLED"
-    assert dvc(project, "status", "--with-deps", *SYNTHETIC_BRANCH).stdout.strip().endswith("Data and pipelines are up to date.")
+    assert (
+        dvc(project, "status", "--with-deps", *SYNTHETIC_BRANCH)
+        .stdout.strip()
+        .endswith("Data and pipelines are up to date.")
+    )
     assert (project / "metrics/synthetic.json").read_text() == metrics_before

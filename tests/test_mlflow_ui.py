@@ -12,16 +12,16 @@ import html
 import math
 import os
 import re
-import signal
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.workspace import clone_project, git, kill_group, load_params, tool_env
 from tests.mlflow_server import get_bytes, get_json, mlflow_server, post_json
+from tests.workspace import clone_project, git, kill_group, load_params, tool_env
 from wdlab.settings import REGULARIZERS
 
 pytestmark = pytest.mark.slow
@@ -71,7 +71,9 @@ def runs(server, experiment) -> list[dict]:
     """Every run of the experiment, as runs/search returns it, with tags and params flattened to dicts."""
     found, token = [], None
     while True:
-        body = {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000} | ({"page_token": token} if token else {})
+        body = {"experiment_ids": [experiment["experiment_id"]], "max_results": 1000} | (
+            {"page_token": token} if token else {}
+        )
         page = post_json(server, "/api/2.0/mlflow/runs/search", body)
         found += page.get("runs", [])
         if not (token := page.get("next_page_token")):
@@ -108,42 +110,59 @@ def headline_run(runs: list[dict]) -> dict:
 def test_server_lists_the_experiment_with_artifacts_next_to_the_store(server, experiment, project):
     assert experiment["lifecycle_stage"] == "active"
     assert experiment["artifact_location"] == (project / "mlruns").as_uri()
-    names = {e["name"] for e in post_json(server, "/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]}
+    names = {
+        e["name"] for e in post_json(server, "/api/2.0/mlflow/experiments/search", {"max_results": 100})["experiments"]
+    }
     assert EXPERIMENT in names
 
 
 def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, project):
     parent = grid_parent(runs)
     assert parent["info"]["run_name"] == f"l2 grid of {len(GRID)} strengths" and parent["info"]["status"] == "FINISHED"
-    assert [float(v) for v in parent["params"]["strength_grid"].split(",")] == GRID and parent["params"]["regularizer"] == "l2"
+    assert [float(v) for v in parent["params"]["strength_grid"].split(",")] == GRID and parent["params"][
+        "regularizer"
+    ] == "l2"
     # the commit of the code that ran: the last one to change code or params (the outputs were committed after)
     commit = git(project, "rev-list", "-1", "HEAD", "--", "stages", "wdlab", "dvc.yaml", "params.yaml").stdout.strip()
     assert parent["tags"]["mlflow.source.git.commit"] == commit
 
     members = grid_members(runs)
     assert len(members) == len(GRID) * len(SEEDS)
-    assert {m["params"]["regularizer"] for m in by_role(runs, "synthetic-grid-member")} == {"l2", "decoupled", "l1", "dropout"}
+    assert {m["params"]["regularizer"] for m in by_role(runs, "synthetic-grid-member")} == {
+        "l2",
+        "decoupled",
+        "l1",
+        "dropout",
+    }
     assert sorted((float(m["params"]["lambda"]), int(m["params"]["seed"])) for m in members) == sorted(
         (lam, seed) for lam in GRID for seed in SEEDS
     ), "one nested run per (λ, seed)"
     latest_parent = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
     three = [m for m in members if float(m["params"]["lambda"]) == 3]
     finals = [next(x["value"] for x in m["data"]["metrics"] if x["key"] == "final_test_loss") for m in three]
-    assert latest_parent["final_test_loss.mean.lambda_3"] == pytest.approx(sum(finals) / len(finals)), "the parent carries the mean over seeds"
+    assert latest_parent["final_test_loss.mean.lambda_3"] == pytest.approx(sum(finals) / len(finals)), (
+        "the parent carries the mean over seeds"
+    )
     for member in members:
         lam, seed = float(member["params"]["lambda"]), int(member["params"]["seed"])
         assert member["info"]["run_name"] == f"l2 {lam:g} seed {seed}" and member["info"]["status"] == "FINISHED"
         assert member["params"]["regularizer"] == "l2" and float(member["params"]["strength"]) == lam
         assert member["params"]["train.epochs"] == str(EPOCHS)
         history = get_json(
-            server, "/api/2.0/mlflow/metrics/get-history", run_id=member["info"]["run_id"], metric_key="test_loss", max_results=10_000
+            server,
+            "/api/2.0/mlflow/metrics/get-history",
+            run_id=member["info"]["run_id"],
+            metric_key="test_loss",
+            max_results=10_000,
         )["metrics"]
         assert sorted(m["step"] for m in history) == list(range(EPOCHS + 1)), f"λ={lam:g}: test_loss steps"
         assert all(math.isfinite(m["value"]) for m in history)
         latest = {m["key"]: m for m in member["data"]["metrics"]}
         assert latest["test_loss"]["step"] == EPOCHS and "final_test_loss" in latest and "w_norm" in latest
 
-    curve = get_json(server, "/api/2.0/mlflow/metrics/get-history", run_id=three[0]["info"]["run_id"], metric_key="test_loss")["metrics"]
+    curve = get_json(
+        server, "/api/2.0/mlflow/metrics/get-history", run_id=three[0]["info"]["run_id"], metric_key="test_loss"
+    )["metrics"]
     values = [m["value"] for m in sorted(curve, key=lambda m: m["step"])]
     assert values[-1] < values[0] / 10, "λ = 3: the test loss falls over training"
 
@@ -155,7 +174,9 @@ def test_headline_run_is_there(server, runs):
     assert {m["key"] for m in run["data"]["metrics"]} >= {"final_test_loss.mean", "final_test_loss.std"}
     members = [r for r in runs if r["tags"].get("mlflow.parentRunId") == run["info"]["run_id"]]
     assert sorted(int(m["params"]["seed"]) for m in members) == SEEDS
-    history = get_json(server, "/api/2.0/mlflow/metrics/get-history", run_id=members[0]["info"]["run_id"], metric_key="test_loss")["metrics"]
+    history = get_json(
+        server, "/api/2.0/mlflow/metrics/get-history", run_id=members[0]["info"]["run_id"], metric_key="test_loss"
+    )["metrics"]
     assert sorted(m["step"] for m in history) == list(range(EPOCHS + 1))
     assert all(run["info"]["status"] == "FINISHED" for run in runs)
 
@@ -179,11 +200,15 @@ def test_report_figures_are_listed_and_downloadable_through_the_server(server, r
 
 def test_every_grid_run_carries_the_comparison_page(server, runs):
     grids = by_role(runs, "synthetic-grid")
-    assert sorted(grid["params"]["regularizer"] for grid in grids) == sorted(REGULARIZERS), "one grid run per regulariser"
+    assert sorted(grid["params"]["regularizer"] for grid in grids) == sorted(REGULARIZERS), (
+        "one grid run per regulariser"
+    )
     for grid in grids:
         listing = get_json(server, "/api/2.0/mlflow/artifacts/list", run_id=grid["info"]["run_id"], path="comparison")
         names = {f["path"] for f in listing["files"]}
-        assert {"comparison/regularizers_synthetic.md", "comparison/zeros_vs_strength.png"} <= names, grid["params"]["regularizer"]
+        assert {"comparison/regularizers_synthetic.md", "comparison/zeros_vs_strength.png"} <= names, grid["params"][
+            "regularizer"
+        ]
 
 
 # ---------- the UI in headless Chromium ----------
@@ -245,14 +270,19 @@ def render(chromium: str, url: str, profile: Path, ready, screenshot: Path | Non
         if dom and ready(dom):
             return dom
         notes.append(f"budget {budget_ms} ms: exit {proc.returncode}; stderr tail: {err[-800:]}")
-    pytest.fail(f"Chromium never rendered {url} as expected.\n" + "\n".join(notes) + f"\nvisible text: {dom_text(dom)[:2000]}")
+    pytest.fail(
+        f"Chromium never rendered {url} as expected.\n" + "\n".join(notes) + f"\nvisible text: {dom_text(dom)[:2000]}"
+    )
 
 
 def test_experiment_page_lists_the_runs(chromium, server, experiment, runs, project, tmp_path):
     """The experiment page lists the top-level runs, newest first (λ runs nest under their grid run; the UI pages
     through them, "Load more" for the rest); screenshot: reports/mlflow_ui.png."""
     url = f"{server}/#/experiments/{experiment['experiment_id']}{TRAINING}"
-    top = sorted((run for run in runs if "mlflow.parentRunId" not in run["tags"]), key=lambda run: -int(run["info"]["start_time"]))
+    top = sorted(
+        (run for run in runs if "mlflow.parentRunId" not in run["tags"]),
+        key=lambda run: -int(run["info"]["start_time"]),
+    )
     top_level = {run["info"]["run_id"]: run["info"]["run_name"] for run in top}
     newest = top[0]["info"]["run_id"]
     shot = project / "reports" / "mlflow_ui.png"
@@ -271,8 +301,12 @@ def test_experiment_page_lists_the_runs(chromium, server, experiment, runs, proj
     assert list(visible) == list(top_level)[: len(visible)], "the newest top-level runs, in order"
     assert len(visible) == len(top_level) or "Load more" in text, "the rest one click away"
     assert re.search(r"\d+ matching runs", text), text[:2000]
-    assert {f"l2 grid of {len(GRID)} strengths", f"l1 grid of {len(PARAMS['synthetic']['strengths']['l1'])} strengths", f"headline l2 {WD:g}",
-            f"cross-validation (5 folds, {len(SEEDS)} seeds)"} <= set(top_level.values())
+    assert {
+        f"l2 grid of {len(GRID)} strengths",
+        f"l1 grid of {len(PARAMS['synthetic']['strengths']['l1'])} strengths",
+        f"headline l2 {WD:g}",
+        f"cross-validation (5 folds, {len(SEEDS)} seeds)",
+    } <= set(top_level.values())
     assert EXPERIMENT in text and "Run Name" in text
     assert re.search(r"<title>\s*Runs - Experiment", dom), "not the experiment's runs page"
 
@@ -300,7 +334,12 @@ def test_grid_run_page_lists_its_children(chromium, server, experiment, runs, tm
     assert all(children[run_id] == name for run_id, name in shown.items())
     assert {float(re.match(r"l2 (\S+) seed", name).group(1)) for name in shown.values()} == set(GRID)
     text = dom_text(dom)
-    assert f"l2 grid of {len(GRID)} strengths" in text and "Child runs" in text and "Load more" in text and "strength_grid" in text
+    assert (
+        f"l2 grid of {len(GRID)} strengths" in text
+        and "Child runs" in text
+        and "Load more" in text
+        and "strength_grid" in text
+    )
 
 
 def test_artifact_view_shows_a_report_figure(chromium, server, experiment, runs, tmp_path):

@@ -42,8 +42,15 @@ def metrics(project) -> dict:
 
 def test_the_branch_runs_and_the_model_learns(reproduced):
     project, output = reproduced
-    assert ran_stages(output) == {"validate", "download", "headline_cifar10", *(f"train_cifar10@{r}" for r in REGULARIZERS), "evaluate_cifar10",
-                                  TARGET, "compare_cifar10"}
+    assert ran_stages(output) == {
+        "validate",
+        "download",
+        "headline_cifar10",
+        *(f"train_cifar10@{r}" for r in REGULARIZERS),
+        "evaluate_cifar10",
+        TARGET,
+        "compare_cifar10",
+    }
     result = metrics(project)
     assert set(result["grid"]) == {"lambda_0", "lambda_0.01"}
     for run in [result["headline"], *result["grid"].values()]:
@@ -66,8 +73,12 @@ def test_mlflow_has_a_parent_with_nested_runs_and_their_weights(reproduced):
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("wd-cifar10")
     runs = client.search_runs([experiment.experiment_id])
-    (parent,) = [r for r in runs if r.data.tags.get("wd_lab.role") == "cifar10-grid" and r.data.params["regularizer"] == "l2"]
-    assert {r.data.params["regularizer"] for r in runs if r.data.tags.get("wd_lab.role") == "cifar10-grid"} == set(REGULARIZERS)
+    (parent,) = [
+        r for r in runs if r.data.tags.get("wd_lab.role") == "cifar10-grid" and r.data.params["regularizer"] == "l2"
+    ]
+    assert {r.data.params["regularizer"] for r in runs if r.data.tags.get("wd_lab.role") == "cifar10-grid"} == set(
+        REGULARIZERS
+    )
     members = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {float(r.data.params["lambda"]) for r in members} == {0.0, 0.01}
     for member in members:
@@ -92,12 +103,16 @@ def test_exp_run_on_cifar_wd_reruns_only_the_headline_branch(reproduced, tmp_pat
 
     outside = dvc(project, "exp", "run", "-S", "cifar10.wd=0.003", TARGET)
     assert ran_stages(outside.stdout) == {"validate", "headline_cifar10", "evaluate_cifar10", TARGET}
-    assert "training headline run" in outside.stdout + outside.stderr and metrics(project)["headline"]["lambda"] == 0.003
+    assert (
+        "training headline run" in outside.stdout + outside.stderr and metrics(project)["headline"]["lambda"] == 0.003
+    )
 
 
 def test_same_seed_gives_identical_metrics_on_cpu(reproduced, tmp_path):
     project = clone_project(reproduced[0], tmp_path / "project")
-    paths = [project / f"results/cifar10/grid_{r}_history.csv" for r in ("l2", "dropout")]  # dropout: its masks are seeded too
+    paths = [
+        project / f"results/cifar10/grid_{r}_history.csv" for r in ("l2", "dropout")
+    ]  # dropout: its masks are seeded too
     before = [path.read_bytes() for path in paths]
     for regularizer in ("l2", "dropout"):
         dvc(project, "repro", "--force", "--single-item", f"train_cifar10@{regularizer}")

@@ -33,18 +33,30 @@ def reproduced(synthetic_template, tmp_path_factory):
 def test_repro_runs_every_synthetic_stage_and_meets_the_bar(reproduced):
     project, output = reproduced
     assert ran_stages(output) == {
-        "validate", "generate", "headline_synthetic", *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")), "cross_validate", "evaluate_synthetic", "report_synthetic",
+        "validate",
+        "generate",
+        "headline_synthetic",
+        *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")),
+        "cross_validate",
+        "evaluate_synthetic",
+        "report_synthetic",
         "compare_synthetic",
     }
     metrics = json.loads((project / "metrics/synthetic.json").read_text())
     base, three = metrics["grid"]["lambda_0"], metrics["grid"]["lambda_3"]
     # the means over the committed seeds land in the reference's range over 10 seeds (shared/REFERENCE.md §2)
     assert metrics["seeds"] >= 10
-    assert 12.8 <= base["w_norm"]["mean"] <= 15.0 and 70 <= base["test_loss"]["mean"] <= 112 and base["train_loss"]["mean"] < 1e-4
+    assert (
+        12.8 <= base["w_norm"]["mean"] <= 15.0
+        and 70 <= base["test_loss"]["mean"] <= 112
+        and base["train_loss"]["mean"] < 1e-4
+    )
     assert 0.35 <= three["w_norm"]["mean"] <= 0.43 and 0.058 <= three["test_loss"]["mean"] <= 0.135
     assert three["test_loss"]["ci_high"] < base["test_loss"]["ci_low"], "the difference exceeds the seed spread"
     assert headline(project)["lambda"] == 0.0
-    assert headline(project)["test_loss"] == pytest.approx(base["test_loss"], rel=1e-4), "the headline is the grid's λ = 0 run"
+    assert headline(project)["test_loss"] == pytest.approx(base["test_loss"], rel=1e-4), (
+        "the headline is the grid's λ = 0 run"
+    )
     assert metrics["cv"]["best_lambda"] > 0 and sum(metrics["cv"]["chosen"].values()) == metrics["seeds"]
     for figure in ("loss_curves", "loss_vs_lambda", "wnorm_vs_lambda", "wnorm_vs_epoch", "cv_choices"):
         png = project / "reports/figures/synthetic" / f"{figure}.png"
@@ -89,7 +101,9 @@ def test_mlflow_holds_every_training_run(reproduced):
     assert {(float(m.data.params["strength"]), int(m.data.params["seed"])) for m in members} == {
         (lam, seed) for lam in (0, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100) for seed in range(10)
     }
-    dropout = [m for m in by_role["synthetic-grid-member"] if m.data.tags["mlflow.parentRunId"] == grids["dropout"].info.run_id]
+    dropout = [
+        m for m in by_role["synthetic-grid-member"] if m.data.tags["mlflow.parentRunId"] == grids["dropout"].info.run_id
+    ]
     assert {float(m.data.params["strength"]) for m in dropout} == {0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9}
     assert all(run.info.status == "FINISHED" for run in runs)
     history = client.get_metric_history(members[0].info.run_id, "test_loss")
@@ -109,11 +123,20 @@ def test_exp_run_l1_reports_exact_zeros_and_the_lasso_and_trains_only_the_headli
     trains; the study's page turns to L1, with its exact zeros and the scikit-learn lasso reference."""
     project = fresh
     run = dvc(project, "exp", "run", "-S", "synthetic.regularizer=l1", "-S", "wd=0.3", *SYNTHETIC_BRANCH)
-    assert ran_stages(run.stdout) == {"validate", "headline_synthetic", "evaluate_synthetic", "report_synthetic", "compare_synthetic"}
+    assert ran_stages(run.stdout) == {
+        "validate",
+        "headline_synthetic",
+        "evaluate_synthetic",
+        "report_synthetic",
+        "compare_synthetic",
+    }
     metrics = json.loads((project / "metrics/synthetic.json").read_text())
     assert metrics["regularizer"] == "l1" and headline(project)["zeros"]["mean"] > 0
     grid = metrics["grid"]
-    assert grid["lambda_3"]["zeros"]["mean"] == 200 and grid["lambda_0.001"]["reference_zeros"]["mean"] > grid["lambda_0.001"]["zeros"]["mean"]
+    assert (
+        grid["lambda_3"]["zeros"]["mean"] == 200
+        and grid["lambda_0.001"]["reference_zeros"]["mean"] > grid["lambda_0.001"]["zeros"]["mean"]
+    )
     page = (project / "reports/synthetic.md").read_text()
     assert "# The `l1` regulariser" in page and "exact lasso" in page and "exact zeros" in page
     by_seed = pd.read_csv(project / "results/synthetic/by_seed.csv")
@@ -140,7 +163,9 @@ def test_exp_run_wd3_reruns_only_what_depends_on_wd(fresh):
     assert {path: path.read_bytes() for path in (project / "reports").rglob("*") if path.is_file()} == pages
     after = headline(project)
     assert after["lambda"] == 3.0
-    assert 70 <= before["test_loss"]["mean"] <= 112 and 0.058 <= after["test_loss"]["mean"] <= 0.135  # the reference bands
+    assert (
+        70 <= before["test_loss"]["mean"] <= 112 and 0.058 <= after["test_loss"]["mean"] <= 0.135
+    )  # the reference bands
     assert 12.8 <= before["w_norm"]["mean"] <= 15.0 and 0.35 <= after["w_norm"]["mean"] <= 0.43
     assert after["test_loss"]["std"] > 0, "the headline reports its spread over seeds"
 
@@ -151,7 +176,7 @@ def test_exp_run_wd3_reruns_only_what_depends_on_wd(fresh):
             for rev in exp["revs"]:
                 data = rev["data"]
                 exps[exp.get("name") or rev["name"]] = data
-    (name, data), = exps.items()
+    ((name, data),) = exps.items()
     wd = data["params"]["params.yaml"]["data"]["wd"]
     test_loss = data["metrics"]["metrics/synthetic_headline.json"]["data"]["headline"]["test_loss"]
     assert wd == 3 and test_loss == after["test_loss"], "dvc exp show carries the mean and the spread"
@@ -163,7 +188,9 @@ def test_exp_run_wd3_reruns_only_what_depends_on_wd(fresh):
     by_role: dict[str, list] = {}
     for run in tagged:
         by_role.setdefault(run.data.tags["wd_lab.role"], []).append(run)
-    assert [(r.data.params["regularizer"], r.data.params["strength"]) for r in by_role["synthetic-headline"]] == [("l2", "3")]
+    assert [(r.data.params["regularizer"], r.data.params["strength"]) for r in by_role["synthetic-headline"]] == [
+        ("l2", "3")
+    ]
     assert sorted(int(r.data.params["seed"]) for r in by_role["synthetic-headline-member"]) == list(range(10))
     tagged = by_role["synthetic-headline"]
     baseline = git(project, "rev-parse", "HEAD").stdout.strip()

@@ -12,7 +12,12 @@ from tests.workspace import SYNTHETIC_BRANCH, clone_project, dvc
 
 pytestmark = pytest.mark.slow
 
-WDS = (0.1, 0.3, 1.0, 3.0)  # none is the committed wd = 0, whose run the run cache (and the template's store) already hold
+WDS = (
+    0.1,
+    0.3,
+    1.0,
+    3.0,
+)  # none is the committed wd = 0, whose run the run cache (and the template's store) already hold
 
 
 def wait_for_queue(project, timeout: float = 900) -> str:
@@ -61,4 +66,6 @@ def test_four_queued_experiments_two_workers(queued_project):
     assert sorted(float(r.data.params["lambda"]) for r in queued) == sorted(WDS), "each queued λ trained once"
     assert {r.data.tags["dvc.exp_name"] for r in queued} == names and len(names) == len(WDS)
     assert all(r.info.status == "FINISHED" for r in runs)
-    assert not list((project / ".dvc" / "tmp" / "exps").glob("**/mlflow.db")), "no run may write a store in its temp copy"
+    assert not list((project / ".dvc" / "tmp" / "exps").glob("**/mlflow.db")), (
+        "no run may write a store in its temp copy"
+    )

@@ -14,7 +14,17 @@ import pytest
 
 from tests.ray_cluster import NO_AUTH, free_port, ray_cluster
 from tests.workspace import (
-    ROOT, background, cifar_project, clone_project, commit_all, dvc, load_params, set_key, stage, stage_command, write_params,
+    ROOT,
+    background,
+    cifar_project,
+    clone_project,
+    commit_all,
+    dvc,
+    load_params,
+    set_key,
+    stage,
+    stage_command,
+    write_params,
 )
 from wdlab.errors import StageError
 from wdlab.executor import check_address, check_device
@@ -36,8 +46,15 @@ TINY = {  # 5 (regulariser, strength) × 2 seeds, ~3 s a run on one core
     "cifar10.wd": 1.0e-2,  # in the grid: the headline takes the grid's runs
 }
 REGULARIZERS = ("l2", "decoupled", "l1", "dropout")
-OUTPUTS = tuple(f"{folder}/grid_{r}{suffix}" for r in REGULARIZERS for folder, suffix in
-                (("models/cifar10", ".pt"), ("results/cifar10", "_history.csv"), ("results/cifar10", "_layer_norms.csv")))
+OUTPUTS = tuple(
+    f"{folder}/grid_{r}{suffix}"
+    for r in REGULARIZERS
+    for folder, suffix in (
+        ("models/cifar10", ".pt"),
+        ("results/cifar10", "_history.csv"),
+        ("results/cifar10", "_layer_norms.csv"),
+    )
+)
 RECORD = "models/cifar10/grid_l2_run.json"  # the l2 grid: 2 λ × 2 seeds, the one the kill tests run
 GRID = "train_cifar10@l2"
 METRICS = "metrics/cifar10.json"
@@ -105,10 +122,18 @@ def test_the_grid_on_two_nodes_gives_the_local_outputs(local_grid, tmp_path):
         nodes = cluster.node_ids
         # then the rest of the branch: the headline takes its runs from the ray-trained grid, evaluate re-evaluates
         evaluated = dvc(project, "repro", "evaluate_cifar10", **cluster.env)
-    assert ran_stages(run.stdout) == {f"train_cifar10@{r}" for r in REGULARIZERS}, "--single-item: the grids alone, on the cluster"
-    assert outputs(project).items() <= expected.items(), "same params and seeds: byte-identical weights, histories and layer norms"
+    assert ran_stages(run.stdout) == {f"train_cifar10@{r}" for r in REGULARIZERS}, (
+        "--single-item: the grids alone, on the cluster"
+    )
+    assert outputs(project).items() <= expected.items(), (
+        "same params and seeds: byte-identical weights, histories and layer norms"
+    )
     # every regulariser's grid, dropout's masks and L1's thresholding included, spread over both nodes
-    spread = {run["node"] for r in REGULARIZERS for run in json.loads((project / f"models/cifar10/grid_{r}_run.json").read_text())["runs"].values()}
+    spread = {
+        run["node"]
+        for r in REGULARIZERS
+        for run in json.loads((project / f"models/cifar10/grid_{r}_run.json").read_text())["runs"].values()
+    }
     assert spread == set(nodes.values())
     assert "none retrained" in evaluated.stdout + evaluated.stderr
     assert (project / METRICS).read_bytes() == expected[METRICS], "the branch's metrics are local's, to the byte"
@@ -118,7 +143,8 @@ def test_the_grid_on_two_nodes_gives_the_local_outputs(local_grid, tmp_path):
     assert {run["node"] for run in runs.values()} == {nodes["head"], nodes["worker0"]}, "spread over both nodes"
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     members = client.search_runs(
-        [client.get_experiment_by_name("wd-cifar10").experiment_id], f"tags.mlflow.parentRunId = '{record(project)['run_id']}'"
+        [client.get_experiment_by_name("wd-cifar10").experiment_id],
+        f"tags.mlflow.parentRunId = '{record(project)['run_id']}'",
     )
     assert len(members) == 4 and all(m.info.status == "FINISHED" for m in members)
     assert {m.data.tags["wd_lab.node"] for m in members} == set(nodes.values())
@@ -133,8 +159,12 @@ def test_a_worker_node_killed_mid_grid_loses_nothing(local_grid, tmp_path):
         returncode, log = stage_killed_mid_run(project, cluster)
         assert returncode == 0, log[-3000:]
         head = cluster.node_ids["head"]
-    assert outputs(project).items() <= expected.items(), "the run that died was trained again, from scratch, to the same bits"
-    assert {run["node"] for run in record(project)["runs"].values()} == {head}, "every run the worker had is retried on the head"
+    assert outputs(project).items() <= expected.items(), (
+        "the run that died was trained again, from scratch, to the same bits"
+    )
+    assert {run["node"] for run in record(project)["runs"].values()} == {head}, (
+        "every run the worker had is retried on the head"
+    )
 
 
 def test_a_failed_grid_keeps_its_finished_runs_and_a_rerun_trains_only_the_rest(local_grid, tmp_path):
@@ -169,8 +199,14 @@ def test_a_wrong_ray_address_stops_in_seconds_with_one_line(tmp_path):
     write_params(tmp_path / "params.yaml", params)
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     start = time.monotonic()
-    proc = stage(GRID, tmp_path, check=False, PYTHONPATH=str(ROOT), RAY_ADDRESS=address,
-                 MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proc = stage(
+        GRID,
+        tmp_path,
+        check=False,
+        PYTHONPATH=str(ROOT),
+        RAY_ADDRESS=address,
+        MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}",
+    )
     assert time.monotonic() - start < 30
     assert proc.returncode == 2
     (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]

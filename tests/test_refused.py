@@ -16,12 +16,12 @@ from tests.workspace import ROOT, SYNTHETIC_BRANCH, clone_project, dvc, git, loa
 # (what the user sets with -S, words of the one line): each stage a user reaches with -S; the whole pipeline is the
 # target, as `dvc exp run -S …` alone has it, so the CIFAR-10 branch (never reproduced here) is reached too
 REFUSED = [
-    ("wd=-1", "wd = -1 must be >= 0"),                                         # headline_synthetic
+    ("wd=-1", "wd = -1 must be >= 0"),  # headline_synthetic
     ("wd=three", "wd = 'three' must be a number"),
-    ("device=tpu", "device = 'tpu' must be one of auto, cpu, cuda, mps"),      # every training stage
+    ("device=tpu", "device = 'tpu' must be one of auto, cpu, cuda, mps"),  # every training stage
     ("+synthetic.train.momentum=0.9", "unknown key 'synthetic.train.momentum'"),  # a new key takes `+` in DVC
     ("synthetic.strengths.l2=[-1]", "synthetic.strengths.l2 = [-1] every λ must be >= 0"),  # train_synthetic@l2
-    ("cifar10.train.lr=0", "cifar10.train.lr = 0 must be > 0"),                # the CIFAR-10 training stages
+    ("cifar10.train.lr=0", "cifar10.train.lr = 0 must be > 0"),  # the CIFAR-10 training stages
 ]
 # git's and DVC's own bookkeeping: `dvc exp run` leaves a ref in .git (the work tree is what `git status` checks)
 # and locks and its index in .dvc/tmp. Everything else counts: outputs, dvc.lock, DVC's cache (so its run cache

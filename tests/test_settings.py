@@ -21,7 +21,9 @@ def test_committed_params_are_valid():
     assert 3.0 in settings.synthetic.lambda_grid and 0.0 in settings.synthetic.lambda_grid
     assert len(settings.synthetic.lambda_grid) >= 10
     assert max(settings.synthetic.lambda_grid) >= 100
-    assert 0.0 in settings.cifar10.lambda_grid and settings.cifar10.wd in settings.cifar10.lambda_grid, "the headline is a grid run"
+    assert 0.0 in settings.cifar10.lambda_grid and settings.cifar10.wd in settings.cifar10.lambda_grid, (
+        "the headline is a grid run"
+    )
     assert len(settings.cifar10.seeds) >= 3, "every CIFAR-10 finding with its spread over seeds"
     assert len(settings.synthetic.seeds) >= 10, "spread comparable with the reference's 10 seeds"
 
@@ -82,7 +84,9 @@ BAD = [
 def test_the_executor_is_no_stage_dependency_and_fractional_gpus_are_allowed():
     """It changes where runs happen, never what they compute: DVC must not rerun a stage when it changes."""
     stages = load_params(ROOT / "dvc.yaml")["stages"]
-    listed = [key for spec in stages.values() for key in (spec.get("do", spec).get("params") or []) if isinstance(key, str)]
+    listed = [
+        key for spec in stages.values() for key in (spec.get("do", spec).get("params") or []) if isinstance(key, str)
+    ]
     assert not [key for key in listed if key.startswith("executor")]
     assert parse_settings(set_key(copy.deepcopy(BASE), "executor.gpus_per_run", 0.25)).executor.gpus_per_run == 0.25
     assert parse_settings(set_key(copy.deepcopy(BASE), "executor.gpus_per_run", 2)).executor.gpus_per_run == 2
@@ -105,7 +109,10 @@ def test_bad_value_stops_the_stage_with_one_line_and_touches_nothing(key, value,
     ("mutate", "words"),
     [
         (lambda p: p.__setitem__("wd_gird", [1]), "unknown key 'wd_gird'"),
-        (lambda p: p["synthetic"]["train"].__setitem__("learning_rate", 1), "unknown key 'synthetic.train.learning_rate'"),
+        (
+            lambda p: p["synthetic"]["train"].__setitem__("learning_rate", 1),
+            "unknown key 'synthetic.train.learning_rate'",
+        ),
         (lambda p: p.pop("wd"), "missing key 'wd'"),
         (lambda p: p["synthetic"]["strengths"].pop("l1"), "missing key 'synthetic.strengths.l1'"),
     ],
@@ -123,7 +130,9 @@ def test_headline_strength_of_dropout_is_a_rate(study, key):
     """wd is a λ for the penalties, but a dropout rate for dropout: 3 is refused there, naming both keys."""
     params = set_key(copy.deepcopy(BASE), f"{study}.regularizer", "dropout")
     parse_settings(set_key(copy.deepcopy(params), key, 0.5))
-    with pytest.raises(ParamsError, match=rf"{key} = 3 must be a dropout rate in \[0, 1\) when {study}.regularizer is dropout"):
+    with pytest.raises(
+        ParamsError, match=rf"{key} = 3 must be a dropout rate in \[0, 1\) when {study}.regularizer is dropout"
+    ):
         parse_settings(set_key(params, key, 3))
 
 

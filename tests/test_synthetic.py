@@ -42,6 +42,7 @@ def final(run: training.GridRun, name: str, g: int) -> torch.Tensor:
 
 # ---------- generator ----------
 
+
 def test_generator_shapes_and_statistics():
     big = DATA.model_copy(update=dict(n_train=2000, n_test=2000))
     data = synthetic_data.make_dataset(big, seeds=(1,))
@@ -66,6 +67,7 @@ def test_generator_is_deterministic_per_seed():
 # ---------- training: the correctness bar, on the mean over the committed seeds ----------
 # The brackets are the reference implementation's range over 10 seeds (shared/REFERENCE.md §2): our mean over
 # as many seeds must land inside it.
+
 
 def test_lambda_zero_overfits(default_run):
     w_norm, test_loss, train_loss = (final(default_run, k, 0) for k in ("w_norm", "test_loss", "train_loss"))
@@ -104,7 +106,15 @@ def test_scratch_and_concise_agree(splits):
     train, test = splits
     lambdas = (0.0, 0.3, 3.0, 30.0)
     runs = {
-        impl: training.train_grid(train, lambdas, TRAIN.model_copy(update=dict(implementation=impl)), SEEDS, CPU, {"test": test}, progress=False)
+        impl: training.train_grid(
+            train,
+            lambdas,
+            TRAIN.model_copy(update=dict(implementation=impl)),
+            SEEDS,
+            CPU,
+            {"test": test},
+            progress=False,
+        )
         for impl in ("scratch", "concise")
     }
     torch.testing.assert_close(runs["scratch"].weight, runs["concise"].weight, rtol=1e-4, atol=1e-5)
@@ -125,7 +135,9 @@ def test_batched_grid_matches_one_run_at_a_time(splits):
 
 def test_same_seed_same_result_other_seed_differs(splits):
     train, _ = splits
-    a, b, c = (training.train_grid(train.seed(0), (0.0, 3.0), TRAIN, (seed,), CPU, progress=False) for seed in (0, 0, 1))
+    a, b, c = (
+        training.train_grid(train.seed(0), (0.0, 3.0), TRAIN, (seed,), CPU, progress=False) for seed in (0, 0, 1)
+    )
     assert torch.equal(a.weight, b.weight) and torch.equal(a.history["train_loss"], b.history["train_loss"])
     assert not torch.equal(a.weight, c.weight), "the seed draws the initial weights and the batch order"
 
@@ -148,6 +160,7 @@ def test_everything_diverging_stops_early(splits):
 
 
 # ---------- exact ridge and cross-validation ----------
+
 
 @pytest.mark.parametrize("lam", [0.0, 0.01, 3.0, 100.0])
 def test_ridge_matches_numpy(splits, lam):
@@ -187,7 +200,9 @@ def test_sgd_approaches_ridge_with_strong_decay(splits):
     ratios = {}
     for g, lam in enumerate(lambdas):
         w, b = ridge.ridge_solution(train, lam)
-        ridge_test = training.squared_loss(training.predict(test.x.double(), w[:, None], b[:, None]), test.y.double())[:, 0]
+        ridge_test = training.squared_loss(training.predict(test.x.double(), w[:, None], b[:, None]), test.y.double())[
+            :, 0
+        ]
         ratios[lam] = final(run, "test_loss", g).double() / ridge_test
     assert ((ratios[100.0] - 1).abs() < 0.1).all() and abs(ratios[100.0].mean() - 1) < 0.05
     assert abs(ratios[30.0].mean() - 1) < 0.15
@@ -228,7 +243,9 @@ def test_decoupled_decay_is_coupled_l2_for_plain_sgd(splits):
     train, test = splits
     lambdas = SETTINGS.synthetic.strengths.l2
     coupled = training.train_grid(train, lambdas, TRAIN, SEEDS, CPU, {"test": test}, progress=False, regularizer="l2")
-    decoupled = training.train_grid(train, lambdas, TRAIN, SEEDS, CPU, {"test": test}, progress=False, regularizer="decoupled")
+    decoupled = training.train_grid(
+        train, lambdas, TRAIN, SEEDS, CPU, {"test": test}, progress=False, regularizer="decoupled"
+    )
     torch.testing.assert_close(decoupled.weight, coupled.weight, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(decoupled.history["test_loss"], coupled.history["test_loss"], rtol=1e-3, atol=1e-6)
     assert not torch.equal(decoupled.weight, coupled.weight), "two implementations, not one code path"
@@ -282,14 +299,19 @@ def test_input_dropout_is_per_feature_ridge_in_expectation(splits):
     train = synthetic_data.Split(train.x[:2], train.y[:2])
     x, y = train.x.double(), train.y.double()
     gen = torch.Generator().manual_seed(0)
-    w, b = 0.1 * torch.randn(2, 1, DATA.n_features, generator=gen, dtype=torch.float64), torch.zeros(2, 1, dtype=torch.float64)
+    w, b = (
+        0.1 * torch.randn(2, 1, DATA.n_features, generator=gen, dtype=torch.float64),
+        torch.zeros(2, 1, dtype=torch.float64),
+    )
     stepper = training.DropoutStepper(w.clone(), b.clone(), torch.tensor([rate], dtype=torch.float64), 0.0, seeds)
     total = torch.zeros(2, dtype=torch.float64)
     for _ in range(draws // 100):
         xs = torch.stack([stepper.masked(x) for _ in range(100)])  # [100, S, 1, n, d]
         pred = (xs * w[None, :, :, None, :]).sum(dim=-1) + b[None, :, :, None]
         total += ((pred - y[None, :, None, :]) ** 2 / 2).mean(dim=-1).sum(dim=0)[:, 0]
-    expected = training.squared_loss(training.predict(x, w, b), y)[:, 0] + references.penalty("dropout", train, w, rate)[:, 0]
+    expected = (
+        training.squared_loss(training.predict(x, w, b), y)[:, 0] + references.penalty("dropout", train, w, rate)[:, 0]
+    )
     torch.testing.assert_close(total / draws, expected, rtol=0.01, atol=0)
     plain = training.squared_loss(training.predict(x, w, b), y)[:, 0]
     assert ((total / draws - plain) > 0.2 * (expected - plain)).all(), "the penalty is a real part of the expectation"
@@ -303,7 +325,9 @@ def test_dropout_closed_form_is_the_expected_objectives_minimiser(splits):
     rate = 0.5
     w, b = references.dropout_ridge_solution(train, rate)
     w, b = w.clone().requires_grad_(), b.clone().requires_grad_()
-    objective = training.squared_loss(training.predict(train.x.double(), w[:, None], b[:, None]), train.y.double())[:, 0]
+    objective = training.squared_loss(training.predict(train.x.double(), w[:, None], b[:, None]), train.y.double())[
+        :, 0
+    ]
     (objective + references.penalty("dropout", train, w, rate)).sum().backward()
     assert w.grad.abs().max() < 1e-10 and b.grad.abs().max() < 1e-10
     spec = FULL_BATCH.model_copy(update=dict(lr=0.01, epochs=3000))

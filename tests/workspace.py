@@ -67,7 +67,9 @@ def other_kernel_set() -> dict[str, str]:
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=tool_env(**env), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}")
+        raise AssertionError(
+            f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-4000:]}"
+        )
     return proc
 
 
@@ -89,8 +91,15 @@ def kill_group(proc: subprocess.Popen, grace: float = 10) -> None:
 def background(cmd: list[str], cwd: Path, **env: str) -> Iterator[subprocess.Popen]:
     """`cmd` running in a process group of its own, stdout and stderr piped together; the whole group is ended when
     the block exits, also when a test fails inside it, so no process outlives the test that started it."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env=tool_env(**env), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=tool_env(**env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         yield proc
     finally:
@@ -141,7 +150,9 @@ def copy_project(dest: Path) -> Path:
     for name in TRACKED_FOR_COPY:
         src = ROOT / name
         if src.is_dir():
-            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "tmp", "cache"))
+            shutil.copytree(
+                src, dest / name, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache", "tmp", "cache")
+            )
         elif src.exists():
             shutil.copy2(src, dest / name)
     git(dest, "init", "-q", "-b", "main")

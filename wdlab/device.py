@@ -19,7 +19,9 @@ def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device(next(kind for kind in ("cuda", "mps", "cpu") if available[kind]))
     if not available[name]:
-        raise StageError(f"device '{name}' is not available on this machine: set `device: auto` or `cpu` in params.yaml")
+        raise StageError(
+            f"device '{name}' is not available on this machine: set `device: auto` or `cpu` in params.yaml"
+        )
     return torch.device(name)
 
 
@@ -48,7 +50,9 @@ def device_formats(device: torch.device, mixed_precision: bool) -> Formats:
     bf16 = mixed_precision and (
         (device.type == "cuda" and torch.cuda.is_bf16_supported()) or (device.type == "cpu" and cpu_has_bf16())
     )
-    return Formats(device, torch.channels_last if channels_last else torch.contiguous_format, torch.bfloat16 if bf16 else None)
+    return Formats(
+        device, torch.channels_last if channels_last else torch.contiguous_format, torch.bfloat16 if bf16 else None
+    )
 
 
 CUBLAS_WORKSPACE = ":4096:8"  # cuBLAS's deterministic workspace settings: eight 4 MiB buffers (32 MiB)

@@ -44,14 +44,22 @@ class Placement:
     node: str
     host: str
     seconds: float
-    live: bool  # True: the run's epochs reached `on_epoch` as they ended (local); False: its whole record came at the end
+    live: (
+        bool  # True: the run's epochs reached `on_epoch` as they ended (local); False: its whole record came at the end
+    )
 
     def as_tags(self) -> dict[str, str]:
-        return {"wd_lab.executor": self.executor, "wd_lab.node": self.node, "wd_lab.worker_host": self.host,
-                "wd_lab.worker_seconds": f"{self.seconds:.1f}"}
+        return {
+            "wd_lab.executor": self.executor,
+            "wd_lab.node": self.node,
+            "wd_lab.worker_host": self.host,
+            "wd_lab.worker_seconds": f"{self.seconds:.1f}",
+        }
 
 
-OpenRun = Callable[[Any], contextlib.AbstractContextManager]  # spec → context yielding its live epoch callback (or None)
+OpenRun = Callable[
+    [Any], contextlib.AbstractContextManager
+]  # spec → context yielding its live epoch callback (or None)
 Finish = Callable[[Any, Any, Placement], None]  # (spec, result, placement): called in the spec's open_run context
 
 
@@ -82,7 +90,9 @@ def check_device(settings: ExecutorSettings, device: str) -> None:
     if settings.kind != "ray":
         return
     if device == "cuda" and settings.gpus_per_run == 0:
-        raise StageError("the runs compute on cuda but executor.gpus_per_run is 0, so Ray gives them no GPU: set it to 1 (or 0.5 to share one)")
+        raise StageError(
+            "the runs compute on cuda but executor.gpus_per_run is 0, so Ray gives them no GPU: set it to 1 (or 0.5 to share one)"
+        )
     if device != "cuda" and settings.gpus_per_run > 0:
         raise StageError(
             f"executor.gpus_per_run = {settings.gpus_per_run:g} but this machine, the driver, resolves `device` to {device}: "
@@ -90,7 +100,9 @@ def check_device(settings: ExecutorSettings, device: str) -> None:
         )
 
 
-def run_all(specs: Sequence[Spec], work: Work, shared: Any, settings: ExecutorSettings, open_run: OpenRun, finish: Finish) -> None:
+def run_all(
+    specs: Sequence[Spec], work: Work, shared: Any, settings: ExecutorSettings, open_run: OpenRun, finish: Finish
+) -> None:
     """Run `work(spec, shared, on_epoch)` for every spec; `finish(spec, result, placement)` each as it completes,
     inside `open_run(spec)`. Raises StageError once every run has ended if some could not finish."""
     if not specs:
@@ -101,12 +113,16 @@ def run_all(specs: Sequence[Spec], work: Work, shared: Any, settings: ExecutorSe
         _run_ray(specs, work, shared, settings, open_run, finish)
 
 
-def _run_local(specs: Sequence[Any], work: Work, shared: Any, settings: ExecutorSettings, open_run: OpenRun, finish: Finish) -> None:
+def _run_local(
+    specs: Sequence[Any], work: Work, shared: Any, settings: ExecutorSettings, open_run: OpenRun, finish: Finish
+) -> None:
     for spec in specs:
         with open_run(spec) as on_epoch, torch_threads(settings.cpus_per_run):
             start = time.perf_counter()
             result = work(spec, shared, on_epoch)
-            finish(spec, result, Placement("local", "local", socket.gethostname(), time.perf_counter() - start, live=True))
+            finish(
+                spec, result, Placement("local", "local", socket.gethostname(), time.perf_counter() - start, live=True)
+            )
 
 
 @contextlib.contextmanager
@@ -131,7 +147,9 @@ def on_worker(work: Work, spec: Any, shared: Any, threads: int) -> tuple[Any, Pl
     return result, Placement("ray", node, socket.gethostname(), time.perf_counter() - start, live=False)
 
 
-def _run_ray(specs: Sequence[Any], work: Work, shared: Any, settings: ExecutorSettings, open_run: OpenRun, finish: Finish) -> None:
+def _run_ray(
+    specs: Sequence[Any], work: Work, shared: Any, settings: ExecutorSettings, open_run: OpenRun, finish: Finish
+) -> None:
     """One Ray task per spec with the declared resources; results are taken as they finish (ray.wait). A task whose
     worker or node dies is started again elsewhere by Ray, at most `max_retries` times; an exception in `work`
     itself is not retried (the same spec would fail the same way)."""
@@ -141,11 +159,20 @@ def _run_ray(specs: Sequence[Any], work: Work, shared: Any, settings: ExecutorSe
     with ray_session(settings):
         shared_ref = ray.put(shared)  # once into the object store; each node fetches it from there
         task = ray.remote(on_worker).options(
-            num_cpus=settings.cpus_per_run, num_gpus=settings.gpus_per_run, max_retries=settings.max_retries, retry_exceptions=False,
+            num_cpus=settings.cpus_per_run,
+            num_gpus=settings.gpus_per_run,
+            max_retries=settings.max_retries,
+            retry_exceptions=False,
         )
         pending = {task.remote(work, spec, shared_ref, settings.cpus_per_run): spec for spec in specs}
-        log.info("%d runs submitted to Ray (%d CPU, %g GPU each; %d retries): cluster has %s",
-                 len(pending), settings.cpus_per_run, settings.gpus_per_run, settings.max_retries, _cluster(ray))
+        log.info(
+            "%d runs submitted to Ray (%d CPU, %g GPU each; %d retries): cluster has %s",
+            len(pending),
+            settings.cpus_per_run,
+            settings.gpus_per_run,
+            settings.max_retries,
+            _cluster(ray),
+        )
         failed: list[str] = []
         while pending:
             (ready,), _ = ray.wait(list(pending), num_returns=1)
@@ -161,7 +188,14 @@ def _run_ray(specs: Sequence[Any], work: Work, shared: Any, settings: ExecutorSe
                 log.error("%s lost after %d retries: %s", spec, settings.max_retries, type(err).__name__)
                 failed.append(f"{spec}: its worker died, {settings.max_retries} retries used ({type(err).__name__})")
                 continue
-            log.info("%s done on node %s (%s) in %.1f s; %d to go", spec, placement.node[:8], placement.host, placement.seconds, len(pending))
+            log.info(
+                "%s done on node %s (%s) in %.1f s; %d to go",
+                spec,
+                placement.node[:8],
+                placement.host,
+                placement.seconds,
+                len(pending),
+            )
             with open_run(spec):
                 finish(spec, result, placement)
     if failed:
@@ -184,7 +218,10 @@ def ray_session(settings: ExecutorSettings) -> Iterator[None]:
         ray.init(
             address=address or "local",  # "local": a new instance, never someone else's cluster found on this machine
             runtime_env={"py_modules": [str(package)], "excludes": ["__pycache__"]},
-            logging_level=logging.WARNING, log_to_driver=True, configure_logging=False, **options,
+            logging_level=logging.WARNING,
+            log_to_driver=True,
+            configure_logging=False,
+            **options,
         )
     except (ConnectionError, RuntimeError, ValueError) as err:  # e.g. a token the cluster does not accept
         raise StageError(

@@ -90,7 +90,9 @@ def band_note(by_seed: pd.DataFrame) -> str:
     return f"mean and 95 % band over {seeds} seeds" if seeds > 1 else "one seed"
 
 
-def publish(page: Path, text: str, pngs: Sequence[Path], tracker: Tracker, records: Mapping[str, Path], folder: str = "report") -> None:
+def publish(
+    page: Path, text: str, pngs: Sequence[Path], tracker: Tracker, records: Mapping[str, Path], folder: str = "report"
+) -> None:
     """Write the report page and attach it, with its figures, to the MLflow runs of the training stages' records
     (in the runs' artifact `folder`)."""
     write_text(page, text)

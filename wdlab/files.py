@@ -119,7 +119,7 @@ def load_tensors(path: Path | str, made_by: str, required: Sequence[str] = ()) -
     return data
 
 
-def read_table(path: Path | str, made_by: str, required: Sequence[str] = ()) -> "pd.DataFrame":
+def read_table(path: Path | str, made_by: str, required: Sequence[str] = ()) -> pd.DataFrame:
     """A CSV written by stage `made_by`, as a DataFrame with at least the `required` columns."""
     import pandas as pd
 

@@ -58,7 +58,9 @@ def fmt_lambda(value: float) -> str:
     return "0" if value == 0 else f"{value:g}"
 
 
-def markdown_table(table: pd.DataFrame, columns: Mapping[str, str], formats: Mapping[str, Callable[[Any], str]] | None = None) -> str:
+def markdown_table(
+    table: pd.DataFrame, columns: Mapping[str, str], formats: Mapping[str, Callable[[Any], str]] | None = None
+) -> str:
     """`columns` {column: header} of `table` as Markdown: λ as written in params, bools as yes/no, a missing
     value as —, numbers with 3 significant digits unless `formats` gives a column its own."""
     formats = {"lambda": fmt_lambda} | dict(formats or {})
@@ -90,7 +92,9 @@ def stats(values: pd.Series) -> dict[str, float | None]:
     return {"mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half}
 
 
-def seed_summary(by_seed: pd.DataFrame, metrics: Sequence[str], by: str = "lambda", untrained: Sequence[str] = ()) -> pd.DataFrame:
+def seed_summary(
+    by_seed: pd.DataFrame, metrics: Sequence[str], by: str = "lambda", untrained: Sequence[str] = ()
+) -> pd.DataFrame:
     """One row per `by` value: for each metric its `_mean`, `_std`, `_ci_low`, `_ci_high` over the seeds that did not
     diverge (a diverged run's numbers mean nothing), the number of seeds and how many of them diverged.
     `untrained` metrics (an exact solution, say) do not depend on the run, so every seed counts for them."""
@@ -116,7 +120,9 @@ def by_strength(summary: pd.DataFrame, metrics: Sequence[str]) -> dict[str, dict
     """Per strength of a seed_summary table, each metric's mean and std over seeds, {lambda_<λ>: {metric: {mean, std}}}:
     the scores a choice of strength was made on, which tell the regression check whether a moved choice is a tie."""
     return {
-        f"lambda_{row['lambda']:g}": {m: json_record({"mean": row[f"{m}_mean"], "std": row[f"{m}_std"]}) for m in metrics}
+        f"lambda_{row['lambda']:g}": {
+            m: json_record({"mean": row[f"{m}_mean"], "std": row[f"{m}_std"]}) for m in metrics
+        }
         for row in summary.to_dict("records")
     }
 

@@ -49,7 +49,9 @@ def _gpus(value: float) -> float:
 Text = Annotated[str, Field(min_length=1)]
 Probability = Annotated[float, AfterValidator(_probability)]
 # The tuple alone is lax so that a YAML list becomes a tuple; its items stay strict floats (config below).
-LambdaGrid = Annotated[tuple[float, ...], Field(strict=False, min_length=1, description="the λ values compared"), AfterValidator(_lambdas)]
+LambdaGrid = Annotated[
+    tuple[float, ...], Field(strict=False, min_length=1, description="the λ values compared"), AfterValidator(_lambdas)
+]
 Seeds = Annotated[tuple[int, ...], Field(strict=False), AfterValidator(_seeds)]
 Regularizer = Literal["l2", "decoupled", "l1", "dropout"]
 REGULARIZERS: tuple[str, ...] = get_args(Regularizer)
@@ -83,7 +85,9 @@ class Strengths(_Model):
 
 class TrackingSettings(_Model):
     enabled: bool = Field(description="false: train without MLflow")
-    uri: Text = Field(description="used when MLFLOW_TRACKING_URI is unset; a relative sqlite path lives at the project root")
+    uri: Text = Field(
+        description="used when MLFLOW_TRACKING_URI is unset; a relative sqlite path lives at the project root"
+    )
     experiment_synthetic: Text
     experiment_cifar10: Text
 
@@ -98,7 +102,9 @@ class SyntheticData(_Model):
 
 
 class SyntheticTrain(_Model):
-    implementation: Literal["scratch", "concise"] = Field(description="scratch: λ/2·‖w‖² in the loss; concise: SGD(weight_decay=λ)")
+    implementation: Literal["scratch", "concise"] = Field(
+        description="scratch: λ/2·‖w‖² in the loss; concise: SGD(weight_decay=λ)"
+    )
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)
     epochs: int = Field(ge=1)
@@ -106,8 +112,12 @@ class SyntheticTrain(_Model):
 
 
 class SyntheticSettings(_Model):
-    seeds: Seeds = Field(description="one run of every λ per seed: each draws its own data, initial weights, batch order and folds")
-    regularizer: Regularizer = Field(description="the headline run's (strength = wd) and the one the synthetic report studies")
+    seeds: Seeds = Field(
+        description="one run of every λ per seed: each draws its own data, initial weights, batch order and folds"
+    )
+    regularizer: Regularizer = Field(
+        description="the headline run's (strength = wd) and the one the synthetic report studies"
+    )
     data: SyntheticData
     train: SyntheticTrain
     strengths: Strengths
@@ -116,6 +126,7 @@ class SyntheticSettings(_Model):
     def lambda_grid(self) -> tuple[float, ...]:
         """The strength grid of the regulariser this study reports on."""
         return self.strengths.of(self.regularizer)
+
     cv_folds: int = Field(ge=2, description="k-fold cross-validation on the training set picks λ")
 
 
@@ -125,10 +136,15 @@ class CifarDownload(_Model):
 
 
 class CifarData(_Model):
-    split_seed: int = Field(ge=0, description="draws the training subset and the validation images, the same for every seed")
+    split_seed: int = Field(
+        ge=0, description="draws the training subset and the validation images, the same for every seed"
+    )
     train_subset: int = Field(ge=0, description="0 = every training image not held out for validation")
     valid_size: int = Field(ge=10, description="training images held out to choose λ; never trained on")
-    curve_subset: int = Field(ge=0, description="images of each split the per-epoch curves are measured on (0 = all); the last epoch uses every image")
+    curve_subset: int = Field(
+        ge=0,
+        description="images of each split the per-epoch curves are measured on (0 = all); the last epoch uses every image",
+    )
     augment: bool = Field(description="random flip + crop")
 
 
@@ -147,8 +163,12 @@ class CifarTrain(_Model):
     warmup_fraction: Probability
     label_smoothing: Probability
     decay_norm_and_bias: bool = Field(description="false: λ applies to conv/linear weights only")
-    mixed_precision: bool = Field(description="bf16 autocast where the hardware computes in bf16 (CUDA, CPUs with AVX512-BF16)")
-    deterministic: bool = Field(description="CUDA: deterministic kernels, so a rerun reproduces every number; false: torch's faster defaults. The CPU is deterministic either way")
+    mixed_precision: bool = Field(
+        description="bf16 autocast where the hardware computes in bf16 (CUDA, CPUs with AVX512-BF16)"
+    )
+    deterministic: bool = Field(
+        description="CUDA: deterministic kernels, so a rerun reproduces every number; false: torch's faster defaults. The CPU is deterministic either way"
+    )
 
 
 class CifarStrengths(Strengths):
@@ -159,8 +179,12 @@ class CifarStrengths(Strengths):
 
 
 class CifarSettings(_Model):
-    seeds: Seeds = Field(description="one run of every λ per seed: each draws its own initial weights, batch order and augmentation")
-    regularizer: Regularizer = Field(description="the headline run's (strength = cifar10.wd) and the one the CIFAR-10 report studies")
+    seeds: Seeds = Field(
+        description="one run of every λ per seed: each draws its own initial weights, batch order and augmentation"
+    )
+    regularizer: Regularizer = Field(
+        description="the headline run's (strength = cifar10.wd) and the one the CIFAR-10 report studies"
+    )
     wd: float = Field(ge=0, description="strength of the CIFAR-10 headline run: λ, or the dropout rate p")
     download: CifarDownload
     data: CifarData
@@ -177,11 +201,24 @@ class CifarSettings(_Model):
 class ExecutorSettings(_Model):
     """Where the runs of a grid stage happen. It never changes what a run computes, so no stage lists it in dvc.yaml."""
 
-    kind: Literal["local", "ray"] = Field("local", description="local: one run after another in the stage's process; ray: each run a Ray task")
-    address: Text | None = Field(None, description="the Ray cluster, host:port of its head (ray start --head); null: RAY_ADDRESS, else a Ray instance on this machine")
-    cpus_per_run: int = Field(2, ge=1, description="CPU cores a run reserves on a Ray node, and the torch threads it computes with under either executor")
-    gpus_per_run: Annotated[float, AfterValidator(_gpus)] = Field(0.0, ge=0, description="GPUs a run reserves on a Ray node: 1 = a whole GPU, 0.5 = two runs share one, 0 = none")
-    max_retries: int = Field(3, ge=0, description="how often a run whose worker or node died is started again elsewhere")
+    kind: Literal["local", "ray"] = Field(
+        "local", description="local: one run after another in the stage's process; ray: each run a Ray task"
+    )
+    address: Text | None = Field(
+        None,
+        description="the Ray cluster, host:port of its head (ray start --head); null: RAY_ADDRESS, else a Ray instance on this machine",
+    )
+    cpus_per_run: int = Field(
+        2,
+        ge=1,
+        description="CPU cores a run reserves on a Ray node, and the torch threads it computes with under either executor",
+    )
+    gpus_per_run: Annotated[float, AfterValidator(_gpus)] = Field(
+        0.0, ge=0, description="GPUs a run reserves on a Ray node: 1 = a whole GPU, 0.5 = two runs share one, 0 = none"
+    )
+    max_retries: int = Field(
+        3, ge=0, description="how often a run whose worker or node died is started again elsewhere"
+    )
 
 
 class Settings(_Model):
@@ -197,7 +234,9 @@ class Settings(_Model):
         if self.synthetic.regularizer == "dropout" and not self.wd < 1:
             raise ValueError(f"wd = {self.wd:g} must be a dropout rate in [0, 1) when synthetic.regularizer is dropout")
         if self.cifar10.regularizer == "dropout" and not self.cifar10.wd < 1:
-            raise ValueError(f"cifar10.wd = {self.cifar10.wd:g} must be a dropout rate in [0, 1) when cifar10.regularizer is dropout")
+            raise ValueError(
+                f"cifar10.wd = {self.cifar10.wd:g} must be a dropout rate in [0, 1) when cifar10.regularizer is dropout"
+            )
         return self
 
 

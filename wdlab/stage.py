@@ -32,21 +32,33 @@ def parser_with_paths(module_doc: str | None, prog: str, paths: Mapping[str, str
     return cli
 
 
-def training_parser(module_doc: str | None, prog: str, grid_key: str, headline_key: str, **outputs: str) -> argparse.ArgumentParser:
+def training_parser(
+    module_doc: str | None, prog: str, grid_key: str, headline_key: str, **outputs: str
+) -> argparse.ArgumentParser:
     """A training stage's command line: which run (the headline strength or one regulariser's whole grid), its data
     and where its outputs go."""
-    cli = parser_with_paths(module_doc, prog, {
-        "data": "the dataset the download/generate stage wrote",
-        "model": "trained weights (output)",
-        "history": "per-epoch metrics, long format (output)",
-        "record": "run record: how it ran and its MLflow run (output)",
-    } | {name.replace("_", "-"): what for name, what in outputs.items()})
-    cli.add_argument("run", choices=("headline", *REGULARIZERS),
-                     help=f"headline: the study's regulariser at strength {headline_key}; a regulariser: its whole grid, {grid_key}.<name>")
+    cli = parser_with_paths(
+        module_doc,
+        prog,
+        {
+            "data": "the dataset the download/generate stage wrote",
+            "model": "trained weights (output)",
+            "history": "per-epoch metrics, long format (output)",
+            "record": "run record: how it ran and its MLflow run (output)",
+        }
+        | {name.replace("_", "-"): what for name, what in outputs.items()},
+    )
+    cli.add_argument(
+        "run",
+        choices=("headline", *REGULARIZERS),
+        help=f"headline: the study's regulariser at strength {headline_key}; a regulariser: its whole grid, {grid_key}.<name>",
+    )
     return cli
 
 
-def run_stage(main: Callable[[Settings, argparse.Namespace], None], cli: argparse.ArgumentParser, params_fix: str = "") -> None:
+def run_stage(
+    main: Callable[[Settings, argparse.Namespace], None], cli: argparse.ArgumentParser, params_fix: str = ""
+) -> None:
     """Parse arguments, validate params.yaml, run `main`; known failures exit with one clear line (a bad value's
     followed by `params_fix`, where the stage has one to give)."""
     resume_collection()  # the stage's imports are done

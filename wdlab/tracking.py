@@ -51,19 +51,29 @@ def run_tags(role: str) -> dict[str, str]:
 def _git_commit() -> str | None:
     """HEAD's commit, asked once per process (a stage logs a run per seed and strength)."""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
     return None
 
 
 def training_run_name(run: str, regularizer: str, lambdas: Sequence[float]) -> str:
     """The MLflow name of a training stage's run: `headline l2 3` or `l1 grid of 9 strengths`."""
-    return f"headline {regularizer} {lambdas[0]:g}" if run == "headline" else f"{regularizer} grid of {len(lambdas)} strengths"
+    return (
+        f"headline {regularizer} {lambdas[0]:g}"
+        if run == "headline"
+        else f"{regularizer} grid of {len(lambdas)} strengths"
+    )
 
 
 def lambda_params(regularizer: str, lambdas: Sequence[float]) -> dict[str, str]:
     """Which regulariser and how strong, as MLflow params (compare and parallel-coordinates views filter on them)."""
     one = f"{lambdas[0]:g}"
-    strengths = {"strength": one, "lambda": one} if len(lambdas) == 1 else {"strength_grid": ",".join(f"{v:g}" for v in lambdas)}
+    strengths = (
+        {"strength": one, "lambda": one}
+        if len(lambdas) == 1
+        else {"strength_grid": ",".join(f"{v:g}" for v in lambdas)}
+    )
     return {"regularizer": regularizer} | strengths
 
 
@@ -92,7 +102,9 @@ class Tracker:
         try:
             if mlflow.get_experiment_by_name(experiment) is None and self.uri.startswith("sqlite:"):
                 # Artifacts next to the store, not in the stage's working directory (a temp copy under the DVC queue).
-                mlflow.create_experiment(experiment, (Path(self.uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri())
+                mlflow.create_experiment(
+                    experiment, (Path(self.uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
+                )
             self.experiment_id = mlflow.set_experiment(experiment).experiment_id
         except Exception as err:  # MLflow raises many kinds for an unreachable or broken store
             raise StageError(
@@ -113,12 +125,21 @@ class Tracker:
             pid = int(run.data.tags.get(PID_TAG, "0"))
             if pid and not _alive(pid):
                 self.mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
-                log.warning("MLflow run %s (%s) was left RUNNING by a killed process; marked KILLED", run.info.run_id, run.info.run_name)
+                log.warning(
+                    "MLflow run %s (%s) was left RUNNING by a killed process; marked KILLED",
+                    run.info.run_id,
+                    run.info.run_name,
+                )
 
     @contextlib.contextmanager
     def run(
-        self, name: str, params: Mapping[str, Any], role: str, nested: bool = False,
-        tags: Mapping[str, str] | None = None, system_metrics: bool = False,
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        role: str,
+        nested: bool = False,
+        tags: Mapping[str, str] | None = None,
+        system_metrics: bool = False,
     ) -> Iterator[str | None]:
         """An MLflow run (nested under the active one if `nested`) that ends FINISHED, FAILED, or KILLED on Ctrl-C;
         with `system_metrics`, MLflow samples CPU, memory (and GPU, where there is one) while it runs."""
@@ -126,7 +147,9 @@ class Tracker:
             yield None
             return
         tags = run_tags(role) | dict(tags or {}) | {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-        with self.mlflow.start_run(run_name=name, nested=nested, tags=tags, log_system_metrics=system_metrics) as active:
+        with self.mlflow.start_run(
+            run_name=name, nested=nested, tags=tags, log_system_metrics=system_metrics
+        ) as active:
             self.mlflow.log_params(params)
             try:
                 yield active.info.run_id
@@ -146,14 +169,18 @@ class Tracker:
             for name, value in tags.items():
                 client.set_tag(run_id, name, value)
 
-    def log_history(self, run_id: str | None, series: Mapping[str, Sequence[float]], final: Mapping[str, float] | None = None) -> None:
+    def log_history(
+        self, run_id: str | None, series: Mapping[str, Sequence[float]], final: Mapping[str, float] | None = None
+    ) -> None:
         """A finished run's per-epoch series (step = epoch, 0 = the initial model) and final values, in one batch."""
         if not self.enabled or run_id is None:
             return
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
-        metrics = [Metric(name, float(v), stamp, step) for name, values in series.items() for step, v in enumerate(values)]
+        metrics = [
+            Metric(name, float(v), stamp, step) for name, values in series.items() for step, v in enumerate(values)
+        ]
         metrics += [Metric(name, float(v), stamp, 0) for name, v in (final or {}).items()]
         self.mlflow.MlflowClient().log_batch(run_id, metrics=metrics)  # MLflow splits it into request-sized chunks
 
@@ -175,7 +202,11 @@ class Tracker:
             signature = infer_signature(example.numpy(), model(example).numpy())
         with self.mlflow.start_run(run_id=run_id):
             info = mlflow.pytorch.log_model(
-                model, name="model", signature=signature, input_example=example.numpy(), code_paths=[str(code)],
+                model,
+                name="model",
+                signature=signature,
+                input_example=example.numpy(),
+                code_paths=[str(code)],
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # skips MLflow's slow inference of them
                 serialization_format="pickle",  # with the code bundled; torch.export would add ~7 s per model
             )

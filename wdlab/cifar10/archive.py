@@ -113,7 +113,9 @@ def _stream(url: str, target: Path) -> str:
                 received += len(chunk)
                 bar.update(len(chunk))
     if size is not None and received < size:
-        raise StageError(f"download of {url} was cut short at {received:,} of {size:,} bytes: retry, or {USE_ANOTHER_SOURCE}")
+        raise StageError(
+            f"download of {url} was cut short at {received:,} of {size:,} bytes: retry, or {USE_ANOTHER_SOURCE}"
+        )
     return digest.hexdigest()
 
 
@@ -121,7 +123,9 @@ def _read_chunk(source: BinaryIO, url: str, received: int) -> bytes:
     try:
         return source.read(CHUNK_BYTES)
     except (OSError, http.client.HTTPException) as err:  # reset, timeout, IncompleteRead
-        raise StageError(f"download of {url} broke off after {received:,} bytes ({_reason(err)}): retry, or {USE_ANOTHER_SOURCE}") from None
+        raise StageError(
+            f"download of {url} broke off after {received:,} bytes ({_reason(err)}): retry, or {USE_ANOTHER_SOURCE}"
+        ) from None
 
 
 @contextlib.contextmanager
@@ -186,7 +190,9 @@ def extract_batches(archive: Path, target: Path, name: str | None = None) -> Pat
             needed = [m for m in members if posixpath.normpath(m.name) in wanted]
             missing = sorted(wanted - {posixpath.normpath(m.name) for m in needed})
             if missing:
-                raise StageError(f"{name} lacks {', '.join(missing)}: it is not CIFAR-10 in python format; {USE_OFFICIAL_ARCHIVE}")
+                raise StageError(
+                    f"{name} lacks {', '.join(missing)}: it is not CIFAR-10 in python format; {USE_OFFICIAL_ARCHIVE}"
+                )
             tar.extractall(target, members=needed, filter="data")  # the filter is a second guard behind _refuse_unsafe
     except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as err:
         raise StageError(f"{name} is not a readable .tar.gz ({_reason(err)}): {USE_OFFICIAL_ARCHIVE}") from None
@@ -211,7 +217,9 @@ def _refuse_unsafe(member: tarfile.TarInfo, archive_name: str) -> None:
         problem = "is a link or device, not a plain file"
     else:
         return
-    raise StageError(f"refusing to extract {member.name!r} from {archive_name}: it {problem}, the archive may be malicious; {USE_OFFICIAL_ARCHIVE}")
+    raise StageError(
+        f"refusing to extract {member.name!r} from {archive_name}: it {problem}, the archive may be malicious; {USE_OFFICIAL_ARCHIVE}"
+    )
 
 
 # ── batches → tensors ─────────────────────────────────────────────────────────────────────────────
@@ -249,9 +257,13 @@ def load_plain_pickle(path: Path) -> Any:
         try:
             return PlainDataUnpickler(handle, encoding="bytes").load()
         except NotPlainData as err:
-            raise StageError(f"refusing to load {err} from {member} (not plain data): the archive may be malicious; {USE_OFFICIAL_ARCHIVE}") from None
+            raise StageError(
+                f"refusing to load {err} from {member} (not plain data): the archive may be malicious; {USE_OFFICIAL_ARCHIVE}"
+            ) from None
         except Exception as err:  # a damaged pickle raises many kinds (EOFError, KeyError, ValueError, ...)
-            raise StageError(f"{member} is not a readable pickle ({type(err).__name__}: {_reason(err)}): {USE_OFFICIAL_ARCHIVE}") from None
+            raise StageError(
+                f"{member} is not a readable pickle ({type(err).__name__}: {_reason(err)}): {USE_OFFICIAL_ARCHIVE}"
+            ) from None
 
 
 def read_batches(batch_dir: Path) -> Cifar10:
@@ -266,15 +278,25 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     batch = load_plain_pickle(path)
 
     def not_cifar(problem: str) -> StageError:
-        return StageError(f"{BATCH_DIR}/{path.name} {problem}: it is not CIFAR-10 in python format; {USE_OFFICIAL_ARCHIVE}")
+        return StageError(
+            f"{BATCH_DIR}/{path.name} {problem}: it is not CIFAR-10 in python format; {USE_OFFICIAL_ARCHIVE}"
+        )
 
     if not (isinstance(batch, dict) and b"data" in batch and b"labels" in batch):
         raise not_cifar("is not a dict with b'data' and b'labels'")
     data, labels = batch[b"data"], _label_array(batch[b"labels"])
-    if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072 and len(data)):
+    if not (
+        isinstance(data, np.ndarray)
+        and data.dtype == np.uint8
+        and data.ndim == 2
+        and data.shape[1] == 3072
+        and len(data)
+    ):
         raise not_cifar(f"holds data {_describe(data)}, expected uint8 [N, 3072]")
     if labels is None or labels.shape != (len(data),):
-        raise not_cifar(f"holds labels {_describe(batch[b'labels'])} for {len(data)} images, expected {len(data)} integers")
+        raise not_cifar(
+            f"holds labels {_describe(batch[b'labels'])} for {len(data)} images, expected {len(data)} integers"
+        )
     if labels.min() < 0 or labels.max() >= N_CLASSES:
         raise not_cifar(f"has labels from {labels.min()} to {labels.max()}, expected 0 to {N_CLASSES - 1}")
     return data, labels
@@ -341,9 +363,13 @@ def _load_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     split = load_tensors(path, MADE_BY, required=("images", "labels"))
     images, labels = split["images"], split["labels"]
     well_formed = (
-        isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4
+        isinstance(images, torch.Tensor)
+        and images.dtype == torch.uint8
+        and images.ndim == 4
         and tuple(images.shape[1:]) == IMAGE_SHAPE
-        and isinstance(labels, torch.Tensor) and labels.dtype == torch.int64 and labels.shape == images.shape[:1]
+        and isinstance(labels, torch.Tensor)
+        and labels.dtype == torch.int64
+        and labels.shape == images.shape[:1]
     )
     if not well_formed:
         raise StageInputError(
@@ -351,7 +377,9 @@ def _load_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             f"and int64 [N]: run `dvc repro {MADE_BY}` to make it again"
         )
     if len(labels) and (labels.min() < 0 or labels.max() >= N_CLASSES):
-        raise StageInputError(f"{path} has labels outside 0–{N_CLASSES - 1}: run `dvc repro {MADE_BY}` to make it again")
+        raise StageInputError(
+            f"{path} has labels outside 0–{N_CLASSES - 1}: run `dvc repro {MADE_BY}` to make it again"
+        )
     return images, labels
 
 

@@ -73,7 +73,9 @@ def curve_subsets(splits: Splits, size: int, seed: int) -> Splits:
     return Splits(cut(splits.train), cut(splits.valid), cut(splits.test), splits.classes)
 
 
-def split_indices(labels: torch.Tensor, train_subset: int, valid_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_indices(
+    labels: torch.Tensor, train_subset: int, valid_size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-balanced and seeded: `valid_size` held-out images first, then `train_subset` of the rest (0 = all)."""
     needed = valid_size + max(train_subset, 1)
     if needed > len(labels):
@@ -111,7 +113,10 @@ def normalise(images: torch.Tensor, memory_format: torch.memory_format = torch.c
 @functools.cache
 def _pixel_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Channel mean and std in 0–255 pixel units, made once per device (a copy per batch would stall a GPU)."""
-    return (torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255, torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255)
+    return (
+        torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255,
+        torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255,
+    )
 
 
 def augmentation_draws(steps: int, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

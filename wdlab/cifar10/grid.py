@@ -35,9 +35,13 @@ class RunSpec:
 def train_run(spec: RunSpec, splits: Splits, on_epoch: EpochCallback | None = None) -> RunResult:
     """Train one run of the grid on `splits` (moved to the device here, so a worker can get them on the CPU)."""
     device = pick_device(spec.device)
-    set_cuda_determinism(device, spec.study.train.deterministic)  # before the run's first kernel, in whichever process runs it
+    set_cuda_determinism(
+        device, spec.study.train.deterministic
+    )  # before the run's first kernel, in whichever process runs it
     formats = device_formats(device, spec.study.train.mixed_precision)
-    return train(splits.to(formats.device), spec.study, spec.regularizer, spec.strength, spec.seed, formats, on_epoch=on_epoch)
+    return train(
+        splits.to(formats.device), spec.study, spec.regularizer, spec.strength, spec.seed, formats, on_epoch=on_epoch
+    )
 
 
 def as_record(result: RunResult) -> dict[str, Any]:

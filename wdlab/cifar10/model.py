@@ -54,7 +54,9 @@ class ResNet(nn.Module):
         self.layer2 = ConvBlock(2 * width, 4 * width, pool=True)
         self.layer3 = ConvBlock(4 * width, 8 * width, pool=True)
         self.res3 = Residual(8 * width)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()  # on the pooled features, before the classifier
+        self.dropout = (
+            nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        )  # on the pooled features, before the classifier
         self.head = nn.Linear(8 * width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,15 @@ from tqdm.auto import tqdm
 
 from wdlab import streams
 from wdlab.cifar10.data import (
-    SPLITS, Split, Splits, augment, augmentation_draws, curve_subsets, epoch_batches, normalise, steps_per_epoch,
+    SPLITS,
+    Split,
+    Splits,
+    augment,
+    augmentation_draws,
+    curve_subsets,
+    epoch_batches,
+    normalise,
+    steps_per_epoch,
 )
 from wdlab.cifar10.model import build_model, layer_norms, total_norm, zero_fraction
 from wdlab.device import Formats, keep_freed_memory
@@ -91,7 +99,6 @@ def lr_factor(step: int, total_steps: int, spec: CifarTrain) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-
 # ── training and evaluation ───────────────────────────────────────────────────────────────────────
 
 
@@ -127,7 +134,9 @@ class Trainer:
     l1_strength: float = 0.0  # > 0: a proximal L1 step after each optimiser step
 
     @classmethod
-    def create(cls, spec: CifarSettings, regularizer: str, strength: float, seed: int, formats: Formats, n_train: int) -> Trainer:
+    def create(
+        cls, spec: CifarSettings, regularizer: str, strength: float, seed: int, formats: Formats, n_train: int
+    ) -> Trainer:
         """A fresh model from the init stream, so every run starts from the same weights; the regulariser and its
         strength alone explain the differences."""
         if formats.device.type == "cpu":
@@ -140,8 +149,16 @@ class Trainer:
         total_steps = steps_per_epoch(n_train, spec.train.batch_size) * spec.train.epochs
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, spec.train))
         order_gen = streams.generator(seed, streams.CIFAR_ORDER)
-        return cls(model, optimizer, schedule, spec, formats, order_gen, streams.generator(seed, streams.CIFAR_AUGMENT),
-                   l1_strength=strength if regularizer == "l1" else 0.0)
+        return cls(
+            model,
+            optimizer,
+            schedule,
+            spec,
+            formats,
+            order_gen,
+            streams.generator(seed, streams.CIFAR_AUGMENT),
+            l1_strength=strength if regularizer == "l1" else 0.0,
+        )
 
     def train_epoch(self, split: Split, progress: tqdm | None = None) -> float:
         """One pass over the shuffled training subset; returns the mean minibatch objective (NaN/inf if it diverged)."""
@@ -174,7 +191,12 @@ EpochCallback = Callable[[int, dict[str, float], dict[str, float]], None]
 
 
 def train(
-    splits: Splits, spec: CifarSettings, regularizer: str, strength: float, seed: int, formats: Formats,
+    splits: Splits,
+    spec: CifarSettings,
+    regularizer: str,
+    strength: float,
+    seed: int,
+    formats: Formats,
     on_epoch: EpochCallback | None = None,
 ) -> RunResult:
     """Train one model with a regulariser at `strength` on `splits` (already on the device); a NaN/inf loss stops the run.
@@ -215,12 +237,20 @@ def train(
         bar.set_postfix(epoch=f"{epoch}/{spec.train.epochs}", test_acc=f"{row['test_accuracy']:.3f}")
         log.info(
             "%s  epoch %2d/%d  train acc %.3f  test acc %.3f  gap %+.3f  ‖θ‖ %.2f  (%.0f s)",
-            name, epoch, spec.train.epochs, row["train_accuracy"], row["test_accuracy"],
-            row["gap_accuracy"], row["w_norm"], time.perf_counter() - start,
+            name,
+            epoch,
+            spec.train.epochs,
+            row["train_accuracy"],
+            row["test_accuracy"],
+            row["gap_accuracy"],
+            row["w_norm"],
+            time.perf_counter() - start,
         )
         if diverged:
             result.diverged_epoch = epoch
-            log.warning("%s diverged at epoch %d (non-finite loss): stopped this run; lower lr or the strength", name, epoch)
+            log.warning(
+                "%s diverged at epoch %d (non-finite loss): stopped this run; lower lr or the strength", name, epoch
+            )
             break
     bar.close()
     result.seconds = time.perf_counter() - start

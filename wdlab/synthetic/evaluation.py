@@ -10,9 +10,24 @@ from wdlab.synthetic.data import Split
 from wdlab.synthetic.references import penalty
 from wdlab.synthetic.training import predict, squared_loss
 
-METRICS = ["train_loss", "test_loss", "w_norm", "zeros", "objective", "distance",
-           "reference_test_loss", "reference_w_norm", "reference_zeros", "reference_objective"]
-EXACT = ("reference_test_loss", "reference_w_norm", "reference_zeros", "reference_objective")  # untouched by a diverged run
+METRICS = [
+    "train_loss",
+    "test_loss",
+    "w_norm",
+    "zeros",
+    "objective",
+    "distance",
+    "reference_test_loss",
+    "reference_w_norm",
+    "reference_zeros",
+    "reference_objective",
+]
+EXACT = (
+    "reference_test_loss",
+    "reference_w_norm",
+    "reference_zeros",
+    "reference_objective",
+)  # untouched by a diverged run
 RUN_KEYS = ("regularizer", "seeds", "lambdas", "weight", "bias", "diverged_epoch", "reference_weight", "reference_bias")
 
 
@@ -25,25 +40,29 @@ def evaluate_run(run: dict, train_set: Split, test_set: Split) -> pd.DataFrame:
         ref_w, ref_b = run["reference_weight"][:, g : g + 1], run["reference_bias"][:, g : g + 1]  # [S, 1, d], [S, 1]
         train_loss, ref_train_loss = loss(train_set, weight, bias), loss(train_set, ref_w, ref_b)
         test_loss, ref_test_loss = loss(test_set, weight, bias), loss(test_set, ref_w, ref_b)
-        objective = train_loss + penalty(regularizer, train_set, weight, lam)[:, 0]  # what SGD minimises (dropout: in expectation)
+        objective = (
+            train_loss + penalty(regularizer, train_set, weight, lam)[:, 0]
+        )  # what SGD minimises (dropout: in expectation)
         ref_objective = ref_train_loss + penalty(regularizer, train_set, ref_w, lam)[:, 0]
         for s, seed in enumerate(run["seeds"].tolist()):
-            rows.append({
-                "regularizer": regularizer,
-                "seed": seed,
-                "lambda": lam,
-                "train_loss": train_loss[s].item(),
-                "test_loss": test_loss[s].item(),
-                "w_norm": weight[s, 0].norm().item(),
-                "zeros": int((weight[s, 0] == 0).sum()),  # exactly zero: only a proximal (L1) step makes them
-                "objective": objective[s].item(),
-                "distance": (weight[s, 0] - ref_w[s, 0]).norm().item(),  # ‖w − w_exact‖
-                "reference_test_loss": ref_test_loss[s].item(),
-                "reference_w_norm": ref_w[s, 0].norm().item(),
-                "reference_zeros": int((ref_w[s, 0] == 0).sum()),
-                "reference_objective": ref_objective[s].item(),
-                "diverged": bool(run["diverged_epoch"][s, g] >= 0),
-            })
+            rows.append(
+                {
+                    "regularizer": regularizer,
+                    "seed": seed,
+                    "lambda": lam,
+                    "train_loss": train_loss[s].item(),
+                    "test_loss": test_loss[s].item(),
+                    "w_norm": weight[s, 0].norm().item(),
+                    "zeros": int((weight[s, 0] == 0).sum()),  # exactly zero: only a proximal (L1) step makes them
+                    "objective": objective[s].item(),
+                    "distance": (weight[s, 0] - ref_w[s, 0]).norm().item(),  # ‖w − w_exact‖
+                    "reference_test_loss": ref_test_loss[s].item(),
+                    "reference_w_norm": ref_w[s, 0].norm().item(),
+                    "reference_zeros": int((ref_w[s, 0] == 0).sum()),
+                    "reference_objective": ref_objective[s].item(),
+                    "diverged": bool(run["diverged_epoch"][s, g] >= 0),
+                }
+            )
     return pd.DataFrame(rows)
 
 

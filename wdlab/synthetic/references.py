@@ -56,7 +56,9 @@ def dropout_ridge_solution(train_set: Split, rate: float) -> tuple[torch.Tensor,
     n = y.shape[-1]
     x_mean, y_mean = x.mean(dim=-2), y.mean(dim=-1)
     xc, yc = x - x_mean[:, None, :], y - y_mean[:, None]
-    gram = xc.transpose(-1, -2) @ xc / n + torch.diag_embed(dropout_scales(train_set, rate))  # symmetric positive definite
+    gram = xc.transpose(-1, -2) @ xc / n + torch.diag_embed(
+        dropout_scales(train_set, rate)
+    )  # symmetric positive definite
     weight = torch.cholesky_solve(xc.transpose(-1, -2) @ yc[..., None] / n, torch.linalg.cholesky(gram))[..., 0]
     return weight, y_mean - (x_mean * weight).sum(dim=-1)
 

@@ -21,12 +21,19 @@ def kfold_indices(n: int, folds: int, seeds: Sequence[int]) -> list[torch.Tensor
     (fold f holds out as many samples for every seed)."""
     if folds > n:
         raise ValueError(f"cannot make {folds} folds from {n} samples")
-    perms = torch.stack([torch.randperm(n, generator=streams.generator(seed, streams.SYNTHETIC_FOLDS)) for seed in seeds])
+    perms = torch.stack(
+        [torch.randperm(n, generator=streams.generator(seed, streams.SYNTHETIC_FOLDS)) for seed in seeds]
+    )
     return list(perms.tensor_split(folds, dim=1))
 
 
 def cross_validate(
-    train_set: Split, lambdas: Sequence[float], spec: SyntheticTrain, folds: int, seeds: Sequence[int], device: torch.device,
+    train_set: Split,
+    lambdas: Sequence[float],
+    spec: SyntheticTrain,
+    folds: int,
+    seeds: Sequence[int],
+    device: torch.device,
     regularizer: str = "l2",
 ) -> torch.Tensor:
     """Validation loss [folds, S, G] of the same SGD procedure, each fold held out in turn, every seed at once."""
@@ -39,7 +46,9 @@ def cross_validate(
         kept = keep.nonzero()[:, 1].view(len(seeds), -1)  # [S, n − m], in order
         fit = Split(train_set.x[rows, kept], train_set.y[rows, kept])
         valid = Split(train_set.x[rows, held_out], train_set.y[rows, held_out])
-        run = train_grid(fit, lambdas, spec, seeds, device, eval_sets={"valid": valid}, progress=False, regularizer=regularizer)
+        run = train_grid(
+            fit, lambdas, spec, seeds, device, eval_sets={"valid": valid}, progress=False, regularizer=regularizer
+        )
         losses.append(run.history["valid_loss"][-1])
     return torch.stack(losses)
 
@@ -50,7 +59,13 @@ def cv_table(regularizer: str, seeds: Sequence[int], lambdas: Sequence[float], c
 
     return pd.DataFrame(
         [
-            {"regularizer": regularizer, "seed": seed, "fold": fold, "lambda": lam, "valid_loss": cv_loss[fold, s, g].item()}
+            {
+                "regularizer": regularizer,
+                "seed": seed,
+                "fold": fold,
+                "lambda": lam,
+                "valid_loss": cv_loss[fold, s, g].item(),
+            }
             for s, seed in enumerate(seeds)
             for fold in range(cv_loss.shape[0])
             for g, lam in enumerate(lambdas)

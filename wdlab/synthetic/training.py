@@ -15,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+
 from wdlab import streams
 from wdlab.progress import progress as progress_bar
 from wdlab.settings import SyntheticTrain
@@ -55,12 +56,17 @@ def batch_orders(n: int, batch_size: int, epochs: int, seeds: Sequence[int]) -> 
     ]
 
 
-def initial_params(seeds: Sequence[int], n_models: int, n_features: int, init_std: float) -> tuple[torch.Tensor, torch.Tensor]:
+def initial_params(
+    seeds: Sequence[int], n_models: int, n_features: int, init_std: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """w ~ N(0, init_std²), b = 0, one draw per seed; every λ of a seed starts from the same w, so λ alone
     explains the differences within a seed."""
-    w0 = torch.stack([
-        init_std * torch.randn(n_features, generator=streams.generator(seed, streams.SYNTHETIC_INIT)) for seed in seeds
-    ])
+    w0 = torch.stack(
+        [
+            init_std * torch.randn(n_features, generator=streams.generator(seed, streams.SYNTHETIC_INIT))
+            for seed in seeds
+        ]
+    )
     return w0[:, None, :].expand(len(seeds), n_models, n_features).clone(), torch.zeros(len(seeds), n_models)
 
 
@@ -90,19 +96,31 @@ def train_grid(
     def record(epoch: int, weight: torch.Tensor, bias: torch.Tensor) -> bool:
         with torch.no_grad():
             for name, split in eval_sets.items():
-                history.setdefault(f"{name}_loss", []).append(squared_loss(predict(split.x, weight, bias), split.y).cpu())
+                history.setdefault(f"{name}_loss", []).append(
+                    squared_loss(predict(split.x, weight, bias), split.y).cpu()
+                )
             history.setdefault("w_norm", []).append(weight.norm(dim=-1).cpu())
             history.setdefault("zeros", []).append((weight == 0).sum(dim=-1).to(weight.dtype).cpu())
         finite = torch.isfinite(history["train_loss"][-1]) & torch.isfinite(history["w_norm"][-1])
         newly = ~finite & (diverged < 0)
         diverged[newly] = epoch
         for s, g in newly.nonzero().tolist():
-            log.warning("%s %g, seed %d diverged at epoch %d (non-finite loss): lower lr or the strength", regularizer, lambdas[g], seeds[s], epoch)
+            log.warning(
+                "%s %g, seed %d diverged at epoch %d (non-finite loss): lower lr or the strength",
+                regularizer,
+                lambdas[g],
+                seeds[s],
+                epoch,
+            )
         return bool(finite.any())
 
     record(0, *step.params())
     orders = batch_orders(y.shape[-1], spec.batch_size, spec.epochs, seeds)
-    epochs = progress_bar(orders, desc=f"SGD ({regularizer}) on {len(seeds)} seeds × {len(lambdas)} strengths", unit="epoch") if progress else orders
+    epochs = (
+        progress_bar(orders, desc=f"SGD ({regularizer}) on {len(seeds)} seeds × {len(lambdas)} strengths", unit="epoch")
+        if progress
+        else orders
+    )
     for epoch, batches in enumerate(epochs, start=1):
         for idx in batches:
             idx = idx.to(device)
@@ -122,12 +140,21 @@ def train_grid(
     )
 
 
-def stepper(regularizer: str, spec: SyntheticTrain, weight: torch.Tensor, bias: torch.Tensor, strength: torch.Tensor,
-            seeds: Sequence[int]) -> ScratchStepper | ConciseStepper | DecoupledStepper | ProximalL1Stepper | DropoutStepper:
+def stepper(
+    regularizer: str,
+    spec: SyntheticTrain,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    strength: torch.Tensor,
+    seeds: Sequence[int],
+) -> ScratchStepper | ConciseStepper | DecoupledStepper | ProximalL1Stepper | DropoutStepper:
     """The SGD step of one regulariser for every (seed, strength); `implementation` chooses between l2's two."""
     if regularizer == "l2":
-        return ScratchStepper(weight, bias, strength, spec.lr) if spec.implementation == "scratch" else ConciseStepper(
-            weight, bias, strength.tolist(), spec.lr)
+        return (
+            ScratchStepper(weight, bias, strength, spec.lr)
+            if spec.implementation == "scratch"
+            else ConciseStepper(weight, bias, strength.tolist(), spec.lr)
+        )
     if regularizer == "decoupled":
         return DecoupledStepper(weight, bias, strength, spec.lr)
     if regularizer == "l1":
@@ -173,7 +200,9 @@ class DecoupledStepper(_DataLossStepper):
     """Weight decay applied apart from the gradient: w ← w − ηλ·w − η·∇L(w), both at the same w."""
 
     def decay(self, weight: torch.Tensor) -> None:
-        weight -= (self.lr * self.strength)[..., None] * weight  # runs before the gradient step, whose ∇L is at the old w
+        weight -= (self.lr * self.strength)[
+            ..., None
+        ] * weight  # runs before the gradient step, whose ∇L is at the old w
 
 
 class ProximalL1Stepper(_DataLossStepper):
