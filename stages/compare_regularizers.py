@@ -1,4 +1,4 @@
-"""Every regulariser side by side, for one study: L2 penalty, decoupled decay, L1 and dropout, each over its own
+"""Every regulariser side by side, for one study (wdlab/regularizers.py defines them), each over its own
 strength grid on every seed. One figure per question (loss or accuracy vs strength, sparsity vs strength, ‖w‖ vs
 strength) and a page that states each finding with its uncertainty."""
 
@@ -13,27 +13,16 @@ import pandas as pd
 import seaborn as sns
 
 from wdlab import figures, stage
-from wdlab.files import read_json, read_table
+from wdlab.files import grid_folders, read_json, read_table
+from wdlab.regularizers import BASELINE, REGISTRY, zero_makers
 from wdlab.results import fmt_lambda, markdown_table
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.tracking import Tracker
 
-STRENGTH = {
-    "l2": "λ (L2 penalty)",
-    "decoupled": "λ (decoupled decay)",
-    "l1": "λ (L1 penalty)",
-    "dropout": "dropout rate p",
-}
-EXACT = {
-    "l2": "exact ridge",
-    "decoupled": "exact ridge",
-    "l1": "exact lasso",
-    "dropout": "per-feature ridge (dropout in expectation)",
-}
-
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
     metrics = read_json(args.metrics, made_by=f"evaluate_{args.study}")
+    folders = grid_folders(args.grids, REGULARIZERS)
     figures.set_theme()
     if args.study == "synthetic":
         by_seed = read_table(
@@ -54,14 +43,18 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         table = read_table(args.table, "evaluate_cifar10", required=("regularizer", "lambda", "test_accuracy_mean"))
         norms = pd.concat(
             [
-                read_table(path, "train_cifar10", required=("regularizer", "seed", "lambda", "epoch", "layer", "norm"))
-                for path in args.layer_norms or []
+                read_table(
+                    folder.layer_norms,
+                    f"train_cifar10@{name}",
+                    required=("regularizer", "seed", "lambda", "epoch", "layer", "norm"),
+                )
+                for name, folder in folders.items()
             ]
         )
         pngs = cifar_figures(by_seed, norms, args.figures)
         page = cifar_page(metrics, table, settings, figures.relative_to_page(pngs, args.page))
         experiment = settings.tracking.experiment_cifar10
-    records = {f"train_{args.study} ({path.name})": path for path in args.grid_record}  # every regulariser's grid run
+    records = {f"train_{args.study}@{name}": folder.record for name, folder in folders.items()}  # every grid's run
     figures.publish(args.page, page, pngs, Tracker(settings.tracking, experiment), records, folder="comparison")
 
 
@@ -82,7 +75,7 @@ def per_regularizer(
         rows = by_seed[by_seed["regularizer"] == regularizer]
         draw(ax, rows, regularizer)
         figures.lambda_axis(ax, rows["lambda"])
-        ax.set(yscale=yscale, xlabel=STRENGTH[regularizer], ylabel=ylabel, title=regularizer)
+        ax.set(yscale=yscale, xlabel=REGISTRY[regularizer].strength_label, ylabel=ylabel, title=regularizer)
     handles, labels = axes[0][0].get_legend_handles_labels()
     for ax in axes[0]:
         if ax.get_legend():
@@ -109,7 +102,7 @@ def lines(columns: dict[str, str], dashed: Sequence[str] = ()) -> Callable[[plt.
                 marker="o",
                 color=sns.color_palette()[i],
                 linestyle="--" if column in dashed else "-",
-                label=label.format(exact=EXACT[regularizer]),
+                label=label.format(exact=REGISTRY[regularizer].exact),
                 **figures.SEED_BAND,
             )
 
@@ -133,7 +126,7 @@ def synthetic_figures(by_seed: pd.DataFrame, n_features: int, folder: Path) -> l
             by_seed,
             lines({"zeros": "SGD: exact zeros", "reference_zeros": "exact optimum: zeros"}, ["reference_zeros"]),
             f"weights exactly 0 (of {n_features})",
-            "Sparsity vs strength: only L1 sets weights to exactly zero",
+            f"Sparsity vs strength: only {zero_makers_named()} set weights to exactly zero",
             folder / "zeros_vs_strength.png",
         ),
         per_regularizer(
@@ -152,7 +145,8 @@ def cifar_figures(by_seed: pd.DataFrame, norms: pd.DataFrame, folder: Path) -> l
     layer_order = list(dict.fromkeys(last["layer"]))
     fig, axes = plt.subplots(1, 1, figsize=(10, 4.5))
     strongest = last.loc[last.groupby("regularizer")["lambda"].transform("max") == last["lambda"]]
-    baseline = last[(last["regularizer"] == "l2") & (last["lambda"] == 0)].assign(regularizer="none (l2, λ = 0)")
+    baseline = last[(last["regularizer"] == BASELINE) & (last["lambda"] == 0)]
+    baseline = baseline.assign(regularizer=f"none ({BASELINE}, λ = 0)")
     shown = pd.concat([baseline, strongest], ignore_index=True)
     shown = shown.assign(run=shown["regularizer"] + shown["lambda"].map(lambda v: f" {fmt_lambda(v)}" if v else ""))
     sns.barplot(data=shown, x="layer", y="norm", hue="run", order=layer_order, ax=axes, **figures.SEED_BAND)
@@ -183,7 +177,7 @@ def cifar_figures(by_seed: pd.DataFrame, norms: pd.DataFrame, folder: Path) -> l
             by_seed,
             lines({"zero_fraction": "weights exactly 0"}),
             "fraction of conv/linear weights",
-            "Sparsity vs strength: only L1's soft-threshold step makes exact zeros",
+            f"Sparsity vs strength: only {zero_makers_named()} make exact zeros",
             folder / "zeros_vs_strength.png",
         ),
         per_regularizer(
@@ -226,15 +220,6 @@ def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links
     ]  # l2 ≡ decoupled here
     best, rest = " and ".join(tied), [r for r in ranked if r not in tied]
     beyond = [r for r in rest if separated(compared[ranked[0]]["test_loss"], compared[r]["test_loss"])]
-    l1 = table[table["regularizer"] == "l1"]
-    sparse = l1[l1["zeros_mean"] > 0]
-    smallest = l1[l1["lambda"] > 0].iloc[0] if (l1["lambda"] > 0).any() else None
-    best_exact = {
-        r: table.loc[(table["regularizer"] == r) & (table["lambda"] > 0), "reference_test_loss_mean"].min()
-        for r in ("l2", "l1")
-    }
-    dropout = table[(table["regularizer"] == "dropout") & (table["lambda"] > 0)]
-    gap = metrics["decoupled_vs_l2"]
     rows = [
         {
             "regularizer": r,
@@ -258,34 +243,11 @@ def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links
             if len(beyond) < len(rest)
             else "."
         ),
-        f"- **L1 gives exact zeros; L2 never does.** Proximal SGD sets weights to exactly 0 from λ = {fmt_lambda(sparse['lambda'].min())} on "
-        f"(mean {sparse['zeros_mean'].max():.0f} of {spec.data.n_features} at λ = {fmt_lambda(sparse.loc[sparse['zeros_mean'].idxmax(), 'lambda'])}); "
-        f"{'no' if not nonzero_elsewhere(table) else 'some'} L2, decoupled or dropout run ends with an exact zero. "
-        "The exact lasso (scikit-learn's coordinate descent on the same objective, bias unpenalised) is sparser than SGD at small λ "
-        + (
-            f"(at λ = {fmt_lambda(smallest['lambda'])}: {smallest['reference_zeros_mean']:.0f} zeros against SGD's {smallest['zeros_mean']:.0f})"
-            if smallest is not None
-            else ""
-        )
-        + f": in {spec.train.epochs} epochs the soft-threshold step moves a weight at most "
-        f"{spec.train.epochs * -(-spec.data.n_train // spec.train.batch_size)}·ηλ in all, too little to undo an N(0, {spec.train.init_std:g}²) "
-        f"initialisation. Every w*_j = {spec.data.true_w:g} here, a dense truth: over λ > 0 the lowest exact-lasso test loss is "
-        f"{best_exact['l1']:.3g}, the lowest exact-ridge one {best_exact['l2']:.3g}."
-        if not sparse.empty
-        else "- L1 made no exact zero at any strength of this grid.",
-        f"- **Decoupled = L2 for plain SGD.** Without momentum, w ← w − η(∇L + λw) and w ← w − ηλw − η∇L are one update; over "
-        f"{gap['pairs']} (seed, λ) pairs the final test losses differ by at most {gap['max_rel_test_loss']:.1e} (relative): rounding. "
-        "With momentum they part: L2's λw enters the velocity and is carried over later steps, while decoupled decay shrinks w "
-        "once per step; with Adam, L2's λw is also divided by √v̂, so weights with large gradients are barely decayed, which AdamW avoids.",
-        "- **Dropout is a per-feature ridge in expectation.** Input dropout of rate p adds ½·p/(1 − p)·Σ_j w_j²·mean_i x_ij² to the "
-        "expected loss (Wager, Wang & Liang 2013), whose exact minimiser the figures show dashed. "
-        + (
-            f"At p = {fmt_lambda(dropout['lambda'].max())} trained dropout reaches test loss {dropout.iloc[-1]['test_loss_mean']:.3g} against "
-            f"{dropout.iloc[-1]['reference_test_loss_mean']:.3g} for its closed form, ‖w − w_exact‖ = {dropout.iloc[-1]['distance_mean']:.3g}; "
-            "at smaller p the per-feature penalty c_j ≈ p/(1 − p) is weak and the initialisation remains, as for small λ in L2."
-            if not dropout.empty
-            else ""
-        ),
+        *[
+            line
+            for regularizer in compared
+            if (line := REGISTRY[regularizer].synthetic_finding(table, spec, metrics)) is not None
+        ],
     ]
     return "\n".join(
         [
@@ -324,9 +286,13 @@ def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links
     )
 
 
-def nonzero_elsewhere(table: pd.DataFrame) -> bool:
-    """Whether any run of a regulariser other than L1 ended with an exactly zero weight."""
-    return bool((table.loc[table["regularizer"] != "l1", "zeros_mean"] > 0).any())
+def shares_zero(names) -> list[str]:
+    """The regularisers whose strength 0 is the baseline's λ = 0 run."""
+    return [r for r in names if r != BASELINE and REGISTRY[r].zero_is_plain_sgd]
+
+
+def zero_makers_named() -> str:
+    return " and ".join(zero_makers()) or "none"
 
 
 def cifar_page(metrics: dict, table: pd.DataFrame, settings: Settings, links: list[str]) -> str:
@@ -361,8 +327,9 @@ def cifar_page(metrics: dict, table: pd.DataFrame, settings: Settings, links: li
             "# Regularisers side by side: CIFAR-10",
             "",
             f"_The same net (width {study.model.width}) and budget ({study.train.epochs} epochs, batch {study.train.batch_size}, "
-            f"{study.train.schedule} schedule) for every regulariser: SGD (lr {study.train.lr:g}, momentum {study.train.momentum:g}) for l2, "
-            f"l1 and dropout; AdamW (lr {study.train.adamw_lr:g}) for decoupled. Strength 0 of l1 and dropout is l2's λ = 0 run. "
+            f"{study.train.schedule} schedule) for every regulariser: "
+            + "; ".join(f"{r}: {REGISTRY[r].cifar_method(study.train)}" for r in compared)
+            + f". Strength 0 of {', '.join(shares_zero(compared))} is {BASELINE}'s λ = 0 run. "
             f"{seeds} seed(s); means ± std; the study page: [cifar10.md](cifar10.md)._",
             "",
             "## Findings",
@@ -398,7 +365,7 @@ def cifar_page(metrics: dict, table: pd.DataFrame, settings: Settings, links: li
 
 def cifar_findings(table: pd.DataFrame) -> list[str]:
     """What each regulariser does at its strongest setting against none (l2's λ = 0): the gap, ‖θ‖ and exact zeros."""
-    base = table[(table["regularizer"] == "l2") & (table["lambda"] == 0)]
+    base = table[(table["regularizer"] == BASELINE) & (table["lambda"] == 0)]
     if base.empty:
         return []
     base = base.iloc[0]
@@ -413,7 +380,7 @@ def cifar_findings(table: pd.DataFrame) -> list[str]:
             f"exact zeros {row['zero_fraction_mean']:.1%} of the conv/linear weights."
         )
     return lines + [
-        "- Only L1's soft-threshold step can make exact zeros; the per-layer norms are in the last figure. "
+        f"- Only {zero_makers_named()} can make exact zeros; the per-layer norms are in the last figure. "
         "With BatchNorm after every conv, shrinking a conv's weights leaves its output unchanged: decay there "
         "raises the effective learning rate rather than limiting the function, so ‖θ‖ and accuracy move less "
         "together than in the linear study."
@@ -428,21 +395,12 @@ def parser() -> argparse.ArgumentParser:
             "metrics": "the study's DVC metrics file",
             "by-seed": "final metrics per (regulariser, seed, strength)",
             "table": "per (regulariser, strength): mean, std and 95 % interval over seeds",
+            "grids": "the grids' folder: each regulariser's run record (and CIFAR-10 layer norms)",
             "page": "the comparison page (output)",
             "figures": "the folder of its figures (output)",
         },
     )
     cli.add_argument("study", choices=("synthetic", "cifar10"))
-    cli.add_argument(
-        "--grid-record",
-        type=Path,
-        nargs="+",
-        required=True,
-        help="each regulariser grid's run record: the page goes to its MLflow run",
-    )
-    cli.add_argument(
-        "--layer-norms", type=Path, nargs="+", help="cifar10: each grid's ‖W‖ per (strength, seed, epoch, layer)"
-    )
     return cli
 
 

@@ -15,7 +15,8 @@ import pandas as pd
 import wdlab
 from wdlab import stage
 from wdlab.errors import StageInputError
-from wdlab.files import load_tensors, read_table, record_with, write_csv, write_json
+from wdlab.files import RunFolder, grid_folders, load_tensors, read_json, read_table, write_csv, write_json
+from wdlab.regularizers import BASELINE, REGISTRY
 from wdlab.results import best_lambda, by_strength, json_record, mean_curve, seed_summary, stats_of
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.tracking import Tracker
@@ -40,8 +41,10 @@ COMPARED = ("train_accuracy", "valid_accuracy", "test_accuracy", "gap_accuracy",
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
     study = settings.cifar10
-    headline = final_rows(args.headline_history, "headline")
-    every = pd.concat([final_rows(path, "grid") for path in args.grid_history])
+    folders = grid_folders(args.grids, REGULARIZERS)
+    headline_history = RunFolder(args.headline).history
+    headline = final_rows(headline_history, "headline_cifar10")
+    every = pd.concat([final_rows(folder.history, f"train_cifar10@{name}") for name, folder in folders.items()])
     for regularizer in REGULARIZERS:
         rows = every[every["regularizer"] == regularizer]
         if set(rows["lambda"]) != set(study.strengths.of(regularizer)) or set(rows["seed"]) != set(study.seeds):
@@ -72,7 +75,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         "regularizers": chosen_per_regularizer(table),
     }
     write_json(args.metrics, result)
-    write_csv(args.headline_curve, mean_curve(read_table(args.headline_history, "headline_cifar10")))
+    write_csv(args.headline_curve, mean_curve(read_table(headline_history, "headline_cifar10")))
     head = result["headline"]
     log.info(
         "headline λ=%g over %d seeds: test accuracy %.3f (std %s), gap %+.3f",
@@ -90,13 +93,15 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def with_shared_baseline(every: pd.DataFrame) -> pd.DataFrame:
-    """Every regulariser's final rows, plus l2's λ = 0 runs as strength 0 of a regulariser whose grid lacks 0 and
-    whose strength 0 is the same training (l1 and dropout: plain SGD), so each is compared with no regulariser."""
-    base = every[(every["regularizer"] == "l2") & (every["lambda"] == 0)]
+    """Every regulariser's final rows, plus the baseline's (l2) λ = 0 runs as strength 0 of a regulariser whose grid
+    lacks 0 and whose strength 0 is the same training (`zero_is_plain_sgd`), so each is compared with no regulariser."""
+    base = every[(every["regularizer"] == BASELINE) & (every["lambda"] == 0)]
     shared = [
         base.assign(regularizer=r)
-        for r in ("l1", "dropout")
-        if not ((every["regularizer"] == r) & (every["lambda"] == 0)).any()
+        for r in REGULARIZERS
+        if r != BASELINE
+        and REGISTRY[r].zero_is_plain_sgd
+        and not ((every["regularizer"] == r) & (every["lambda"] == 0)).any()
     ]
     return (
         pd.concat([every, *shared]).sort_values(["regularizer", "lambda", "seed"], kind="stable").reset_index(drop=True)
@@ -124,8 +129,8 @@ def log_chosen_model(settings: Settings, args: argparse.Namespace, chosen: float
     for the UI's Models view, `mlflow.pytorch.load_model` and the model registry; what was logged, for the record."""
     tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)
     regularizer = settings.cifar10.regularizer
-    found = record_with(args.grid_record, "regularizer", regularizer, made_by="train_cifar10")
-    which, run_id = (found[0], found[1].get("run_id")) if found else (None, None)
+    folder = RunFolder(args.grids / regularizer)
+    run_id = read_json(folder.record, made_by=f"train_cifar10@{regularizer}").get("run_id")
     if chosen is None or not tracker.enabled or run_id is None:
         return {"regularizer": regularizer, "lambda": chosen, "model_uri": None}
     import torch
@@ -134,8 +139,8 @@ def log_chosen_model(settings: Settings, args: argparse.Namespace, chosen: float
     from wdlab.cifar10.model import ImageClassifier, ResNet
 
     grid = load_tensors(
-        args.grid_model[which],
-        made_by="train_cifar10",
+        folder.model,
+        made_by=f"train_cifar10@{regularizer}",
         required=("regularizer", "lambdas", "seeds", "width", "state_dicts"),
     )
     member = grid["lambdas"].tolist().index(chosen)
@@ -153,11 +158,11 @@ def log_chosen_model(settings: Settings, args: argparse.Namespace, chosen: float
     }
 
 
-def final_rows(path: Path, run: str) -> pd.DataFrame:
+def final_rows(path: Path, made_by: str) -> pd.DataFrame:
     """The last recorded epoch of every (seed, λ) of a training run; a run that diverged stopped at the epoch marked so."""
     history = read_table(
         path,
-        made_by="train_cifar10" if run == "grid" else "headline_cifar10",
+        made_by=made_by,
         required=("regularizer", "seed", "lambda", "epoch", "diverged", *FINAL_KEYS),
     )
     # tail(1), not last(): last() would skip a diverged run's NaN and report an earlier epoch's value.
@@ -206,7 +211,8 @@ def parser() -> argparse.ArgumentParser:
         __doc__,
         "python -m stages.evaluate_cifar10",
         {
-            "headline-history": "the headline run's per-epoch history, per seed",
+            "headline": "the headline run's folder: its per-epoch history, per seed",
+            "grids": "the grids' folder: each regulariser's history, weights and run record (its MLflow run)",
             "metrics": "the DVC metrics file (output)",
             "by-seed": "final metrics per (regulariser, seed, strength), long format (output)",
             "table": "the study's regulariser per strength: mean, std and 95 % interval over seeds, for dvc plots (output)",
@@ -214,19 +220,6 @@ def parser() -> argparse.ArgumentParser:
             "headline-curve": "the headline run's per-epoch curves averaged over seeds, for dvc plots (output)",
             "model-record": "which model was logged to MLflow, its URI (output)",
         },
-    )
-    cli.add_argument(
-        "--grid-history", type=Path, nargs="+", required=True, help="each regulariser grid's per-epoch history"
-    )
-    cli.add_argument(
-        "--grid-model", type=Path, nargs="+", required=True, help="each grid's weights, in the order of --grid-record"
-    )
-    cli.add_argument(
-        "--grid-record",
-        type=Path,
-        nargs="+",
-        required=True,
-        help="each grid's run record: the MLflow run the model goes to",
     )
     return cli
 

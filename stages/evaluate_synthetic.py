@@ -14,7 +14,8 @@ import torch
 
 from wdlab import stage
 from wdlab.errors import StageInputError
-from wdlab.files import load_tensors, read_table, write_csv, write_json
+from wdlab.files import grid_folders, load_tensors, read_table, write_csv, write_json
+from wdlab.regularizers import REGISTRY
 from wdlab.results import best_lambda, by_strength, json_record, seed_summary, stats, stats_of
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.synthetic.data import Split, load_dataset
@@ -38,14 +39,12 @@ COMPARED = [
 def main(settings: Settings, args: argparse.Namespace) -> None:
     study, seeds = settings.synthetic, settings.synthetic.seeds
     train_set, test_set = load_dataset(args.data, seeds)
-    grids = {}
-    for path in args.grids:
-        run = load_tensors(path, made_by="train_synthetic@<regulariser>", required=RUN_KEYS)
-        grids[run["regularizer"]] = evaluate_run(run, train_set, test_set)
-    if missing := [r for r in REGULARIZERS if r not in grids]:
-        raise StageInputError(
-            f"no trained grid for {', '.join(missing)} among --grids: run `dvc repro train_synthetic`"
+    grids = {
+        name: evaluate_run(
+            load_tensors(folder.model, made_by=f"train_synthetic@{name}", required=RUN_KEYS), train_set, test_set
         )
+        for name, folder in grid_folders(args.grids, REGULARIZERS).items()
+    }
     cv = read_table(args.cv, made_by="cross_validate", required=("regularizer", "seed", "fold", "lambda", "valid_loss"))
     for regularizer in REGULARIZERS:
         held = cv[cv["regularizer"] == regularizer]
@@ -114,7 +113,11 @@ def metrics(
             "chosen": {f"lambda_{lam:g}": int((chosen == lam).sum()) for lam in study.lambda_grid},  # per seed's own CV
         },
         "regularizers": {r: compared_at_cv(compared[compared["regularizer"] == r]) for r in REGULARIZERS},
-        "decoupled_vs_l2": decoupled_vs_l2(by_seed),
+        **{
+            f"{r.name}_vs_{r.same_update_as}": same_update(by_seed, r.name, r.same_update_as)
+            for r in REGISTRY.values()
+            if r.same_update_as
+        },
         "reference": {
             "noise_floor": study.data.noise_std**2 / 2,  # Bayes limit: E[ε²]/2
             "zero_weight_test_loss": json_record(stats(pd.Series(zero_weight.tolist()))),  # predict the training mean
@@ -134,16 +137,17 @@ def compared_at_cv(rows: pd.DataFrame) -> dict:
     )
 
 
-def decoupled_vs_l2(by_seed: pd.DataFrame) -> dict:
-    """For momentum-free SGD, decoupled decay is the same update as the L2 penalty: the largest relative difference
-    of their final test losses and weights over every (seed, λ) both trained, which only rounding should make."""
-    l2 = by_seed[by_seed["regularizer"] == "l2"].set_index(["seed", "lambda"])
-    dec = by_seed[by_seed["regularizer"] == "decoupled"].set_index(["seed", "lambda"])
-    both = l2.index.intersection(dec.index)
+def same_update(by_seed: pd.DataFrame, name: str, other: str) -> dict:
+    """Two regularisers whose momentum-free SGD update is the same one (decoupled decay and the L2 penalty): the
+    largest relative difference of their final test losses and weights over every (seed, λ) both trained, which only
+    rounding should make."""
+    base = by_seed[by_seed["regularizer"] == other].set_index(["seed", "lambda"])
+    same = by_seed[by_seed["regularizer"] == name].set_index(["seed", "lambda"])
+    both = base.index.intersection(same.index)
     if both.empty:
         return {"pairs": 0, "max_rel_test_loss": None, "max_rel_w_norm": None}
     rel = {
-        m: ((dec.loc[both, m] - l2.loc[both, m]).abs() / l2.loc[both, m].abs().clip(lower=1e-12)).max()
+        m: ((same.loc[both, m] - base.loc[both, m]).abs() / base.loc[both, m].abs().clip(lower=1e-12)).max()
         for m in ("test_loss", "w_norm")
     }
     return {"pairs": len(both), "max_rel_test_loss": float(rel["test_loss"]), "max_rel_w_norm": float(rel["w_norm"])}
@@ -162,7 +166,7 @@ def parser() -> argparse.ArgumentParser:
             "compare": "every regulariser per strength: mean, std and 95 % interval over seeds (output)",
         },
     )
-    cli.add_argument("--grids", type=Path, nargs="+", required=True, help="each regulariser's trained grid")
+    cli.add_argument("--grids", type=Path, required=True, help="the grids' folder: one trained grid per regulariser")
     return cli
 
 

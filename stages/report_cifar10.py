@@ -11,8 +11,8 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from wdlab import figures, stage
-from wdlab.errors import StageInputError
-from wdlab.files import read_json, read_table, record_with
+from wdlab.files import RunFolder, grid_folders, read_json, read_table
+from wdlab.regularizers import BASELINE, REGISTRY
 from wdlab.results import fmt_lambda, markdown_table
 from wdlab.settings import CifarSettings, Settings
 from wdlab.tracking import Tracker
@@ -40,20 +40,12 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     by_lambda = means(
         read_table(args.table, "evaluate_cifar10", required=("lambda", "seeds", "diverged", "epochs_run"))
     )
-    found = record_with(args.grid_record, "regularizer", regularizer, made_by="train_cifar10")
-    if found is None or not len(args.grid_history) == len(args.layer_norms) == len(args.grid_record):
-        raise StageInputError(
-            f"no grid of {regularizer} among --grid-record, or unequal lists: run `dvc repro train_cifar10@{regularizer}`"
-        )
-    which, setup = found  # the grid's record: device, formats and image counts
+    folder, made_by = grid_folders(args.grids, [regularizer])[regularizer], f"train_cifar10@{regularizer}"
+    setup = read_json(folder.record, made_by=made_by)  # the grid's record: device, formats and image counts
     history = read_table(
-        args.grid_history[which],
-        "train_cifar10",
-        required=("seed", "lambda", "epoch", "train_accuracy", "test_accuracy", "w_norm"),
+        folder.history, made_by, required=("seed", "lambda", "epoch", "train_accuracy", "test_accuracy", "w_norm")
     )
-    layer_norms = read_table(
-        args.layer_norms[which], "train_cifar10", required=("seed", "lambda", "epoch", "layer", "norm")
-    )
+    layer_norms = read_table(folder.layer_norms, made_by, required=("seed", "lambda", "epoch", "layer", "norm"))
     chosen = (metrics.get("chosen_by_validation") or {}).get("lambda")
 
     figures.set_theme()
@@ -64,7 +56,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         plot_layer_norms(layer_norms, args.figures / "layer_norms.png"),
     ]
     page = render_page(metrics, by_lambda, setup, settings, figures.relative_to_page(pngs, args.page))
-    records = {f"train_cifar10@{regularizer}": args.grid_record[which], "headline_cifar10": args.headline_record}
+    records = {f"train_cifar10@{regularizer}": folder.record, "headline_cifar10": RunFolder(args.headline).record}
     figures.publish(args.page, page, pngs, Tracker(settings.tracking, settings.tracking.experiment_cifar10), records)
 
 
@@ -281,12 +273,12 @@ def render_page(
 ) -> str:
     study = settings.cifar10
     head = metrics["headline"]
-    title = "Weight decay" if study.regularizer == "l2" else f"The `{study.regularizer}` regulariser"
+    title = "Weight decay" if study.regularizer == BASELINE else f"The `{study.regularizer}` regulariser"
     lines = [
         f"# {title} on CIFAR-10",
         "",
         "_Every regulariser side by side: [the comparison page](regularizers_cifar10.md). This page studies "
-        "`cifar10.regularizer`; the λ below is its strength (the rate p for dropout)._",
+        f"`cifar10.regularizer`; the λ below is its strength ({REGISTRY[study.regularizer].strength_label})._",
         "",
         setup_line(study, setup),
         "",
@@ -320,13 +312,7 @@ def render_page(
 def setup_line(study: CifarSettings, setup: dict) -> str:
     t = study.train
     n = setup.get("n_images", {})
-    sgd = f"SGD with {'Nesterov ' if t.nesterov and t.momentum > 0 else ''}momentum {t.momentum:g}, peak lr {t.lr:g}"
-    optimizer = {
-        "l2": f"{sgd}, weight decay added to the gradient (L2)",
-        "decoupled": f"AdamW (decoupled weight decay, β₁ = {t.momentum:g}), peak lr {t.adamw_lr:g}",
-        "l1": f"{sgd}, then a soft-threshold step by lr·λ (L1, proximal)",
-        "dropout": f"{sgd}, dropout of rate p before the classifier",
-    }[study.regularizer]
+    optimizer = REGISTRY[study.regularizer].cifar_method(t)
     decayed = (
         "every parameter is decayed, biases and BatchNorm scales/shifts included"
         if t.decay_norm_and_bias
@@ -472,21 +458,11 @@ def parser() -> argparse.ArgumentParser:
             "metrics": "the DVC metrics file evaluate_cifar10 wrote",
             "by-seed": "final metrics per (regulariser, seed, strength)",
             "table": "the study's regulariser: final metrics per strength over seeds",
-            "headline-record": "the headline run's run record",
+            "headline": "the headline run's folder: its run record",
+            "grids": "the grids' folder: the studied regulariser's history, layer norms and run record",
             "page": "the report page (output)",
             "figures": "the folder of the report's figures (output)",
         },
-    )
-    cli.add_argument("--grid-record", type=Path, nargs="+", required=True, help="each regulariser grid's run record")
-    cli.add_argument(
-        "--grid-history", type=Path, nargs="+", required=True, help="each grid's per-epoch history, in the same order"
-    )
-    cli.add_argument(
-        "--layer-norms",
-        type=Path,
-        nargs="+",
-        required=True,
-        help="each grid's per-layer weight norms, in the same order",
     )
     return cli
 

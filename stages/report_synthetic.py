@@ -11,8 +11,8 @@ import pandas as pd
 import seaborn as sns
 
 from wdlab import figures, stage
-from wdlab.errors import StageInputError
-from wdlab.files import read_json, read_table
+from wdlab.files import grid_folders, read_json, read_table
+from wdlab.regularizers import BASELINE, REGISTRY
 from wdlab.results import fmt_lambda, markdown_table
 from wdlab.settings import Settings
 from wdlab.tracking import Tracker
@@ -31,20 +31,6 @@ BY_SEED_COLUMNS = (
     "reference_w_norm",
     "diverged",
 )
-# Per regulariser: the name of its strength, and of its exact optimum (wdlab/synthetic/references.py).
-STRENGTH = {
-    "l2": "weight decay λ",
-    "decoupled": "decoupled decay λ",
-    "l1": "L1 strength λ",
-    "dropout": "dropout rate p",
-}
-EXACT_NAME = {
-    "l2": "exact ridge",
-    "decoupled": "exact ridge",
-    "l1": "exact lasso",
-    "dropout": "dropout's exact per-feature ridge",
-}
-SYMBOL = {"l2": "λ", "decoupled": "λ", "l1": "λ", "dropout": "p"}
 # The reference implementation's range over 10 seeds (shared/REFERENCE.md §2), for the reference setup only.
 REFERENCE_BANDS = {
     ("scratch", 0.0): {"w_norm": (12.8, 15.0), "train_loss": (4e-7, 1e-4), "test_loss": (70, 112)},
@@ -68,7 +54,8 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     regularizer = settings.synthetic.regularizer
     by_seed = read_table(args.by_seed, "evaluate_synthetic", required=BY_SEED_COLUMNS)
     by_seed = by_seed[by_seed["regularizer"] == regularizer]
-    grid_history = study_history(args.grid_history, regularizer)
+    folder = grid_folders(args.grids, [regularizer])[regularizer]
+    grid_history = read_table(folder.history, f"train_synthetic@{regularizer}", required=HISTORY_COLUMNS)
     contrast = metrics["cv"]["best_lambda"]  # the regularised run shown beside λ = 0
 
     figures.set_theme()
@@ -82,19 +69,8 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         plot_cv_choices(metrics, regularizer, args.figures / "cv_choices.png"),
     ]
     page = render_page(metrics, by_seed, contrast, settings, figures.relative_to_page(pngs, args.page))
-    grid_record = next(path for path in args.grid_record if path.name == f"grid_{regularizer}_run.json")
-    records = {f"train_synthetic@{regularizer}": grid_record}
+    records = {f"train_synthetic@{regularizer}": folder.record}
     figures.publish(args.page, page, pngs, Tracker(settings.tracking, settings.tracking.experiment_synthetic), records)
-
-
-def study_history(paths: list[Path], regularizer: str) -> pd.DataFrame:
-    """The per-epoch history of the study's regulariser's grid, among every regulariser's."""
-    for path in paths:
-        if path.name == f"grid_{regularizer}_history.csv":
-            return read_table(path, f"train_synthetic@{regularizer}", required=HISTORY_COLUMNS)
-    raise StageInputError(
-        f"no grid history for {regularizer} among --grid-history: run `dvc repro train_synthetic@{regularizer}`"
-    )
 
 
 # ── figures: every curve is the mean over seeds with its 95 % confidence band ────────────────────
@@ -111,7 +87,7 @@ def plot_loss_curves(grid_history: pd.DataFrame, contrast: float, regularizer: s
         sns.lineplot(data=long, x="epoch", y="loss", hue="split", ax=ax, **figures.SEED_BAND)
         ax.set(
             yscale="log",
-            title=f"{regularizer}, {SYMBOL[regularizer]} = {fmt_lambda(lam)}",
+            title=f"{regularizer}, {REGISTRY[regularizer].symbol} = {fmt_lambda(lam)}",
             xlabel="epoch",
             ylabel="squared loss (ŷ − y)²/2",
         )
@@ -126,7 +102,7 @@ def plot_loss_vs_lambda(by_seed: pd.DataFrame, metrics: dict, regularizer: str, 
         "train_loss": "SGD train",
         "test_loss": "SGD test",
         "cv_loss": "SGD cross-validation",
-        "reference_test_loss": f"{EXACT_NAME[regularizer]} test",
+        "reference_test_loss": f"{REGISTRY[regularizer].exact} test",
     }
     long = by_seed.melt(id_vars=["seed", "lambda"], value_vars=list(curves), var_name="curve", value_name="loss")
     long["curve"] = long["curve"].map(curves)
@@ -153,7 +129,7 @@ def plot_loss_vs_lambda(by_seed: pd.DataFrame, metrics: dict, regularizer: str, 
     figures.lambda_axis(ax, by_seed["lambda"])
     ax.set(
         yscale="log",
-        xlabel=STRENGTH[regularizer],
+        xlabel=REGISTRY[regularizer].strength_label,
         ylabel="final squared loss",
         title=f"{regularizer}: final losses as the strength grows\n({figures.band_note(by_seed)})",
     )
@@ -166,7 +142,7 @@ def plot_norm_vs_lambda(by_seed: pd.DataFrame, regularizer: str, epochs: int, pa
         id_vars=["seed", "lambda"], value_vars=["w_norm", "reference_w_norm"], var_name="model", value_name="norm"
     )
     long["model"] = long["model"].map(
-        {"w_norm": f"SGD, {epochs}-epoch budget", "reference_w_norm": EXACT_NAME[regularizer]}
+        {"w_norm": f"SGD, {epochs}-epoch budget", "reference_w_norm": REGISTRY[regularizer].exact}
     )
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.lineplot(
@@ -183,7 +159,7 @@ def plot_norm_vs_lambda(by_seed: pd.DataFrame, regularizer: str, epochs: int, pa
     figures.lambda_axis(ax, by_seed["lambda"])
     ax.set(
         yscale="log",
-        xlabel=STRENGTH[regularizer],
+        xlabel=REGISTRY[regularizer].strength_label,
         ylabel="‖w‖₂",
         title=f"{regularizer} shrinks the weights\n({figures.band_note(by_seed)})",
     )
@@ -202,14 +178,8 @@ def plot_norm_vs_epoch(grid_history: pd.DataFrame, regularizer: str, path: Path)
         ax=ax,
         **figures.SEED_BAND,
     )
-    title = {
-        "l2": "Each epoch multiplies w by about (1 − ηλ)^(steps)",
-        "decoupled": "Each epoch multiplies w by about (1 − ηλ)^(steps)",
-        "l1": "Each step moves every weight ηλ towards zero, and stops it there",
-        "dropout": "Dropout shrinks w like a per-feature ridge",
-    }
-    ax.set(yscale="log", xlabel="epoch", ylabel="‖w‖₂", title=title[regularizer])
-    ax.legend(title=SYMBOL[regularizer], fontsize="small", ncols=2)
+    ax.set(yscale="log", xlabel="epoch", ylabel="‖w‖₂", title=REGISTRY[regularizer].epoch_shrink)
+    ax.legend(title=REGISTRY[regularizer].symbol, fontsize="small", ncols=2)
     return figures.save(fig, path)
 
 
@@ -218,9 +188,9 @@ def plot_cv_choices(metrics: dict, regularizer: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     sns.barplot(x=[fmt_lambda(lam) for lam in chosen], y=list(chosen.values()), color=sns.color_palette()[0], ax=ax)
     ax.set(
-        xlabel=STRENGTH[regularizer],
+        xlabel=REGISTRY[regularizer].strength_label,
         ylabel="seeds",
-        title=f"The {SYMBOL[regularizer]} each seed's {metrics['cv']['folds']}-fold cross-validation chooses",
+        title=f"The {REGISTRY[regularizer].symbol} each seed's {metrics['cv']['folds']}-fold cross-validation chooses",
     )
     ax.yaxis.get_major_locator().set_params(integer=True)
     return figures.save(fig, path)
@@ -234,7 +204,11 @@ def render_page(
 ) -> str:
     spec, grid = settings.synthetic, metrics["grid"]
     regularizer = spec.regularizer
-    title = "Weight decay" if regularizer == "l2" else f"The `{regularizer}` regulariser ({STRENGTH[regularizer]})"
+    title = (
+        "Weight decay"
+        if regularizer == BASELINE
+        else f"The `{regularizer}` regulariser ({REGISTRY[regularizer].strength_label})"
+    )
     lines = [
         f"# {title} on high-dimensional linear regression",
         "",
@@ -271,7 +245,7 @@ def render_page(
         "",
         *[f"![{Path(link).stem}]({link})" for link in figure_links],
         "",
-        f"## Metrics per {SYMBOL[regularizer]} (mean ± std over seeds)",
+        f"## Metrics per {REGISTRY[regularizer].symbol} (mean ± std over seeds)",
         "",
         markdown_table(
             per_lambda_table(grid), table_columns(regularizer), {c: str for c in TABLE_COLUMNS if c != "lambda"}
@@ -305,23 +279,23 @@ def finding(base: dict, reg: dict, contrast: float, regularizer: str, n_train: i
         else "The 95 % intervals over seeds overlap: with these seeds the difference is not distinguishable from seed noise."
     )
     return (
-        f"Without a regulariser ({SYMBOL[regularizer]} = 0) SGD fits the {n_train} training points almost exactly "
+        f"Without a regulariser ({REGISTRY[regularizer].symbol} = 0) SGD fits the {n_train} training points almost exactly "
         f"(train loss {pm(base['train_loss'])}) but the test loss is {pm(base['test_loss'])}: it overfits. "
-        f"With {regularizer} at {SYMBOL[regularizer]} = {fmt_lambda(contrast)} the train loss rises to {pm(reg['train_loss'])} while the test loss "
+        f"With {regularizer} at {REGISTRY[regularizer].symbol} = {fmt_lambda(contrast)} the train loss rises to {pm(reg['train_loss'])} while the test loss "
         f"falls to {pm(reg['test_loss'])}, {ratio:,.0f}× lower, and ‖w‖ shrinks from {pm(base['w_norm'])} to {pm(reg['w_norm'])}. "
         + verdict
     )
 
 
 def cv_sentence(metrics: dict, regularizer: str, lambda_grid: tuple[float, ...]) -> str:
-    cv, grid, sym = metrics["cv"], metrics["grid"], SYMBOL[regularizer]
+    cv, grid, sym = metrics["cv"], metrics["grid"], REGISTRY[regularizer].symbol
     best = cv["best_lambda"]
     counts = ", ".join(f"{sym} = {key.removeprefix('lambda_')} on {n}" for key, n in cv["chosen"].items() if n)
     text = (
         f"{cv['folds']}-fold cross-validation on each seed's training set (the test set never takes part) chooses "
         f"{counts} of {metrics['seeds']} seeds; the lowest CV loss averaged over seeds is at {sym} = {fmt_lambda(best)}, "
         f"where the test loss is {pm(grid[f'lambda_{best:g}']['test_loss'])} against "
-        f"{pm(grid[f'lambda_{best:g}']['reference_test_loss'])} for the {EXACT_NAME[regularizer]} solution."
+        f"{pm(grid[f'lambda_{best:g}']['reference_test_loss'])} for the {REGISTRY[regularizer].exact} solution."
     )
     edge = {min(lambda_grid): "smallest", max(lambda_grid): "largest"}.get(best)
     if edge:
@@ -339,7 +313,7 @@ def cv_sentence(metrics: dict, regularizer: str, lambda_grid: tuple[float, ...])
 
 def optimum_sentence(grid: dict, metrics: dict, regularizer: str, epochs: int) -> str:
     """How far SGD is from the exact optimum of its own objective, and where it closes the gap."""
-    exact, sym = EXACT_NAME[regularizer], SYMBOL[regularizer]
+    exact, sym = REGISTRY[regularizer].exact, REGISTRY[regularizer].symbol
     ratios = {
         float(k.removeprefix("lambda_")): v["test_loss"]["mean"] / v["reference_test_loss"]["mean"]
         for k, v in grid.items()
@@ -351,14 +325,10 @@ def optimum_sentence(grid: dict, metrics: dict, regularizer: str, epochs: int) -
         if close
         else f"SGD stays more than 25% above the {exact} test loss at every {sym} of the grid"
     )
-    shrink = {
-        "l1": "moves each weight only ηλ towards zero",
-        "dropout": "shrinks only as a ridge step with λ_j = c_j would",
-    }
     ridge = [v["reference_test_loss"]["mean"] for v in grid.values()]
     return (
         f"{reach}; below that, what remains after {epochs} epochs is the random initialisation, which each "
-        f"step {shrink.get(regularizer, 'shrinks only by the factor (1 − ηλ)')}. The {exact} test loss is {min(ridge):.3g}–{max(ridge):.3g} "
+        f"step {REGISTRY[regularizer].step_shrink}. The {exact} test loss is {min(ridge):.3g}–{max(ridge):.3g} "
         f"across the grid; predicting the training mean (w = 0) gives {pm(metrics['reference']['zero_weight_test_loss'])}, "
         f"and the noise floor σ²/2 is {metrics['reference']['noise_floor']:.2g}."
     )
@@ -368,7 +338,7 @@ def reference_table(by_seed: pd.DataFrame, settings: Settings) -> str | None:
     """Our mean and min–max over seeds beside the reference implementation's band, where the setup is the reference one."""
     spec = settings.synthetic
     setup = spec.data.model_dump() | spec.train.model_dump()
-    if spec.regularizer != "l2" or any(setup[key] != value for key, value in REFERENCE_SETUP.items()):
+    if spec.regularizer != BASELINE or any(setup[key] != value for key, value in REFERENCE_SETUP.items()):
         return None  # the reference implementation's bands are for weight decay (l2) in its setup
     rows = ["| λ | metric | here: mean (min–max) | reference band | inside |", "|---:|---|---:|---:|---|"]
     for (implementation, lam), bands in REFERENCE_BANDS.items():
@@ -400,9 +370,9 @@ TABLE_COLUMNS = {
 
 def table_columns(regularizer: str) -> dict[str, str]:
     return TABLE_COLUMNS | {
-        "lambda": SYMBOL[regularizer],
-        "reference_test_loss": f"{EXACT_NAME[regularizer]} test loss",
-        "reference_zeros": f"{EXACT_NAME[regularizer]} zeros",
+        "lambda": REGISTRY[regularizer].symbol,
+        "reference_test_loss": f"{REGISTRY[regularizer].exact} test loss",
+        "reference_zeros": f"{REGISTRY[regularizer].exact} zeros",
     }
 
 
@@ -423,14 +393,11 @@ def parser() -> argparse.ArgumentParser:
         {
             "metrics": "the DVC metrics file evaluate_synthetic wrote",
             "by-seed": "final metrics per (regulariser, seed, strength)",
+            "grids": "the grids' folder: the studied regulariser's history and run record",
             "page": "the report page (output)",
             "figures": "the folder of the report's figures (output)",
         },
     )
-    cli.add_argument(
-        "--grid-history", type=Path, nargs="+", required=True, help="each regulariser grid's per-epoch history"
-    )
-    cli.add_argument("--grid-record", type=Path, nargs="+", required=True, help="each regulariser grid's run record")
     return cli
 
 

@@ -24,7 +24,17 @@ from wdlab.cifar10.training import RunResult
 from wdlab.device import Formats, device_formats, pick_device
 from wdlab.errors import StageError
 from wdlab.executor import Placement, check_address, check_device, run_all
-from wdlab.files import load_tensors, read_table, record_with, save_tensors, write_csv, write_json
+from wdlab.files import (
+    RunFolder,
+    atomic_dir,
+    grid_folders,
+    load_tensors,
+    read_json,
+    read_table,
+    save_tensors,
+    write_csv,
+    write_json,
+)
 from wdlab.results import flatten, seed_aggregates
 from wdlab.runcache import RunCache
 from wdlab.settings import CifarSettings, ExecutorSettings, Settings
@@ -97,15 +107,17 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             finals.setdefault(result.strength, []).append(result.final)
         tracker.log_history(run_id, {}, seed_aggregates(finals))
 
-    save_tensors(args.model, checkpoint(results, study.model.width))
-    write_json(
-        args.record,
-        tracker.run_record(run_id)
-        | setup
-        | ({"executor": settings.executor.kind, "runs": placements} if placements else {}),
-    )
-    write_csv(args.history, history_rows(results))
-    write_csv(args.layer_norms, layer_norm_rows(results))
+    with atomic_dir(args.out) as tmp:  # the folder appears whole, or not at all
+        folder = RunFolder(tmp)
+        save_tensors(folder.model, checkpoint(results, study.model.width))
+        write_json(
+            folder.record,
+            tracker.run_record(run_id)
+            | setup
+            | ({"executor": settings.executor.kind, "runs": placements} if placements else {}),
+        )
+        write_csv(folder.history, history_rows(results))
+        write_csv(folder.layer_norms, layer_norm_rows(results))
     if not reused:
         cache.clear()  # the outputs hold every run now
     for result in results:
@@ -231,29 +243,19 @@ def reuse_grid(
     args: argparse.Namespace, regularizer: str, lam: float, wanted: str
 ) -> tuple[str | None, list[RunResult], dict] | None:
     """The regulariser's grid runs of strength λ (its MLflow run id, the runs, how they were made), if that grid
-    trained λ with the same settings on the same kind of device. Each --grid-* option lists every regulariser's
-    file, in the same order; the run records say which is which."""
-    given = [getattr(args, name.replace("-", "_")) for name in GRID_OUTPUTS]
-    if not all(given) or len({len(paths) for paths in given}) != 1:
-        raise StageError(
-            f"the headline run takes the grids' outputs: give {', '.join('--' + name for name in GRID_OUTPUTS)}, one file per regulariser each"
-        )
-    found = record_with(args.grid_record, "regularizer", regularizer, made_by="train_cifar10")
-    if found is None or found[1].get("fingerprint") != wanted:
+    trained λ with the same settings on the same kind of device."""
+    if args.grids is None:
+        raise StageError("the headline run takes the grids' folder: give --grids (see dvc.yaml)")
+    folder, made_by = grid_folders(args.grids, [regularizer])[regularizer], f"train_cifar10@{regularizer}"
+    record = read_json(folder.record, made_by=made_by)
+    if record.get("fingerprint") != wanted:
         return None
-    which, record = found
-    grid = load_tensors(
-        args.grid_model[which], made_by="train_cifar10", required=("lambdas", "seeds", "state_dicts", "diverged_epoch")
-    )
+    grid = load_tensors(folder.model, made_by=made_by, required=("lambdas", "seeds", "state_dicts", "diverged_epoch"))
     picks = [i for i, member in enumerate(grid["lambdas"].tolist()) if member == lam]
     if not picks:
         return None
-    history = read_table(
-        args.grid_history[which], made_by="train_cifar10", required=("seed", "lambda", "epoch", "diverged")
-    )
-    norms = read_table(
-        args.grid_layer_norms[which], made_by="train_cifar10", required=("seed", "lambda", "epoch", "layer", "norm")
-    )
+    history = read_table(folder.history, made_by=made_by, required=("seed", "lambda", "epoch", "diverged"))
+    norms = read_table(folder.layer_norms, made_by=made_by, required=("seed", "lambda", "epoch", "layer", "norm"))
     results = []
     for i in picks:
         seed, diverged = int(grid["seeds"][i]), int(grid["diverged_epoch"][i])
@@ -365,24 +367,11 @@ def layer_norm_rows(results: list[RunResult]) -> list[dict]:
     ]
 
 
-GRID_OUTPUTS = {  # what the headline run reads to take its strength from its regulariser's grid
-    "grid-model": "the grids' weights",
-    "grid-history": "the grids' per-epoch histories",
-    "grid-layer-norms": "the grids' per-layer norms",
-    "grid-record": "the grids' run records",
-}
-
-
 def parser() -> argparse.ArgumentParser:
-    cli = stage.training_parser(
-        __doc__,
-        "python -m stages.train_cifar10",
-        "cifar10.strengths",
-        "cifar10.wd",
-        layer_norms="‖W‖ per layer and epoch, long format (output)",
+    cli = stage.training_parser(__doc__, "python -m stages.train_cifar10", "cifar10.strengths", "cifar10.wd")
+    cli.add_argument(
+        "--grids", type=Path, help="headline only: the grids' folder, whose runs it reuses where they hold its strength"
     )
-    for name, what in GRID_OUTPUTS.items():
-        cli.add_argument(f"--{name}", type=Path, nargs="+", help=f"headline only: {what}, one per regulariser")
     return cli
 
 

@@ -15,7 +15,7 @@ import torch
 from wdlab import stage
 from wdlab.device import pick_device
 from wdlab.errors import StageInputError
-from wdlab.files import save_tensors, write_csv, write_json
+from wdlab.files import RunFolder, atomic_dir, save_tensors, write_csv, write_json
 from wdlab.results import flatten, mean_curve, seed_aggregates, seed_summary, stats_of
 from wdlab.settings import Settings
 from wdlab.synthetic.data import Split, load_dataset
@@ -70,10 +70,12 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         tracker.log_history(run_id, {}, seed_aggregates(finals))
 
     trained = checkpoint(result) | exact_optima(train_set, regularizer, lambdas)
-    save_tensors(args.model, trained)
-    write_json(args.record, tracker.run_record(run_id))
     history = history_rows(result)
-    write_csv(args.history, history)
+    with atomic_dir(args.out) as tmp:  # the folder appears whole, or not at all
+        folder = RunFolder(tmp)
+        save_tensors(folder.model, trained)
+        write_json(folder.record, tracker.run_record(run_id))
+        write_csv(folder.history, history)
     if args.run == "headline":
         write_json(args.metrics, headline_metrics(evaluate_run(trained, train_set, test_set), regularizer))
         write_csv(args.curve, mean_curve(pd.DataFrame(history)))

@@ -17,6 +17,7 @@ from torch import nn
 
 from stages import compare_regularizers, evaluate_cifar10, report_cifar10, train_cifar10
 from tests.workspace import load_params, stage_args
+from wdlab import regularizers
 from wdlab.cifar10 import data as cifar_data
 from wdlab.cifar10 import model as cifar_model
 from wdlab.cifar10 import training as cifar_training
@@ -35,7 +36,7 @@ def tiny_settings(**overrides) -> Settings:
     study["data"] |= {"train_subset": 0, "valid_size": 50}
     study["model"] |= {"width": 8}
     study["train"] |= {"epochs": 3, "batch_size": 16, "lr": 0.05, "warmup_fraction": 0.1, "mixed_precision": False}
-    study["strengths"] = {"l2": [0.0, 5e-4], "decoupled": [0.05], "l1": [1e-3], "dropout": [0.5]}
+    study["strengths"] |= {"l2": [0.0, 5e-4], "decoupled": [0.05], "l1": [1e-3], "dropout": [0.5]}
     for dotted, value in overrides.items():
         *parents, last = dotted.split(".")
         node = raw
@@ -236,7 +237,7 @@ def test_l1_proximal_step_is_the_soft_threshold():
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[0.3, -0.05, 0.1, -0.4]]))
     optimizer = torch.optim.SGD([{"name": "decay", "params": [layer.weight], "weight_decay": 0.0}], lr=0.5)
-    cifar_training.l1_proximal_step(optimizer, strength=0.2)  # threshold η·λ = 0.1
+    regularizers.get("l1").after_step(optimizer, strength=0.2)  # threshold η·λ = 0.1
     torch.testing.assert_close(layer.weight, torch.tensor([[0.2, 0.0, 0.0, -0.3]]))
     assert (layer.weight == 0).sum() == 2
 

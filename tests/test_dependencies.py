@@ -58,7 +58,8 @@ def imported_modules(path: Path) -> Iterator[str]:
 
 
 def import_closure(entry: Path) -> set[str]:
-    """The project files `entry` needs, itself included, with each package's __init__ on the way."""
+    """The project files `entry` needs, itself included, with each package's __init__ on the way; the imports of a
+    plumbing module are not followed."""
     seen: set[str] = set()
     todo = [entry]
     while todo:
@@ -66,6 +67,8 @@ def import_closure(entry: Path) -> set[str]:
         if path.as_posix() in seen:
             continue
         seen.add(path.as_posix())
+        if path.as_posix() in PLUMBING:
+            continue  # what plumbing imports serves its plumbing (settings reads the regularisers' names)
         for name in imported_modules(path):
             parts = name.split(".")
             for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ first

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.workspace import load_params
+from wdlab import regularizers, streams
 from wdlab.results import best_lambda
 from wdlab.settings import parse_settings
 from wdlab.synthetic import data as synthetic_data
@@ -303,10 +304,11 @@ def test_input_dropout_is_per_feature_ridge_in_expectation(splits):
         0.1 * torch.randn(2, 1, DATA.n_features, generator=gen, dtype=torch.float64),
         torch.zeros(2, 1, dtype=torch.float64),
     )
-    stepper = training.DropoutStepper(w.clone(), b.clone(), torch.tensor([rate], dtype=torch.float64), 0.0, seeds)
+    dropout, strength = regularizers.get("dropout"), torch.tensor([rate], dtype=torch.float64)
+    gens = [streams.generator(seed, dropout.streams[0]) for seed in seeds]  # the stepper's own mask streams
     total = torch.zeros(2, dtype=torch.float64)
     for _ in range(draws // 100):
-        xs = torch.stack([stepper.masked(x) for _ in range(100)])  # [100, S, 1, n, d]
+        xs = torch.stack([dropout.training_inputs(x, strength, gens) for _ in range(100)])  # [100, S, 1, n, d]
         pred = (xs * w[None, :, :, None, :]).sum(dim=-1) + b[None, :, :, None]
         total += ((pred - y[None, :, None, :]) ** 2 / 2).mean(dim=-1).sum(dim=0)[:, 0]
     expected = (

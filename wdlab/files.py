@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from wdlab.errors import StageInputError
 
@@ -59,6 +59,33 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
             os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+class RunFolder(NamedTuple):
+    """The outputs of one training stage, one folder per grid (or headline run): what downstream stages take."""
+
+    root: Path
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.pt"  # trained weights
+
+    @property
+    def record(self) -> Path:
+        return self.root / "run.json"  # how it ran and its MLflow run
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.csv"  # per-epoch metrics, long format
+
+    @property
+    def layer_norms(self) -> Path:
+        return self.root / "layer_norms.csv"  # CIFAR-10: ‖W‖ per (strength, seed, epoch, layer)
+
+
+def grid_folders(root: Path | str, names: Sequence[str]) -> dict[str, RunFolder]:
+    """Each regulariser's grid folder under `root` (a training stage per regulariser writes `root/<name>`)."""
+    return {name: RunFolder(Path(root) / name) for name in names}
 
 
 def _umask() -> int:

@@ -6,8 +6,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic.fields import FieldInfo
+
+from wdlab import regularizers
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -53,17 +55,17 @@ LambdaGrid = Annotated[
     tuple[float, ...], Field(strict=False, min_length=1, description="the λ values compared"), AfterValidator(_lambdas)
 ]
 Seeds = Annotated[tuple[int, ...], Field(strict=False), AfterValidator(_seeds)]
-Regularizer = Literal["l2", "decoupled", "l1", "dropout"]
-REGULARIZERS: tuple[str, ...] = get_args(Regularizer)
+Regularizer = Literal[regularizers.NAMES]  # type: ignore[valid-type]  # the names of wdlab/regularizers.py
+REGULARIZERS: tuple[str, ...] = regularizers.NAMES
 
 
 def _rates(grid: tuple[float, ...]) -> tuple[float, ...]:
     if any(not 0 <= v < 1 for v in grid):
-        raise ValueError("every dropout rate must be in [0, 1)")
+        raise ValueError("every rate must be in [0, 1)")
     return grid
 
 
-DropoutGrid = Annotated[LambdaGrid, AfterValidator(_rates)]
+RateGrid = Annotated[LambdaGrid, AfterValidator(_rates)]
 
 
 class _Model(BaseModel):
@@ -71,16 +73,23 @@ class _Model(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
-class Strengths(_Model):
-    """Each regulariser's own strength grid; every strength is trained on every seed."""
-
-    l2: LambdaGrid = Field(description="λ of the penalty λ/2·‖w‖² added to the loss (coupled decay)")
-    decoupled: LambdaGrid = Field(description="λ of the decay w ← w − ηλ·w applied apart from the gradient step")
-    l1: LambdaGrid = Field(description="λ of the penalty λ·‖w‖₁, applied by a proximal soft-threshold step")
-    dropout: DropoutGrid = Field(description="dropout rate p, each in [0, 1)")
-
+class _StrengthGrids(_Model):
     def of(self, regularizer: str) -> tuple[float, ...]:
         return getattr(self, regularizer)
+
+
+def _strengths(name: str, doc: str, meaning: str) -> type[_StrengthGrids]:
+    """A model with one strength grid per regulariser of the registry, each described by its definition."""
+    fields: dict[str, Any] = {
+        r.name: (RateGrid if r.is_rate else LambdaGrid, Field(description=getattr(r, meaning)))
+        for r in regularizers.REGISTRY.values()
+    }
+    return create_model(name, __base__=_StrengthGrids, __doc__=doc, **fields)
+
+
+Strengths = _strengths(
+    "Strengths", "Each regulariser's own strength grid; every strength is trained on every seed.", "synthetic_meaning"
+)
 
 
 class TrackingSettings(_Model):
@@ -171,11 +180,11 @@ class CifarTrain(_Model):
     )
 
 
-class CifarStrengths(Strengths):
-    """Each regulariser's own strength grid for the CNN; every strength is trained on every seed."""
-
-    l2: LambdaGrid = Field(description="λ of SGD's weight_decay: λ·w added to the gradient (coupled)")
-    decoupled: LambdaGrid = Field(description="λ of AdamW's weight_decay: w ← (1 − ηλ)·w apart from the adaptive step")
+CifarStrengths = _strengths(
+    "CifarStrengths",
+    "Each regulariser's own strength grid for the CNN; every strength is trained on every seed.",
+    "cifar_meaning",
+)
 
 
 class CifarSettings(_Model):
@@ -231,12 +240,13 @@ class Settings(_Model):
 
     @model_validator(mode="after")
     def _rates_below_one(self) -> Settings:
-        if self.synthetic.regularizer == "dropout" and not self.wd < 1:
-            raise ValueError(f"wd = {self.wd:g} must be a dropout rate in [0, 1) when synthetic.regularizer is dropout")
-        if self.cifar10.regularizer == "dropout" and not self.cifar10.wd < 1:
-            raise ValueError(
-                f"cifar10.wd = {self.cifar10.wd:g} must be a dropout rate in [0, 1) when cifar10.regularizer is dropout"
-            )
+        for key, value, study in (("wd", self.wd, "synthetic"), ("cifar10.wd", self.cifar10.wd, "cifar10")):
+            definition = regularizers.get(getattr(self, study).regularizer)
+            if definition.is_rate and not value < 1:
+                raise ValueError(
+                    f"{key} = {value:g} must be a {definition.title} rate in [0, 1) "
+                    f"when {study}.regularizer is {definition.name}"
+                )
         return self
 
 

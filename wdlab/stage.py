@@ -42,9 +42,7 @@ def training_parser(
         prog,
         {
             "data": "the dataset the download/generate stage wrote",
-            "model": "trained weights (output)",
-            "history": "per-epoch metrics, long format (output)",
-            "record": "run record: how it ran and its MLflow run (output)",
+            "out": "the run's folder (output): model.pt, run.json, history.csv and the study's other per-run files",
         }
         | {name.replace("_", "-"): what for name, what in outputs.items()},
     )

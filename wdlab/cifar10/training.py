@@ -1,11 +1,8 @@
 """Training the CIFAR-10 net with a regulariser: decay groups, the optimiser, the lr schedule, the loop and its record.
 
-The regularisers, at strength s (η_t: the step's lr):
-- l2:        SGD with weight_decay = λ: g ← ∇L + λw, which the momentum then carries (coupled)
-- decoupled: AdamW with weight_decay = λ: w ← (1 − η_tλ)·w apart from the adaptive step m̂/(√v̂ + ε)
-- l1:        SGD, then the proximal step of λ·‖w‖₁ after each update: w ← sign(w)·max(|w| − η_tλ, 0), exact zeros
-- dropout:   SGD, with dropout of rate p on the pooled features before the classifier
-Penalties (l2, decoupled, l1) apply to the conv and linear weights only, unless `decay_norm_and_bias`.
+What each regulariser does to a run (its optimiser, weight decay, dropout, a hook after each step or on the training
+batch) its definition says (wdlab.regularizers). Penalties apply to the conv and linear weights only, unless
+`decay_norm_and_bias`.
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from wdlab import streams
+from wdlab import regularizers, streams
 from wdlab.cifar10.data import (
     SPLITS,
     Split,
@@ -36,6 +33,7 @@ from wdlab.cifar10.data import (
 from wdlab.cifar10.model import build_model, layer_norms, total_norm, zero_fraction
 from wdlab.device import Formats, keep_freed_memory
 from wdlab.progress import progress
+from wdlab.regularizers import Regularizer
 from wdlab.settings import CifarSettings, CifarTrain
 
 log = logging.getLogger("wd-lab.cifar10")
@@ -65,25 +63,15 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
 
 
 def make_optimizer(model: nn.Module, spec: CifarTrain, regularizer: str, strength: float) -> torch.optim.Optimizer:
-    """SGD for l2 (weight_decay = λ), l1 and dropout (no weight_decay); AdamW for decoupled (weight_decay = λ)."""
-    groups = param_groups(model, strength if regularizer in ("l2", "decoupled") else 0.0, spec.decay_norm_and_bias)
-    if regularizer == "decoupled":
+    """SGD, or AdamW where the regulariser says so, with its weight_decay on the decayed group."""
+    regularizer = regularizers.get(regularizer)
+    groups = param_groups(model, regularizer.weight_decay(strength), spec.decay_norm_and_bias)
+    if regularizer.optimizer == "adamw":
         # w ← (1 − ηλ)·w − η·m̂ / (√v̂ + ε), with β₁ = momentum
         return torch.optim.AdamW(groups, lr=spec.adamw_lr, betas=(spec.momentum, 0.999))
     # L2 through the gradient: g ← ∇L + λw;  v ← μ·v + g;  w ← w − η·v (Nesterov: w ← w − η·(g + μ·v))
     nesterov = spec.nesterov and spec.momentum > 0
     return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=nesterov)
-
-
-@torch.no_grad()
-def l1_proximal_step(optimizer: torch.optim.Optimizer, strength: float) -> None:
-    """The proximal operator of η_t·λ·‖w‖₁ on the decayed group, after the optimiser's step: soft-thresholding,
-    which sets every weight within η_t·λ of zero to exactly zero."""
-    for group in optimizer.param_groups:
-        if group["name"] == "decay":
-            threshold = group["lr"] * strength
-            for param in group["params"]:
-                param.copy_(param.sign() * (param.abs() - threshold).clamp_min(0))
 
 
 def lr_factor(step: int, total_steps: int, spec: CifarTrain) -> float:
@@ -131,7 +119,9 @@ class Trainer:
     formats: Formats
     order_gen: torch.Generator
     augment_gen: torch.Generator
-    l1_strength: float = 0.0  # > 0: a proximal L1 step after each optimiser step
+    regularizer: Regularizer
+    strength: float
+    regularizer_gen: torch.Generator | None = None  # the regulariser's own draws on the training batch (input noise)
 
     @classmethod
     def create(
@@ -141,9 +131,11 @@ class Trainer:
         strength alone explain the differences."""
         if formats.device.type == "cpu":
             keep_freed_memory()  # else every step page-faults its activations back in: ~12 % of a CPU step
-        dropout = strength if regularizer == "dropout" else 0.0
+        definition = regularizers.get(regularizer)
+        dropout = definition.dropout(strength)
+        stream = definition.streams[1] if definition.streams else None
         if dropout:
-            torch.manual_seed(seed * 1_000_003 + streams.CIFAR_DROPOUT)  # nn.Dropout draws from the global streams
+            torch.manual_seed(seed * 1_000_003 + stream)  # nn.Dropout draws from the global streams
         model = build_model(spec.model.width, seed, dropout).to(formats.device, memory_format=formats.memory_format)
         optimizer = make_optimizer(model, spec.train, regularizer, strength)
         total_steps = steps_per_epoch(n_train, spec.train.batch_size) * spec.train.epochs
@@ -157,7 +149,9 @@ class Trainer:
             formats,
             order_gen,
             streams.generator(seed, streams.CIFAR_AUGMENT),
-            l1_strength=strength if regularizer == "l1" else 0.0,
+            definition,
+            strength,
+            streams.generator(seed, stream) if stream is not None else None,
         )
 
     def train_epoch(self, split: Split, progress: tqdm | None = None) -> float:
@@ -172,14 +166,16 @@ class Trainer:
             images, labels = split.images[idx], split.labels[idx]
             if spec.data.augment:
                 images = augment(images, flips[step], offsets[step])
+            inputs = normalise(images, self.formats.memory_format)
+            if self.regularizer_gen is not None:
+                inputs = self.regularizer.training_images(inputs, self.strength, self.regularizer_gen)
             with self.formats.autocast():
-                logits = self.model(normalise(images, self.formats.memory_format))
+                logits = self.model(inputs)
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=spec.train.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            if self.l1_strength:
-                l1_proximal_step(self.optimizer, self.l1_strength)
+            self.regularizer.after_step(self.optimizer, self.strength)
             self.schedule.step()
             total += loss.detach()
             if progress is not None:

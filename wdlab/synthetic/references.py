@@ -1,13 +1,14 @@
-"""The exact optimum each regulariser's SGD approaches, per seed (the bias is never penalised):
-- l2 and decoupled: ridge regression, in closed form;
-- l1: the lasso, from scikit-learn's coordinate descent with its objective matched to ours;
-- dropout: in expectation over the masks, ridge with one weight per feature (Wager, Wang & Liang 2013), in closed form.
+"""The exact optima the regularisers' SGD approaches, per seed (the bias is never penalised): ridge in closed form,
+the lasso from scikit-learn's coordinate descent with its objective matched to ours, and dropout's expectation, a
+ridge with one weight per feature (Wager, Wang & Liang 2013), in closed form. Which one a regulariser approaches, at
+which argument, its definition says (wdlab.regularizers).
 """
 
 from __future__ import annotations
 
 import torch
 
+from wdlab.regularizers import dropout_scales, get
 from wdlab.synthetic.data import Split
 
 LASSO_TOL = 1e-12  # scikit-learn's duality-gap tolerance (relative to ‖y‖²/n): far below the differences shown
@@ -15,36 +16,14 @@ LASSO_TOL = 1e-12  # scikit-learn's duality-gap tolerance (relative to ‖y‖²
 
 def reference_solution(regularizer: str, train_set: Split, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The exact minimiser of regulariser's objective at `strength` on each seed's training set: weight [S, d], bias [S]."""
-    if regularizer in ("l2", "decoupled"):
-        return ridge_solution(train_set, strength)
-    if regularizer == "l1":
-        return lasso_solution(train_set, strength)
-    if regularizer == "dropout":
-        return dropout_ridge_solution(train_set, strength)
-    raise ValueError(f"unknown regulariser {regularizer!r}")
+    solver, argument = get(regularizer).reference(strength)
+    return SOLVERS[solver](train_set, argument)
 
 
 def penalty(regularizer: str, train_set: Split, weight: torch.Tensor, strength: float) -> torch.Tensor:
-    """The term each regulariser adds to mean (ŷ − y)²/2 (dropout: in expectation over the masks), per model:
+    """The term a regulariser adds to mean (ŷ − y)²/2 (in expectation over its random draws), per model:
     weight [S, ..., d] → [S, ...]."""
-    if regularizer in ("l2", "decoupled"):
-        return strength / 2 * (weight**2).sum(dim=-1)
-    if regularizer == "l1":
-        return strength * weight.abs().sum(dim=-1)
-    if regularizer == "dropout":
-        scale = dropout_scales(train_set, strength).to(weight.dtype)  # [S, d]
-        return 0.5 * (scale.view(scale.shape[0], *[1] * (weight.dim() - 2), -1) * weight**2).sum(dim=-1)
-    raise ValueError(f"unknown regulariser {regularizer!r}")
-
-
-def dropout_scales(train_set: Split, rate: float) -> torch.Tensor:
-    """c_j = p/(1 − p)·mean_i x_ij²: input dropout of rate p adds ½·Σ_j c_j·w_j² to the expected loss, [S, d].
-
-    With x̃_j = x_j·m_j/(1 − p), E[x̃_j] = x_j and Var[x̃_j] = x_j²·p/(1 − p), so
-    E[(w·x̃ + b − y)²/2] = (w·x + b − y)²/2 + ½·Σ_j w_j²·x_j²·p/(1 − p); averaging over samples gives c_j.
-    """
-    x = train_set.x.double()
-    return rate / (1 - rate) * (x**2).mean(dim=-2)
+    return get(regularizer).penalty(train_set.x, weight, strength)
 
 
 def dropout_ridge_solution(train_set: Split, rate: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -57,7 +36,7 @@ def dropout_ridge_solution(train_set: Split, rate: float) -> tuple[torch.Tensor,
     x_mean, y_mean = x.mean(dim=-2), y.mean(dim=-1)
     xc, yc = x - x_mean[:, None, :], y - y_mean[:, None]
     gram = xc.transpose(-1, -2) @ xc / n + torch.diag_embed(
-        dropout_scales(train_set, rate)
+        dropout_scales(train_set.x, rate)
     )  # symmetric positive definite
     weight = torch.cholesky_solve(xc.transpose(-1, -2) @ yc[..., None] / n, torch.linalg.cholesky(gram))[..., 0]
     return weight, y_mean - (x_mean * weight).sum(dim=-1)
@@ -95,3 +74,6 @@ def ridge_solution(train_set: Split, lam: float) -> tuple[torch.Tensor, torch.Te
     shrink = torch.where(s > tol, s / (s**2 + y.shape[-1] * lam), torch.zeros_like(s))
     weight = torch.einsum("skd,sk->sd", vh, shrink * torch.einsum("snk,sn->sk", u, y - y_mean[:, None]))
     return weight, y_mean - (x_mean * weight).sum(dim=-1)
+
+
+SOLVERS = {"ridge": ridge_solution, "lasso": lasso_solution, "dropout_ridge": dropout_ridge_solution}

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from wdlab import streams
+from wdlab.regularizers import BASELINE
 from wdlab.settings import SyntheticTrain
 from wdlab.synthetic.data import Split
 from wdlab.synthetic.training import train_grid
@@ -34,7 +35,7 @@ def cross_validate(
     folds: int,
     seeds: Sequence[int],
     device: torch.device,
-    regularizer: str = "l2",
+    regularizer: str = BASELINE,
 ) -> torch.Tensor:
     """Validation loss [folds, S, G] of the same SGD procedure, each fold held out in turn, every seed at once."""
     n = train_set.y.shape[-1]

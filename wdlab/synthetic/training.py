@@ -1,11 +1,6 @@
 """Linear regression with a regulariser, trained by minibatch SGD over a whole strength grid at once.
 
-The regularisers, each with its strength s_g per model g (w: weights, b: bias, never regularised; η: lr):
-- l2:        λ/2·‖w‖² in the loss (coupled):     w ← w − η·(∇L + λw)
-- decoupled: the decay apart from the gradient:  w ← w − η·∇L − ηλ·w   (for plain SGD the same update as l2;
-             with momentum or Adam, l2's λw passes through the momentum or the adaptive scaling, decoupled's does not)
-- l1:        λ·‖w‖₁, proximal SGD:               w ← soft(w − η·∇L, ηλ),  soft(v, t) = sign(v)·max(|v| − t, 0)
-- dropout:   inverted input dropout of rate p:   ∇L at x ⊙ m / (1 − p),  m_ij ~ Bernoulli(1 − p), fresh each step
+Each regulariser (wdlab.regularizers) acts through hooks of one SGD step, for every (seed, strength) model at once.
 """
 
 from __future__ import annotations
@@ -16,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from wdlab import streams
+from wdlab import regularizers, streams
 from wdlab.progress import progress as progress_bar
 from wdlab.settings import SyntheticTrain
 from wdlab.synthetic.data import Split
@@ -78,7 +73,7 @@ def train_grid(
     device: torch.device,
     eval_sets: Mapping[str, Split] | None = None,
     progress: bool = True,
-    regularizer: str = "l2",
+    regularizer: str = regularizers.BASELINE,
 ) -> GridRun:
     """Minibatch SGD on every (seed, strength) together: one tensor program with leading seed and grid dimensions."""
     eval_sets = {"train": train_set, **(eval_sets or {})}
@@ -147,109 +142,58 @@ def stepper(
     bias: torch.Tensor,
     strength: torch.Tensor,
     seeds: Sequence[int],
-) -> ScratchStepper | ConciseStepper | DecoupledStepper | ProximalL1Stepper | DropoutStepper:
-    """The SGD step of one regulariser for every (seed, strength); `implementation` chooses between l2's two."""
-    if regularizer == "l2":
-        return (
-            ScratchStepper(weight, bias, strength, spec.lr)
-            if spec.implementation == "scratch"
-            else ConciseStepper(weight, bias, strength.tolist(), spec.lr)
-        )
-    if regularizer == "decoupled":
-        return DecoupledStepper(weight, bias, strength, spec.lr)
-    if regularizer == "l1":
-        return ProximalL1Stepper(weight, bias, strength, spec.lr)
-    if regularizer == "dropout":
-        return DropoutStepper(weight, bias, strength, spec.lr, seeds)
-    raise ValueError(f"unknown regulariser {regularizer!r}")
+) -> RegularizedStepper | ConciseStepper:
+    """The SGD step of one regulariser for every (seed, strength); `implementation: concise` trains a regulariser that
+    torch.optim.SGD's weight_decay expresses (l2) with that optimiser instead."""
+    definition = regularizers.get(regularizer)
+    if spec.implementation == "concise" and definition.concise_sgd:
+        return ConciseStepper(weight, bias, strength.tolist(), spec.lr)
+    return RegularizedStepper(definition, weight, bias, strength, spec.lr, seeds)
 
 
-class _DataLossStepper:
-    """A hand-written SGD step on the data loss alone, for every (seed, strength) in one tensor op; a subclass adds
-    its regulariser through one hook: the predictions the loss is taken on (`training_predictions`), a term applied
-    before the gradient step (`decay`), or a projection after it (`project`)."""
+class RegularizedStepper:
+    """A hand-written SGD step for every (seed, strength) in one tensor op, with the regulariser's hooks
+    (wdlab.regularizers): the inputs it trains on, a penalty in the loss, a decay before the step, a projection after.
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, strength: torch.Tensor, lr: float):
+    w ← project(decay(w) − η·∇(L + penalty)), b ← b − η·∇L; the bias is never regularised.
+    """
+
+    def __init__(
+        self,
+        regularizer: regularizers.Regularizer,
+        weight: torch.Tensor,
+        bias: torch.Tensor,
+        strength: torch.Tensor,
+        lr: float,
+        seeds: Sequence[int],
+    ):
+        self.regularizer = regularizer
         self.weight = weight.requires_grad_()
         self.bias = bias.requires_grad_()
         self.strength, self.lr = strength, lr
+        stream = regularizer.streams[0] if regularizer.streams else None
+        self.gens = [streams.generator(seed, stream) for seed in seeds] if stream is not None else []
 
-    def training_predictions(self, xb: torch.Tensor) -> torch.Tensor:
-        return predict(xb, self.weight, self.bias)
-
-    def decay(self, weight: torch.Tensor) -> None:
-        pass
-
-    def project(self, weight: torch.Tensor) -> None:
-        pass
+    def predictions(self, xb: torch.Tensor) -> torch.Tensor:
+        """ŷ for every model on its own training inputs: [S, B, G]."""
+        xs = self.regularizer.training_inputs(xb, self.strength, self.gens)  # [S, G, B, d] or None
+        if xs is None:
+            return predict(xb, self.weight, self.bias)
+        return (xs * self.weight[:, :, None, :]).sum(dim=-1).transpose(-1, -2) + self.bias[:, None, :]
 
     def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
-        squared_loss(self.training_predictions(xb), yb).sum().backward()
+        # summing over (s, g) keeps each model's gradient its own
+        loss = squared_loss(self.predictions(xb), yb)
+        penalty = self.regularizer.loss_penalty(self.weight, self.strength)
+        if penalty is not None:
+            loss = loss + penalty
+        loss.sum().backward()
         with torch.no_grad():
-            self.decay(self.weight)
+            self.regularizer.decay(self.weight, self.lr, self.strength)
             for param in (self.weight, self.bias):
                 param -= self.lr * param.grad
                 param.grad = None
-            self.project(self.weight)
-
-    def params(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.weight.detach(), self.bias.detach()
-
-
-class DecoupledStepper(_DataLossStepper):
-    """Weight decay applied apart from the gradient: w ← w − ηλ·w − η·∇L(w), both at the same w."""
-
-    def decay(self, weight: torch.Tensor) -> None:
-        weight -= (self.lr * self.strength)[
-            ..., None
-        ] * weight  # runs before the gradient step, whose ∇L is at the old w
-
-
-class ProximalL1Stepper(_DataLossStepper):
-    """λ·‖w‖₁ by proximal SGD: a gradient step on the data loss, then soft-thresholding by ηλ, which sets every
-    weight that would cross zero to exactly zero (what plain subgradient SGD never does)."""
-
-    def project(self, weight: torch.Tensor) -> None:
-        threshold = (self.lr * self.strength)[..., None]
-        weight.copy_(weight.sign() * (weight.abs() - threshold).clamp_min(0))
-
-
-class DropoutStepper(_DataLossStepper):
-    """Inverted dropout on the inputs: each model sees x ⊙ m / (1 − p) with its own fresh mask m ~ Bernoulli(1 − p);
-    evaluation uses x itself. In expectation over m this is ridge with one weight per feature (wdlab.synthetic.references)."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, rate: torch.Tensor, lr: float, seeds: Sequence[int]):
-        super().__init__(weight, bias, rate, lr)
-        self.gens = [streams.generator(seed, streams.SYNTHETIC_DROPOUT) for seed in seeds]
-
-    def masked(self, xb: torch.Tensor) -> torch.Tensor:
-        """xb [S, B, d] → each model's dropped-out copy [S, G, B, d]."""
-        keep = 1 - self.strength  # [G]
-        shape = (len(keep), *xb.shape[1:])  # per seed: [G, B, d]
-        masks = torch.stack([torch.rand(shape, generator=gen, dtype=xb.dtype) for gen in self.gens]).to(xb.device)
-        return xb[:, None] * (masks < keep[:, None, None]) / keep[:, None, None]  # [S, G, B, d]
-
-    def training_predictions(self, xb: torch.Tensor) -> torch.Tensor:
-        xs = self.masked(xb)
-        return (xs * self.weight[:, :, None, :]).sum(dim=-1).transpose(-1, -2) + self.bias[:, None, :]  # [S, B, G]
-
-
-class ScratchStepper:
-    """L2 penalty in the loss and a hand-written SGD step, for every (seed, λ) in one tensor op."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, lam: torch.Tensor, lr: float):
-        self.weight = weight.requires_grad_()
-        self.bias = bias.requires_grad_()
-        self.lam, self.lr = lam, lr
-
-    def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> None:
-        # L_sg = mean (ŷ − y)²/2 + λ_g/2·‖w_sg‖²; summing over (s, g) keeps each model's gradient its own.
-        loss = squared_loss(predict(xb, self.weight, self.bias), yb) + self.lam / 2 * (self.weight**2).sum(dim=-1)
-        loss.sum().backward()
-        with torch.no_grad():
-            for param in (self.weight, self.bias):
-                param -= self.lr * param.grad  # w ← w − η·(∇L + λw)
-                param.grad = None
+            self.regularizer.project(self.weight, self.lr, self.strength)
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.weight.detach(), self.bias.detach()
