@@ -292,11 +292,13 @@ def test_l1_makes_exact_zeros_and_l2_never_does(splits):
     assert (l2.history["zeros"] == 0).all(), "shrinking by (1 − ηλ) never lands on exactly 0"
 
 
-def test_input_dropout_is_per_feature_ridge_in_expectation(splits):
-    """The identity behind dropout's closed form, by Monte Carlo over the stepper's own masks: the mean dropout
-    loss at fixed (w, b) equals the plain loss + ½·Σ_j c_j·w_j², c_j = p/(1 − p)·mean_i x_ij²."""
+@pytest.mark.parametrize("name, rate", [("dropout", 0.5), ("noise", 0.7)])
+def test_random_inputs_add_their_penalty_in_expectation(splits, name, rate):
+    """The identity behind each closed form, by Monte Carlo over the stepper's own draws: the mean loss on the
+    regulariser's random inputs at fixed (w, b) equals the plain loss + its penalty. Dropout: ½·Σ_j c_j·w_j²,
+    c_j = p/(1 − p)·mean_i x_ij²; Gaussian input noise: σ²/2·‖w‖², ridge at λ = σ²."""
     train, _ = splits
-    seeds, rate, draws = SEEDS[:2], 0.5, 20_000
+    seeds, draws = SEEDS[:2], 20_000
     train = synthetic_data.Split(train.x[:2], train.y[:2])
     x, y = train.x.double(), train.y.double()
     gen = torch.Generator().manual_seed(0)
@@ -304,15 +306,15 @@ def test_input_dropout_is_per_feature_ridge_in_expectation(splits):
         0.1 * torch.randn(2, 1, DATA.n_features, generator=gen, dtype=torch.float64),
         torch.zeros(2, 1, dtype=torch.float64),
     )
-    dropout, strength = regularizers.get("dropout"), torch.tensor([rate], dtype=torch.float64)
-    gens = [streams.generator(seed, dropout.streams[0]) for seed in seeds]  # the stepper's own mask streams
+    regularizer, strength = regularizers.get(name), torch.tensor([rate], dtype=torch.float64)
+    gens = [streams.generator(seed, regularizer.streams[0]) for seed in seeds]  # the stepper's own streams
     total = torch.zeros(2, dtype=torch.float64)
     for _ in range(draws // 100):
-        xs = torch.stack([dropout.training_inputs(x, strength, gens) for _ in range(100)])  # [100, S, 1, n, d]
+        xs = torch.stack([regularizer.training_inputs(x, strength, gens) for _ in range(100)])  # [100, S, 1, n, d]
         pred = (xs * w[None, :, :, None, :]).sum(dim=-1) + b[None, :, :, None]
         total += ((pred - y[None, :, None, :]) ** 2 / 2).mean(dim=-1).sum(dim=0)[:, 0]
     expected = (
-        training.squared_loss(training.predict(x, w, b), y)[:, 0] + references.penalty("dropout", train, w, rate)[:, 0]
+        training.squared_loss(training.predict(x, w, b), y)[:, 0] + references.penalty(name, train, w, rate)[:, 0]
     )
     torch.testing.assert_close(total / draws, expected, rtol=0.01, atol=0)
     plain = training.squared_loss(training.predict(x, w, b), y)[:, 0]
@@ -340,3 +342,29 @@ def test_dropout_closed_form_is_the_expected_objectives_minimiser(splits):
     to_unregularised = (run.weight[:, 0].double() - unregularised).norm(dim=-1) / exact.norm(dim=-1)
     assert (distance < 0.3).all(), distance
     assert distance.mean() < 0.75 * to_unregularised.mean(), (distance, to_unregularised)
+
+
+def test_sgd_with_input_noise_reaches_ridge_at_sigma_squared(splits):
+    """Gaussian input noise of std σ minimises, in expectation, the ridge objective at λ = σ², so its reference is that
+    ridge solution. SGD's expected gradient is linear in (w, b), so the mean over independent runs follows gradient
+    descent on the expected objective and settles on the reference; a single run keeps the noise's jitter (~½‖w‖ at
+    σ = 3, lr 0.003). So: R = 64 replicas from w = 0 (full batch, inputs centred so the bias converges as fast as w),
+    their mean within 2 standard errors (the replicas' own spread / √R) of ridge at λ = σ², and nearer to it than to
+    ridge at σ²/2, 2σ² or σ."""
+    train, _ = splits
+    sigma, replicas, seeds = 3.0, 64, SEEDS[:3]
+    solver, argument = regularizers.get("noise").reference(sigma)
+    assert (solver, argument) == ("ridge", sigma**2)
+    x = train.x[: len(seeds)]
+    centred = synthetic_data.Split(x - x.mean(dim=-2, keepdim=True), train.y[: len(seeds)])
+    exact, _ = references.reference_solution("noise", centred, sigma)
+    spec = FULL_BATCH.model_copy(update=dict(lr=0.003, epochs=1500))
+    run = training.train_grid(centred, (sigma,) * replicas, spec, seeds, CPU, progress=False, regularizer="noise")
+    weights = run.weight.double()  # [S, R, d]
+    mean = weights.mean(dim=1)
+    spread = (weights - mean[:, None]).norm(dim=-1).pow(2).mean(dim=1).sqrt()  # one run's jitter, per seed
+    distance = (mean - exact).norm(dim=-1)
+    assert (distance < 2 * spread / replicas**0.5).all(), (distance, spread / replicas**0.5)
+    for lam in (sigma**2 / 2, 2 * sigma**2, sigma):
+        other, _ = references.ridge_solution(centred, lam)
+        assert ((mean - other).norm(dim=-1) > 2 * distance).all(), lam
