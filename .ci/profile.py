@@ -1,7 +1,7 @@
 """Run the CI profile: the whole pipeline through real `dvc repro` in a temp copy, then the regression check.
 
 CIFAR-10 comes from a small archive in the official format, generated and served from 127.0.0.1: the "ci"
-stand-in of tests/cifar_fixture.py, whose images behave like CIFAR-10 for the profile's small CNN (test accuracy
+stand-in of wdlab/cifar10/standin.py, whose images behave like CIFAR-10 for the profile's small CNN (test accuracy
 near 60 %, a visible generalisation gap at λ = 0, chance if labels and images fall out of step).
 Usage (from the project root, in the venv): python .ci/profile.py [--update-baseline] [--keep]
 """
@@ -21,15 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from ruamel.yaml import YAML  # noqa: E402
 
-from tests.cifar_fixture import FixtureArchive, build_archive, served  # noqa: E402
-from tests.workspace import (  # noqa: E402
-    commit_all,
-    copy_project,
-    dvc,
-    load_params,
-    run,
-    write_params,
-)
+from wdlab.cifar10.standin import FixtureArchive, build_archive, served  # noqa: E402
+from wdlab.workspace import commit_all, copy_project, dvc, load_params, run, write_params  # noqa: E402
 
 PROFILE = ROOT / ".ci" / "profile.yaml"
 IMAGES_PER_BATCH = 120  # 600 training images: 100 held out for validation, 500 trained on

@@ -1,13 +1,13 @@
 """Benchmark: the pipeline as a user runs it, in a temp copy of a git revision of this repository.
 
     python -m benchmarks.pipeline                      # `dvc exp run -S wd=3` and a no-op `dvc repro`, warm, 3 times
-                                                       # (of the synthetic branch: tests.workspace.SYNTHETIC_BRANCH)
+                                                       # (of the synthetic branch: wdlab.workspace.SYNTHETIC_BRANCH)
     python -m benchmarks.pipeline --repeat 5           # 5 times each (the run cache is cleared between runs)
     python -m benchmarks.pipeline --cifar              # + the default CIFAR-10 branch on a full-size stand-in
     python -m benchmarks.pipeline --cifar --rev 3f2de00   # the same for an older revision: before and after
     ONEDNN_MAX_CPU_ISA=AVX512_CORE python -m benchmarks.pipeline --cifar-only   # the CIFAR-10 branch as a CPU without bf16 runs it
 
-The CIFAR-10 archive is the generated stand-in in the official format (tests/cifar_fixture.py, 50,000 training
+The CIFAR-10 archive is the generated stand-in in the official format (wdlab/cifar10/standin.py, 50,000 training
 and 10,000 test images, the "ci" kind), read from a local path: the same bytes for every revision. Also prints
 one epoch of the current trainer split into training and evaluation (curves on subsets vs every image). It prints
 the machine first (benchmarks/machine.py) and writes its figures with it to benchmarks/results/pipeline-<machine class>.json.
@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import this_machine, write_result  # noqa: E402
-from tests.cifar_fixture import build_archive  # noqa: E402
-from tests.workspace import SYNTHETIC_BRANCH, commit_all, dvc, git, load_params, set_key, tool_env, write_params  # noqa: E402
+from wdlab.cifar10.standin import build_archive  # noqa: E402
+from wdlab.workspace import SYNTHETIC_BRANCH, commit_all, dvc, git, load_params, set_key, tool_env, write_params  # noqa: E402
 
 CIFAR_BRANCH = (
     "report_cifar10",
@@ -157,8 +157,8 @@ def epoch_split() -> None:
     """One epoch of the current trainer at the default params: training vs evaluating (subsets, every image)."""
     import torch
 
-    from tests.cifar_fixture import make_batches
     from wdlab.cifar10.data import Split, Splits, curve_subsets, split_indices
+    from wdlab.cifar10.standin import make_batches
     from wdlab.cifar10.training import Trainer, measure
     from wdlab.device import device_formats, pick_device
     from wdlab.settings import load_settings

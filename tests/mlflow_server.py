@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.workspace import kill_group, tool_env
+from wdlab.workspace import kill_group, tool_env
 
 HOST = "127.0.0.1"  # the UI has no authentication: never bind it beyond this machine
 

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import pytest
 
-from tests.workspace import ROOT, clone_project, other_kernel_set
+from wdlab.workspace import ROOT, clone_project, other_kernel_set
 
 pytestmark = pytest.mark.slow
 

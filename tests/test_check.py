@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from stages import check
-from tests.workspace import ROOT
 from wdlab.errors import StageInputError
 from wdlab.results import flatten
+from wdlab.workspace import ROOT
 
 SYNTHETIC = json.loads((ROOT / "baselines/default/synthetic.json").read_text())
 HEADLINE = json.loads((ROOT / "baselines/default/synthetic_headline.json").read_text())

@@ -9,13 +9,13 @@ import pytest
 import torch
 from ruamel.yaml import YAML
 
-from tests.cifar_fixture import DIFFICULTIES, TEST_BATCH, TRAIN_BATCHES, build_archive, make_batches
-from tests.workspace import ROOT, load_params
 from wdlab.cifar10.archive import read_archive
 from wdlab.cifar10.data import Split, Splits, split_indices
+from wdlab.cifar10.standin import DIFFICULTIES, TEST_BATCH, TRAIN_BATCHES, build_archive, make_batches
 from wdlab.cifar10.training import train
 from wdlab.device import device_formats
 from wdlab.settings import parse_settings
+from wdlab.workspace import ROOT, load_params
 
 
 @pytest.mark.parametrize("difficulty", DIFFICULTIES)

@@ -23,9 +23,9 @@ import torch
 from ruamel.yaml import YAML
 
 from stages import download as download_stage
-from tests.cifar_fixture import CLASSES, TRAIN_BATCHES, FixtureArchive, build_archive, make_batches, py2_pickle
-from tests.workspace import stage_args, stage_command
+from tests.helpers.stages import stage_args, stage_command
 from wdlab.cifar10.archive import cached_archive_path, file_md5, load_cifar10
+from wdlab.cifar10.standin import CLASSES, TRAIN_BATCHES, FixtureArchive, build_archive, make_batches, py2_pickle
 from wdlab.errors import StageError, StageInputError
 from wdlab.settings import CifarDownload, Settings, load_settings
 

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from tests.workspace import ROOT, load_params, set_key, stage, write_params
+from tests.helpers.stages import stage
+from wdlab.workspace import ROOT, load_params, set_key, write_params
 
 SYNTHETIC_STAGES = [
     "generate",

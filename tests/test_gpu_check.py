@@ -13,9 +13,9 @@ import torch
 from ruamel.yaml import YAML
 
 from benchmarks import gpu_check
-from tests.workspace import ROOT, load_params, set_key
 from wdlab.device import CUBLAS_WORKSPACE, set_cuda_determinism
 from wdlab.settings import parse_settings
+from wdlab.workspace import ROOT, load_params, set_key
 
 # What a bare GPU machine lacks: the pipeline's and the reports' packages.
 NOT_NEEDED = ("dvc", "mlflow", "ray", "pandas", "seaborn", "matplotlib", "scipy", "sklearn", "ruamel", "yaml")

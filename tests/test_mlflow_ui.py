@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 from tests.mlflow_server import get_bytes, get_json, mlflow_server, post_json
-from tests.workspace import clone_project, git, kill_group, load_params, tool_env
 from wdlab.settings import REGULARIZERS
+from wdlab.workspace import clone_project, git, kill_group, load_params, tool_env
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,8 @@ import mlflow
 import pytest
 import torch
 
-from tests.workspace import cifar_project, clone_project, dvc
+from tests.helpers.projects import cifar_project
+from wdlab.workspace import clone_project, dvc
 
 pytestmark = pytest.mark.slow
 

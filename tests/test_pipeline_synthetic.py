@@ -9,7 +9,7 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.workspace import SYNTHETIC_BRANCH, clone_project, dvc, git
+from wdlab.workspace import SYNTHETIC_BRANCH, clone_project, dvc, git
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ import pytest
 from dvc.repo import Repo
 
 from stages import validate
-from tests.workspace import ROOT, SYNTHETIC_BRANCH, clone_project, dvc, git, load_params, set_key, stage, write_params
+from tests.helpers.stages import stage
+from wdlab.workspace import ROOT, SYNTHETIC_BRANCH, clone_project, dvc, git, load_params, set_key, write_params
 
 # (what the user sets with -S, words of the one line): each stage a user reaches with -S; the whole pipeline is the
 # target, as `dvc exp run -S …` alone has it, so the CIFAR-10 branch (never reproduced here) is reached too

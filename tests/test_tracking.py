@@ -8,10 +8,10 @@ import time
 import mlflow
 import pytest
 
-from tests.workspace import load_params
 from wdlab.errors import StageError
 from wdlab.settings import parse_settings
 from wdlab.tracking import Tracker, tracking_uri
+from wdlab.workspace import load_params
 
 TRACKING = parse_settings(load_params()).tracking
 

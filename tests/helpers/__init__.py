@@ -1,0 +1,9 @@
+"""What the tests share, each written once (docs/testing.md):
+
+- stages.py: how a test runs a stage's entry point (as dvc.yaml runs it) and reads which stages DVC ran
+- projects.py: the projects the end-to-end tests start from (the synthetic branch reproduced; a tiny CIFAR-10 one)
+
+The scratch project itself (a git + DVC copy, params files, `dvc`/`git`, processes) is wdlab/workspace.py and the
+CIFAR-10 stand-in archive wdlab/cifar10/standin.py: the CI profile and the benchmarks use them too, and nothing
+outside tests/ imports from tests/.
+"""
