@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,19 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from wdlab.workspace import kill_group, tool_env
+from wdlab.workspace import free_port, kill_group, tool_env
 
 HOST = "127.0.0.1"  # the UI has no authentication: never bind it beyond this machine
 
 # MLflow 3's server also starts a job runner with seven Huey consumers (GenAI scoring, trace archival) and
 # a queue directory in /dev/shm; the tracking UI and REST API do not use them. Off: faster start and stop.
 QUIET = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def server_command(port: int, backend_store_uri: str = "sqlite:///mlflow.db", workers: int = 1) -> list[str]:

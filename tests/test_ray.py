@@ -12,13 +12,23 @@ import time
 import mlflow
 import pytest
 
+from benchmarks.ray_cluster import NO_AUTH, ray_cluster
 from tests.helpers.projects import cifar_project
 from tests.helpers.stages import stage, stage_command
-from tests.ray_cluster import NO_AUTH, free_port, ray_cluster
 from wdlab.errors import StageError
 from wdlab.executor import check_address, check_device
 from wdlab.settings import ExecutorSettings
-from wdlab.workspace import ROOT, background, clone_project, commit_all, dvc, load_params, set_key, write_params
+from wdlab.workspace import (
+    ROOT,
+    background,
+    clone_project,
+    commit_all,
+    dvc,
+    free_port,
+    load_params,
+    set_key,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 
