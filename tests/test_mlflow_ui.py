@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.mlflow_server import get_bytes, get_json, mlflow_server, post_json
+from tests.helpers.mlflow_server import get_bytes, get_json, mlflow_server, post_json
 from wdlab.settings import REGULARIZERS
 from wdlab.workspace import clone_project, git, kill_group, load_params, tool_env
 

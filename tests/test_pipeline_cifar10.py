@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tests.helpers.projects import cifar_project
+from tests.helpers.stages import ran_stages
 from wdlab.workspace import clone_project, dvc
 
 pytestmark = pytest.mark.slow
@@ -25,10 +26,6 @@ TINY = {
     "cifar10.strengths": {"l2": [0, 1.0e-2], "decoupled": [0.05], "l1": [1.0e-3], "dropout": [0.5]},
 }
 REGULARIZERS = ("l2", "decoupled", "l1", "dropout")
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 @pytest.fixture(scope="module")

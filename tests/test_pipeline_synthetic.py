@@ -9,13 +9,10 @@ import mlflow
 import pandas as pd
 import pytest
 
+from tests.helpers.stages import ran_stages
 from wdlab.workspace import SYNTHETIC_BRANCH, clone_project, dvc, git
 
 pytestmark = pytest.mark.slow
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 def headline(project) -> dict:

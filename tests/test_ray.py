@@ -4,7 +4,6 @@ nothing lost when the worker node dies, a failed stage resumed without retrainin
 from __future__ import annotations
 
 import json
-import re
 import sys
 import tempfile
 import time
@@ -14,7 +13,7 @@ import pytest
 
 from benchmarks.ray_cluster import NO_AUTH, ray_cluster
 from tests.helpers.projects import cifar_project
-from tests.helpers.stages import stage, stage_command
+from tests.helpers.stages import ran_stages, stage, stage_command
 from wdlab.errors import StageError
 from wdlab.executor import check_address, check_device
 from wdlab.settings import ExecutorSettings
@@ -79,10 +78,6 @@ def local_grid(tmp_path_factory):
     project, _ = cifar_project(tmp_path_factory.mktemp("ray-grid"), TINY, "evaluate_cifar10")
     commit_all(project, "grid trained and evaluated locally")
     return project, outputs(project) | {METRICS: (project / METRICS).read_bytes()}
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
 
 
 def outputs(project) -> dict[str, bytes]:

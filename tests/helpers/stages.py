@@ -1,7 +1,9 @@
-"""How a test runs a stage: its entry point exactly as dvc.yaml's `cmd` gives it (module, paths and run)."""
+"""How a test runs a stage: its entry point exactly as dvc.yaml's `cmd` gives it (module, paths and run); and which
+stages a `dvc repro` or `dvc exp run` ran."""
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
@@ -32,3 +34,9 @@ def stage_args(name: str, *extra: str) -> list[str]:
 def stage(name: str, cwd: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
     """Run stage `name` as dvc.yaml does (its module, paths and run), with `args` added, in `cwd`."""
     return run([sys.executable, *stage_command(name), *args], cwd=cwd, check=check, **env)
+
+
+def ran_stages(output: str) -> set[str]:
+    """The stages DVC ran, from the stdout of `dvc repro` or `dvc exp run` (a stage restored from the run cache
+    did not run)."""
+    return set(re.findall(r"Running stage '([^']+)'", output))
