@@ -9,7 +9,6 @@ import os
 import pickle
 import shlex
 import subprocess
-import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -22,7 +21,7 @@ import torch
 from ruamel.yaml import YAML
 
 from stages import download as download_stage
-from tests.helpers.stages import stage_args, stage_command
+from tests.helpers.stages import stage, stage_args
 from wdlab.cifar10.archive import cached_archive_path, file_md5, load_cifar10
 from wdlab.cifar10.standin import CLASSES, TRAIN_BATCHES, FixtureArchive, build_archive, make_batches, py2_pickle
 from wdlab.errors import StageError, StageInputError
@@ -430,10 +429,7 @@ def run_stage_command(workspace: Path, url: str, md5: str) -> subprocess.Complet
     params = yaml.load(REPO / "params.yaml")
     params["cifar10"]["download"]["url"], params["cifar10"]["download"]["md5"] = url, md5
     yaml.dump(params, workspace / "params.yaml")
-    env = {key: value for key, value in os.environ.items() if key != "DVC_ROOT"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    command = [sys.executable, *stage_command("download"), "--params", "params.yaml"]
-    return subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=120)
+    return stage("download", workspace, "--params", "params.yaml", check=False, timeout=120, PYTHONPATH=str(REPO))
 
 
 def test_stage_command_writes_the_dataset_and_exits_0(archive, workspace):

@@ -4,7 +4,6 @@ nothing lost when the worker node dies, a failed stage resumed without retrainin
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 
@@ -98,7 +97,7 @@ def set_executor(project, **values) -> None:
 def stage_killed_mid_run(project, cluster) -> tuple[int, str]:
     """The grid stage on the cluster: once the worker node trains a run (a `ray::on_worker` task) it is SIGKILLed;
     the stage's exit code and output. The stage never outlives this call."""
-    with background([sys.executable, *stage_command(GRID)], cwd=project, **cluster.env) as process:
+    with background(stage_command(GRID), cwd=project, **cluster.env) as process:
         deadline = time.monotonic() + 120
         while "ray::on_worker" not in cluster.worker_tasks(0):
             if process.poll() is not None or time.monotonic() > deadline:
