@@ -35,6 +35,11 @@ def merge(base: dict, override: dict) -> dict:
     return base
 
 
+def profile_params() -> dict:
+    """params.yaml with the keys of .ci/profile.yaml replaced (cifar10.download is set where the archive is served)."""
+    return merge(load_params(), YAML(typ="safe", pure=True).load(PROFILE.read_text()))
+
+
 def main() -> int:
     cli = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     cli.add_argument(
@@ -84,7 +89,7 @@ def reproduce(project: Path, archive: FixtureArchive, *targets: str, **env: str)
     """`dvc repro [targets]` with the profile's params, the archive served from 127.0.0.1 meanwhile; `env` adds
     environment variables (another CPU kernel set, say)."""
     with served(archive) as url:
-        params = merge(load_params(), YAML(typ="safe", pure=True).load(PROFILE.read_text()))
+        params = profile_params()
         params["cifar10"]["download"] |= {"url": url, "md5": archive.md5}
         write_params(project / "params.yaml", params)
         commit_all(project, "CI profile")
