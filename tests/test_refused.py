@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import pytest
 from dvc.repo import Repo
 
 from stages import validate
+from tests.helpers.projects import headline
 from tests.helpers.stages import ran_stages, stage
 from wdlab.workspace import ROOT, SYNTHETIC_BRANCH, clone_project, dvc, git, load_params, set_key, write_params
 
@@ -45,10 +45,6 @@ def refusal(proc) -> str:
     assert "failed to reproduce 'validate'" in proc.stderr, "refused by the validation stage, before any other"
     assert ran_stages(proc.stdout) <= {"validate"}, proc.stdout
     return line
-
-
-def headline(project: Path) -> dict:
-    return json.loads((project / "metrics/synthetic_headline.json").read_text())["headline"]
 
 
 def test_validate_is_the_only_stage_that_depends_on_no_other():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,6 +27,11 @@ def reproduce_synthetic(dest: Path) -> Reproduced:
     repro = dvc(project, "repro", *SYNTHETIC_BRANCH)
     commit_all(project, "baseline λ = 0")
     return Reproduced(project, repro.stdout)
+
+
+def headline(project: Path) -> dict:
+    """The synthetic headline run's metrics, as the project's `headline_synthetic` last wrote them."""
+    return json.loads((project / "metrics/synthetic_headline.json").read_text())["headline"]
 
 
 def cifar_project(root: Path, overrides: Mapping[str, Any], *targets: str) -> tuple[Path, str]:
