@@ -86,13 +86,15 @@ def main() -> None:
         rows.append(("ray", nodes, wall, work))
 
     print(
-        "\n| executor | workers (1-CPU nodes) | wall s | runs/hour | mean s on a worker per run | overhead per run vs local |"
+        "\n| executor | workers (1-CPU nodes) | wall s | runs/hour "
+        "| mean s on a worker per run | overhead per run vs local |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     for kind, workers, wall, work in rows:
         overhead = "" if kind == "local" else f"{(wall * workers - local_wall) / len(specs):+.2f} s"
         print(
-            f"| {kind} | {workers} | {wall:.1f} | {3600 * len(specs) / wall:.0f} | {work / len(specs):.2f} | {overhead} |"
+            f"| {kind} | {workers} | {wall:.1f} | {3600 * len(specs) / wall:.0f} "
+            f"| {work / len(specs):.2f} | {overhead} |"
         )
     print("\noverhead per run: (wall × workers − local wall) / runs, i.e. the CPU-seconds Ray adds to each run")
 

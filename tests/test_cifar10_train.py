@@ -1,4 +1,5 @@
-"""CIFAR-10 training: the net learns, runs repeat exactly, augmentation is right, λ shrinks weights, divergence is survived."""
+"""CIFAR-10 training: the net learns, runs repeat exactly, augmentation is right, λ shrinks weights, divergence is
+survived."""
 
 from __future__ import annotations
 

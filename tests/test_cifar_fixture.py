@@ -1,4 +1,5 @@
-"""The generated CIFAR-10 stand-ins: reproducible bytes, the requested sizes, and a "ci" kind that behaves like CIFAR-10."""
+"""The generated CIFAR-10 stand-ins (wdlab/cifar10/standin.py): reproducible bytes, the requested sizes, and a "ci"
+kind that behaves like CIFAR-10."""
 
 from __future__ import annotations
 

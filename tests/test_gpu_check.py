@@ -70,7 +70,8 @@ def test_the_cpu_keeps_its_path(restores_torch_determinism):
 
 
 def gpu_preset() -> dict[str, object]:
-    """The `-S key=value` overrides of the GPU preset in docs/cifar10.md (the `dvc exp run` after `# a GPU:`), values as YAML."""
+    """The `-S key=value` overrides of the GPU preset in docs/cifar10.md (the `dvc exp run` after `# a GPU:`), values
+    as YAML."""
     lines = (ROOT / "docs/cifar10.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip().startswith("# a GPU:")) + 1
     command = ""

@@ -182,7 +182,8 @@ def test_headline_run_is_there(server, runs):
 
 
 def test_report_figures_are_listed_and_downloadable_through_the_server(server, runs, project):
-    """What the UI's artifact view does: list the study grid run's `report` folder, then GET /get-artifact for each file."""
+    """What the UI's artifact view does: list the study grid run's `report` folder, then GET /get-artifact for each
+    file."""
     run = grid_parent(runs)
     run_id = run["info"]["run_id"]
     assert run["info"]["artifact_uri"] == f"{(project / 'mlruns').as_uri()}/{run_id}/artifacts"

@@ -30,7 +30,8 @@ REGULARIZERS = ("l2", "decoupled", "l1", "dropout")
 
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
-    """The branch reproduced once for the module: tests read it, and a test that changes a project takes its own clone."""
+    """The branch reproduced once for the module: tests read it, and a test that changes a project takes its own
+    clone."""
     return cifar_project(tmp_path_factory.mktemp("cifar-pipeline"), TINY, TARGET, "compare_cifar10")
 
 

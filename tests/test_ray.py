@@ -1,5 +1,6 @@
 """The CIFAR-10 grid on a real two-node Ray cluster on 127.0.0.1: the same outputs as `local`, runs on both nodes,
-nothing lost when the worker node dies, a failed stage resumed without retraining, a wrong address stopped in seconds."""
+nothing lost when the worker node dies, a failed stage resumed without retraining, a wrong address stopped in
+seconds."""
 
 from __future__ import annotations
 
@@ -167,7 +168,7 @@ def test_a_failed_grid_keeps_its_finished_runs_and_a_rerun_trains_only_the_rest(
     with ray_cluster(workers=1) as cluster:
         returncode, log = stage_killed_mid_run(project, cluster)
     assert returncode == 2, log[-3000:]
-    (line,) = [l for l in log.splitlines() if l.startswith("error:")]
+    (line,) = [line for line in log.splitlines() if line.startswith("error:")]
     assert "runs did not finish" in line and "rerun the stage to train only the rest" in line
     finished = 4 - int(line.split("error: ")[1].split(" of ")[0])
     assert finished >= 1 and len(list((project / "cache/runs").rglob("*.pt"))) == finished
@@ -203,7 +204,7 @@ def test_a_wrong_ray_address_stops_in_seconds_with_one_line(tmp_path):
     )
     assert time.monotonic() - start < 30
     assert proc.returncode == 2
-    (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert address in line and "RAY_ADDRESS" in line and "ray start --head" in line
     assert not (tmp_path / "models").exists() and not (tmp_path / "results").exists(), "nothing written"
 

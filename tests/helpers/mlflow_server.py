@@ -24,7 +24,8 @@ QUIET = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
 def server_command(port: int, backend_store_uri: str = "sqlite:///mlflow.db", workers: int = 1) -> list[str]:
-    """docs/mlflow.md's `mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, from this venv.
+    """docs/mlflow.md's `mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, from this
+    venv.
 
     One worker instead of MLflow's default four: the same app, started in a third of the time.
     """
@@ -55,8 +56,8 @@ def mlflow_server(
         port = free_port()
         with log.open("w") as out:
             proc = subprocess.Popen(
-                server_command(port, backend_store_uri), cwd=cwd, env=tool_env(**QUIET), stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                server_command(port, backend_store_uri), cwd=cwd, env=tool_env(**QUIET),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         base = f"http://{HOST}:{port}"
         try:
@@ -100,7 +101,8 @@ def _url(base: str, endpoint: str, query: dict[str, Any]) -> str:
 
 
 def get_json(base: str, endpoint: str, /, **query: Any) -> dict:
-    """GET {base}{endpoint}?query → parsed JSON, e.g. get_json(base, '/api/2.0/mlflow/experiments/get-by-name', experiment_name='x')."""
+    """GET {base}{endpoint}?query → parsed JSON,
+    e.g. get_json(base, '/api/2.0/mlflow/experiments/get-by-name', experiment_name='x')."""
     return json.loads(_request(_url(base, endpoint, query)))
 
 
