@@ -1,7 +1,7 @@
 """Run the CI profile: the whole pipeline through real `dvc repro` in a temp copy, then the regression check.
 
 CIFAR-10 comes from a small archive in the official format, generated and served from 127.0.0.1: the "ci"
-stand-in of tests/cifar_fixture.py, whose images behave like CIFAR-10 for the profile's small CNN (test accuracy
+stand-in of wdlab/cifar10/standin.py, whose images behave like CIFAR-10 for the profile's small CNN (test accuracy
 near 60 %, a visible generalisation gap at λ = 0, chance if labels and images fall out of step).
 Usage (from the project root, in the venv): python .ci/profile.py [--update-baseline] [--keep]
 """
@@ -21,15 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from ruamel.yaml import YAML  # noqa: E402
 
-from tests.cifar_fixture import FixtureArchive, build_archive, served  # noqa: E402
-from tests.workspace import (  # noqa: E402
-    commit_all,
-    copy_project,
-    dvc,
-    load_params,
-    run,
-    write_params,
-)
+from wdlab.cifar10.standin import FixtureArchive, build_archive, served  # noqa: E402
+from wdlab.workspace import commit_all, copy_project, dvc, load_params, run, write_params  # noqa: E402
 
 PROFILE = ROOT / ".ci" / "profile.yaml"
 IMAGES_PER_BATCH = 120  # 600 training images: 100 held out for validation, 500 trained on
@@ -40,6 +33,11 @@ def merge(base: dict, override: dict) -> dict:
     for key, value in override.items():
         base[key] = merge(base[key], value) if isinstance(value, dict) else value
     return base
+
+
+def profile_params() -> dict:
+    """params.yaml with the keys of .ci/profile.yaml replaced (cifar10.download is set where the archive is served)."""
+    return merge(load_params(), YAML(typ="safe", pure=True).load(PROFILE.read_text()))
 
 
 def main() -> int:
@@ -91,7 +89,7 @@ def reproduce(project: Path, archive: FixtureArchive, *targets: str, **env: str)
     """`dvc repro [targets]` with the profile's params, the archive served from 127.0.0.1 meanwhile; `env` adds
     environment variables (another CPU kernel set, say)."""
     with served(archive) as url:
-        params = merge(load_params(), YAML(typ="safe", pure=True).load(PROFILE.read_text()))
+        params = profile_params()
         params["cifar10"]["download"] |= {"url": url, "md5": archive.md5}
         write_params(project / "params.yaml", params)
         commit_all(project, "CI profile")

@@ -174,7 +174,8 @@ def main() -> None:
     machine = this_machine()
     print(machine.describe())
     print(
-        f"device {device} ({torch.get_num_threads()} threads), width {study.model.width}, batch {study.train.batch_size}, "
+        f"device {device} ({torch.get_num_threads()} threads), width {study.model.width}, "
+        f"batch {study.train.batch_size}, "
         f"{n} images per epoch, trainer formats: {fast.describe()}"
     )
 

@@ -1,8 +1,8 @@
 """The GPU path in one command: the machine, the study's epoch time and FLOP rate, same-seed reruns, memory, wall time.
 
-What a GPU user needs before trusting the GPU recipe (docs/cifar10.md), measured on a generated full-size dataset in memory
-(50,000 + 10,000 random uint8 images: random pixels cost exactly what real ones cost), printed and, with --out,
-written as JSON:
+What a GPU user needs before trusting the GPU recipe (docs/cifar10.md), measured on a generated full-size dataset in
+memory (50,000 + 10,000 random uint8 images: random pixels cost exactly what real ones cost), printed and, with
+--out, written as JSON:
 
   machine     GPU, CUDA and cuDNN versions, torch, CPU model, date, git revision
   peak        a large matmul in the trainer's precision, timed here: what this GPU reaches at best
@@ -46,8 +46,9 @@ from wdlab.cifar10.training import RunResult, Trainer, measure
 from wdlab.device import Formats, device_formats, pick_device, set_cuda_determinism
 from wdlab.settings import REGULARIZERS, CifarSettings
 
-# params.yaml's cifar10 section with the GPU preset of docs/cifar10.md (every training image, width 64, 30 epochs of batch 256,
-# augmentation, curves on 2,000 images, the full strength grids). Written out because reading params.yaml needs the pipeline's YAML parser; a test keeps the two equal.
+# params.yaml's cifar10 section with the GPU preset of docs/cifar10.md (every training image, width 64, 30 epochs of
+# batch 256, augmentation, curves on 2,000 images, the full strength grids). Written out because reading params.yaml
+# needs the pipeline's YAML parser; a test keeps the two equal.
 RECIPE = {
     "seeds": [0, 1, 2],
     "regularizer": "l2",
@@ -334,7 +335,8 @@ def check(device: torch.device, scale: Scale) -> dict[str, Any]:
     report: dict[str, Any] = {"machine": machine(device)}
     dtype = formats.autocast_dtype or torch.float32
     a, b = (torch.randn(scale.matmul, scale.matmul, dtype=dtype, device=device) for _ in range(2))
-    peak = gflops(lambda: a @ b, repeats=10) / 1e3
+    # ruff takes `del a, b` below for an unbinding before the lambda runs; it runs inside gflops, before the del
+    peak = gflops(lambda: a @ b, repeats=10) / 1e3  # noqa: F821
     del a, b
     report["peak"] = {"kernel": f"{scale.matmul}² {dtype_name(dtype)} matmul", "tflops": peak}
     data = generated_dataset(scale.n_train, scale.n_test)
@@ -370,17 +372,20 @@ def summary(report: dict[str, Any]) -> str:
             f"({section['percent_of_matmul_peak']:.0f} % of the matmul)"
         )
     lines += [
-        f"           recipe epoch with its curves: {r['seconds_per_epoch']:.2f} s; training pass with torch's nondeterministic "
-        f"defaults {r['nondeterministic_train_seconds']:.2f} s (determinism costs {r['determinism_cost_percent']:+.0f} %"
+        f"           recipe epoch with its curves: {r['seconds_per_epoch']:.2f} s; "
+        f"training pass with torch's nondeterministic defaults {r['nondeterministic_train_seconds']:.2f} s "
+        f"(determinism costs {r['determinism_cost_percent']:+.0f} %"
         + ("" if cuda else ": noise, the switches act on CUDA only")
         + ")",
         f"           airbench94: {a['airbench94_a100_seconds_per_epoch']:.3f} s per epoch on an A100, "
-        f"{a['airbench94_seconds_per_epoch_here']:.3g} s scaled to this device ({a['gpu_vs_a100']:.3g}× the A100's bf16 peak); "
+        f"{a['airbench94_seconds_per_epoch_here']:.3g} s scaled to this device "
+        f"({a['gpu_vs_a100']:.3g}× the A100's bf16 peak); "
         f"this epoch takes {a['ratio_to_airbench94']:.3g}× that",
         f"same seed  two runs of {s['epochs']} epoch(s) on {s['train_images']} images: "
         + ("identical" if s["identical"] else f"different (largest difference {s['max_difference']:.3g})"),
-        f"memory     peak {mem['peak_allocated_gib']:.2f} GiB allocated, {mem['process_gib']:.2f} GiB for the process of "
-        f"{mem['gpu_gib']:.0f} GiB: {mem['runs_fit']} runs fit side by side (executor.gpus_per_run: {mem['gpus_per_run']:g})"
+        f"memory     peak {mem['peak_allocated_gib']:.2f} GiB allocated, "
+        f"{mem['process_gib']:.2f} GiB for the process of {mem['gpu_gib']:.0f} GiB: "
+        f"{mem['runs_fit']} runs fit side by side (executor.gpus_per_run: {mem['gpus_per_run']:g})"
         if mem
         else "memory     (CUDA only)",
         f"study      {t['formula']} on one device, one run after another",

@@ -1,16 +1,18 @@
 """Benchmark: the pipeline as a user runs it, in a temp copy of a git revision of this repository.
 
     python -m benchmarks.pipeline                      # `dvc exp run -S wd=3` and a no-op `dvc repro`, warm, 3 times
-                                                       # (of the synthetic branch: tests.workspace.SYNTHETIC_BRANCH)
+                                                       # (of the synthetic branch: wdlab.workspace.SYNTHETIC_BRANCH)
     python -m benchmarks.pipeline --repeat 5           # 5 times each (the run cache is cleared between runs)
     python -m benchmarks.pipeline --cifar              # + the default CIFAR-10 branch on a full-size stand-in
     python -m benchmarks.pipeline --cifar --rev 3f2de00   # the same for an older revision: before and after
-    ONEDNN_MAX_CPU_ISA=AVX512_CORE python -m benchmarks.pipeline --cifar-only   # the CIFAR-10 branch as a CPU without bf16 runs it
+    # the CIFAR-10 branch as a CPU without bf16 runs it:
+    ONEDNN_MAX_CPU_ISA=AVX512_CORE python -m benchmarks.pipeline --cifar-only
 
-The CIFAR-10 archive is the generated stand-in in the official format (tests/cifar_fixture.py, 50,000 training
+The CIFAR-10 archive is the generated stand-in in the official format (wdlab/cifar10/standin.py, 50,000 training
 and 10,000 test images, the "ci" kind), read from a local path: the same bytes for every revision. Also prints
 one epoch of the current trainer split into training and evaluation (curves on subsets vs every image). It prints
-the machine first (benchmarks/machine.py) and writes its figures with it to benchmarks/results/pipeline-<machine class>.json.
+the machine first (benchmarks/machine.py) and writes its figures with it to
+benchmarks/results/pipeline-<machine class>.json.
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.machine import this_machine, write_result  # noqa: E402
-from tests.cifar_fixture import build_archive  # noqa: E402
-from tests.workspace import SYNTHETIC_BRANCH, commit_all, dvc, git, load_params, set_key, tool_env, write_params  # noqa: E402
+from wdlab.cifar10.standin import build_archive  # noqa: E402
+from wdlab.workspace import SYNTHETIC_BRANCH, commit_all, dvc, git, load_params, set_key, tool_env, write_params  # noqa: E402
 
 CIFAR_BRANCH = (
     "report_cifar10",
@@ -111,15 +113,18 @@ def synthetic(project: Path, repeat: int) -> dict:
         exps.append(exp)
         stages = ", ".join(f"{name} {seconds:.1f}" for name, seconds in spans.items())
         print(
-            f"`dvc exp run -S wd=3`: {exp:5.1f} s wall, {cpu:5.1f} s CPU, load {load:.2f} before | stages (s): {stages} "
+            f"`dvc exp run -S wd=3`: {exp:5.1f} s wall, {cpu:5.1f} s CPU, load {load:.2f} before "
+            f"| stages (s): {stages} "
             f"| DVC itself {exp - sum(spans.values()):.1f} | no-op `dvc repro`: {noop:.2f} s"
         )
         back_to_committed(project)
     print(
-        f"no-op `dvc repro`                     : {min(noops):6.2f} s best, {statistics.median(noops):.2f} s median of {repeat}"
+        f"no-op `dvc repro`                     : {min(noops):6.2f} s best, "
+        f"{statistics.median(noops):.2f} s median of {repeat}"
     )
     print(
-        f"`dvc exp run -S wd=3`                 : {min(exps):6.1f} s best, {statistics.median(exps):.1f} s median of {repeat}"
+        f"`dvc exp run -S wd=3`                 : {min(exps):6.1f} s best, "
+        f"{statistics.median(exps):.1f} s median of {repeat}"
     )
     return {"noop_repro_s": [round(t, 2) for t in noops], "exp_run_wd3_s": [round(t, 1) for t in exps]}
 
@@ -157,8 +162,8 @@ def epoch_split() -> None:
     """One epoch of the current trainer at the default params: training vs evaluating (subsets, every image)."""
     import torch
 
-    from tests.cifar_fixture import make_batches
     from wdlab.cifar10.data import Split, Splits, curve_subsets, split_indices
+    from wdlab.cifar10.standin import make_batches
     from wdlab.cifar10.training import Trainer, measure
     from wdlab.device import device_formats, pick_device
     from wdlab.settings import load_settings
@@ -191,7 +196,8 @@ def epoch_split() -> None:
     measure(trainer.model, splits, formats)
     full_s = time.perf_counter() - start
     print(
-        f"one epoch at the default params ({formats.describe()}, {len(train_idx):,} training images): training {train_s:.1f} s, "
+        f"one epoch at the default params ({formats.describe()}, {len(train_idx):,} training images): "
+        f"training {train_s:.1f} s, "
         f"curves on {study.data.curve_subset:,}-image subsets {curves_s:.1f} s, every image {full_s:.1f} s "
         f"(evaluation {curves_s / (train_s + curves_s):.0%} of an epoch, was {full_s / (train_s + full_s):.0%})"
     )

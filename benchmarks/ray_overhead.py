@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from tests.ray_cluster import NO_AUTH, ray_cluster
+from benchmarks.ray_cluster import NO_AUTH, ray_cluster
 from wdlab.cifar10.data import Split, Splits
 from wdlab.cifar10.grid import RunSpec, train_run
 from wdlab.executor import Placement, run_all
@@ -73,7 +73,7 @@ def main() -> None:
         flush=True,
     )
 
-    os.environ.update(NO_AUTH)  # the benchmark's clusters run without token authentication (tests/ray_cluster.py)
+    os.environ.update(NO_AUTH)  # the benchmark's clusters run without token authentication (benchmarks/ray_cluster.py)
     rows = []
     local_wall, local_work, _ = time_grid(specs, splits, ExecutorSettings(kind="local", cpus_per_run=1))
     rows.append(("local", 1, local_wall, local_work))
@@ -86,13 +86,15 @@ def main() -> None:
         rows.append(("ray", nodes, wall, work))
 
     print(
-        "\n| executor | workers (1-CPU nodes) | wall s | runs/hour | mean s on a worker per run | overhead per run vs local |"
+        "\n| executor | workers (1-CPU nodes) | wall s | runs/hour "
+        "| mean s on a worker per run | overhead per run vs local |"
     )
     print("|---|---:|---:|---:|---:|---:|")
     for kind, workers, wall, work in rows:
         overhead = "" if kind == "local" else f"{(wall * workers - local_wall) / len(specs):+.2f} s"
         print(
-            f"| {kind} | {workers} | {wall:.1f} | {3600 * len(specs) / wall:.0f} | {work / len(specs):.2f} | {overhead} |"
+            f"| {kind} | {workers} | {wall:.1f} | {3600 * len(specs) / wall:.0f} "
+            f"| {work / len(specs):.2f} | {overhead} |"
         )
     print("\noverhead per run: (wall × workers − local wall) / runs, i.e. the CPU-seconds Ray adds to each run")
 

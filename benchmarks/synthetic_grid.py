@@ -62,7 +62,8 @@ def main() -> None:
         timed(per_run, max(1, args.repeats // 2)),
     )
     print(
-        f"device {device}, {torch.get_num_threads()} threads, {len(seeds)} seeds × {len(lambdas)} λ, {spec.epochs} epochs, "
+        f"device {device}, {torch.get_num_threads()} threads, {len(seeds)} seeds × {len(lambdas)} λ, "
+        f"{spec.epochs} epochs, "
         f"{spec.implementation} implementation, median of {args.repeats}"
     )
     print(f"all seeds × λ at once     : {t_all * 1000:8.1f} ms")

@@ -10,27 +10,17 @@ kernels, and sees the check fail on the metrics the break must move.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from typing import NamedTuple
 
 import pytest
 
-from tests.workspace import ROOT, clone_project, other_kernel_set
+from tests.helpers.ci_profile import profile
+from wdlab.workspace import ROOT, clone_project, other_kernel_set
 
 pytestmark = pytest.mark.slow
 
 
-def _profile_module():
-    spec = importlib.util.spec_from_file_location("ci_profile", ROOT / ".ci" / "profile.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("ci_profile", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-profile = _profile_module()
 KERNELS = other_kernel_set()
 
 

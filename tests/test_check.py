@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from stages import check
-from tests.workspace import ROOT
 from wdlab.errors import StageInputError
 from wdlab.results import flatten
+from wdlab.workspace import ROOT
 
 SYNTHETIC = json.loads((ROOT / "baselines/default/synthetic.json").read_text())
 HEADLINE = json.loads((ROOT / "baselines/default/synthetic_headline.json").read_text())
@@ -77,7 +77,8 @@ def test_a_mean_may_move_k_standard_errors_of_its_seed_spread():
 @pytest.mark.parametrize(
     ("metric", "change", "ok"),
     [
-        # exact: numerically zero (≈ 1e-31 at λ = 0), so another CPU's last bits must not false-alarm; a closed form is tight
+        # exact: numerically zero (≈ 1e-31 at λ = 0), so another CPU's last bits must not false-alarm;
+        # a closed form is tight
         ("grid.lambda_0.reference_objective.mean", lambda v: 3 * v + 1e-20, True),
         ("grid.lambda_3.reference_test_loss.mean", lambda v: v * 1.001, False),
         # spread
@@ -208,7 +209,7 @@ def test_cli_exit_codes_and_table(tmp_path, capsys, monkeypatch):
     worse = moved("grid.lambda_3.test_loss.mean", lambda v: v * 3)
     (tmp_path / "metrics/synthetic.json").write_text(json.dumps(worse))
     assert check.main([]) == 1
-    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("grid.lambda_3.test_loss.mean "))
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("grid.lambda_3.test_loss.mean "))
     assert line.rstrip().endswith("FAIL")
     assert check.main(["--calibrate"]) == 0 and check.main([]) == 1, "recalibrating keeps the baseline"
     assert check.main(["--profile", "nope"]) == 2

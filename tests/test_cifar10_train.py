@@ -1,4 +1,5 @@
-"""CIFAR-10 training: the net learns, runs repeat exactly, augmentation is right, λ shrinks weights, divergence is survived."""
+"""CIFAR-10 training: the net learns, runs repeat exactly, augmentation is right, λ shrinks weights, divergence is
+survived."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from stages import compare_regularizers, evaluate_cifar10, report_cifar10, train_cifar10
-from tests.workspace import load_params, stage_args
+from tests.helpers.stages import stage_args
 from wdlab import regularizers
 from wdlab.cifar10 import data as cifar_data
 from wdlab.cifar10 import model as cifar_model
@@ -24,6 +25,7 @@ from wdlab.cifar10 import training as cifar_training
 from wdlab.cifar10.archive import Cifar10, save_cifar10
 from wdlab.device import cpu_has_bf16, device_formats
 from wdlab.settings import REGULARIZERS, Settings, parse_settings
+from wdlab.workspace import load_params
 
 CPU = torch.device("cpu")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -1,4 +1,5 @@
-"""The generated CIFAR-10 stand-ins: reproducible bytes, the requested sizes, and a "ci" kind that behaves like CIFAR-10."""
+"""The generated CIFAR-10 stand-ins (wdlab/cifar10/standin.py): reproducible bytes, the requested sizes, and a "ci"
+kind that behaves like CIFAR-10."""
 
 from __future__ import annotations
 
@@ -7,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ruamel.yaml import YAML
 
-from tests.cifar_fixture import DIFFICULTIES, TEST_BATCH, TRAIN_BATCHES, build_archive, make_batches
-from tests.workspace import ROOT, load_params
+from tests.helpers.ci_profile import profile
 from wdlab.cifar10.archive import read_archive
 from wdlab.cifar10.data import Split, Splits, split_indices
+from wdlab.cifar10.standin import DIFFICULTIES, TEST_BATCH, TRAIN_BATCHES, build_archive, make_batches
 from wdlab.cifar10.training import train
 from wdlab.device import device_formats
 from wdlab.settings import parse_settings
@@ -41,21 +41,12 @@ def test_the_test_batch_can_be_larger_and_the_kinds_differ(tmp_path):
         make_batches(20, difficulty="hard")
 
 
-def ci_profile_settings() -> dict:
-    def merge(base: dict, override: dict) -> dict:
-        for key, value in override.items():
-            base[key] = merge(base[key], value) if isinstance(value, dict) else value
-        return base
-
-    return merge(load_params(), YAML(typ="safe", pure=True).load((ROOT / ".ci" / "profile.yaml").read_text()))
-
-
 @pytest.mark.slow
 def test_the_ci_stand_in_overfits_like_cifar_and_shuffled_labels_give_chance(tmp_path: Path):
     """The CI profile's net and budget on the CI profile's archive: neither trivial nor hopeless, a clear
     generalisation gap at λ = 0, and chance when the training labels are shuffled against the images."""
     data = read_archive(build_archive(tmp_path, 120, difficulty="ci", test_images=600).path)
-    settings = parse_settings(ci_profile_settings())
+    settings = parse_settings(profile.profile_params())
     spec = settings.cifar10
     formats = device_formats(torch.device("cpu"), mixed_precision=False)
 

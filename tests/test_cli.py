@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.workspace import ROOT, run
+from wdlab.workspace import ROOT, run
 
 STAGE_MODULES = sorted(set(re.findall(r"python -m stages\.(\w+)", (ROOT / "dvc.yaml").read_text())))
 

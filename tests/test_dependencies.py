@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from tests.workspace import ROOT
+from wdlab.workspace import ROOT
 
 # Imported by stages, yet no change to them can change what a stage computes. Everything else in wdlab/ that a
 # stage's entry point imports, directly or through other modules, must be among its `deps` in dvc.yaml.

@@ -8,9 +8,7 @@ import json
 import os
 import pickle
 import shlex
-import socket
 import subprocess
-import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -23,11 +21,12 @@ import torch
 from ruamel.yaml import YAML
 
 from stages import download as download_stage
-from tests.cifar_fixture import CLASSES, TRAIN_BATCHES, FixtureArchive, build_archive, make_batches, py2_pickle
-from tests.workspace import stage_args, stage_command
+from tests.helpers.stages import stage, stage_args
 from wdlab.cifar10.archive import cached_archive_path, file_md5, load_cifar10
+from wdlab.cifar10.standin import CLASSES, TRAIN_BATCHES, FixtureArchive, build_archive, make_batches, py2_pickle
 from wdlab.errors import StageError, StageInputError
 from wdlab.settings import CifarDownload, Settings, load_settings
+from wdlab.workspace import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES_PER_BATCH = 20
@@ -131,13 +130,6 @@ def md5_of(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
 
-def closed_port() -> int:
-    """A port on 127.0.0.1 with nothing listening."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 def expect_failure(run: Callable[[], None], *fragments: str) -> str:
     """The stage fails with one line that contains every fragment."""
     with pytest.raises(StageError) as caught:
@@ -211,7 +203,7 @@ def test_verified_archive_is_not_downloaded_again(download, serve_archive, serve
     assert server.hits == [ARCHIVE_URL_PATH]
 
     # The md5 names the content: with the archive cached, an unreachable URL does not matter.
-    download(f"http://127.0.0.1:{closed_port()}/gone.tar.gz", archive.md5)
+    download(f"http://127.0.0.1:{free_port()}/gone.tar.gz", archive.md5)
     assert server.hits == [ARCHIVE_URL_PATH]
 
 
@@ -247,7 +239,7 @@ def test_checksum_mismatch_names_both_md5s_and_keeps_the_earlier_dataset(downloa
 def test_unreachable_source_names_the_url_and_the_param(source, download, server, workspace):
     url = {
         "HTTP 404": server.url("/not-here.tar.gz"),
-        "connection refused": f"http://127.0.0.1:{closed_port()}/cifar-10-python.tar.gz",
+        "connection refused": f"http://127.0.0.1:{free_port()}/cifar-10-python.tar.gz",
         "missing file:// URL": (workspace / "nowhere.tar.gz").as_uri(),
         "missing local path": str(workspace / "nowhere.tar.gz"),
     }[source]
@@ -437,10 +429,7 @@ def run_stage_command(workspace: Path, url: str, md5: str) -> subprocess.Complet
     params = yaml.load(REPO / "params.yaml")
     params["cifar10"]["download"]["url"], params["cifar10"]["download"]["md5"] = url, md5
     yaml.dump(params, workspace / "params.yaml")
-    env = {key: value for key, value in os.environ.items() if key != "DVC_ROOT"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    command = [sys.executable, *stage_command("download"), "--params", "params.yaml"]
-    return subprocess.run(command, cwd=workspace, env=env, capture_output=True, text=True, timeout=120)
+    return stage("download", workspace, "--params", "params.yaml", check=False, timeout=120, PYTHONPATH=str(REPO))
 
 
 def test_stage_command_writes_the_dataset_and_exits_0(archive, workspace):

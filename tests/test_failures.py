@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from tests.workspace import ROOT, load_params, set_key, stage, write_params
+from tests.helpers.stages import stage
+from wdlab.workspace import ROOT, load_params, set_key, write_params
 
 SYNTHETIC_STAGES = [
     "generate",
@@ -58,7 +59,7 @@ def test_broken_data_file_names_the_file_and_the_stage_that_makes_it(workdir, da
     damage(workdir / "data/synthetic/dataset.pt")
     proc = run_stage(workdir, "train_synthetic@l2", check=False)
     assert proc.returncode == 2
-    (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "data/synthetic/dataset.pt" in line and words in line and "dvc repro generate" in line
     assert not (workdir / "models").exists(), "no output may be written from a broken input"
 
@@ -76,7 +77,9 @@ def test_diverging_lambdas_are_recorded_and_the_rest_completes(workdir):
     assert diverged == {"lambda_100"} and metrics["grid"]["lambda_100"]["diverged"] == metrics["seeds"]
     assert metrics["grid"]["lambda_100"]["test_loss"]["mean"] is None  # NaN is written as null
     assert metrics["cv"]["best_lambda"] != 100.0
-    (row,) = [l for l in (workdir / "reports/synthetic.md").read_text().splitlines() if l.startswith("| 100 |")]
+    (row,) = [
+        line for line in (workdir / "reports/synthetic.md").read_text().splitlines() if line.startswith("| 100 |")
+    ]
     assert row.endswith(f"| {metrics['seeds']} |"), "the table counts the seeds that diverged"
     rows = list(csv.DictReader((workdir / "results/synthetic/by_lambda.csv").open()))
     assert {r["lambda"] for r in rows if r["diverged"] != "0"} == {"100.0"}

@@ -13,9 +13,9 @@ import torch
 from ruamel.yaml import YAML
 
 from benchmarks import gpu_check
-from tests.workspace import ROOT, load_params, set_key
 from wdlab.device import CUBLAS_WORKSPACE, set_cuda_determinism
 from wdlab.settings import parse_settings
+from wdlab.workspace import ROOT, load_params, set_key
 
 # What a bare GPU machine lacks: the pipeline's and the reports' packages.
 NOT_NEEDED = ("dvc", "mlflow", "ray", "pandas", "seaborn", "matplotlib", "scipy", "sklearn", "ruamel", "yaml")
@@ -70,7 +70,8 @@ def test_the_cpu_keeps_its_path(restores_torch_determinism):
 
 
 def gpu_preset() -> dict[str, object]:
-    """The `-S key=value` overrides of the GPU preset in docs/cifar10.md (the `dvc exp run` after `# a GPU:`), values as YAML."""
+    """The `-S key=value` overrides of the GPU preset in docs/cifar10.md (the `dvc exp run` after `# a GPU:`), values
+    as YAML."""
     lines = (ROOT / "docs/cifar10.md").read_text().splitlines()
     start = next(i for i, line in enumerate(lines) if line.strip().startswith("# a GPU:")) + 1
     command = ""

@@ -13,7 +13,7 @@ import time
 import mlflow
 import pytest
 
-from tests.workspace import SYNTHETIC_BRANCH, background, clone_project, dvc, git, load_params, set_key, write_params
+from wdlab.workspace import SYNTHETIC_BRANCH, background, clone_project, dvc, git, load_params, set_key, write_params
 
 pytestmark = pytest.mark.slow
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.mlflow_server import get_bytes, get_json, mlflow_server, post_json
-from tests.workspace import clone_project, git, kill_group, load_params, tool_env
+from tests.helpers.mlflow_server import get_bytes, get_json, mlflow_server, post_json
 from wdlab.settings import REGULARIZERS
+from wdlab.workspace import clone_project, git, kill_group, load_params, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -182,7 +182,8 @@ def test_headline_run_is_there(server, runs):
 
 
 def test_report_figures_are_listed_and_downloadable_through_the_server(server, runs, project):
-    """What the UI's artifact view does: list the study grid run's `report` folder, then GET /get-artifact for each file."""
+    """What the UI's artifact view does: list the study grid run's `report` folder, then GET /get-artifact for each
+    file."""
     run = grid_parent(runs)
     run_id = run["info"]["run_id"]
     assert run["info"]["artifact_uri"] == f"{(project / 'mlruns').as_uri()}/{run_id}/artifacts"

@@ -9,7 +9,9 @@ import mlflow
 import pytest
 import torch
 
-from tests.workspace import cifar_project, clone_project, dvc
+from tests.helpers.projects import cifar_project
+from tests.helpers.stages import ran_stages
+from wdlab.workspace import clone_project, dvc
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +28,10 @@ TINY = {
 REGULARIZERS = ("l2", "decoupled", "l1", "dropout")
 
 
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
-    """The branch reproduced once for the module: tests read it, and a test that changes a project takes its own clone."""
+    """The branch reproduced once for the module: tests read it, and a test that changes a project takes its own
+    clone."""
     return cifar_project(tmp_path_factory.mktemp("cifar-pipeline"), TINY, TARGET, "compare_cifar10")
 
 

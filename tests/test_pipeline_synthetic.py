@@ -9,17 +9,11 @@ import mlflow
 import pandas as pd
 import pytest
 
-from tests.workspace import SYNTHETIC_BRANCH, clone_project, dvc, git
+from tests.helpers.projects import headline
+from tests.helpers.stages import ran_stages
+from wdlab.workspace import SYNTHETIC_BRANCH, clone_project, dvc, git
 
 pytestmark = pytest.mark.slow
-
-
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
-def headline(project) -> dict:
-    return json.loads((project / "metrics/synthetic_headline.json").read_text())["headline"]
 
 
 @pytest.fixture(scope="module")

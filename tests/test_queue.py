@@ -8,7 +8,7 @@ import time
 import mlflow
 import pytest
 
-from tests.workspace import SYNTHETIC_BRANCH, clone_project, dvc
+from wdlab.workspace import SYNTHETIC_BRANCH, clone_project, dvc
 
 pytestmark = pytest.mark.slow
 

@@ -1,34 +1,33 @@
 """The CIFAR-10 grid on a real two-node Ray cluster on 127.0.0.1: the same outputs as `local`, runs on both nodes,
-nothing lost when the worker node dies, a failed stage resumed without retraining, a wrong address stopped in seconds."""
+nothing lost when the worker node dies, a failed stage resumed without retraining, a wrong address stopped in
+seconds."""
 
 from __future__ import annotations
 
 import json
-import re
-import sys
 import tempfile
 import time
 
 import mlflow
 import pytest
 
-from tests.ray_cluster import NO_AUTH, free_port, ray_cluster
-from tests.workspace import (
-    ROOT,
-    background,
-    cifar_project,
-    clone_project,
-    commit_all,
-    dvc,
-    load_params,
-    set_key,
-    stage,
-    stage_command,
-    write_params,
-)
+from benchmarks.ray_cluster import NO_AUTH, ray_cluster
+from tests.helpers.projects import cifar_project
+from tests.helpers.stages import ran_stages, stage, stage_command
 from wdlab.errors import StageError
 from wdlab.executor import check_address, check_device
 from wdlab.settings import ExecutorSettings
+from wdlab.workspace import (
+    ROOT,
+    background,
+    clone_project,
+    commit_all,
+    dvc,
+    free_port,
+    load_params,
+    set_key,
+    write_params,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -81,10 +80,6 @@ def local_grid(tmp_path_factory):
     return project, outputs(project) | {METRICS: (project / METRICS).read_bytes()}
 
 
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", output))
-
-
 def outputs(project) -> dict[str, bytes]:
     return {name: (project / name).read_bytes() for name in OUTPUTS}
 
@@ -103,7 +98,7 @@ def set_executor(project, **values) -> None:
 def stage_killed_mid_run(project, cluster) -> tuple[int, str]:
     """The grid stage on the cluster: once the worker node trains a run (a `ray::on_worker` task) it is SIGKILLed;
     the stage's exit code and output. The stage never outlives this call."""
-    with background([sys.executable, *stage_command(GRID)], cwd=project, **cluster.env) as process:
+    with background(stage_command(GRID), cwd=project, **cluster.env) as process:
         deadline = time.monotonic() + 120
         while "ray::on_worker" not in cluster.worker_tasks(0):
             if process.poll() is not None or time.monotonic() > deadline:
@@ -173,7 +168,7 @@ def test_a_failed_grid_keeps_its_finished_runs_and_a_rerun_trains_only_the_rest(
     with ray_cluster(workers=1) as cluster:
         returncode, log = stage_killed_mid_run(project, cluster)
     assert returncode == 2, log[-3000:]
-    (line,) = [l for l in log.splitlines() if l.startswith("error:")]
+    (line,) = [line for line in log.splitlines() if line.startswith("error:")]
     assert "runs did not finish" in line and "rerun the stage to train only the rest" in line
     finished = 4 - int(line.split("error: ")[1].split(" of ")[0])
     assert finished >= 1 and len(list((project / "cache/runs").rglob("*.pt"))) == finished
@@ -209,7 +204,7 @@ def test_a_wrong_ray_address_stops_in_seconds_with_one_line(tmp_path):
     )
     assert time.monotonic() - start < 30
     assert proc.returncode == 2
-    (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+    (line,) = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert address in line and "RAY_ADDRESS" in line and "ray start --head" in line
     assert not (tmp_path / "models").exists() and not (tmp_path / "results").exists(), "nothing written"
 

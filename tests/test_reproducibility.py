@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.workspace import ROOT, clone_project, commit_all, copy_project, dvc, run
+from wdlab.workspace import ROOT, clone_project, commit_all, copy_project, dvc, run
 
 pytestmark = pytest.mark.slow
 

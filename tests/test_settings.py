@@ -8,9 +8,10 @@ import sys
 import pytest
 
 from stages import generate
-from tests.workspace import ROOT, load_params, set_key, stage, stage_args, write_params
+from tests.helpers.stages import stage, stage_args
 from wdlab.settings import ParamsError, parse_settings
 from wdlab.stage import run_stage
+from wdlab.workspace import ROOT, load_params, set_key, write_params
 
 BASE = load_params()
 

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.workspace import load_params
 from wdlab import regularizers, streams
 from wdlab.results import best_lambda
 from wdlab.settings import parse_settings
 from wdlab.synthetic import data as synthetic_data
 from wdlab.synthetic import references, selection, training
 from wdlab.synthetic import references as ridge
+from wdlab.workspace import load_params
 
 SETTINGS = parse_settings(load_params())
 DATA = SETTINGS.synthetic.data

@@ -8,10 +8,10 @@ import time
 import mlflow
 import pytest
 
-from tests.workspace import load_params
 from wdlab.errors import StageError
 from wdlab.settings import parse_settings
 from wdlab.tracking import Tracker, tracking_uri
+from wdlab.workspace import free_port, load_params
 
 TRACKING = parse_settings(load_params()).tracking
 
@@ -68,9 +68,7 @@ def test_an_interrupted_block_marks_the_run_killed(store):
 
 
 def test_unreachable_server_fails_in_seconds(monkeypatch):
-    with socket.socket() as sock:  # a port on which nothing listens
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()  # a port on which nothing listens
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
     start = time.monotonic()
     with pytest.raises(StageError) as err:
@@ -88,7 +86,6 @@ def test_tracking_off_logs_nothing(tmp_path, monkeypatch):
 
 
 def test_runs_left_running_by_a_killed_process_are_marked_killed(store):
-    import socket
     import subprocess
 
     dead = subprocess.Popen(["true"])

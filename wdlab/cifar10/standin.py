@@ -1,11 +1,11 @@
-"""A tiny CIFAR-10 archive in the exact official python format, with images a small CNN can learn.
+"""A small CIFAR-10 stand-in archive in the official python format, for trying the pipeline offline.
 
-    archive = build_archive(tmp_path)                      # 50 images per batch: 250 train, 50 test
-    settings.cifar10.download → url=str(archive.path), md5=archive.md5
+    archive = build_archive(directory)                     # 50 images per batch: 250 train, 50 test
+    params.yaml: cifar10.download.url = str(archive.path) (or served(archive)'s URL), md5 = archive.md5
 
 Two kinds of images (`difficulty`):
 
-- "easy" (the default, for plumbing tests): each class has its own colour and stripe pattern, plus
+- "easy" (the default, for plumbing checks): each class has its own colour and stripe pattern, plus
   pixel noise. A small CNN separates the classes within an epoch or two, reaching ~100 %.
 - "ci" (the CI profile's stand-in): images that behave like CIFAR-10 in the small-data regime. Each
   class is two textured objects (a smooth random silhouette, a class colour shared with a
@@ -92,6 +92,7 @@ def build_archive(
     """
     batches = make_batches(images_per_batch, seed, difficulty=difficulty, test_images=test_images)
     members = {name: py2_pickle(content) for name, content in batches.items()}
+    # these bytes are part of every archive's md5 (and of the md5s recorded for it): keep them as they are
     members[README] = b"<html><body>CIFAR-10 test fixture</body></html>\n"
     members.update(replace or {})
     for name in omit:
@@ -306,7 +307,7 @@ class _Py2Pickler(pickle._Pickler):
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # keep test and CI output quiet
+    def log_message(self, format: str, *args: Any) -> None:  # keep test, CI and benchmark output quiet
         pass
 
 

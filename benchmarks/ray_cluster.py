@@ -1,12 +1,13 @@
-"""A real multi-node Ray cluster on 127.0.0.1 for tests: a head and worker nodes started with the `ray` CLI.
+"""A real multi-node Ray cluster on 127.0.0.1: a head and worker nodes started with the `ray` CLI, torn down after.
+Used by benchmarks/ray_overhead.py and tests/test_ray.py.
 
     with ray_cluster(workers=1) as cluster:   # RAY_ADDRESS=cluster.address; cluster.kill_worker(0) kills a node
         ...
 
 Each node is one `ray start --block` in a process group of its own; teardown kills exactly that group and the
-workers its raylet started (`ray stop` would kill every Ray process on the machine, other users' too). Every port is a free one,
-the session files live in a short temp dir (Ray's socket paths must stay under ~100 characters), and the GCS gives
-up on a silent node after ~3 s instead of ~30 s, so a killed node's runs are retried quickly.
+workers its raylet started (`ray stop` would kill every Ray process on the machine, other users' too). Every port
+is a free one, the session files live in a short temp dir (Ray's socket paths must stay under ~100 characters),
+and the GCS gives up on a silent node after ~3 s instead of ~30 s, so a killed node's runs are retried quickly.
 """
 
 from __future__ import annotations
@@ -25,22 +26,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wdlab.workspace import free_port
+
 RAY = str(Path(sys.executable).parent / "ray")
 OBJECT_STORE_BYTES = 100 << 20  # Ray's floor is 75 MiB; the tiny grid's splits are a few MB
 # Ray turns token authentication on by itself when ~/.ray/auth_token exists (another user's cluster may have made one):
-# the test cluster and every driver that joins it say explicitly that it is off.
+# the cluster and every driver that joins it say explicitly that it is off.
 NO_AUTH = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 FAST_FAILURE_DETECTION = {  # the GCS marks a node dead after 3 missed 1 s health checks
     "RAY_health_check_period_ms": "1000",
     "RAY_health_check_timeout_ms": "1000",
     "RAY_health_check_failure_threshold": "3",
 }
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @dataclass
@@ -145,7 +142,7 @@ def alive_nodes(address: str, expected: int, timeout: float = 90) -> dict[str, s
         "print(json.dumps([(n['NodeID'], 'node:__internal_head__' in n['Resources']) for n in nodes]))\n"
     )
     env = _environment()
-    for attempt in range(3):  # the GCS port opens a moment before the head's raylet has registered
+    for _ in range(3):  # the GCS port opens a moment before the head's raylet has registered
         out = subprocess.run(
             [sys.executable, "-c", probe], capture_output=True, text=True, timeout=timeout + 60, env=env
         )

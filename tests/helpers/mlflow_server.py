@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.workspace import kill_group, tool_env
+from wdlab.workspace import free_port, kill_group, tool_env
 
 HOST = "127.0.0.1"  # the UI has no authentication: never bind it beyond this machine
 
@@ -24,14 +23,9 @@ HOST = "127.0.0.1"  # the UI has no authentication: never bind it beyond this ma
 QUIET = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def server_command(port: int, backend_store_uri: str = "sqlite:///mlflow.db", workers: int = 1) -> list[str]:
-    """docs/mlflow.md's `mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, from this venv.
+    """docs/mlflow.md's `mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000`, from this
+    venv.
 
     One worker instead of MLflow's default four: the same app, started in a third of the time.
     """
@@ -62,8 +56,8 @@ def mlflow_server(
         port = free_port()
         with log.open("w") as out:
             proc = subprocess.Popen(
-                server_command(port, backend_store_uri), cwd=cwd, env=tool_env(**QUIET), stdout=out, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                server_command(port, backend_store_uri), cwd=cwd, env=tool_env(**QUIET),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         base = f"http://{HOST}:{port}"
         try:
@@ -107,7 +101,8 @@ def _url(base: str, endpoint: str, query: dict[str, Any]) -> str:
 
 
 def get_json(base: str, endpoint: str, /, **query: Any) -> dict:
-    """GET {base}{endpoint}?query → parsed JSON, e.g. get_json(base, '/api/2.0/mlflow/experiments/get-by-name', experiment_name='x')."""
+    """GET {base}{endpoint}?query → parsed JSON,
+    e.g. get_json(base, '/api/2.0/mlflow/experiments/get-by-name', experiment_name='x')."""
     return json.loads(_request(_url(base, endpoint, query)))
 
 

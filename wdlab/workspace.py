@@ -1,16 +1,19 @@
-"""Test workspace helpers: a temp copy of the project as a real git + DVC repo, params files, real subprocesses."""
+"""A scratch copy of the project as a real git + DVC repo, run as a user would: params files, real subprocesses.
+
+Used by the CI profile (.ci/profile.py), the benchmarks and the tests; nothing here is imported by a stage.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import shutil
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +67,14 @@ def other_kernel_set() -> dict[str, str]:
     return {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41"}
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listened on a moment ago (for a server a test or benchmark starts, or
+    an address where nothing answers)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900, **env: str) -> subprocess.CompletedProcess:
     proc = subprocess.run(cmd, cwd=cwd, env=tool_env(**env), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
@@ -105,28 +116,6 @@ def background(cmd: list[str], cwd: Path, **env: str) -> Iterator[subprocess.Pop
     finally:
         kill_group(proc)
         proc.stdout.close()
-
-
-def stage_command(name: str) -> list[str]:
-    """The command dvc.yaml runs for stage `name` ('train_synthetic@l1' for a foreach member), as argv
-    after `python`: tests run a stage exactly as the pipeline does, with the paths dvc.yaml gives it."""
-    stages = YAML(typ="safe", pure=True).load((ROOT / "dvc.yaml").read_text())["stages"]
-    base, _, key = name.partition("@")
-    # a foreach over a list names each member by its item: ${item} and ${key} are the same string then
-    cmd = stages[base]["do"]["cmd"].replace("${key}", key).replace("${item}", key) if key else stages[base]["cmd"]
-    program, *argv = shlex.split(cmd)
-    assert program == "python", f"dvc.yaml runs {program} for {name}"
-    return argv
-
-
-def stage_args(name: str, *extra: str) -> list[str]:
-    """The arguments after `python -m stages.<module>` that dvc.yaml gives stage `name`, plus `extra`."""
-    return stage_command(name)[2:] + list(extra)
-
-
-def stage(name: str, cwd: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
-    """Run stage `name` as dvc.yaml does (its module, paths and run), with `args` added, in `cwd`."""
-    return run([sys.executable, *stage_command(name), *args], cwd=cwd, check=check, **env)
 
 
 def dvc(cwd: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
@@ -190,7 +179,7 @@ def repoint_mlflow_artifacts(store: Path, old: Path, new: Path) -> None:
     MLflow writes absolute locations when it creates them: each experiment's `artifact_location` (a file:// URI,
     or a plain path for the Default experiment) and each run's `artifact_uri` under it. It has no API to change
     them afterwards (`mlflow db move-resources --artifact-policy retarget` moves experiments between workspaces
-    and leaves run URIs as they are), so this test helper rewrites the prefix of those two columns with SQL.
+    and leaves run URIs as they are), so this rewrites the prefix of those two columns with SQL.
     Other absolute paths in the store are provenance, left as they are (tag `mlflow.source.name`: the script
     that ran, in the template).
     """
@@ -200,23 +189,7 @@ def repoint_mlflow_artifacts(store: Path, old: Path, new: Path) -> None:
         for table, column in (("experiments", "artifact_location"), ("runs", "artifact_uri")):
             for before, after in ((old.as_uri(), new.as_uri()), (str(old), str(new))):
                 db.execute(
-                    f"UPDATE {table} SET {column} = ? || substr({column}, ?) WHERE {column} = ? OR substr({column}, 1, ?) = ?",
+                    f"UPDATE {table} SET {column} = ? || substr({column}, ?)"
+                    f" WHERE {column} = ? OR substr({column}, 1, ?) = ?",
                     (after, len(before) + 1, before, len(before) + 1, before + "/"),
                 )
-
-
-def cifar_project(root: Path, overrides: Mapping[str, Any], *targets: str) -> tuple[Path, str]:
-    """A fresh project (git + DVC) under `root` whose params take `overrides`, committed, then `dvc repro targets`
-    with CIFAR-10 downloaded over HTTP from a generated stand-in archive served on 127.0.0.1: (project, its stdout)."""
-    from tests.cifar_fixture import build_archive, served
-
-    project = copy_project(root / "project")
-    archive = build_archive(root / "serve", images_per_batch=60)
-    params = load_params()
-    for key, value in overrides.items():
-        set_key(params, key, value)
-    with served(archive) as url:
-        set_key(params, "cifar10.download", {"url": url, "md5": archive.md5})
-        write_params(project / "params.yaml", params)
-        commit_all(project, "tiny CIFAR-10 profile")
-        return project, dvc(project, "repro", *targets).stdout
