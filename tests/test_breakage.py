@@ -98,8 +98,8 @@ def test_synthetic_learning_rate_100_times_too_low(clean, tmp_path):
         clean,
         tmp_path,
         "wdlab/synthetic/training.py",
-        "param -= self.lr * param.grad  # w ← w − η·(∇L + λw)",
-        "param -= self.lr / 100 * param.grad  # the l2 stepper, 100× too slow",
+        "param -= self.lr * param.grad",
+        "param -= self.lr / 100 * param.grad  # the hand-written stepper, 100× too slow",
         ("evaluate_synthetic", "headline_synthetic"),
         ("synthetic", "synthetic_headline"),
     )

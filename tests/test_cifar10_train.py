@@ -24,6 +24,7 @@ from wdlab.cifar10 import model as cifar_model
 from wdlab.cifar10 import training as cifar_training
 from wdlab.cifar10.archive import Cifar10, save_cifar10
 from wdlab.device import cpu_has_bf16, device_formats
+from wdlab.files import RunFolder
 from wdlab.settings import REGULARIZERS, Settings, parse_settings
 from wdlab.workspace import load_params
 
@@ -206,7 +207,7 @@ def test_optimizer_choice_and_schedule():
     adamw = cifar_training.make_optimizer(model, spec, "decoupled", 0.05)
     assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["lr"] == spec.adamw_lr
     assert {g["name"]: g["weight_decay"] for g in adamw.param_groups} == {"decay": 0.05, "no_decay": 0.0}
-    for regularizer in ("l1", "dropout"):  # their strength is not weight decay
+    for regularizer in ("l1", "dropout", "noise"):  # their strength is not weight decay
         plain = cifar_training.make_optimizer(model, spec, regularizer, 0.3)
         assert isinstance(plain, torch.optim.SGD) and all(g["weight_decay"] == 0.0 for g in plain.param_groups)
     factors = [cifar_training.lr_factor(step, 100, spec) for step in range(100)]
@@ -277,6 +278,11 @@ def args(name: str, module) -> argparse.Namespace:
     return module.parser().parse_args(stage_args(name))
 
 
+def folder(name: str) -> RunFolder:
+    """The output folder of training stage `name` (a grid or the headline), as dvc.yaml gives it."""
+    return RunFolder(args(name, train_cifar10).out)
+
+
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, splits) -> Path:
     """Every regulariser's grid (one l2 λ diverges), the headline, evaluate_cifar10, report_cifar10 and
@@ -315,7 +321,7 @@ def pipeline(tmp_path_factory, splits) -> Path:
 def test_stages_write_metrics_curves_and_report(pipeline):
     evaluated, grid, report = (
         args("evaluate_cifar10", evaluate_cifar10),
-        args("train_cifar10@l2", train_cifar10),
+        folder("train_cifar10@l2"),
         args("report_cifar10", report_cifar10),
     )
     metrics = json.loads((pipeline / evaluated.metrics).read_text())
@@ -335,8 +341,8 @@ def test_stages_write_metrics_curves_and_report(pipeline):
     # the mean and spread over seeds are those of the per-seed rows
     per_seed = l2.loc[l2["lambda"] == 0.0, "test_accuracy"]
     assert accuracy["mean"] == pytest.approx(per_seed.mean()) and accuracy["std"] == pytest.approx(per_seed.std(ddof=1))
-    # l1 and dropout have no strength 0 of their own: l2's λ = 0 runs stand for it, the same plain SGD
-    for regularizer in ("l1", "dropout"):
+    # l1, dropout and noise have no strength 0 of their own: l2's λ = 0 runs stand for it, the same plain SGD
+    for regularizer in [r for r in REGULARIZERS if r != "l2" and regularizers.get(r).zero_is_plain_sgd]:
         zero = by_seed[(by_seed["regularizer"] == regularizer) & (by_seed["lambda"] == 0.0)]
         pd.testing.assert_frame_equal(
             zero.drop(columns="regularizer").reset_index(drop=True),
@@ -373,7 +379,7 @@ def test_stages_write_metrics_curves_and_report(pipeline):
 
 
 def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
-    record = json.loads((pipeline / args("train_cifar10@l2", train_cifar10).record).read_text())
+    record = json.loads((pipeline / folder("train_cifar10@l2").record).read_text())
     client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
     parent = client.get_run(record["run_id"])
     children = client.search_runs(
@@ -404,7 +410,7 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
 
 
 def test_the_headline_takes_its_runs_from_the_grid_and_trains_none(pipeline):
-    grid, headline = args("train_cifar10@l2", train_cifar10), args("headline_cifar10", train_cifar10)
+    grid, headline = folder("train_cifar10@l2"), folder("headline_cifar10")
     grid_rows = pd.read_csv(pipeline / grid.history)
     headline_rows = pd.read_csv(pipeline / headline.history)
     pd.testing.assert_frame_equal(grid_rows[grid_rows["lambda"] == 5e-4].reset_index(drop=True), headline_rows)
@@ -429,9 +435,9 @@ def test_a_headline_lambda_outside_the_grid_is_trained(pipeline, tmp_path, monke
     )
     headline = args("headline_cifar10", train_cifar10)
     train_cifar10.main(settings, headline)
-    rows = pd.read_csv(headline.history)
+    rows = pd.read_csv(RunFolder(headline.out).history)
     assert set(rows["lambda"]) == {1e-2} and set(rows["seed"]) == {0, 1}
-    record = json.loads(headline.record.read_text())
+    record = json.loads(RunFolder(headline.out).record.read_text())
     assert "wd_lab.reused_from" not in mlflow.MlflowClient().get_run(record["run_id"]).data.tags
 
 
@@ -468,7 +474,7 @@ def test_curves_are_measured_on_subsets_the_last_epoch_on_every_image(splits):
 
 def test_metrics_reach_mlflow_as_each_epoch_ends_and_the_chosen_model_loads(pipeline):
     client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
-    grid_record = json.loads((pipeline / args("train_cifar10@l2", train_cifar10).record).read_text())
+    grid_record = json.loads((pipeline / folder("train_cifar10@l2").record).read_text())
     member = client.search_runs(
         [client.get_run(grid_record["run_id"]).info.experiment_id],
         filter_string=f"tags.mlflow.parentRunId = '{grid_record['run_id']}' and params.lambda = '0.0'",
@@ -482,7 +488,7 @@ def test_metrics_reach_mlflow_as_each_epoch_ends_and_the_chosen_model_loads(pipe
     assert chosen["lambda"] in (0.0, 5e-4) and chosen["model_uri"]
     model = mlflow.pytorch.load_model(chosen["model_uri"])
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    checkpoint = torch.load(pipeline / args("train_cifar10@l2", train_cifar10).model, weights_only=True)
+    checkpoint = torch.load(pipeline / folder("train_cifar10@l2").model, weights_only=True)
     net = cifar_model.ResNet(checkpoint["width"])
     net.load_state_dict(checkpoint["state_dicts"][checkpoint["lambdas"].tolist().index(chosen["lambda"])])
     expected = net.eval()(cifar_data.normalise(images))

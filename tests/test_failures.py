@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from tests.helpers.stages import stage
+from wdlab.settings import REGULARIZERS
 from wdlab.workspace import ROOT, load_params, set_key, write_params
 
 SYNTHETIC_STAGES = [
     "generate",
     "headline_synthetic",
-    *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")),
+    *(f"train_synthetic@{r}" for r in REGULARIZERS),
     "cross_validate",
     "evaluate_synthetic",
     "report_synthetic",
@@ -116,7 +117,7 @@ def test_same_params_and_seed_give_identical_outputs_twice(tmp_path):
                     "metrics/synthetic.json",
                     "results/synthetic/by_lambda.csv",
                     "results/synthetic/by_seed.csv",
-                    "results/synthetic/grid_l1_history.csv",
+                    "models/synthetic/grids/l1/history.csv",
                     "results/synthetic/cv.csv",
                 )
             }

@@ -13,6 +13,7 @@ import time
 import mlflow
 import pytest
 
+from wdlab.settings import REGULARIZERS
 from wdlab.workspace import SYNTHETIC_BRANCH, background, clone_project, dvc, git, load_params, set_key, write_params
 
 pytestmark = pytest.mark.slow
@@ -70,7 +71,7 @@ def assert_nothing_lost(project, lock_before: dict, metrics_before: str) -> None
     status = json.loads(dvc(project, "status", "--json", "--with-deps", *SYNTHETIC_BRANCH).stdout)
     assert set(status) == {
         "headline_synthetic",
-        *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")),
+        *(f"train_synthetic@{r}" for r in REGULARIZERS),
         "cross_validate",
         "report_synthetic",
         "compare_synthetic",

@@ -11,6 +11,7 @@ import torch
 
 from tests.helpers.projects import cifar_project
 from tests.helpers.stages import ran_stages
+from wdlab.settings import REGULARIZERS
 from wdlab.workspace import clone_project, dvc
 
 pytestmark = pytest.mark.slow
@@ -23,9 +24,10 @@ TINY = {
     "cifar10.model.width": 8,
     "cifar10.train.epochs": 3,
     "cifar10.train.batch_size": 50,
-    "cifar10.strengths": {"l2": [0, 1.0e-2], "decoupled": [0.05], "l1": [1.0e-3], "dropout": [0.5]},
+    "cifar10.strengths.l2": [0, 1.0e-2],  # the other regularisers keep params.yaml's single strengths
+    "cifar10.strengths.decoupled": [0.05],
+    "cifar10.strengths.l1": [1.0e-3],
 }
-REGULARIZERS = ("l2", "decoupled", "l1", "dropout")
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +112,7 @@ def test_exp_run_on_cifar_wd_reruns_only_the_headline_branch(reproduced, tmp_pat
 def test_same_seed_gives_identical_metrics_on_cpu(reproduced, tmp_path):
     project = clone_project(reproduced[0], tmp_path / "project")
     paths = [
-        project / f"results/cifar10/grid_{r}_history.csv" for r in ("l2", "dropout")
+        project / f"models/cifar10/grids/{r}/history.csv" for r in ("l2", "dropout")
     ]  # dropout: its masks are seeded too
     before = [path.read_bytes() for path in paths]
     for regularizer in ("l2", "dropout"):

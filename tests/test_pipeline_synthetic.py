@@ -11,6 +11,7 @@ import pytest
 
 from tests.helpers.projects import headline
 from tests.helpers.stages import ran_stages
+from wdlab.settings import REGULARIZERS
 from wdlab.workspace import SYNTHETIC_BRANCH, clone_project, dvc, git
 
 pytestmark = pytest.mark.slow
@@ -30,7 +31,7 @@ def test_repro_runs_every_synthetic_stage_and_meets_the_bar(reproduced):
         "validate",
         "generate",
         "headline_synthetic",
-        *(f"train_synthetic@{r}" for r in ("l2", "decoupled", "l1", "dropout")),
+        *(f"train_synthetic@{r}" for r in REGULARIZERS),
         "cross_validate",
         "evaluate_synthetic",
         "report_synthetic",
@@ -88,7 +89,7 @@ def test_mlflow_holds_every_training_run(reproduced):
     for run in runs:
         by_role.setdefault(run.data.tags.get("wd_lab.role"), []).append(run)
     grids = {run.data.params["regularizer"]: run for run in by_role["synthetic-grid"]}
-    assert set(grids) == {"l2", "decoupled", "l1", "dropout"}, "one parent run per regulariser's grid"
+    assert set(grids) == set(REGULARIZERS), "one parent run per regulariser's grid"
     grid = grids["l2"]
     members = [m for m in by_role["synthetic-grid-member"] if m.data.tags["mlflow.parentRunId"] == grid.info.run_id]
     assert len(members) == 10 * 10 and {m.data.params["regularizer"] for m in members} == {"l2"}
@@ -134,7 +135,7 @@ def test_exp_run_l1_reports_exact_zeros_and_the_lasso_and_trains_only_the_headli
     page = (project / "reports/synthetic.md").read_text()
     assert "# The `l1` regulariser" in page and "exact lasso" in page and "exact zeros" in page
     by_seed = pd.read_csv(project / "results/synthetic/by_seed.csv")
-    assert set(by_seed["regularizer"]) == {"l2", "decoupled", "l1", "dropout"}
+    assert set(by_seed["regularizer"]) == set(REGULARIZERS)
 
 
 def test_a_strength_grid_change_retrains_that_regulariser_alone(fresh):

@@ -16,7 +16,7 @@ from tests.helpers.projects import cifar_project
 from tests.helpers.stages import ran_stages, stage, stage_command
 from wdlab.errors import StageError
 from wdlab.executor import check_address, check_device
-from wdlab.settings import ExecutorSettings
+from wdlab.settings import REGULARIZERS, ExecutorSettings
 from wdlab.workspace import (
     ROOT,
     background,
@@ -40,21 +40,16 @@ TINY = {  # 5 (regulariser, strength) × 2 seeds, ~3 s a run on one core
     "cifar10.train.epochs": 6,  # long enough (~3 s) to kill a node while it trains a run
     "cifar10.train.batch_size": 25,
     "cifar10.train.mixed_precision": False,
-    "cifar10.strengths": {"l2": [0, 1.0e-2], "decoupled": [0.05], "l1": [1.0e-3], "dropout": [0.5]},
+    "cifar10.strengths.l2": [0, 1.0e-2],  # the other regularisers keep params.yaml's grids
+    "cifar10.strengths.decoupled": [0.05],
+    "cifar10.strengths.l1": [1.0e-3],
     "executor.cpus_per_run": 1,  # one torch thread per run under both executors: the nodes have one CPU each
     "cifar10.wd": 1.0e-2,  # in the grid: the headline takes the grid's runs
 }
-REGULARIZERS = ("l2", "decoupled", "l1", "dropout")
 OUTPUTS = tuple(
-    f"{folder}/grid_{r}{suffix}"
-    for r in REGULARIZERS
-    for folder, suffix in (
-        ("models/cifar10", ".pt"),
-        ("results/cifar10", "_history.csv"),
-        ("results/cifar10", "_layer_norms.csv"),
-    )
+    f"models/cifar10/grids/{r}/{name}" for r in REGULARIZERS for name in ("model.pt", "history.csv", "layer_norms.csv")
 )
-RECORD = "models/cifar10/grid_l2_run.json"  # the l2 grid: 2 λ × 2 seeds, the one the kill tests run
+RECORD = "models/cifar10/grids/l2/run.json"  # the l2 grid: 2 λ × 2 seeds, the one the kill tests run
 GRID = "train_cifar10@l2"
 METRICS = "metrics/cifar10.json"
 
@@ -127,7 +122,7 @@ def test_the_grid_on_two_nodes_gives_the_local_outputs(local_grid, tmp_path):
     spread = {
         run["node"]
         for r in REGULARIZERS
-        for run in json.loads((project / f"models/cifar10/grid_{r}_run.json").read_text())["runs"].values()
+        for run in json.loads((project / f"models/cifar10/grids/{r}/run.json").read_text())["runs"].values()
     }
     assert spread == set(nodes.values())
     assert "none retrained" in evaluated.stdout + evaluated.stderr
