@@ -161,7 +161,10 @@ def derive(rule: Rule, parts: tuple[str, ...], metric: str, value: Any, flat: di
             }
         case Choice():
             scores = rule.scores.format(*parts, strength="{strength}")
-            why = f"the same strength, or the baseline's scoring within {k:g}·√(σ₁² + σ₂²)/√S of the current choice in the current metrics"
+            why = (
+                f"the same strength, or the baseline's scoring within {k:g}·√(σ₁² + σ₂²)/√S of the current choice "
+                "in the current metrics"
+            )
             if value is not None and _score(flat, scores, value) is None:
                 why += "; the baseline lacks these scores (recorded before they existed): `--update` records them"
             return {"kind": "choice", "scores": scores, "k": k, "why": why}
@@ -211,12 +214,17 @@ def compare(baseline: dict, now: dict, tolerances: dict[str, dict]) -> list[Row]
         elif kind == "count":
             slack = entry["slack"]
             ok, tolerance, note = (
-                _within(base, value, lambda b, v: abs(v - b) <= slack),
+                _within(base, value, lambda b, v, slack=slack: abs(v - b) <= slack),
                 f"±{slack}" if slack else "exact",
                 "",
             )
         elif kind == "bound":
-            ok, tolerance, note = _within(base, value, lambda b, v: abs(v) <= entry["max"]), f"≤ {entry['max']:g}", ""
+            ceiling = entry["max"]
+            ok, tolerance, note = (
+                _within(base, value, lambda b, v, ceiling=ceiling: abs(v) <= ceiling),
+                f"≤ {ceiling:g}",
+                "",
+            )
         else:
             band = Tolerance(entry["rel"], entry["abs"])
             moved = "at" in entry and base_flat.get(entry["at"]) != now_flat.get(entry["at"])

@@ -232,14 +232,16 @@ def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links
         for r, c in compared.items()
     ]
     findings = [
-        f"- **At its cross-validated strength**, {best} reach{'' if len(tied) > 1 else 'es'} the lowest mean test loss, {pm(compared[ranked[0]]['test_loss'])}; "
+        f"- **At its cross-validated strength**, {best} reach{'' if len(tied) > 1 else 'es'} the lowest mean "
+        f"test loss, {pm(compared[ranked[0]]['test_loss'])}; "
         + (
             f"{'their' if len(tied) > 1 else 'its'} 95 % interval over seeds lies below those of {', '.join(beyond)}"
             if beyond
             else "its 95 % interval overlaps every other's"
         )
         + (
-            f", and overlaps {', '.join(r for r in rest if r not in beyond)}: that difference is within the seed spread."
+            f", and overlaps {', '.join(r for r in rest if r not in beyond)}: "
+            "that difference is within the seed spread."
             if len(beyond) < len(rest)
             else "."
         ),
@@ -253,9 +255,10 @@ def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links
         [
             "# Regularisers side by side: high-dimensional linear regression",
             "",
-            f"_n_train = {spec.data.n_train}, d = {spec.data.n_features}; SGD, batch {spec.train.batch_size}, lr {spec.train.lr:g}, "
-            f"{spec.train.epochs} epochs for every regulariser; {metrics['seeds']} seeds. Numbers are means ± std over seeds; "
-            "figures show the mean with its 95 % band; dashed: each regulariser's exact optimum. The study page: [synthetic.md](synthetic.md)._",
+            f"_n_train = {spec.data.n_train}, d = {spec.data.n_features}; SGD, batch {spec.train.batch_size}, "
+            f"lr {spec.train.lr:g}, {spec.train.epochs} epochs for every regulariser; {metrics['seeds']} seeds. "
+            "Numbers are means ± std over seeds; figures show the mean with its 95 % band; dashed: each regulariser's "
+            "exact optimum. The study page: [synthetic.md](synthetic.md)._",
             "",
             "## Findings",
             "",
@@ -326,7 +329,8 @@ def cifar_page(metrics: dict, table: pd.DataFrame, settings: Settings, links: li
         [
             "# Regularisers side by side: CIFAR-10",
             "",
-            f"_The same net (width {study.model.width}) and budget ({study.train.epochs} epochs, batch {study.train.batch_size}, "
+            f"_The same net (width {study.model.width}) and budget ({study.train.epochs} epochs, "
+            f"batch {study.train.batch_size}, "
             f"{study.train.schedule} schedule) for every regulariser: "
             + "; ".join(f"{r}: {REGISTRY[r].cifar_method(study.train)}" for r in compared)
             + f". Strength 0 of {', '.join(shares_zero(compared))} is {BASELINE}'s λ = 0 run. "
@@ -334,7 +338,8 @@ def cifar_page(metrics: dict, table: pd.DataFrame, settings: Settings, links: li
             "",
             "## Findings",
             "",
-            f"- Chosen on the validation split, {best} reaches the highest test accuracy, {pm(compared[best]['test_accuracy'])}; {spread}.",
+            f"- Chosen on the validation split, {best} reaches the highest test accuracy, "
+            f"{pm(compared[best]['test_accuracy'])}; {spread}.",
             *cifar_findings(table),
             "",
             "## Each regulariser at the strength validation chooses",
@@ -375,8 +380,9 @@ def cifar_findings(table: pd.DataFrame) -> list[str]:
     for regularizer in [r for r in REGULARIZERS if r in strongest.index]:
         row = strongest.loc[regularizer]
         lines.append(
-            f"- {regularizer} at its strongest trained strength ({fmt_lambda(row['lambda'])}): generalisation gap {row['gap_accuracy_mean']:+.3f} "
-            f"(none: {base['gap_accuracy_mean']:+.3f}), ‖θ‖ {row['w_norm_mean']:.3g} (none: {base['w_norm_mean']:.3g}), "
+            f"- {regularizer} at its strongest trained strength ({fmt_lambda(row['lambda'])}): "
+            f"generalisation gap {row['gap_accuracy_mean']:+.3f} (none: {base['gap_accuracy_mean']:+.3f}), "
+            f"‖θ‖ {row['w_norm_mean']:.3g} (none: {base['w_norm_mean']:.3g}), "
             f"exact zeros {row['zero_fraction_mean']:.1%} of the conv/linear weights."
         )
     return lines + [

@@ -49,7 +49,8 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         rows = every[every["regularizer"] == regularizer]
         if set(rows["lambda"]) != set(study.strengths.of(regularizer)) or set(rows["seed"]) != set(study.seeds):
             raise StageInputError(
-                f"the grid histories do not match cifar10.strengths.{regularizer} and seeds: run `dvc repro train_cifar10@{regularizer}`"
+                f"the grid histories do not match cifar10.strengths.{regularizer} and seeds: "
+                f"run `dvc repro train_cifar10@{regularizer}`"
             )
     grid = every[every["regularizer"] == study.regularizer]
     summary = seed_summary(grid, FINAL_KEYS)
@@ -159,7 +160,8 @@ def log_chosen_model(settings: Settings, args: argparse.Namespace, chosen: float
 
 
 def final_rows(path: Path, made_by: str) -> pd.DataFrame:
-    """The last recorded epoch of every (seed, λ) of a training run; a run that diverged stopped at the epoch marked so."""
+    """The last recorded epoch of every (seed, λ) of a training run; a run that diverged stopped at the epoch marked
+    so."""
     history = read_table(
         path,
         made_by=made_by,
@@ -215,7 +217,9 @@ def parser() -> argparse.ArgumentParser:
             "grids": "the grids' folder: each regulariser's history, weights and run record (its MLflow run)",
             "metrics": "the DVC metrics file (output)",
             "by-seed": "final metrics per (regulariser, seed, strength), long format (output)",
-            "table": "the study's regulariser per strength: mean, std and 95 % interval over seeds, for dvc plots (output)",
+            "table": (
+                "the study's regulariser per strength: mean, std and 95 % interval over seeds, for dvc plots (output)"
+            ),
             "compare": "every regulariser per strength: mean, std and 95 % interval over seeds (output)",
             "headline-curve": "the headline run's per-epoch curves averaged over seeds, for dvc plots (output)",
             "model-record": "which model was logged to MLflow, its URI (output)",

@@ -162,7 +162,9 @@ def parser() -> argparse.ArgumentParser:
             "cv": "cross-validation losses per (regulariser, seed, fold, strength)",
             "metrics": "the DVC metrics file (output)",
             "by-seed": "final metrics per (regulariser, seed, strength), long format (output)",
-            "table": "the study's regulariser per strength: mean, std and 95 % interval over seeds, for dvc plots (output)",
+            "table": (
+                "the study's regulariser per strength: mean, std and 95 % interval over seeds, for dvc plots (output)"
+            ),
             "compare": "every regulariser per strength: mean, std and 95 % interval over seeds (output)",
         },
     )

@@ -228,7 +228,8 @@ def curves_title(history: pd.DataFrame) -> str:
         return "Training curves"
     first, last = final.iloc[0], final.iloc[-1]
     return (
-        f"{lam(first['lambda'])} ends at {pct(first['train_accuracy'])} train / {pct(first['test_accuracy'])} test accuracy, "
+        f"{lam(first['lambda'])} ends at {pct(first['train_accuracy'])} train / "
+        f"{pct(first['test_accuracy'])} test accuracy, "
         f"{lam(last['lambda'])} at {pct(last['train_accuracy'])} / {pct(last['test_accuracy'])}"
     )
 
@@ -319,14 +320,15 @@ def setup_line(study: CifarSettings, setup: dict) -> str:
         else "λ applies to conv and linear weights only; biases and BatchNorm scales/shifts are not decayed"
     )
     return (
-        f"_{n.get('train', '?'):,} training images (class-balanced subset), {n.get('valid', '?'):,} held-out validation "
-        f"images, {n.get('test', '?'):,} test images. ResNet-9 layout, width {study.model.width}; {optimizer}; "
+        f"_{n.get('train', '?'):,} training images (class-balanced subset), "
+        f"{n.get('valid', '?'):,} held-out validation images, {n.get('test', '?'):,} test images. "
+        f"ResNet-9 layout, width {study.model.width}; {optimizer}; "
         f"{decayed}. {t.schedule.capitalize()} schedule with {t.warmup_fraction:.0%} warm-up, batch {t.batch_size}, "
         f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}, label smoothing {t.label_smoothing:g}, augmentation "
         f"{'flip + crop' if study.data.augment else 'off'}; {setup.get('device', '?')} ({setup.get('formats', '?')}). "
         f"Seeds {', '.join(map(str, study.seeds))}: each draws its own initial weights, batch order and augmentation; "
-        f"the training and validation images are the same for all (split seed {study.data.split_seed}). Figures show the "
-        "mean over seeds with its 95 % confidence band._"
+        f"the training and validation images are the same for all (split seed {study.data.split_seed}). "
+        "Figures show the mean over seeds with its 95 % confidence band._"
     )
 
 
@@ -349,7 +351,8 @@ def finding(metrics: dict, regularizer: str, lambda_grid: tuple[float, ...]) -> 
     if chosen is None:
         return "Every λ of the grid diverged; lower `cifar10.train.lr` and rerun."
     text = (
-        f"Validation accuracy on held-out training images (mean over {metrics['seeds']} seeds) picks {lam(chosen['lambda'])}: "
+        f"Validation accuracy on held-out training images (mean over {metrics['seeds']} seeds) "
+        f"picks {lam(chosen['lambda'])}: "
         f"test accuracy {pm(chosen['test_accuracy'])}"
     )
     base = grid.get("lambda_0")
@@ -360,20 +363,22 @@ def finding(metrics: dict, regularizer: str, lambda_grid: tuple[float, ...]) -> 
         text += {
             True: "; the 95 % intervals over seeds do not overlap, so the difference exceeds the seed spread.",
             False: "; the 95 % intervals over seeds overlap, so the difference is within the seed spread.",
-            None: "; with one seed the spread is unknown: run several (`-S 'cifar10.seeds=[0,1,2]'`) to tell a difference from noise.",
+            None: "; with one seed the spread is unknown: run several (`-S 'cifar10.seeds=[0,1,2]'`) "
+            "to tell a difference from noise.",
         }[verdict]
     else:
         text += "."
     top = metrics.get("highest_test_accuracy")
     if top and top["lambda"] != chosen["lambda"]:
         text += (
-            f" The highest mean test accuracy of the grid, {pm(top['test_accuracy'])} at {lam(top['lambda'])}, is reported "
-            "but not used to choose: choosing on the test set would make it an optimistic estimate."
+            f" The highest mean test accuracy of the grid, {pm(top['test_accuracy'])} at {lam(top['lambda'])}, "
+            "is reported but not used to choose: choosing on the test set would make it an optimistic estimate."
         )
     if chosen["lambda"] == max(lambda_grid) > 0:
         text += (
             f" {lam(chosen['lambda'])} is the grid's largest, so the optimum may lie beyond it: extend "
-            f"`cifar10.strengths.{regularizer}` (e.g. add {3 * chosen['lambda']:g} and {10 * chosen['lambda']:g}) and rerun."
+            f"`cifar10.strengths.{regularizer}` (e.g. add {3 * chosen['lambda']:g} and {10 * chosen['lambda']:g}) "
+            "and rerun."
         )
     return text
 
@@ -395,13 +400,15 @@ def interpretation(by_lambda: pd.DataFrame) -> str:
             f"From {lam(first['lambda'])} to {lam(last['lambda'])} the generalisation gap {gap_trend} from "
             f"{100 * first['gap_accuracy']:.1f} to {100 * last['gap_accuracy']:.1f} points (train accuracy "
             f"{pct(first['train_accuracy'])} → {pct(last['train_accuracy'])}), and ‖θ‖ goes from {first['w_norm']:.1f} "
-            f"to {last['w_norm']:.1f}{' — it falls at every step of λ' if runs['w_norm'].is_monotonic_decreasing else ''}."
+            f"to {last['w_norm']:.1f}"
+            f"{' — it falls at every step of λ' if runs['w_norm'].is_monotonic_decreasing else ''}."
         )
     diverged = by_lambda[by_lambda["diverged"].astype(bool)]
     if not diverged.empty:
         which = ", ".join(fmt_lambda(v) for v in diverged["lambda"])
         sentences.append(
-            f"λ = {which} diverged (non-finite loss) and was stopped early; its values are left empty and it is never picked."
+            f"λ = {which} diverged (non-finite loss) and was stopped early; its values are left empty "
+            "and it is never picked."
         )
     return " ".join(sentences) or "Too few finished runs to compare λ."
 

@@ -328,7 +328,8 @@ def model_file(result: RunResult, width: int) -> dict:
 
 
 def checkpoint(results: list[RunResult], width: int) -> dict:
-    """Every (strength, seed)'s trained weights: `ResNet(width).load_state_dict(state_dicts[i])` for lambdas[i], seeds[i]."""
+    """Every (strength, seed)'s trained weights: `ResNet(width).load_state_dict(state_dicts[i])` for lambdas[i],
+    seeds[i]."""
     return {
         "regularizer": results[0].regularizer,
         "lambdas": torch.tensor([r.strength for r in results], dtype=torch.float64),

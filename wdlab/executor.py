@@ -91,12 +91,14 @@ def check_device(settings: ExecutorSettings, device: str) -> None:
         return
     if device == "cuda" and settings.gpus_per_run == 0:
         raise StageError(
-            "the runs compute on cuda but executor.gpus_per_run is 0, so Ray gives them no GPU: set it to 1 (or 0.5 to share one)"
+            "the runs compute on cuda but executor.gpus_per_run is 0, so Ray gives them no GPU: "
+            "set it to 1 (or 0.5 to share one)"
         )
     if device != "cuda" and settings.gpus_per_run > 0:
         raise StageError(
-            f"executor.gpus_per_run = {settings.gpus_per_run:g} but this machine, the driver, resolves `device` to {device}: "
-            "run dvc where CUDA is available (the driver decides every run's device and formats) or set executor.gpus_per_run: 0"
+            f"executor.gpus_per_run = {settings.gpus_per_run:g} but this machine, the driver, "
+            f"resolves `device` to {device}: run dvc where CUDA is available (the driver decides every run's device "
+            "and formats) or set executor.gpus_per_run: 0"
         )
 
 
@@ -225,7 +227,8 @@ def ray_session(settings: ExecutorSettings) -> Iterator[None]:
         )
     except (ConnectionError, RuntimeError, ValueError) as err:  # e.g. a token the cluster does not accept
         raise StageError(
-            f"cannot join the Ray cluster at {address or 'this machine'} ({_first_line(err)}): check RAY_ADDRESS or executor.address, "
+            f"cannot join the Ray cluster at {address or 'this machine'} ({_first_line(err)}): "
+            "check RAY_ADDRESS or executor.address, "
             "and that this machine runs the cluster's Ray version and authentication (RAY_AUTH_MODE, ~/.ray/auth_token)"
         ) from None
     try:

@@ -353,7 +353,8 @@ class InputNoise(Regularizer):
         rows = table[(table["regularizer"] == self.name) & (table["lambda"] > 0)]
         text = (
             "- **Input noise is ridge at λ = σ² in expectation.** Fresh N(0, σ²) noise on every input adds exactly "
-            "σ²/2·‖w‖² to the expected squared loss (Bishop 1995), so its exact optimum is the ridge solution at λ = σ². "
+            "σ²/2·‖w‖² to the expected squared loss (Bishop 1995), so its exact optimum is the ridge solution "
+            "at λ = σ². "
         )
         if rows.empty:
             return text

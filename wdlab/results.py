@@ -128,7 +128,8 @@ def by_strength(summary: pd.DataFrame, metrics: Sequence[str]) -> dict[str, dict
 
 
 def mean_curve(history: pd.DataFrame) -> list[dict]:
-    """A run's per-epoch curves averaged over seeds (diverged seeds' NaN left out): one line per metric for `dvc plots`."""
+    """A run's per-epoch curves averaged over seeds (diverged seeds' NaN left out): one line per metric for
+    `dvc plots`."""
     numeric = history.drop(columns=[c for c in ("regularizer", "seed", "lambda", "diverged") if c in history])
     return numeric.groupby("epoch", as_index=False).mean().to_dict("records")
 

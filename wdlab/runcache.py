@@ -1,4 +1,5 @@
-"""Finished runs of a grid stage that has not finished yet: a rerun after a failure trains only the runs that are missing.
+"""Finished runs of a grid stage that has not finished yet: a rerun after a failure trains only the runs that are
+missing.
 
 DVC deletes a stage's outputs before it runs the stage, so the runs a failed stage did finish are kept here instead,
 outside DVC (git-ignored `cache/runs/`), one file per run, written atomically as each run ends. A run's file is named

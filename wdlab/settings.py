@@ -152,7 +152,9 @@ class CifarData(_Model):
     valid_size: int = Field(ge=10, description="training images held out to choose λ; never trained on")
     curve_subset: int = Field(
         ge=0,
-        description="images of each split the per-epoch curves are measured on (0 = all); the last epoch uses every image",
+        description=(
+            "images of each split the per-epoch curves are measured on (0 = all); the last epoch uses every image"
+        ),
     )
     augment: bool = Field(description="random flip + crop")
 
@@ -176,7 +178,10 @@ class CifarTrain(_Model):
         description="bf16 autocast where the hardware computes in bf16 (CUDA, CPUs with AVX512-BF16)"
     )
     deterministic: bool = Field(
-        description="CUDA: deterministic kernels, so a rerun reproduces every number; false: torch's faster defaults. The CPU is deterministic either way"
+        description=(
+            "CUDA: deterministic kernels, so a rerun reproduces every number; false: torch's faster defaults. "
+            "The CPU is deterministic either way"
+        )
     )
 
 
@@ -215,12 +220,17 @@ class ExecutorSettings(_Model):
     )
     address: Text | None = Field(
         None,
-        description="the Ray cluster, host:port of its head (ray start --head); null: RAY_ADDRESS, else a Ray instance on this machine",
+        description=(
+            "the Ray cluster, host:port of its head (ray start --head); "
+            "null: RAY_ADDRESS, else a Ray instance on this machine"
+        ),
     )
     cpus_per_run: int = Field(
         2,
         ge=1,
-        description="CPU cores a run reserves on a Ray node, and the torch threads it computes with under either executor",
+        description=(
+            "CPU cores a run reserves on a Ray node, and the torch threads it computes with under either executor"
+        ),
     )
     gpus_per_run: Annotated[float, AfterValidator(_gpus)] = Field(
         0.0, ge=0, description="GPUs a run reserves on a Ray node: 1 = a whole GPU, 0.5 = two runs share one, 0 = none"

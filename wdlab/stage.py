@@ -49,7 +49,10 @@ def training_parser(
     cli.add_argument(
         "run",
         choices=("headline", *REGULARIZERS),
-        help=f"headline: the study's regulariser at strength {headline_key}; a regulariser: its whole grid, {grid_key}.<name>",
+        help=(
+            f"headline: the study's regulariser at strength {headline_key}; "
+            f"a regulariser: its whole grid, {grid_key}.<name>"
+        ),
     )
     return cli
 

@@ -218,7 +218,8 @@ def _refuse_unsafe(member: tarfile.TarInfo, archive_name: str) -> None:
     else:
         return
     raise StageError(
-        f"refusing to extract {member.name!r} from {archive_name}: it {problem}, the archive may be malicious; {USE_OFFICIAL_ARCHIVE}"
+        f"refusing to extract {member.name!r} from {archive_name}: it {problem}, the archive may be malicious; "
+        f"{USE_OFFICIAL_ARCHIVE}"
     )
 
 
@@ -258,7 +259,8 @@ def load_plain_pickle(path: Path) -> Any:
             return PlainDataUnpickler(handle, encoding="bytes").load()
         except NotPlainData as err:
             raise StageError(
-                f"refusing to load {err} from {member} (not plain data): the archive may be malicious; {USE_OFFICIAL_ARCHIVE}"
+                f"refusing to load {err} from {member} (not plain data): the archive may be malicious; "
+                f"{USE_OFFICIAL_ARCHIVE}"
             ) from None
         except Exception as err:  # a damaged pickle raises many kinds (EOFError, KeyError, ValueError, ...)
             raise StageError(

@@ -75,7 +75,8 @@ def make_optimizer(model: nn.Module, spec: CifarTrain, regularizer: str, strengt
 
 
 def lr_factor(step: int, total_steps: int, spec: CifarTrain) -> float:
-    """Multiplier of the peak lr at `step`: linear warm-up, then hold (constant), linear (onecycle) or cosine decay to 0."""
+    """Multiplier of the peak lr at `step`: linear warm-up, then hold (constant), linear (onecycle) or cosine decay
+    to 0."""
     warmup = round(spec.warmup_fraction * total_steps)
     if step < warmup:
         return (step + 1) / warmup
@@ -195,7 +196,8 @@ def train(
     formats: Formats,
     on_epoch: EpochCallback | None = None,
 ) -> RunResult:
-    """Train one model with a regulariser at `strength` on `splits` (already on the device); a NaN/inf loss stops the run.
+    """Train one model with a regulariser at `strength` on `splits` (already on the device); a NaN/inf loss stops the
+    run.
 
     Each epoch is measured on fixed subsets of the splits (`curve_subset` images each), the last one (or the one
     that diverged) on the full splits; `on_epoch(epoch, row, layer_norms)` sees every row as soon as it is final.

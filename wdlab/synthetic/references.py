@@ -15,7 +15,8 @@ LASSO_TOL = 1e-12  # scikit-learn's duality-gap tolerance (relative to ‖y‖²
 
 
 def reference_solution(regularizer: str, train_set: Split, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The exact minimiser of regulariser's objective at `strength` on each seed's training set: weight [S, d], bias [S]."""
+    """The exact minimiser of regulariser's objective at `strength` on each seed's training set: weight [S, d],
+    bias [S]."""
     solver, argument = get(regularizer).reference(strength)
     return SOLVERS[solver](train_set, argument)
 
