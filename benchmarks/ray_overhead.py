@@ -64,8 +64,8 @@ def main() -> None:
     study = type(load_settings()).model_validate(raw).cifar10
     seeds = range((args.runs + 1) // 2)
     specs = [
-        RunSpec(study, lam, seed, "cpu")
-        for lam, seed in itertools.islice(itertools.product((0.0, 5e-4), seeds), args.runs)
+        RunSpec(study, strength, seed, "cpu")
+        for strength, seed in itertools.islice(itertools.product((0.0, 5e-4), seeds), args.runs)
     ]
     splits = standin_splits(args.images)
     print(

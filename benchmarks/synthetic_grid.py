@@ -37,24 +37,26 @@ def main() -> None:
 
     settings = load_settings()
     spec, seeds = settings.synthetic.train, settings.synthetic.seeds
-    lambdas = settings.synthetic.lambda_grid
+    strengths = settings.synthetic.strength_grid
     if args.grid_size:
-        lambdas = tuple(torch.logspace(-2, 2, args.grid_size - 1).tolist()) + (0.0,)
+        strengths = tuple(torch.logspace(-2, 2, args.grid_size - 1).tolist()) + (0.0,)
     device = pick_device(args.device or settings.device)
     data = make_dataset(settings.synthetic.data, seeds)
     train = Split(data["x_train"], data["y_train"])
     test = {"test": Split(data["x_test"], data["y_test"])}
 
     def all_at_once() -> None:
-        train_grid(train, lambdas, spec, seeds, device, test, progress=False)
+        train_grid(train, strengths, spec, seeds, device, test, progress=False)
 
     def one_seed() -> None:  # the study before seeds became an axis: one seed, the λ grid batched
-        train_grid(train.seed(0), lambdas, spec, seeds[:1], device, {"test": test["test"].seed(0)}, progress=False)
+        train_grid(train.seed(0), strengths, spec, seeds[:1], device, {"test": test["test"].seed(0)}, progress=False)
 
     def per_run() -> None:  # the tutorial way: one training loop per (seed, λ)
         for s, seed in enumerate(seeds):
-            for lam in lambdas:
-                train_grid(train.seed(s), (lam,), spec, (seed,), device, {"test": test["test"].seed(s)}, progress=False)
+            for strength in strengths:
+                train_grid(
+                    train.seed(s), (strength,), spec, (seed,), device, {"test": test["test"].seed(s)}, progress=False
+                )
 
     t_all, t_one, t_loop = (
         timed(all_at_once, args.repeats),
@@ -62,7 +64,7 @@ def main() -> None:
         timed(per_run, max(1, args.repeats // 2)),
     )
     print(
-        f"device {device}, {torch.get_num_threads()} threads, {len(seeds)} seeds × {len(lambdas)} λ, "
+        f"device {device}, {torch.get_num_threads()} threads, {len(seeds)} seeds × {len(strengths)} λ, "
         f"{spec.epochs} epochs, "
         f"{spec.implementation} implementation, median of {args.repeats}"
     )

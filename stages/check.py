@@ -245,7 +245,7 @@ def choice_holds(entry: dict, base: Any, now: Any, now_flat: dict) -> tuple[bool
         return True, "same, or tied", ""
     if base is None or now is None:
         return False, "a strength on both sides", ""
-    scored = [_score(now_flat, entry["scores"], lam) for lam in (base, now)]
+    scored = [_score(now_flat, entry["scores"], strength) for strength in (base, now)]
     if None in scored:
         return False, f"no score {entry['scores'].format(strength='…')} to tell a tie", ""
     (base_mean, base_std), (now_mean, now_std) = scored
@@ -284,10 +284,12 @@ def synthetic_invariants(m: dict, slack: float) -> Iterator[Row]:
     objective, reference_objective, ridge_test = (
         _grid_means(m, key) for key in ("objective", "reference_objective", "reference_test_loss")
     )
-    lambdas = sorted(lam for lam in test if test[lam] is not None)  # every seed of a λ diverged: nothing to compare
+    strengths = sorted(
+        strength for strength in test if test[strength] is not None
+    )  # every seed of a λ diverged: nothing to compare
     if 0.0 in test and 3.0 in test:
         yield Row("invariant: mean test loss λ=3 < λ=0", test[0.0], test[3.0], "strict", test[3.0] < test[0.0])
-    falling = [norms[lam] for lam in lambdas]
+    falling = [norms[strength] for strength in strengths]
     yield Row(
         "invariant: mean ‖w‖ falls as λ grows",
         falling[0],
@@ -295,21 +297,21 @@ def synthetic_invariants(m: dict, slack: float) -> Iterator[Row]:
         "strictly",
         all(a > b for a, b in zip(falling, falling[1:])),
     )
-    for lam in lambdas:
+    for strength in strengths:
         # the exact optimum solution minimises the training objective on every seed: SGD can't beat it
         yield Row(
-            f"invariant: objective λ={lam:g} ≥ exact optimum",
-            reference_objective[lam],
-            objective[lam],
+            f"invariant: objective λ={strength:g} ≥ exact optimum",
+            reference_objective[strength],
+            objective[strength],
             "exact",
-            objective[lam] >= reference_objective[lam] * (1 - 1e-6) - 1e-12,
+            objective[strength] >= reference_objective[strength] * (1 - 1e-6) - 1e-12,
         )
         yield Row(
-            f"invariant: test loss λ={lam:g} not below exact optimum",
-            ridge_test[lam],
-            test[lam],
+            f"invariant: test loss λ={strength:g} not below exact optimum",
+            ridge_test[strength],
+            test[strength],
             f"-{slack:.0%}",
-            test[lam] >= ridge_test[lam] * (1 - slack),
+            test[strength] >= ridge_test[strength] * (1 - slack),
         )
 
 
@@ -317,8 +319,8 @@ def cifar10_invariants(m: dict, slack: float) -> Iterator[Row]:
     """On the seed means: decay shrinks the weights at every step of λ, every λ learns, λ = 0 overfits."""
     diverged = {float(k.removeprefix("lambda_")) for k, v in m["grid"].items() if v["diverged"]}
     norms, test, gap = (_grid_means(m, key) for key in ("w_norm", "test_accuracy", "gap_accuracy"))
-    lambdas = sorted(lam for lam in norms if lam not in diverged)
-    falling = [norms[lam] for lam in lambdas]
+    strengths = sorted(strength for strength in norms if strength not in diverged)
+    falling = [norms[strength] for strength in strengths]
     yield Row(
         "invariant: mean weight norm falls as λ grows",
         falling[0],
@@ -326,15 +328,15 @@ def cifar10_invariants(m: dict, slack: float) -> Iterator[Row]:
         "strictly",
         all(a > b for a, b in zip(falling, falling[1:])),
     )
-    for lam in lambdas:
+    for strength in strengths:
         yield Row(
-            f"invariant: mean test accuracy λ={lam:g} above chance",
+            f"invariant: mean test accuracy λ={strength:g} above chance",
             0.1,
-            test[lam],
+            test[strength],
             f"+{slack:g}",
-            test[lam] > 0.1 + slack,
+            test[strength] > 0.1 + slack,
         )
-    if 0.0 in lambdas:
+    if 0.0 in strengths:
         yield Row("invariant: λ = 0 overfits (train − test accuracy)", 0.0, gap[0.0], "> 0", gap[0.0] > 0)
 
 

@@ -39,9 +39,9 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             run_id,
             {},
             {
-                f"chosen_{regularizer}_{lam:g}": int(counts.get(lam, 0))
+                f"chosen_{regularizer}_{strength:g}": int(counts.get(strength, 0))
                 for regularizer, counts in chosen.items()
-                for lam in study.strengths.of(regularizer)
+                for strength in study.strengths.of(regularizer)
             },
         )
     write_csv(args.out, pd.concat(tables).to_dict("records"))
@@ -51,7 +51,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             regularizer,
             study.cv_folds,
             len(seeds),
-            ", ".join(f"{lam:g} ({n}×)" for lam, n in counts.items()),
+            ", ".join(f"{strength:g} ({n}×)" for strength, n in counts.items()),
         )
 
 

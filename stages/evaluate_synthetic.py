@@ -110,7 +110,9 @@ def metrics(
         "cv": {
             "folds": study.cv_folds,
             "best_lambda": by_cv,  # lowest CV loss averaged over seeds
-            "chosen": {f"lambda_{lam:g}": int((chosen == lam).sum()) for lam in study.lambda_grid},  # per seed's own CV
+            "chosen": {
+                f"lambda_{strength:g}": int((chosen == strength).sum()) for strength in study.strength_grid
+            },  # per seed's own CV
         },
         "regularizers": {r: compared_at_cv(compared[compared["regularizer"] == r]) for r in REGULARIZERS},
         **{

@@ -64,7 +64,7 @@ def pct(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
-def lam(value: float) -> str:
+def strength(value: float) -> str:
     return f"λ = {fmt_lambda(value)}"
 
 
@@ -129,7 +129,7 @@ def plot_accuracy_vs_lambda(by_seed: pd.DataFrame, by_lambda: pd.DataFrame, chos
             color="black",
             zorder=6,
             clip_on=False,
-            label=f"picked by validation ({lam(chosen)})",
+            label=f"picked by validation ({strength(chosen)})",
         )
     mark_diverged(ax, by_lambda)
     figures.lambda_axis(ax, by_lambda["lambda"])
@@ -147,7 +147,7 @@ def accuracy_title(by_lambda: pd.DataFrame) -> str:
     if runs.empty:
         return "Every λ diverged: no accuracy to compare"
     top = runs.loc[runs["test_accuracy"].idxmax()]
-    title = f"Test accuracy is highest at {lam(top['lambda'])} ({pct(top['test_accuracy'])})"
+    title = f"Test accuracy is highest at {strength(top['lambda'])} ({pct(top['test_accuracy'])})"
     base = runs[runs["lambda"] == 0.0]
     if not base.empty and top["lambda"] != 0.0:
         title += f", vs {pct(base['test_accuracy'].iloc[0])} at λ = 0"
@@ -176,14 +176,14 @@ def gap_title(by_lambda: pd.DataFrame) -> str:
     first, last = runs.iloc[0], runs.iloc[-1]
     trend = "falls" if last["gap_accuracy"] < first["gap_accuracy"] else "rises"
     return (
-        f"The generalisation gap {trend} from {100 * first['gap_accuracy']:.1f} points at {lam(first['lambda'])} "
-        f"to {100 * last['gap_accuracy']:.1f} at {lam(last['lambda'])}"
+        f"The generalisation gap {trend} from {100 * first['gap_accuracy']:.1f} points at {strength(first['lambda'])} "
+        f"to {100 * last['gap_accuracy']:.1f} at {strength(last['lambda'])}"
     )
 
 
 def plot_curves(history: pd.DataFrame, path: Path) -> Path:
-    lambdas = sorted(history["lambda"].unique())
-    palette = {fmt_lambda(v): colour for v, colour in figures.lambda_palette(lambdas).items()}
+    strengths = sorted(history["lambda"].unique())
+    palette = {fmt_lambda(v): colour for v, colour in figures.lambda_palette(strengths).items()}
     history = history.assign(λ=history["lambda"].map(fmt_lambda))
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
     for ax, metric, label in ((axes[0], "loss", "cross-entropy"), (axes[1], "accuracy", "accuracy (%)")):
@@ -228,9 +228,9 @@ def curves_title(history: pd.DataFrame) -> str:
         return "Training curves"
     first, last = final.iloc[0], final.iloc[-1]
     return (
-        f"{lam(first['lambda'])} ends at {pct(first['train_accuracy'])} train / "
+        f"{strength(first['lambda'])} ends at {pct(first['train_accuracy'])} train / "
         f"{pct(first['test_accuracy'])} test accuracy, "
-        f"{lam(last['lambda'])} at {pct(last['train_accuracy'])} / {pct(last['test_accuracy'])}"
+        f"{strength(last['lambda'])} at {pct(last['train_accuracy'])} / {pct(last['test_accuracy'])}"
     )
 
 
@@ -285,7 +285,7 @@ def render_page(
         "",
         "## Finding",
         "",
-        finding(metrics, study.regularizer, study.lambda_grid),
+        finding(metrics, study.regularizer, study.strength_grid),
         "",
         interpretation(by_lambda),
         "",
@@ -345,14 +345,14 @@ def separated(a: dict, b: dict) -> bool | None:
     return a["ci_high"] < b["ci_low"] or b["ci_high"] < a["ci_low"]
 
 
-def finding(metrics: dict, regularizer: str, lambda_grid: tuple[float, ...]) -> str:
+def finding(metrics: dict, regularizer: str, strength_grid: tuple[float, ...]) -> str:
     """The conclusion and the numbers behind it: the λ validation picks, against λ = 0, with the seed spread."""
     chosen, grid = metrics.get("chosen_by_validation"), metrics["grid"]
     if chosen is None:
         return "Every λ of the grid diverged; lower `cifar10.train.lr` and rerun."
     text = (
         f"Validation accuracy on held-out training images (mean over {metrics['seeds']} seeds) "
-        f"picks {lam(chosen['lambda'])}: "
+        f"picks {strength(chosen['lambda'])}: "
         f"test accuracy {pm(chosen['test_accuracy'])}"
     )
     base = grid.get("lambda_0")
@@ -371,12 +371,12 @@ def finding(metrics: dict, regularizer: str, lambda_grid: tuple[float, ...]) -> 
     top = metrics.get("highest_test_accuracy")
     if top and top["lambda"] != chosen["lambda"]:
         text += (
-            f" The highest mean test accuracy of the grid, {pm(top['test_accuracy'])} at {lam(top['lambda'])}, "
+            f" The highest mean test accuracy of the grid, {pm(top['test_accuracy'])} at {strength(top['lambda'])}, "
             "is reported but not used to choose: choosing on the test set would make it an optimistic estimate."
         )
-    if chosen["lambda"] == max(lambda_grid) > 0:
+    if chosen["lambda"] == max(strength_grid) > 0:
         text += (
-            f" {lam(chosen['lambda'])} is the grid's largest, so the optimum may lie beyond it: extend "
+            f" {strength(chosen['lambda'])} is the grid's largest, so the optimum may lie beyond it: extend "
             f"`cifar10.strengths.{regularizer}` (e.g. add {3 * chosen['lambda']:g} and {10 * chosen['lambda']:g}) "
             "and rerun."
         )
@@ -397,7 +397,7 @@ def interpretation(by_lambda: pd.DataFrame) -> str:
         )
         gap_trend = "falls" if last["gap_accuracy"] < first["gap_accuracy"] else "rises"
         sentences.append(
-            f"From {lam(first['lambda'])} to {lam(last['lambda'])} the generalisation gap {gap_trend} from "
+            f"From {strength(first['lambda'])} to {strength(last['lambda'])} the generalisation gap {gap_trend} from "
             f"{100 * first['gap_accuracy']:.1f} to {100 * last['gap_accuracy']:.1f} points (train accuracy "
             f"{pct(first['train_accuracy'])} → {pct(last['train_accuracy'])}), and ‖θ‖ goes from {first['w_norm']:.1f} "
             f"to {last['w_norm']:.1f}"

@@ -77,9 +77,9 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
 
 
 def plot_loss_curves(grid_history: pd.DataFrame, contrast: float, regularizer: str, path: Path) -> Path:
-    runs = {lam: grid_history[grid_history["lambda"] == lam] for lam in (0.0, contrast)}
+    runs = {strength: grid_history[grid_history["lambda"] == strength] for strength in (0.0, contrast)}
     fig, axes = plt.subplots(1, len(runs), figsize=(11, 4.2), sharey=True, squeeze=False)
-    for ax, (lam, history) in zip(axes[0], runs.items()):
+    for ax, (strength, history) in zip(axes[0], runs.items()):
         long = history.melt(
             id_vars=["seed", "epoch"], value_vars=["train_loss", "test_loss"], var_name="split", value_name="loss"
         )
@@ -87,7 +87,7 @@ def plot_loss_curves(grid_history: pd.DataFrame, contrast: float, regularizer: s
         sns.lineplot(data=long, x="epoch", y="loss", hue="split", ax=ax, **figures.SEED_BAND)
         ax.set(
             yscale="log",
-            title=f"{regularizer}, {REGISTRY[regularizer].symbol} = {fmt_lambda(lam)}",
+            title=f"{regularizer}, {REGISTRY[regularizer].symbol} = {fmt_lambda(strength)}",
             xlabel="epoch",
             ylabel="squared loss (ŷ − y)²/2",
         )
@@ -168,14 +168,14 @@ def plot_norm_vs_lambda(by_seed: pd.DataFrame, regularizer: str, epochs: int, pa
 
 
 def plot_norm_vs_epoch(grid_history: pd.DataFrame, regularizer: str, path: Path) -> Path:
-    lambdas = sorted(grid_history["lambda"].unique())
+    strengths = sorted(grid_history["lambda"].unique())
     fig, ax = plt.subplots(figsize=(7, 4.5))
     sns.lineplot(
         data=grid_history,
         x="epoch",
         y="w_norm",
         hue="lambda",
-        palette=figures.lambda_palette(lambdas),
+        palette=figures.lambda_palette(strengths),
         ax=ax,
         **figures.SEED_BAND,
     )
@@ -187,7 +187,9 @@ def plot_norm_vs_epoch(grid_history: pd.DataFrame, regularizer: str, path: Path)
 def plot_cv_choices(metrics: dict, regularizer: str, path: Path) -> Path:
     chosen = {float(key.removeprefix("lambda_")): n for key, n in metrics["cv"]["chosen"].items()}
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    sns.barplot(x=[fmt_lambda(lam) for lam in chosen], y=list(chosen.values()), color=sns.color_palette()[0], ax=ax)
+    sns.barplot(
+        x=[fmt_lambda(strength) for strength in chosen], y=list(chosen.values()), color=sns.color_palette()[0], ax=ax
+    )
     ax.set(
         xlabel=REGISTRY[regularizer].strength_label,
         ylabel="seeds",
@@ -228,7 +230,7 @@ def render_page(
     if "lambda_0" in grid and f"lambda_{contrast:g}" in grid:
         lines += [finding(grid["lambda_0"], grid[f"lambda_{contrast:g}"], contrast, regularizer, spec.data.n_train), ""]
     lines += [
-        cv_sentence(metrics, regularizer, spec.lambda_grid),
+        cv_sentence(metrics, regularizer, spec.strength_grid),
         "",
         optimum_sentence(grid, metrics, regularizer, spec.train.epochs),
         "",
@@ -292,7 +294,7 @@ def finding(base: dict, reg: dict, contrast: float, regularizer: str, n_train: i
     )
 
 
-def cv_sentence(metrics: dict, regularizer: str, lambda_grid: tuple[float, ...]) -> str:
+def cv_sentence(metrics: dict, regularizer: str, strength_grid: tuple[float, ...]) -> str:
     cv, grid, sym = metrics["cv"], metrics["grid"], REGISTRY[regularizer].symbol
     best = cv["best_lambda"]
     counts = ", ".join(f"{sym} = {key.removeprefix('lambda_')} on {n}" for key, n in cv["chosen"].items() if n)
@@ -303,17 +305,17 @@ def cv_sentence(metrics: dict, regularizer: str, lambda_grid: tuple[float, ...])
         f"where the test loss is {pm(grid[f'lambda_{best:g}']['test_loss'])} against "
         f"{pm(grid[f'lambda_{best:g}']['reference_test_loss'])} for the {REGISTRY[regularizer].exact} solution."
     )
-    edge = {min(lambda_grid): "smallest", max(lambda_grid): "largest"}.get(best)
+    edge = {min(strength_grid): "smallest", max(strength_grid): "largest"}.get(best)
     if edge:
         beyond = (
-            f"{max(lambda_grid) * 3:g}, {max(lambda_grid) * 10:g}"
+            f"{max(strength_grid) * 3:g}, {max(strength_grid) * 10:g}"
             if edge == "largest"
-            else f"{min(lambda_grid) / 10:g}"
+            else f"{min(strength_grid) / 10:g}"
         )
         text += (
             f" That λ is the grid's {edge}, so the optimum may lie beyond it: extend the grid and rerun, e.g. "
             f"`dvc exp run -S 'synthetic.strengths.{regularizer}="
-            f"[{', '.join(f'{v:g}' for v in lambda_grid)}, {beyond}]'`."
+            f"[{', '.join(f'{v:g}' for v in strength_grid)}, {beyond}]'`."
         )
     return text
 
@@ -326,7 +328,7 @@ def optimum_sentence(grid: dict, metrics: dict, regularizer: str, epochs: int) -
         for k, v in grid.items()
         if v["test_loss"]["mean"]
     }
-    close = [lam for lam, ratio in ratios.items() if ratio <= 1.25]
+    close = [strength for strength, ratio in ratios.items() if ratio <= 1.25]
     reach = (
         (
             f"SGD comes within 25% of the {exact} test loss (means over seeds) "
@@ -353,15 +355,15 @@ def reference_table(by_seed: pd.DataFrame, settings: Settings) -> str | None:
     if spec.regularizer != BASELINE or any(setup[key] != value for key, value in REFERENCE_SETUP.items()):
         return None  # the reference implementation's bands are for weight decay (l2) in its setup
     rows = ["| λ | metric | here: mean (min–max) | reference band | inside |", "|---:|---|---:|---:|---|"]
-    for (implementation, lam), bands in REFERENCE_BANDS.items():
-        runs = by_seed[by_seed["lambda"] == lam]
+    for (implementation, strength), bands in REFERENCE_BANDS.items():
+        runs = by_seed[by_seed["lambda"] == strength]
         if implementation != spec.train.implementation or runs.empty:
             continue
         for metric, (low, high) in bands.items():
             values = runs[metric]
             inside = low <= values.mean() <= high
             rows.append(
-                f"| {fmt_lambda(lam)} | {metric.replace('_', ' ')} | "
+                f"| {fmt_lambda(strength)} | {metric.replace('_', ' ')} | "
                 f"{values.mean():.3g} ({values.min():.3g}–{values.max():.3g}) "
                 f"| {low:g}–{high:g} | {'yes' if inside else 'no'} |"
             )

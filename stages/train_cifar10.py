@@ -38,7 +38,7 @@ from wdlab.files import (
 from wdlab.results import flatten, seed_aggregates
 from wdlab.runcache import RunCache
 from wdlab.settings import CifarSettings, ExecutorSettings, Settings
-from wdlab.tracking import Tracker, lambda_params, member_params, training_run_name
+from wdlab.tracking import Tracker, member_params, strength_params, training_run_name
 
 log = logging.getLogger("wd-lab.train_cifar10")
 
@@ -46,7 +46,7 @@ log = logging.getLogger("wd-lab.train_cifar10")
 def main(settings: Settings, args: argparse.Namespace) -> None:
     study, seeds = settings.cifar10, settings.cifar10.seeds
     regularizer = study.regularizer if args.run == "headline" else args.run
-    lambdas = (study.wd,) if args.run == "headline" else study.strengths.of(regularizer)
+    strengths = (study.wd,) if args.run == "headline" else study.strengths.of(regularizer)
     formats = device_formats(pick_device(settings.device), study.train.mixed_precision)
     tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)  # fails fast, before training
     made_as = fingerprint(study, formats, settings.executor)
@@ -77,8 +77,8 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
 
     role = "cifar10-headline" if args.run == "headline" else "cifar10-grid"
     with tracker.run(
-        training_run_name(args.run, regularizer, lambdas),
-        params | lambda_params(regularizer, lambdas),
+        training_run_name(args.run, regularizer, strengths),
+        params | strength_params(regularizer, strengths),
         role,
         tags={"wd_lab.reused_from": str(grid_run_id)} if reused else None,
     ) as run_id:
@@ -93,13 +93,13 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
                 formats.describe(),
                 setup["n_images"],
                 regularizer,
-                list(lambdas),
+                list(strengths),
                 list(seeds),
                 settings.executor.kind,
             )
             specs = [
-                RunSpec(study, regularizer, lam, seed, formats.device.type)
-                for lam, seed in itertools.product(lambdas, seeds)
+                RunSpec(study, regularizer, strength, seed, formats.device.type)
+                for strength, seed in itertools.product(strengths, seeds)
             ]
             results, placements = train_all(splits, specs, settings.executor, cache, tracker, params, role)
         finals: dict[float, list] = {}
@@ -240,7 +240,7 @@ def fingerprint(study: CifarSettings, formats: Formats, executor: ExecutorSettin
 
 
 def reuse_grid(
-    args: argparse.Namespace, regularizer: str, lam: float, wanted: str
+    args: argparse.Namespace, regularizer: str, strength: float, wanted: str
 ) -> tuple[str | None, list[RunResult], dict] | None:
     """The regulariser's grid runs of strength λ (its MLflow run id, the runs, how they were made), if that grid
     trained λ with the same settings on the same kind of device."""
@@ -251,7 +251,7 @@ def reuse_grid(
     if record.get("fingerprint") != wanted:
         return None
     grid = load_tensors(folder.model, made_by=made_by, required=("lambdas", "seeds", "state_dicts", "diverged_epoch"))
-    picks = [i for i, member in enumerate(grid["lambdas"].tolist()) if member == lam]
+    picks = [i for i, member in enumerate(grid["lambdas"].tolist()) if member == strength]
     if not picks:
         return None
     history = read_table(folder.history, made_by=made_by, required=("seed", "lambda", "epoch", "diverged"))
@@ -259,12 +259,12 @@ def reuse_grid(
     results = []
     for i in picks:
         seed, diverged = int(grid["seeds"][i]), int(grid["diverged_epoch"][i])
-        rows = history[(history["lambda"] == lam) & (history["seed"] == seed)].sort_values("epoch")
-        layers = norms[(norms["lambda"] == lam) & (norms["seed"] == seed)]
+        rows = history[(history["lambda"] == strength) & (history["seed"] == seed)].sort_values("epoch")
+        layers = norms[(norms["lambda"] == strength) & (norms["seed"] == seed)]
         results.append(
             RunResult(
                 regularizer=regularizer,
-                strength=lam,
+                strength=strength,
                 seed=seed,
                 history=rows.drop(
                     columns=["regularizer", "seed", "lambda", "epoch", "diverged"], errors="ignore"

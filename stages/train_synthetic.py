@@ -22,7 +22,7 @@ from wdlab.synthetic.data import Split, load_dataset
 from wdlab.synthetic.evaluation import EXACT, METRICS, evaluate_run
 from wdlab.synthetic.references import reference_solution
 from wdlab.synthetic.training import GridRun, train_grid
-from wdlab.tracking import Tracker, lambda_params, member_params, training_run_name
+from wdlab.tracking import Tracker, member_params, strength_params, training_run_name
 
 log = logging.getLogger("wd-lab.train_synthetic")
 
@@ -35,7 +35,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         )
     train_set, test_set = load_dataset(args.data, seeds)
     regularizer = study.regularizer if args.run == "headline" else args.run
-    lambdas = (settings.wd,) if args.run == "headline" else study.strengths.of(regularizer)
+    strengths = (settings.wd,) if args.run == "headline" else study.strengths.of(regularizer)
     device = pick_device(settings.device)
     torch.set_num_threads(
         1
@@ -45,31 +45,33 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         {"data": study.data.model_dump(), "train": study.train.model_dump()}
     )
     log.info(
-        "training %s run on %s: %s, strengths %s, %d seeds", args.run, device, regularizer, list(lambdas), len(seeds)
+        "training %s run on %s: %s, strengths %s, %d seeds", args.run, device, regularizer, list(strengths), len(seeds)
     )
     role = "synthetic-headline" if args.run == "headline" else "synthetic-grid"
 
     with tracker.run(
-        training_run_name(args.run, regularizer, lambdas), params | lambda_params(regularizer, lambdas), role
+        training_run_name(args.run, regularizer, strengths), params | strength_params(regularizer, strengths), role
     ) as run_id:
         result = train_grid(
-            train_set, lambdas, study.train, seeds, device, eval_sets={"test": test_set}, regularizer=regularizer
+            train_set, strengths, study.train, seeds, device, eval_sets={"test": test_set}, regularizer=regularizer
         )
-        for (s, seed), (g, lam) in itertools.product(enumerate(seeds), enumerate(lambdas)):
+        for (s, seed), (g, strength) in itertools.product(enumerate(seeds), enumerate(strengths)):
             with tracker.run(
-                f"{regularizer} {lam:g} seed {seed}",
-                params | member_params(regularizer, lam, seed),
+                f"{regularizer} {strength:g} seed {seed}",
+                params | member_params(regularizer, strength, seed),
                 f"{role}-member",
                 nested=True,
             ) as member:
                 tracker.log_history(member, *curves(result, s, g))
         finals = {
-            lam: [{name: values[-1, s, g].item() for name, values in result.history.items()} for s in range(len(seeds))]
-            for g, lam in enumerate(lambdas)
+            strength: [
+                {name: values[-1, s, g].item() for name, values in result.history.items()} for s in range(len(seeds))
+            ]
+            for g, strength in enumerate(strengths)
         }
         tracker.log_history(run_id, {}, seed_aggregates(finals))
 
-    trained = checkpoint(result) | exact_optima(train_set, regularizer, lambdas)
+    trained = checkpoint(result) | exact_optima(train_set, regularizer, strengths)
     history = history_rows(result)
     with atomic_dir(args.out) as tmp:  # the folder appears whole, or not at all
         folder = RunFolder(tmp)
@@ -80,11 +82,11 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         write_json(args.metrics, headline_metrics(evaluate_run(trained, train_set, test_set), regularizer))
         write_csv(args.curve, mean_curve(pd.DataFrame(history)))
     final = {name: values[-1] for name, values in result.history.items()}  # [S, G]
-    for g, lam in enumerate(lambdas):
+    for g, strength in enumerate(strengths):
         log.info(
             "%s %-8g over %d seeds: train loss %.3g  test loss %.3g  ‖w‖ %.3f  zeros %.1f (means)",
             regularizer,
-            lam,
+            strength,
             len(seeds),
             final["train_loss"][:, g].nanmean(),
             final["test_loss"][:, g].nanmean(),
@@ -105,17 +107,17 @@ def checkpoint(result: GridRun) -> dict:
     return {
         "regularizer": result.regularizer,
         "seeds": torch.tensor(result.seeds),
-        "lambdas": torch.tensor(result.lambdas, dtype=torch.float64),
+        "lambdas": torch.tensor(result.strengths, dtype=torch.float64),
         "weight": result.weight,  # [S, G, d]
         "bias": result.bias,  # [S, G]
         "diverged_epoch": result.diverged_epoch,  # [S, G], −1: did not diverge
     }
 
 
-def exact_optima(train_set: Split, regularizer: str, lambdas: tuple[float, ...]) -> dict:
+def exact_optima(train_set: Split, regularizer: str, strengths: tuple[float, ...]) -> dict:
     """The regulariser's exact optimum at each strength on each seed's training set (ridge, the lasso, dropout's
     per-feature ridge), stored beside the trained weights: made once with the grid, read by every evaluation."""
-    optima = [reference_solution(regularizer, train_set, lam) for lam in lambdas]
+    optima = [reference_solution(regularizer, train_set, strength) for strength in strengths]
     return {
         "reference_weight": torch.stack([w for w, _ in optima], dim=1),
         "reference_bias": torch.stack([b for _, b in optima], dim=1),
@@ -139,10 +141,10 @@ def history_rows(result: GridRun) -> list[dict]:
     names = list(result.history)
     epochs = len(result.history[names[0]])
     return [
-        {"regularizer": result.regularizer, "seed": seed, "lambda": lam, "epoch": epoch}
+        {"regularizer": result.regularizer, "seed": seed, "lambda": strength, "epoch": epoch}
         | {name: result.history[name][epoch, s, g].item() for name in names}
         for s, seed in enumerate(result.seeds)
-        for g, lam in enumerate(result.lambdas)
+        for g, strength in enumerate(result.strengths)
         for epoch in range(epochs)
     ]
 

@@ -228,7 +228,7 @@ def test_l1_soft_thresholds_to_exact_zeros_and_l2_makes_none(splits):
     """The proximal step sets weights to exactly 0 (more with a larger λ); L2 and dropout end with none, and
     the BatchNorm and bias parameters, outside the decayed group, are not thresholded."""
     settings = tiny_settings(**{"cifar10.train.epochs": 1})
-    weak, strong = (train(splits, settings, lam, "l1") for lam in (1e-3, 2e-2))
+    weak, strong = (train(splits, settings, strength, "l1") for strength in (1e-3, 2e-2))
     assert 0 < weak.final["zero_fraction"] < strong.final["zero_fraction"] <= 1
     assert train(splits, settings, 5e-4, "l2").final["zero_fraction"] == 0.0
     norms = [v for k, v in strong.state_dict.items() if k.endswith("norm.weight")]
@@ -386,7 +386,7 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     assert {(float(run.data.params["lambda"]), int(run.data.params["seed"])) for run in children} == {
-        (lam, seed) for lam in (0.0, 5e-4, 1e3) for seed in (0, 1)
+        (strength, seed) for strength in (0.0, 5e-4, 1e3) for seed in (0, 1)
     }, "one nested run per (λ, seed)"
     by_lambda = {float(run.data.params["lambda"]): run for run in children if run.data.params["seed"] == "0"}
     assert by_lambda[1e3].data.metrics["diverged"] == 1.0 and by_lambda[0.0].data.metrics["diverged"] == 0.0

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from wdlab.workspace import ROOT
+from wdlab.settings import REGULARIZERS
+from wdlab.workspace import ROOT, load_params
 
 # Imported by stages, yet no change to them can change what a stage computes. Everything else in wdlab/ that a
 # stage's entry point imports, directly or through other modules, must be among its `deps` in dvc.yaml.
@@ -77,13 +78,26 @@ def import_closure(entry: Path) -> set[str]:
     return seen
 
 
+def foreach_keys(foreach: str | list) -> list[str]:
+    """The members of a `foreach`: a list's items, or the keys of the params.yaml mapping `${a.b}` names."""
+    if isinstance(foreach, list):
+        return foreach
+    node = load_params()
+    for key in foreach.removeprefix("${").removesuffix("}").split("."):
+        node = node[key]
+    return list(node)
+
+
 def stage_definitions(pipeline: Mapping) -> Iterator[tuple[str, dict]]:
-    """Each stage of dvc.yaml with its `cmd` and `deps`, a foreach member as `name@item` with ${item} filled in."""
+    """Each stage of dvc.yaml with its `cmd` and `deps`, a foreach member as `name@key` with ${key} filled in."""
     for name, stage in pipeline["stages"].items():
         if "foreach" in stage:
-            for item in stage["foreach"]:
+            keys = foreach_keys(stage["foreach"])
+            assert keys, f"{name}: its foreach has no members"
+            for key in keys:
                 body = stage["do"]
-                yield f"{name}@{item}", {"cmd": body["cmd"].replace("${item}", item), "deps": body.get("deps", [])}
+                cmd = body["cmd"].replace("${key}", key).replace("${item}", key)
+                yield f"{name}@{key}", {"cmd": cmd, "deps": body.get("deps", [])}
         else:
             yield name, stage
 
@@ -112,6 +126,10 @@ def dependency_gaps(pipeline: Mapping) -> dict[str, dict[str, set[str]]]:
     return gaps
 
 
+def grid_foreach(pipeline: Mapping) -> str | list:
+    return pipeline["stages"]["train_synthetic"]["foreach"]
+
+
 @pytest.fixture(scope="module")
 def pipeline() -> dict:
     return YAML(typ="safe", pure=True).load((ROOT / "dvc.yaml").read_text())
@@ -124,9 +142,11 @@ def test_every_stage_declares_the_modules_that_change_its_outputs(pipeline):
 def test_a_missing_declaration_is_found(pipeline):
     """The check can fail: drop one result-changing import from a stage's deps and it is named."""
     broken = copy.deepcopy(pipeline)
-    broken["stages"]["train_synthetic"]["do"]["deps"].remove("wdlab/synthetic/training.py")
+    grid = broken["stages"]["train_synthetic"]["do"]
+    grid["deps"] = [dep for dep in grid["deps"] if dep != "wdlab/synthetic/training.py"]  # the grids' own list only
     gaps = dependency_gaps(broken)
-    assert set(gaps) == {f"train_synthetic@{item}" for item in pipeline["stages"]["train_synthetic"]["foreach"]}
+    assert set(gaps) == {f"train_synthetic@{key}" for key in foreach_keys(grid_foreach(pipeline))}
+    assert set(gaps) == {f"train_synthetic@{name}" for name in REGULARIZERS}
     assert all(gap == {"missing": {"wdlab/synthetic/training.py"}, "stale": set()} for gap in gaps.values())
 
 

@@ -135,7 +135,7 @@ def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, 
         "dropout",
     }
     assert sorted((float(m["params"]["lambda"]), int(m["params"]["seed"])) for m in members) == sorted(
-        (lam, seed) for lam in GRID for seed in SEEDS
+        (strength, seed) for strength in GRID for seed in SEEDS
     ), "one nested run per (λ, seed)"
     latest_parent = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
     three = [m for m in members if float(m["params"]["lambda"]) == 3]
@@ -144,9 +144,9 @@ def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, 
         "the parent carries the mean over seeds"
     )
     for member in members:
-        lam, seed = float(member["params"]["lambda"]), int(member["params"]["seed"])
-        assert member["info"]["run_name"] == f"l2 {lam:g} seed {seed}" and member["info"]["status"] == "FINISHED"
-        assert member["params"]["regularizer"] == "l2" and float(member["params"]["strength"]) == lam
+        strength, seed = float(member["params"]["lambda"]), int(member["params"]["seed"])
+        assert member["info"]["run_name"] == f"l2 {strength:g} seed {seed}" and member["info"]["status"] == "FINISHED"
+        assert member["params"]["regularizer"] == "l2" and float(member["params"]["strength"]) == strength
         assert member["params"]["train.epochs"] == str(EPOCHS)
         history = get_json(
             server,
@@ -155,7 +155,7 @@ def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, 
             metric_key="test_loss",
             max_results=10_000,
         )["metrics"]
-        assert sorted(m["step"] for m in history) == list(range(EPOCHS + 1)), f"λ={lam:g}: test_loss steps"
+        assert sorted(m["step"] for m in history) == list(range(EPOCHS + 1)), f"λ={strength:g}: test_loss steps"
         assert all(math.isfinite(m["value"]) for m in history)
         latest = {m["key"]: m for m in member["data"]["metrics"]}
         assert latest["test_loss"]["step"] == EPOCHS and "final_test_loss" in latest and "w_norm" in latest

@@ -94,7 +94,7 @@ def test_mlflow_holds_every_training_run(reproduced):
     members = [m for m in by_role["synthetic-grid-member"] if m.data.tags["mlflow.parentRunId"] == grid.info.run_id]
     assert len(members) == 10 * 10 and {m.data.params["regularizer"] for m in members} == {"l2"}
     assert {(float(m.data.params["strength"]), int(m.data.params["seed"])) for m in members} == {
-        (lam, seed) for lam in (0, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100) for seed in range(10)
+        (strength, seed) for strength in (0, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100) for seed in range(10)
     }
     dropout = [
         m for m in by_role["synthetic-grid-member"] if m.data.tags["mlflow.parentRunId"] == grids["dropout"].info.run_id

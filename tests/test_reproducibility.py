@@ -48,10 +48,11 @@ def test_a_wrong_lambda_in_the_code_fails_the_check(on_another_cpu, tmp_path):
     """A deliberately broken change: the training code applies λ/10. The check must catch it, on the same kernels
     on which the clean code passes."""
     project = clone_project(on_another_cpu, tmp_path / "project")
-    linreg = project / "wdlab/synthetic/training.py"
-    source = linreg.read_text()
-    assert source.count("self.lam / 2 * (self.weight**2)") == 1, "the line this test breaks moved: update the test"
-    linreg.write_text(source.replace("self.lam / 2 * (self.weight**2)", "self.lam / 20 * (self.weight**2)"))
+    l2 = project / "wdlab/regularizers.py"  # where the L2 penalty is defined, once
+    line = "strength / 2 * (weight**2).sum(dim=-1)  # λ/2·‖w‖², differentiated with the data loss"
+    source = l2.read_text()
+    assert source.count(line) == 1, "the line this test breaks moved: update the test"
+    l2.write_text(source.replace(line, line.replace("strength / 2", "strength / 20")))
     commit_all(project, "a subtle bug")
     dvc(project, "repro", *SYNTHETIC_METRICS, **ANOTHER_CPU)
     returncode, output = regression_check(project)

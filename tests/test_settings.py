@@ -19,10 +19,10 @@ BASE = load_params()
 def test_committed_params_are_valid():
     settings = parse_settings(BASE)
     assert settings.wd == BASE["wd"]
-    assert 3.0 in settings.synthetic.lambda_grid and 0.0 in settings.synthetic.lambda_grid
-    assert len(settings.synthetic.lambda_grid) >= 10
-    assert max(settings.synthetic.lambda_grid) >= 100
-    assert 0.0 in settings.cifar10.lambda_grid and settings.cifar10.wd in settings.cifar10.lambda_grid, (
+    assert 3.0 in settings.synthetic.strength_grid and 0.0 in settings.synthetic.strength_grid
+    assert len(settings.synthetic.strength_grid) >= 10
+    assert max(settings.synthetic.strength_grid) >= 100
+    assert 0.0 in settings.cifar10.strength_grid and settings.cifar10.wd in settings.cifar10.strength_grid, (
         "the headline is a grid run"
     )
     assert len(settings.cifar10.seeds) >= 3, "every CIFAR-10 finding with its spread over seeds"

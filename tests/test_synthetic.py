@@ -90,7 +90,7 @@ def test_lambda_three_generalises(default_run):
 
 def test_weight_norm_falls_as_lambda_grows(splits):
     train, _ = splits
-    run = training.train_grid(train, SETTINGS.synthetic.lambda_grid, TRAIN, SEEDS, CPU, progress=False)
+    run = training.train_grid(train, SETTINGS.synthetic.strength_grid, TRAIN, SEEDS, CPU, progress=False)
     norms = run.history["w_norm"][-1]  # [S, G]
     assert (norms[:, :-1] > norms[:, 1:]).all(), norms
 
@@ -105,11 +105,11 @@ def test_history_starts_at_initialisation(default_run):
 def test_scratch_and_concise_agree(splits):
     """L2 in the loss + hand-written SGD and torch.optim.SGD(weight_decay=λ) are the same mathematics."""
     train, test = splits
-    lambdas = (0.0, 0.3, 3.0, 30.0)
+    strengths = (0.0, 0.3, 3.0, 30.0)
     runs = {
         impl: training.train_grid(
             train,
-            lambdas,
+            strengths,
             TRAIN.model_copy(update=dict(implementation=impl)),
             SEEDS,
             CPU,
@@ -129,8 +129,8 @@ def test_batched_grid_matches_one_run_at_a_time(splits):
     three = synthetic_data.Split(train.x[:3], train.y[:3])
     grid = training.train_grid(three, (0.0, 1.0, 3.0), TRAIN, SEEDS[:3], CPU, progress=False)
     for s, seed in enumerate(SEEDS[:3]):
-        for g, lam in enumerate(grid.lambdas):
-            single = training.train_grid(train.seed(s), (lam,), TRAIN, (seed,), CPU, progress=False)
+        for g, strength in enumerate(grid.strengths):
+            single = training.train_grid(train.seed(s), (strength,), TRAIN, (seed,), CPU, progress=False)
             torch.testing.assert_close(single.weight[0, 0], grid.weight[s, g], rtol=1e-5, atol=1e-6)
 
 
@@ -163,19 +163,19 @@ def test_everything_diverging_stops_early(splits):
 # ---------- exact ridge and cross-validation ----------
 
 
-@pytest.mark.parametrize("lam", [0.0, 0.01, 3.0, 100.0])
-def test_ridge_matches_numpy(splits, lam):
+@pytest.mark.parametrize("strength", [0.0, 0.01, 3.0, 100.0])
+def test_ridge_matches_numpy(splits, strength):
     train, _ = splits
     s = 3  # any seed's dataset; the batched solution must match numpy on each
     x, y = train.x[s].double().numpy(), train.y[s].double().numpy()
     xc, yc = x - x.mean(0), y - y.mean()
     n, d = x.shape
-    if lam == 0:
+    if strength == 0:
         w_np = np.linalg.pinv(xc) @ yc  # minimum-norm interpolant
     else:
-        w_np = np.linalg.solve(xc.T @ xc + n * lam * np.eye(d), xc.T @ yc)
+        w_np = np.linalg.solve(xc.T @ xc + n * strength * np.eye(d), xc.T @ yc)
     b_np = y.mean() - x.mean(0) @ w_np
-    w, b = ridge.ridge_solution(train, lam)
+    w, b = ridge.ridge_solution(train, strength)
     np.testing.assert_allclose(w[s].numpy(), w_np, rtol=1e-6, atol=1e-10)
     assert b[s].item() == pytest.approx(b_np, rel=1e-6, abs=1e-10)
 
@@ -183,11 +183,11 @@ def test_ridge_matches_numpy(splits, lam):
 def test_ridge_gradient_vanishes(splits):
     """The exact solution is a stationary point of mean (ŷ − y)²/2 + λ/2·‖w‖²."""
     train, _ = splits
-    lam = 3.0
-    w, b = ridge.ridge_solution(train, lam)
+    strength = 3.0
+    w, b = ridge.ridge_solution(train, strength)
     x, y = train.x.double(), train.y.double()
     residual = (x @ w[..., None])[..., 0] + b[:, None] - y  # [S, n]
-    gradient = (x.transpose(1, 2) @ residual[..., None])[..., 0] / y.shape[1] + lam * w
+    gradient = (x.transpose(1, 2) @ residual[..., None])[..., 0] / y.shape[1] + strength * w
     assert gradient.abs().max().item() < 1e-10
     assert residual.mean(dim=1).abs().max().item() < 1e-10
 
@@ -196,15 +196,15 @@ def test_sgd_approaches_ridge_with_strong_decay(splits):
     """With strong decay the initialisation has decayed away ((1 − ηλ)^400 ≈ 0 at λ ≥ 30) and SGD's test loss is the
     exact optimum's up to minibatch noise: measured ratios 0.92–1.06 per seed at λ = 100, mean 1.10 at λ = 30."""
     train, test = splits
-    lambdas = (30.0, 100.0)
-    run = training.train_grid(train, lambdas, TRAIN, SEEDS, CPU, {"test": test}, progress=False)
+    strengths = (30.0, 100.0)
+    run = training.train_grid(train, strengths, TRAIN, SEEDS, CPU, {"test": test}, progress=False)
     ratios = {}
-    for g, lam in enumerate(lambdas):
-        w, b = ridge.ridge_solution(train, lam)
+    for g, strength in enumerate(strengths):
+        w, b = ridge.ridge_solution(train, strength)
         ridge_test = training.squared_loss(training.predict(test.x.double(), w[:, None], b[:, None]), test.y.double())[
             :, 0
         ]
-        ratios[lam] = final(run, "test_loss", g).double() / ridge_test
+        ratios[strength] = final(run, "test_loss", g).double() / ridge_test
     assert ((ratios[100.0] - 1).abs() < 0.1).all() and abs(ratios[100.0].mean() - 1) < 0.05
     assert abs(ratios[30.0].mean() - 1) < 0.15
 
@@ -221,10 +221,10 @@ def test_kfold_partitions_the_training_set():
 
 def test_cross_validation_prefers_decay(splits):
     train, _ = splits
-    lambdas = (0.0, 3.0)
-    cv = selection.cross_validate(train, lambdas, TRAIN, 4, SEEDS, CPU)
+    strengths = (0.0, 3.0)
+    cv = selection.cross_validate(train, strengths, TRAIN, 4, SEEDS, CPU)
     assert cv.shape == (4, len(SEEDS), 2)
-    chosen = selection.chosen_per_seed(selection.mean_cv_loss(selection.cv_table("l2", SEEDS, lambdas, cv)))
+    chosen = selection.chosen_per_seed(selection.mean_cv_loss(selection.cv_table("l2", SEEDS, strengths, cv)))
     assert chosen.tolist() == [3.0] * len(SEEDS), "every seed's own cross-validation prefers decay"
 
 
@@ -242,29 +242,29 @@ FULL_BATCH = TRAIN.model_copy(update=dict(batch_size=DATA.n_train, init_std=0.0)
 def test_decoupled_decay_is_coupled_l2_for_plain_sgd(splits):
     """Momentum-free SGD: w ← w − η(∇L + λw) and w ← w − ηλw − η∇L are one update, so only rounding separates them."""
     train, test = splits
-    lambdas = SETTINGS.synthetic.strengths.l2
-    coupled = training.train_grid(train, lambdas, TRAIN, SEEDS, CPU, {"test": test}, progress=False, regularizer="l2")
+    strengths = SETTINGS.synthetic.strengths.l2
+    coupled = training.train_grid(train, strengths, TRAIN, SEEDS, CPU, {"test": test}, progress=False, regularizer="l2")
     decoupled = training.train_grid(
-        train, lambdas, TRAIN, SEEDS, CPU, {"test": test}, progress=False, regularizer="decoupled"
+        train, strengths, TRAIN, SEEDS, CPU, {"test": test}, progress=False, regularizer="decoupled"
     )
     torch.testing.assert_close(decoupled.weight, coupled.weight, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(decoupled.history["test_loss"], coupled.history["test_loss"], rtol=1e-3, atol=1e-6)
     assert not torch.equal(decoupled.weight, coupled.weight), "two implementations, not one code path"
 
 
-@pytest.mark.parametrize("lam", [0.01, 0.03, 0.1])
-def test_lasso_reference_satisfies_the_optimality_conditions_of_our_objective(splits, lam):
+@pytest.mark.parametrize("strength", [0.01, 0.03, 0.1])
+def test_lasso_reference_satisfies_the_optimality_conditions_of_our_objective(splits, strength):
     """scikit-learn's α must be our λ: at the optimum of mean (ŷ − y)²/2 + λ‖w‖₁ the residual's correlation with
     each feature is exactly ±λ where w_j ≠ 0 (sign(w_j)·λ) and within [−λ, λ] where w_j = 0; the bias fits the mean."""
     train, _ = splits
-    w, b = references.lasso_solution(train, lam)
+    w, b = references.lasso_solution(train, strength)
     x, y = train.x.double(), train.y.double()
     residual = y - (x @ w[..., None])[..., 0] - b[:, None]  # [S, n]
     corr = (x.transpose(-1, -2) @ residual[..., None])[..., 0] / y.shape[-1]  # X_jᵀr/n, [S, d]
     active = w != 0
     assert active.any() and (~active).any(), "a sparse optimum: some weights zero, some not"
-    torch.testing.assert_close(corr[active], lam * w[active].sign(), rtol=0, atol=1e-6 * max(1.0, lam))
-    assert (corr[~active].abs() <= lam * (1 + 1e-6)).all()
+    torch.testing.assert_close(corr[active], strength * w[active].sign(), rtol=0, atol=1e-6 * max(1.0, strength))
+    assert (corr[~active].abs() <= strength * (1 + 1e-6)).all()
     torch.testing.assert_close(residual.mean(dim=-1), torch.zeros_like(b), rtol=0, atol=1e-9)
 
 
@@ -273,14 +273,14 @@ def test_proximal_sgd_reaches_the_lasso_optimum(splits):
     included; the stated tolerance: ‖w − w_lasso‖ ≤ 1 % of ‖w_lasso‖ and the same support."""
     train, _ = splits
     spec = FULL_BATCH.model_copy(update=dict(lr=0.04, epochs=4000))
-    lambdas = (0.03, 0.1)
+    strengths = (0.03, 0.1)
     train = synthetic_data.Split(train.x[:3], train.y[:3])
-    run = training.train_grid(train, lambdas, spec, SEEDS[:3], CPU, progress=False, regularizer="l1")
-    for g, lam in enumerate(lambdas):
-        exact, _ = references.lasso_solution(train, lam)
+    run = training.train_grid(train, strengths, spec, SEEDS[:3], CPU, progress=False, regularizer="l1")
+    for g, strength in enumerate(strengths):
+        exact, _ = references.lasso_solution(train, strength)
         sgd = run.weight[:, g].double()
-        assert ((sgd - exact).norm(dim=-1) <= 0.01 * exact.norm(dim=-1)).all(), (lam, (sgd - exact).norm(dim=-1))
-        assert torch.equal(sgd == 0, exact == 0), f"λ={lam}: the same weights are exactly zero"
+        assert ((sgd - exact).norm(dim=-1) <= 0.01 * exact.norm(dim=-1)).all(), (strength, (sgd - exact).norm(dim=-1))
+        assert torch.equal(sgd == 0, exact == 0), f"λ={strength}: the same weights are exactly zero"
 
 
 def test_l1_makes_exact_zeros_and_l2_never_does(splits):
@@ -365,6 +365,6 @@ def test_sgd_with_input_noise_reaches_ridge_at_sigma_squared(splits):
     spread = (weights - mean[:, None]).norm(dim=-1).pow(2).mean(dim=1).sqrt()  # one run's jitter, per seed
     distance = (mean - exact).norm(dim=-1)
     assert (distance < 2 * spread / replicas**0.5).all(), (distance, spread / replicas**0.5)
-    for lam in (sigma**2 / 2, 2 * sigma**2, sigma):
-        other, _ = references.ridge_solution(centred, lam)
-        assert ((mean - other).norm(dim=-1) > 2 * distance).all(), lam
+    for strength in (sigma**2 / 2, 2 * sigma**2, sigma):
+        other, _ = references.ridge_solution(centred, strength)
+        assert ((mean - other).norm(dim=-1) > 2 * distance).all(), strength

@@ -53,16 +53,16 @@ def set_theme() -> None:
     sns.set_theme(context="notebook", style="whitegrid", palette=PALETTE)
 
 
-def lambda_palette(lambdas: Sequence[float]) -> dict[float, tuple]:
+def lambda_palette(strengths: Sequence[float]) -> dict[float, tuple]:
     """A sequential colour per λ (light = weak decay, dark = strong), readable for colour-blind readers."""
-    colours = sns.color_palette("viridis_r", n_colors=len(lambdas))
-    return dict(zip(sorted(lambdas), colours))
+    colours = sns.color_palette("viridis_r", n_colors=len(strengths))
+    return dict(zip(sorted(strengths), colours))
 
 
-def lambda_axis(ax: plt.Axes, lambdas: Sequence[float]) -> None:
+def lambda_axis(ax: plt.Axes, strengths: Sequence[float]) -> None:
     """Symmetric-log λ axis with a labelled tick at each λ of the grid: log-spaced values stay evenly
     spaced, λ = 0 still has a place, and every point reads off directly."""
-    values = sorted(set(float(v) for v in lambdas))
+    values = sorted(set(float(v) for v in strengths))
     positive = [v for v in values if v > 0]
     ax.set_xscale("symlog", linthresh=min(positive) if positive else 1.0, linscale=0.5)
     ax.set_xlim(0, max(values) * 1.6 if positive else 1.0)

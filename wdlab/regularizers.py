@@ -121,7 +121,7 @@ class L2(Regularizer):
     epoch_shrink = "Each epoch multiplies w by about (1 − ηλ)^(steps)"
 
     def loss_penalty(self, weight: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
-        return strength / 2 * (weight**2).sum(dim=-1)
+        return strength / 2 * (weight**2).sum(dim=-1)  # λ/2·‖w‖², differentiated with the data loss
 
     def penalty(self, x_train: torch.Tensor, weight: torch.Tensor, strength: float) -> torch.Tensor:
         return strength / 2 * (weight**2).sum(dim=-1)

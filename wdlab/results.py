@@ -140,8 +140,8 @@ def seed_aggregates(finals: Mapping[float, Sequence[Mapping[str, float]]]) -> di
     import statistics
 
     summary = {}
-    for lam, rows in finals.items():
-        suffix = "" if len(finals) == 1 else f".lambda_{lam:g}"
+    for strength, rows in finals.items():
+        suffix = "" if len(finals) == 1 else f".lambda_{strength:g}"
         for name in rows[0]:
             values = [float(row[name]) for row in rows if math.isfinite(float(row[name]))]
             if values:

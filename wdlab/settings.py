@@ -132,7 +132,7 @@ class SyntheticSettings(_Model):
     strengths: Strengths
 
     @property
-    def lambda_grid(self) -> tuple[float, ...]:
+    def strength_grid(self) -> tuple[float, ...]:
         """The strength grid of the regulariser this study reports on."""
         return self.strengths.of(self.regularizer)
 
@@ -207,7 +207,7 @@ class CifarSettings(_Model):
     strengths: CifarStrengths
 
     @property
-    def lambda_grid(self) -> tuple[float, ...]:
+    def strength_grid(self) -> tuple[float, ...]:
         """The strength grid of the regulariser this study reports on."""
         return self.strengths.of(self.regularizer)
 

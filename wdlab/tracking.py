@@ -57,24 +57,24 @@ def _git_commit() -> str | None:
     return None
 
 
-def training_run_name(run: str, regularizer: str, lambdas: Sequence[float]) -> str:
+def training_run_name(run: str, regularizer: str, strengths: Sequence[float]) -> str:
     """The MLflow name of a training stage's run: `headline l2 3` or `l1 grid of 9 strengths`."""
     return (
-        f"headline {regularizer} {lambdas[0]:g}"
+        f"headline {regularizer} {strengths[0]:g}"
         if run == "headline"
-        else f"{regularizer} grid of {len(lambdas)} strengths"
+        else f"{regularizer} grid of {len(strengths)} strengths"
     )
 
 
-def lambda_params(regularizer: str, lambdas: Sequence[float]) -> dict[str, str]:
+def strength_params(regularizer: str, strengths: Sequence[float]) -> dict[str, str]:
     """Which regulariser and how strong, as MLflow params (compare and parallel-coordinates views filter on them)."""
-    one = f"{lambdas[0]:g}"
-    strengths = (
+    one = f"{strengths[0]:g}"
+    described = (
         {"strength": one, "lambda": one}
-        if len(lambdas) == 1
-        else {"strength_grid": ",".join(f"{v:g}" for v in lambdas)}
+        if len(strengths) == 1
+        else {"strength_grid": ",".join(f"{v:g}" for v in strengths)}
     )
-    return {"regularizer": regularizer} | strengths
+    return {"regularizer": regularizer} | described
 
 
 def member_params(regularizer: str, strength: float, seed: int) -> dict[str, str | float | int]:

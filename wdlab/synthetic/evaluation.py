@@ -35,21 +35,21 @@ def evaluate_run(run: dict, train_set: Split, test_set: Split) -> pd.DataFrame:
     """Per (seed, strength) of a trained run {RUN_KEYS}: final losses, ‖w‖ and exact zeros of the trained model beside
     the regulariser's exact optimum on that seed's data, and how far the trained weights are from it."""
     regularizer, rows = run["regularizer"], []
-    for g, lam in enumerate(run["lambdas"].tolist()):
+    for g, strength in enumerate(run["lambdas"].tolist()):
         weight, bias = run["weight"][:, g : g + 1].double(), run["bias"][:, g : g + 1]  # [S, 1, d], [S, 1]
         ref_w, ref_b = run["reference_weight"][:, g : g + 1], run["reference_bias"][:, g : g + 1]  # [S, 1, d], [S, 1]
         train_loss, ref_train_loss = loss(train_set, weight, bias), loss(train_set, ref_w, ref_b)
         test_loss, ref_test_loss = loss(test_set, weight, bias), loss(test_set, ref_w, ref_b)
         objective = (
-            train_loss + penalty(regularizer, train_set, weight, lam)[:, 0]
+            train_loss + penalty(regularizer, train_set, weight, strength)[:, 0]
         )  # what SGD minimises (dropout: in expectation)
-        ref_objective = ref_train_loss + penalty(regularizer, train_set, ref_w, lam)[:, 0]
+        ref_objective = ref_train_loss + penalty(regularizer, train_set, ref_w, strength)[:, 0]
         for s, seed in enumerate(run["seeds"].tolist()):
             rows.append(
                 {
                     "regularizer": regularizer,
                     "seed": seed,
-                    "lambda": lam,
+                    "lambda": strength,
                     "train_loss": train_loss[s].item(),
                     "test_loss": test_loss[s].item(),
                     "w_norm": weight[s, 0].norm().item(),

@@ -43,26 +43,26 @@ def dropout_ridge_solution(train_set: Split, rate: float) -> tuple[torch.Tensor,
     return weight, y_mean - (x_mean * weight).sum(dim=-1)
 
 
-def lasso_solution(train_set: Split, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def lasso_solution(train_set: Split, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact minimiser of mean (ŷ − y)²/2 + λ·‖w‖₁ with the bias unpenalised, per seed (λ = 0: the min-norm fit).
 
     scikit-learn's Lasso minimises 1/(2n)·‖y − Xw − b‖² + α·‖w‖₁ with an unpenalised intercept: the same
     objective with α = λ.
     """
-    if lam == 0:
+    if strength == 0:
         return ridge_solution(train_set, 0.0)
     from sklearn.linear_model import Lasso
 
     x, y = train_set.x.double().numpy(), train_set.y.double().numpy()
     weights, biases = [], []
     for xs, ys in zip(x, y):
-        fit = Lasso(alpha=lam, fit_intercept=True, tol=LASSO_TOL, max_iter=1_000_000).fit(xs, ys)
+        fit = Lasso(alpha=strength, fit_intercept=True, tol=LASSO_TOL, max_iter=1_000_000).fit(xs, ys)
         weights.append(torch.from_numpy(fit.coef_.copy()))
         biases.append(float(fit.intercept_))
     return torch.stack(weights), torch.tensor(biases, dtype=torch.float64)
 
 
-def ridge_solution(train_set: Split, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def ridge_solution(train_set: Split, strength: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact minimiser of mean (ŷ − y)²/2 + λ/2·‖w‖² with the bias unpenalised (λ = 0: min-norm fit), for each
     seed's dataset: x [S, n, d] → weight [S, d], bias [S].
 
@@ -72,7 +72,7 @@ def ridge_solution(train_set: Split, lam: float) -> tuple[torch.Tensor, torch.Te
     x_mean, y_mean = x.mean(dim=-2), y.mean(dim=-1)
     u, s, vh = torch.linalg.svd(x - x_mean[:, None, :], full_matrices=False)
     tol = s.amax(dim=-1, keepdim=True) * max(x.shape[-2:]) * torch.finfo(s.dtype).eps
-    shrink = torch.where(s > tol, s / (s**2 + y.shape[-1] * lam), torch.zeros_like(s))
+    shrink = torch.where(s > tol, s / (s**2 + y.shape[-1] * strength), torch.zeros_like(s))
     weight = torch.einsum("skd,sk->sd", vh, shrink * torch.einsum("snk,sn->sk", u, y - y_mean[:, None]))
     return weight, y_mean - (x_mean * weight).sum(dim=-1)
 

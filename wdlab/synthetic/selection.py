@@ -30,7 +30,7 @@ def kfold_indices(n: int, folds: int, seeds: Sequence[int]) -> list[torch.Tensor
 
 def cross_validate(
     train_set: Split,
-    lambdas: Sequence[float],
+    strengths: Sequence[float],
     spec: SyntheticTrain,
     folds: int,
     seeds: Sequence[int],
@@ -48,13 +48,13 @@ def cross_validate(
         fit = Split(train_set.x[rows, kept], train_set.y[rows, kept])
         valid = Split(train_set.x[rows, held_out], train_set.y[rows, held_out])
         run = train_grid(
-            fit, lambdas, spec, seeds, device, eval_sets={"valid": valid}, progress=False, regularizer=regularizer
+            fit, strengths, spec, seeds, device, eval_sets={"valid": valid}, progress=False, regularizer=regularizer
         )
         losses.append(run.history["valid_loss"][-1])
     return torch.stack(losses)
 
 
-def cv_table(regularizer: str, seeds: Sequence[int], lambdas: Sequence[float], cv_loss: torch.Tensor) -> pd.DataFrame:
+def cv_table(regularizer: str, seeds: Sequence[int], strengths: Sequence[float], cv_loss: torch.Tensor) -> pd.DataFrame:
     """One row per (seed, fold, strength): the validation loss of the model trained on the other folds."""
     import pandas as pd
 
@@ -64,12 +64,12 @@ def cv_table(regularizer: str, seeds: Sequence[int], lambdas: Sequence[float], c
                 "regularizer": regularizer,
                 "seed": seed,
                 "fold": fold,
-                "lambda": lam,
+                "lambda": strength,
                 "valid_loss": cv_loss[fold, s, g].item(),
             }
             for s, seed in enumerate(seeds)
             for fold in range(cv_loss.shape[0])
-            for g, lam in enumerate(lambdas)
+            for g, strength in enumerate(strengths)
         ]
     )
 

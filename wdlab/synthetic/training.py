@@ -35,7 +35,7 @@ class GridRun:
 
     regularizer: str
     seeds: tuple[int, ...]
-    lambdas: tuple[float, ...]  # the strengths: λ, or the dropout rate p
+    strengths: tuple[float, ...]  # the strengths: λ, or the dropout rate p
     weight: torch.Tensor  # [S, G, d]
     bias: torch.Tensor  # [S, G]
     history: dict[str, torch.Tensor]  # name → [epochs + 1, S, G]: train/… losses, w_norm, zeros (exactly zero weights)
@@ -67,7 +67,7 @@ def initial_params(
 
 def train_grid(
     train_set: Split,
-    lambdas: Sequence[float],
+    strengths: Sequence[float],
     spec: SyntheticTrain,
     seeds: Sequence[int],
     device: torch.device,
@@ -81,11 +81,11 @@ def train_grid(
     x, y = eval_sets["train"]
     if x.shape[0] != len(seeds):
         raise ValueError(f"{x.shape[0]} datasets for {len(seeds)} seeds")
-    weight, bias = (t.to(device) for t in initial_params(seeds, len(lambdas), x.shape[-1], spec.init_std))
-    lam = torch.tensor(list(lambdas), dtype=x.dtype, device=device)
-    step = stepper(regularizer, spec, weight, bias, lam, seeds)
+    weight, bias = (t.to(device) for t in initial_params(seeds, len(strengths), x.shape[-1], spec.init_std))
+    strength = torch.tensor(list(strengths), dtype=x.dtype, device=device)
+    step = stepper(regularizer, spec, weight, bias, strength, seeds)
     history: dict[str, list[torch.Tensor]] = {}
-    diverged = torch.full((len(seeds), len(lambdas)), -1)
+    diverged = torch.full((len(seeds), len(strengths)), -1)
     rows = torch.arange(len(seeds), device=device)[:, None]
 
     def record(epoch: int, weight: torch.Tensor, bias: torch.Tensor) -> bool:
@@ -103,7 +103,7 @@ def train_grid(
             log.warning(
                 "%s %g, seed %d diverged at epoch %d (non-finite loss): lower lr or the strength",
                 regularizer,
-                lambdas[g],
+                strengths[g],
                 seeds[s],
                 epoch,
             )
@@ -112,7 +112,9 @@ def train_grid(
     record(0, *step.params())
     orders = batch_orders(y.shape[-1], spec.batch_size, spec.epochs, seeds)
     epochs = (
-        progress_bar(orders, desc=f"SGD ({regularizer}) on {len(seeds)} seeds × {len(lambdas)} strengths", unit="epoch")
+        progress_bar(
+            orders, desc=f"SGD ({regularizer}) on {len(seeds)} seeds × {len(strengths)} strengths", unit="epoch"
+        )
         if progress
         else orders
     )
@@ -127,7 +129,7 @@ def train_grid(
     return GridRun(
         regularizer=regularizer,
         seeds=tuple(seeds),
-        lambdas=tuple(lambdas),
+        strengths=tuple(strengths),
         weight=weight.detach().cpu(),
         bias=bias.detach().cpu(),
         history={name: torch.stack(values) for name, values in history.items()},
@@ -202,10 +204,10 @@ class RegularizedStepper:
 class ConciseStepper:
     """torch.optim.SGD with weight_decay=λ on each λ's weights (all seeds); biases are not decayed."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, lambdas: Sequence[float], lr: float):
-        self.weights = [weight[:, g].clone().requires_grad_() for g in range(len(lambdas))]  # [S, d] per λ
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, strengths: Sequence[float], lr: float):
+        self.weights = [weight[:, g].clone().requires_grad_() for g in range(len(strengths))]  # [S, d] per λ
         self.bias = bias.clone().requires_grad_()
-        groups = [{"params": [w], "weight_decay": lam} for w, lam in zip(self.weights, lambdas)]
+        groups = [{"params": [w], "weight_decay": strength} for w, strength in zip(self.weights, strengths)]
         groups.append({"params": [self.bias], "weight_decay": 0.0})
         self.optimizer = torch.optim.SGD(groups, lr=lr)
 
