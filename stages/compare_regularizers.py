@@ -15,7 +15,7 @@ import seaborn as sns
 from wdlab import figures, stage
 from wdlab.files import grid_folders, read_json, read_table
 from wdlab.regularizers import BASELINE, REGISTRY, zero_makers
-from wdlab.results import fmt_lambda, markdown_table
+from wdlab.results import fmt_lambda, markdown_table, pm, separated
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.tracking import Tracker
 
@@ -193,22 +193,6 @@ def cifar_figures(by_seed: pd.DataFrame, norms: pd.DataFrame, folder: Path) -> l
 
 
 # ── the pages ──────────────────────────────────────────────────────────────────────────────────────
-
-
-def pm(summary: dict | None, digits: str = ".3g") -> str:
-    if not summary or summary.get("mean") is None:
-        return "—"
-    return f"{summary['mean']:{digits}}" + (f" ± {summary['std']:.2g}" if summary.get("std") is not None else "")
-
-
-def interval(summary: dict) -> tuple[float, float] | None:
-    return None if summary.get("ci_low") is None else (summary["ci_low"], summary["ci_high"])
-
-
-def separated(a: dict, b: dict) -> bool:
-    """95 % intervals over seeds that do not overlap: a difference beyond the seed spread."""
-    ia, ib = interval(a), interval(b)
-    return ia is not None and ib is not None and (ia[1] < ib[0] or ib[1] < ia[0])
 
 
 def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links: list[str]) -> str:

@@ -13,7 +13,7 @@ from matplotlib.ticker import MaxNLocator
 from wdlab import figures, stage
 from wdlab.files import RunFolder, grid_folders, read_json, read_table
 from wdlab.regularizers import BASELINE, REGISTRY
-from wdlab.results import fmt_lambda, markdown_table
+from wdlab.results import fmt_lambda, markdown_table, pm_percent, separated
 from wdlab.settings import CifarSettings, Settings
 from wdlab.tracking import Tracker
 
@@ -332,19 +332,6 @@ def setup_line(study: CifarSettings, setup: dict) -> str:
     )
 
 
-def pm(summary: dict) -> str:
-    """An accuracy's mean ± std over seeds, in percent (the mean alone with one seed)."""
-    std = f" ± {100 * summary['std']:.1f}" if summary.get("std") is not None else ""
-    return f"{pct(summary['mean'])}{std}"
-
-
-def separated(a: dict, b: dict) -> bool | None:
-    """Whether two means' 95 % intervals over seeds do not overlap; None with one seed (no interval)."""
-    if a.get("ci_low") is None or b.get("ci_low") is None:
-        return None
-    return a["ci_high"] < b["ci_low"] or b["ci_high"] < a["ci_low"]
-
-
 def finding(metrics: dict, regularizer: str, strength_grid: tuple[float, ...]) -> str:
     """The conclusion and the numbers behind it: the λ validation picks, against λ = 0, with the seed spread."""
     chosen, grid = metrics.get("chosen_by_validation"), metrics["grid"]
@@ -353,12 +340,12 @@ def finding(metrics: dict, regularizer: str, strength_grid: tuple[float, ...]) -
     text = (
         f"Validation accuracy on held-out training images (mean over {metrics['seeds']} seeds) "
         f"picks {strength(chosen['lambda'])}: "
-        f"test accuracy {pm(chosen['test_accuracy'])}"
+        f"test accuracy {pm_percent(chosen['test_accuracy'])}"
     )
     base = grid.get("lambda_0")
     if base and not base["diverged"] and chosen["lambda"] != 0.0:
         delta = 100 * (chosen["test_accuracy"]["mean"] - base["test_accuracy"]["mean"])
-        text += f", {delta:+.1f} points against no weight decay (λ = 0: {pm(base['test_accuracy'])})"
+        text += f", {delta:+.1f} points against no weight decay (λ = 0: {pm_percent(base['test_accuracy'])})"
         verdict = separated(chosen["test_accuracy"], base["test_accuracy"])
         text += {
             True: "; the 95 % intervals over seeds do not overlap, so the difference exceeds the seed spread.",
@@ -371,7 +358,8 @@ def finding(metrics: dict, regularizer: str, strength_grid: tuple[float, ...]) -
     top = metrics.get("highest_test_accuracy")
     if top and top["lambda"] != chosen["lambda"]:
         text += (
-            f" The highest mean test accuracy of the grid, {pm(top['test_accuracy'])} at {strength(top['lambda'])}, "
+            f" The highest mean test accuracy of the grid, {pm_percent(top['test_accuracy'])} "
+            f"at {strength(top['lambda'])}, "
             "is reported but not used to choose: choosing on the test set would make it an optimistic estimate."
         )
     if chosen["lambda"] == max(strength_grid) > 0:
@@ -428,7 +416,7 @@ def headline_sentence(head: dict) -> str:
     if head["diverged"]:
         return f"{head['diverged']} seed(s) diverged (non-finite loss), the first after {head['epochs_run']} epochs."
     return (
-        f"test accuracy {pm(head['test_accuracy'])}, train accuracy {pm(head['train_accuracy'])}, "
+        f"test accuracy {pm_percent(head['test_accuracy'])}, train accuracy {pm_percent(head['train_accuracy'])}, "
         f"gap {100 * head['gap_accuracy']['mean']:.1f} points, ‖θ‖ = {head['w_norm']['mean']:.1f} (means over seeds)."
     )
 

@@ -13,7 +13,7 @@ import seaborn as sns
 from wdlab import figures, stage
 from wdlab.files import grid_folders, read_json, read_table
 from wdlab.regularizers import BASELINE, REGISTRY
-from wdlab.results import fmt_lambda, markdown_table
+from wdlab.results import fmt_lambda, markdown_table, pm, separated
 from wdlab.settings import Settings
 from wdlab.tracking import Tracker
 
@@ -259,20 +259,6 @@ def render_page(
         "",
     ]
     return "\n".join(lines)
-
-
-def pm(summary: dict) -> str:
-    """mean ± std, or the mean alone with one seed."""
-    if summary["mean"] is None:
-        return "—"
-    return f"{summary['mean']:.3g}" + (f" ± {summary['std']:.2g}" if summary.get("std") is not None else "")
-
-
-def separated(a: dict, b: dict) -> bool:
-    """Two means whose 95 % intervals do not overlap: the difference exceeds the seed spread."""
-    if a["ci_low"] is None or b["ci_low"] is None:
-        return False
-    return a["ci_high"] < b["ci_low"] or b["ci_high"] < a["ci_low"]
 
 
 def finding(base: dict, reg: dict, contrast: float, regularizer: str, n_train: int) -> str:

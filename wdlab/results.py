@@ -58,6 +58,27 @@ def fmt_lambda(value: float) -> str:
     return "0" if value == 0 else f"{value:g}"
 
 
+def pm(summary: Mapping[str, Any] | None, digits: str = ".3g") -> str:
+    """A metric's mean ± std over seeds for a page (the mean alone with one seed; — without a value)."""
+    if not summary or summary.get("mean") is None:
+        return "—"
+    return f"{summary['mean']:{digits}}" + (f" ± {summary['std']:.2g}" if summary.get("std") is not None else "")
+
+
+def pm_percent(summary: Mapping[str, Any]) -> str:
+    """An accuracy's mean ± std over seeds, in percent (the mean alone with one seed)."""
+    std = f" ± {100 * summary['std']:.1f}" if summary.get("std") is not None else ""
+    return f"{100 * summary['mean']:.1f}%{std}"
+
+
+def separated(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool | None:
+    """Whether two means' 95 % intervals over seeds do not overlap, a difference beyond the seed spread; None with
+    one seed (no interval)."""
+    if a.get("ci_low") is None or b.get("ci_low") is None:
+        return None
+    return a["ci_high"] < b["ci_low"] or b["ci_high"] < a["ci_low"]
+
+
 def markdown_table(
     table: pd.DataFrame, columns: Mapping[str, str], formats: Mapping[str, Callable[[Any], str]] | None = None
 ) -> str:
