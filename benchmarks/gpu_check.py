@@ -78,6 +78,7 @@ RECIPE = {
         "decoupled": [0, 0.05, 0.2, 0.5],
         "l1": [1.0e-4, 1.0e-3],
         "dropout": [0.2, 0.5],
+        "noise": [0.5],  # params.yaml's: the preset leaves it
     },
 }
 
