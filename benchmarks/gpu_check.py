@@ -16,8 +16,10 @@ memory (50,000 + 10,000 random uint8 images: random pixels cost exactly what rea
   study       the full study's expected wall time: runs × epochs × seconds per epoch
 
 It needs torch, torchvision, pydantic and tqdm besides this package (no DVC, MLflow or Ray), so a bare GPU machine
-runs it; on an H100 or H200 it takes a few minutes. `--device cpu --tiny` runs the same code on a tiny configuration
-in seconds (the tests do), so it cannot rot where no GPU is.
+runs it; on an H100 or H200 it takes a few minutes. It writes the report, less the machine, as figures with the
+machine to benchmarks/results/gpu_check-<machine class>.json (benchmarks/machine.py). `--device cpu --tiny` runs
+the same code on a tiny configuration in seconds (the tests do), so it cannot rot where no GPU is; its numbers mean
+nothing, so it writes no results file.
 
     python -m benchmarks.gpu_check --out gpu_check.json
     python -m benchmarks.gpu_check --device cpu --tiny
@@ -38,7 +40,7 @@ from typing import Any
 import torch
 
 from benchmarks.cifar_throughput import dtype_name, flops_per_image, gflops, sync
-from benchmarks.machine import this_machine
+from benchmarks.machine import Machine, this_machine, write_result
 from wdlab.cifar10.archive import Cifar10
 from wdlab.cifar10.data import Split, Splits, curve_subsets, cut_splits
 from wdlab.cifar10.grid import RunSpec, train_run
@@ -128,9 +130,14 @@ def with_values(study: CifarSettings, section: str, **values: Any) -> CifarSetti
 # ── the machine ───────────────────────────────────────────────────────────────────────────────────
 
 
-def machine(device: torch.device) -> dict[str, Any]:
-    """What the numbers were measured on: benchmarks.machine's description, with the CUDA details where they apply."""
-    info = {"device": device.type} | dataclasses.asdict(this_machine())
+def machine(device: torch.device, described: Machine) -> dict[str, Any]:
+    """What the numbers were measured on: benchmarks.machine's description, with the device's details."""
+    return dataclasses.asdict(described) | device_details(device)
+
+
+def device_details(device: torch.device) -> dict[str, Any]:
+    """The device the check ran on, and its CUDA details where they apply."""
+    info: dict[str, Any] = {"device": device.type}
     if device.type == "cuda":
         gpu = torch.cuda.get_device_properties(device)
         info |= {
@@ -327,13 +334,13 @@ def study_time(study: CifarSettings, seconds_per_epoch: float) -> dict:
 # ── the command ───────────────────────────────────────────────────────────────────────────────────
 
 
-def check(device: torch.device, scale: Scale) -> dict[str, Any]:
+def check(device: torch.device, scale: Scale, described: Machine) -> dict[str, Any]:
     study = recipe(scale)
     set_cuda_determinism(
         device, study.train.deterministic
     )  # first: cuBLAS takes its workspace settings at the first matmul
     formats = device_formats(device, study.train.mixed_precision)
-    report: dict[str, Any] = {"machine": machine(device)}
+    report: dict[str, Any] = {"machine": machine(device, described)}
     dtype = formats.autocast_dtype or torch.float32
     a, b = (torch.randn(scale.matmul, scale.matmul, dtype=dtype, device=device) for _ in range(2))
     # ruff takes `del a, b` below for an unbinding before the lambda runs; it runs inside gflops, before the del
@@ -404,10 +411,14 @@ def main() -> None:
     )
     cli.add_argument("--out", type=Path, help="also write the report here as JSON")
     args = cli.parse_args()
-    report = check(pick_device(args.device), TINY if args.tiny else FULL)
+    device, described = pick_device(args.device), this_machine()
+    report = check(device, TINY if args.tiny else FULL, described)
     print(summary(report))
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
+    if not args.tiny:  # a tiny check's numbers only show the form: nothing to keep
+        figures = {section: values for section, values in report.items() if section != "machine"}
+        print(f"written: {write_result('gpu_check', described, figures, details=device_details(device))}")
 
 
 if __name__ == "__main__":

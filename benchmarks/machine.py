@@ -1,4 +1,8 @@
-"""The machine a benchmark ran on, its revision and date, printed with every figure and written beside it as JSON."""
+"""The machine a benchmark ran on, its revision and date, printed with every figure and written beside it as JSON.
+
+Every benchmark writes its figures through `write_result`; `python -m benchmarks.render` puts them into
+docs/benchmarks.md. Torch is imported only to describe this machine, so the renderer reads results without it.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +15,7 @@ import re
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
-
-from wdlab.device import cpu_has_bf16
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -44,16 +45,26 @@ class Machine:
         return f"cpu{self.cores}-{'bf16' if self.bf16_native else 'fp32'}"
 
     def describe(self) -> str:
-        cap = f", oneDNN capped at {self.onednn_isa_cap}" if self.onednn_isa_cap else ""
-        gpu = f", GPU {self.gpu}" if self.gpu else ""
-        return (
-            f"{self.cpu}, {self.cores} cores ({self.torch_threads} torch threads), PyTorch {self.torch} CPU capability "
-            f"{self.cpu_capability}, bf16 {'native' if self.bf16_native else 'not native'}{cap}{gpu}; "
-            f"revision {self.revision}, {self.date}, load {self.load:.2f}"
-        )
+        return describe(dataclasses.asdict(self))
+
+
+def describe(machine: dict[str, Any]) -> str:
+    """One line for a machine as a results file holds it (`Machine`'s fields)."""
+    cap = f", oneDNN capped at {machine['onednn_isa_cap']}" if machine["onednn_isa_cap"] else ""
+    gpu = f", GPU {machine['gpu']}" if machine["gpu"] else ""
+    return (
+        f"{machine['cpu']}, {machine['cores']} cores ({machine['torch_threads']} torch threads), PyTorch "
+        f"{machine['torch']} CPU capability {machine['cpu_capability']}, "
+        f"bf16 {'native' if machine['bf16_native'] else 'not native'}{cap}{gpu}; "
+        f"revision {machine['revision']}, {machine['date']}, load {machine['load']:.2f}"
+    )
 
 
 def this_machine() -> Machine:
+    import torch
+
+    from wdlab.device import cpu_has_bf16
+
     return Machine(
         cpu=_cpu_model(),
         cores=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1,
@@ -69,13 +80,20 @@ def this_machine() -> Machine:
     )
 
 
-def write_result(name: str, machine: Machine, figures: dict) -> Path:
-    """`benchmarks/results/<name>-<machine class>.json`: the figures with the machine they were measured on."""
-    path = RESULTS / f"{name}-{machine.machine_class}.json"
-    path.parent.mkdir(exist_ok=True)
-    path.write_text(
-        json.dumps({"machine": dataclasses.asdict(machine), "figures": figures}, indent=2, ensure_ascii=False) + "\n"
-    )
+def write_result(
+    name: str, machine: Machine, figures: dict[str, Any], details: dict[str, Any] | None = None, results: Path = RESULTS
+) -> Path:
+    """`benchmarks/results/<name>-<machine class>.json`: the figures with the machine they were measured on, and
+    `details` of it that only some benchmarks know (a GPU's CUDA version, say) beside `Machine`'s fields.
+
+    `name` is the benchmark's module name (no `-`: the file name's first `-` separates it from the machine class).
+    """
+    if "-" in name:
+        raise ValueError(f"benchmark name {name!r}: no '-' (it separates the name from the machine class)")
+    path = results / f"{name}-{machine.machine_class}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"machine": dataclasses.asdict(machine) | (details or {}), "figures": figures}
+    path.write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
     return path
 
 

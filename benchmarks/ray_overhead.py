@@ -5,6 +5,8 @@ Run from the project root: `python -m benchmarks.ray_overhead [--runs 8] [--epoc
 Each run is one CPU thread in every mode (`executor.cpus_per_run: 1`), so the modes compute the same bits and
 differ only in where the runs happen. The overhead per run is (Ray's wall time on one node − local's) / runs:
 joining the cluster, shipping the code and the data, a worker process per node, results back to the driver.
+It prints the machine first (benchmarks/machine.py) and writes its figures with it to
+benchmarks/results/ray_overhead-<machine class>.json.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import time
 
 import torch
 
+from benchmarks.machine import this_machine, write_result
 from benchmarks.ray_cluster import NO_AUTH, ray_cluster
 from wdlab.cifar10.data import Split, Splits
 from wdlab.cifar10.grid import RunSpec, train_run
@@ -57,6 +60,8 @@ def main() -> None:
     cli.add_argument("--images", type=int, default=600, help="training images (validation and test: a fifth each)")
     args = cli.parse_args()
 
+    machine = this_machine()
+    print(machine.describe())
     raw = load_settings().model_dump()
     raw["cifar10"]["model"]["width"] = 8
     raw["cifar10"]["train"] |= {"epochs": args.epochs, "batch_size": 50, "mixed_precision": False}
@@ -97,6 +102,19 @@ def main() -> None:
             f"| {work / len(specs):.2f} | {overhead} |"
         )
     print("\noverhead per run: (wall × workers − local wall) / runs, i.e. the CPU-seconds Ray adds to each run")
+    figures = {
+        "runs": len(specs),
+        "epochs": args.epochs,
+        "images": args.images,
+        "load_after": round(os.getloadavg()[0], 2),
+    }
+    for kind, workers, wall, work in rows:
+        figures[f"{kind}_{workers}_node{'s' if workers > 1 else ''}"] = {
+            "wall_s": round(wall, 1),
+            "runs_per_hour": round(3600 * len(specs) / wall),
+            "worker_s_per_run": round(work / len(specs), 2),
+        } | ({} if kind == "local" else {"overhead_s_per_run": round((wall * workers - local_wall) / len(specs), 2)})
+    print(f"written: {write_result('ray_overhead', machine, figures)}")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
 """Benchmark: training the whole λ grid as one batched tensor program vs one training loop per λ.
 
-Run from the project root: `python -m benchmarks.synthetic_grid [--repeats 5] [--grid-size 10]`.
+Run from the project root: `python -m benchmarks.synthetic_grid [--repeats 5] [--grid-size 10]`. It prints the
+machine first (benchmarks/machine.py) and writes its figures with it to
+benchmarks/results/synthetic_grid-<machine class>.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
 import torch
 
+from benchmarks.machine import this_machine, write_result
 from wdlab.device import pick_device
 from wdlab.settings import load_settings
 from wdlab.synthetic.data import Split, make_dataset
@@ -35,6 +39,8 @@ def main() -> None:
     cli.add_argument("--device", default=None, help="default: params.yaml's device")
     args = cli.parse_args()
 
+    machine = this_machine()
+    print(machine.describe())
     settings = load_settings()
     spec, seeds = settings.synthetic.train, settings.synthetic.seeds
     strengths = settings.synthetic.strength_grid
@@ -71,6 +77,24 @@ def main() -> None:
     print(f"all seeds × λ at once     : {t_all * 1000:8.1f} ms")
     print(f"one seed, λ batched       : {t_one * 1000:8.1f} ms   (seeds cost {t_all / t_one:.1f}× one seed)")
     print(f"one loop per (seed, λ)    : {t_loop * 1000:8.1f} ms   (batching: {t_loop / t_all:.1f}× faster)")
+    figures = {
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "seeds": len(seeds),
+        "strengths": len(strengths),
+        "epochs": spec.epochs,
+        "implementation": spec.implementation,
+        "median_of": {"batched": args.repeats, "loop_per_run": max(1, args.repeats // 2)},
+        "ms": {
+            "all_at_once": round(t_all * 1000, 1),
+            "one_seed": round(t_one * 1000, 1),
+            "loop_per_run": round(t_loop * 1000, 1),
+        },
+        "seeds_cost_x_one_seed": round(t_all / t_one, 2),
+        "batching_x_faster": round(t_loop / t_all, 1),
+        "load_after": round(os.getloadavg()[0], 2),  # the machine's load is described before the run
+    }
+    print(f"written: {write_result('synthetic_grid', machine, figures)}")
 
 
 if __name__ == "__main__":
