@@ -278,6 +278,11 @@ def _grid_means(m: dict, metric: str) -> dict[float, float | None]:
     return {float(k.removeprefix("lambda_")): v[metric]["mean"] for k, v in m["grid"].items()}
 
 
+def _falls(name: str, values: list[float]) -> Row:
+    """A sequence that must fall strictly (the weight norm as λ grows): first and last value, and whether it does."""
+    return Row(name, values[0], values[-1], "strictly", all(a > b for a, b in zip(values, values[1:])))
+
+
 def synthetic_invariants(m: dict, slack: float) -> Iterator[Row]:
     """On the seed means: decay helps, shrinks ‖w‖, and never beats the exact optimum of its own objective."""
     test, norms = _grid_means(m, "test_loss"), _grid_means(m, "w_norm")
@@ -289,14 +294,7 @@ def synthetic_invariants(m: dict, slack: float) -> Iterator[Row]:
     )  # every seed of a λ diverged: nothing to compare
     if 0.0 in test and 3.0 in test:
         yield Row("invariant: mean test loss λ=3 < λ=0", test[0.0], test[3.0], "strict", test[3.0] < test[0.0])
-    falling = [norms[strength] for strength in strengths]
-    yield Row(
-        "invariant: mean ‖w‖ falls as λ grows",
-        falling[0],
-        falling[-1],
-        "strictly",
-        all(a > b for a, b in zip(falling, falling[1:])),
-    )
+    yield _falls("invariant: mean ‖w‖ falls as λ grows", [norms[strength] for strength in strengths])
     for strength in strengths:
         # the exact optimum solution minimises the training objective on every seed: SGD can't beat it
         yield Row(
@@ -320,14 +318,7 @@ def cifar10_invariants(m: dict, slack: float) -> Iterator[Row]:
     diverged = {float(k.removeprefix("lambda_")) for k, v in m["grid"].items() if v["diverged"]}
     norms, test, gap = (_grid_means(m, key) for key in ("w_norm", "test_accuracy", "gap_accuracy"))
     strengths = sorted(strength for strength in norms if strength not in diverged)
-    falling = [norms[strength] for strength in strengths]
-    yield Row(
-        "invariant: mean weight norm falls as λ grows",
-        falling[0],
-        falling[-1],
-        "strictly",
-        all(a > b for a, b in zip(falling, falling[1:])),
-    )
+    yield _falls("invariant: mean weight norm falls as λ grows", [norms[strength] for strength in strengths])
     for strength in strengths:
         yield Row(
             f"invariant: mean test accuracy λ={strength:g} above chance",

@@ -14,7 +14,7 @@ import seaborn as sns
 
 from wdlab import figures, stage
 from wdlab.files import grid_folders, read_json, read_table
-from wdlab.regularizers import BASELINE, REGISTRY, zero_makers
+from wdlab.regularizers import BASELINE, REGISTRY, sharing_baseline_zero, zero_makers
 from wdlab.results import fmt_lambda, markdown_table, pm, separated
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.tracking import Tracker
@@ -273,11 +273,6 @@ def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links
     )
 
 
-def shares_zero(names) -> list[str]:
-    """The regularisers whose strength 0 is the baseline's λ = 0 run."""
-    return [r for r in names if r != BASELINE and REGISTRY[r].zero_is_plain_sgd]
-
-
 def zero_makers_named() -> str:
     return " and ".join(zero_makers()) or "none"
 
@@ -317,7 +312,7 @@ def cifar_page(metrics: dict, table: pd.DataFrame, settings: Settings, links: li
             f"batch {study.train.batch_size}, "
             f"{study.train.schedule} schedule) for every regulariser: "
             + "; ".join(f"{r}: {REGISTRY[r].cifar_method(study.train)}" for r in compared)
-            + f". Strength 0 of {', '.join(shares_zero(compared))} is {BASELINE}'s λ = 0 run. "
+            + f". Strength 0 of {', '.join(sharing_baseline_zero(list(compared)))} is {BASELINE}'s λ = 0 run. "
             f"{seeds} seed(s); means ± std; the study page: [cifar10.md](cifar10.md)._",
             "",
             "## Findings",

@@ -16,7 +16,7 @@ import wdlab
 from wdlab import stage
 from wdlab.errors import StageInputError
 from wdlab.files import RunFolder, grid_folders, load_tensors, read_json, read_table, write_csv, write_json
-from wdlab.regularizers import BASELINE, REGISTRY
+from wdlab.regularizers import BASELINE, sharing_baseline_zero
 from wdlab.results import best_lambda, by_strength, json_record, mean_curve, seed_summary, stats_of
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.tracking import Tracker
@@ -99,10 +99,8 @@ def with_shared_baseline(every: pd.DataFrame) -> pd.DataFrame:
     base = every[(every["regularizer"] == BASELINE) & (every["lambda"] == 0)]
     shared = [
         base.assign(regularizer=r)
-        for r in REGULARIZERS
-        if r != BASELINE
-        and REGISTRY[r].zero_is_plain_sgd
-        and not ((every["regularizer"] == r) & (every["lambda"] == 0)).any()
+        for r in sharing_baseline_zero(REGULARIZERS)
+        if not ((every["regularizer"] == r) & (every["lambda"] == 0)).any()
     ]
     return (
         pd.concat([every, *shared]).sort_values(["regularizer", "lambda", "seed"], kind="stable").reset_index(drop=True)

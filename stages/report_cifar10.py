@@ -11,7 +11,7 @@ import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from wdlab import figures, stage
-from wdlab.files import RunFolder, grid_folders, read_json, read_table
+from wdlab.files import RunFolder, read_json, read_table
 from wdlab.regularizers import BASELINE, REGISTRY
 from wdlab.results import fmt_lambda, markdown_table, pm_percent, separated
 from wdlab.settings import CifarSettings, Settings
@@ -40,7 +40,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     by_lambda = means(
         read_table(args.table, "evaluate_cifar10", required=("lambda", "seeds", "diverged", "epochs_run"))
     )
-    folder, made_by = grid_folders(args.grids, [regularizer])[regularizer], f"train_cifar10@{regularizer}"
+    folder, made_by = RunFolder(args.grids / regularizer), f"train_cifar10@{regularizer}"
     setup = read_json(folder.record, made_by=made_by)  # the grid's record: device, formats and image counts
     history = read_table(
         folder.history, made_by, required=("seed", "lambda", "epoch", "train_accuracy", "test_accuracy", "w_norm")
@@ -108,17 +108,7 @@ def plot_accuracy_vs_lambda(by_seed: pd.DataFrame, by_lambda: pd.DataFrame, chos
     long["split"] = long["split"].str.removesuffix("_accuracy")
     long["accuracy"] *= 100
     fig, ax = plt.subplots(figsize=(8, 4.8))
-    sns.lineplot(
-        data=long.dropna(),
-        x="lambda",
-        y="accuracy",
-        hue="split",
-        style="split",
-        markers=True,
-        dashes=False,
-        ax=ax,
-        **figures.SEED_BAND,
-    )
+    figures.curves_vs_strength(ax, long.dropna(), "accuracy", "split")
     if chosen is not None:
         picked = 100 * by_lambda.loc[by_lambda["lambda"] == chosen, "test_accuracy"]
         ax.scatter(

@@ -11,7 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 from wdlab import figures, stage
-from wdlab.files import grid_folders, read_json, read_table
+from wdlab.files import RunFolder, read_json, read_table
 from wdlab.regularizers import BASELINE, REGISTRY
 from wdlab.results import fmt_lambda, markdown_table, pm, separated
 from wdlab.settings import Settings
@@ -54,7 +54,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     regularizer = settings.synthetic.regularizer
     by_seed = read_table(args.by_seed, "evaluate_synthetic", required=BY_SEED_COLUMNS)
     by_seed = by_seed[by_seed["regularizer"] == regularizer]
-    folder = grid_folders(args.grids, [regularizer])[regularizer]
+    folder = RunFolder(args.grids / regularizer)
     grid_history = read_table(folder.history, f"train_synthetic@{regularizer}", required=HISTORY_COLUMNS)
     contrast = metrics["cv"]["best_lambda"]  # the regularised run shown beside λ = 0
 
@@ -108,17 +108,7 @@ def plot_loss_vs_lambda(by_seed: pd.DataFrame, metrics: dict, regularizer: str, 
     long = by_seed.melt(id_vars=["seed", "lambda"], value_vars=list(curves), var_name="curve", value_name="loss")
     long["curve"] = long["curve"].map(curves)
     fig, ax = plt.subplots(figsize=(10, 4.8))
-    sns.lineplot(
-        data=long,
-        x="lambda",
-        y="loss",
-        hue="curve",
-        style="curve",
-        markers=True,
-        dashes=False,
-        ax=ax,
-        **figures.SEED_BAND,
-    )
+    figures.curves_vs_strength(ax, long, "loss", "curve")
     ax.axhline(metrics["reference"]["noise_floor"], color="grey", linestyle=":", label="noise floor σ²/2")
     ax.axvline(
         metrics["cv"]["best_lambda"],
@@ -146,17 +136,7 @@ def plot_norm_vs_lambda(by_seed: pd.DataFrame, regularizer: str, epochs: int, pa
         {"w_norm": f"SGD, {epochs}-epoch budget", "reference_w_norm": REGISTRY[regularizer].exact}
     )
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    sns.lineplot(
-        data=long,
-        x="lambda",
-        y="norm",
-        hue="model",
-        style="model",
-        markers=True,
-        dashes=False,
-        ax=ax,
-        **figures.SEED_BAND,
-    )
+    figures.curves_vs_strength(ax, long, "norm", "model")
     figures.lambda_axis(ax, by_seed["lambda"])
     ax.set(
         yscale="log",

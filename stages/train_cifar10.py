@@ -27,7 +27,6 @@ from wdlab.executor import Placement, check_address, check_device, run_all
 from wdlab.files import (
     RunFolder,
     atomic_dir,
-    grid_folders,
     load_tensors,
     read_json,
     read_table,
@@ -246,7 +245,7 @@ def reuse_grid(
     trained λ with the same settings on the same kind of device."""
     if args.grids is None:
         raise StageError("the headline run takes the grids' folder: give --grids (see dvc.yaml)")
-    folder, made_by = grid_folders(args.grids, [regularizer])[regularizer], f"train_cifar10@{regularizer}"
+    folder, made_by = RunFolder(args.grids / regularizer), f"train_cifar10@{regularizer}"
     record = read_json(folder.record, made_by=made_by)
     if record.get("fingerprint") != wanted:
         return None

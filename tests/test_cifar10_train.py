@@ -342,7 +342,7 @@ def test_stages_write_metrics_curves_and_report(pipeline):
     per_seed = l2.loc[l2["lambda"] == 0.0, "test_accuracy"]
     assert accuracy["mean"] == pytest.approx(per_seed.mean()) and accuracy["std"] == pytest.approx(per_seed.std(ddof=1))
     # l1, dropout and noise have no strength 0 of their own: l2's λ = 0 runs stand for it, the same plain SGD
-    for regularizer in [r for r in REGULARIZERS if r != "l2" and regularizers.get(r).zero_is_plain_sgd]:
+    for regularizer in regularizers.sharing_baseline_zero(REGULARIZERS):
         zero = by_seed[(by_seed["regularizer"] == regularizer) & (by_seed["lambda"] == 0.0)]
         pd.testing.assert_frame_equal(
             zero.drop(columns="regularizer").reset_index(drop=True),

@@ -70,6 +70,12 @@ def lambda_axis(ax: plt.Axes, strengths: Sequence[float]) -> None:
     ax.minorticks_off()
 
 
+def curves_vs_strength(ax: plt.Axes, long: pd.DataFrame, y: str, hue: str) -> None:
+    """Each `hue` value of a long table a curve of `y` against the strength (column `lambda`): the mean over seeds
+    with its 95 % band, markers at the grid's strengths."""
+    sns.lineplot(data=long, x="lambda", y=y, hue=hue, style=hue, markers=True, dashes=False, ax=ax, **SEED_BAND)
+
+
 def save(fig: plt.Figure, path: Path) -> Path:
     """Write a PNG atomically and close the figure."""
     fig.tight_layout()

@@ -175,13 +175,3 @@ def _require(path: Path, made_by: str, required: Sequence[str], present: Any) ->
     missing = [key for key in required if key not in present]
     if missing:
         raise StageInputError(f"{path} lacks {', '.join(missing)}: {_fix(made_by)}")
-
-
-def record_with(paths: Sequence[Path], key: str, value: Any, made_by: str) -> tuple[int, dict] | None:
-    """The first of the JSON run records at `paths` whose `key` is `value`: its index in `paths` and the record
-    (the grid stages of one study write one record each; this finds, say, the l1 grid's)."""
-    for i, path in enumerate(paths):
-        record = read_json(path, made_by=made_by)
-        if record.get(key) == value:
-            return i, record
-    return None

@@ -15,6 +15,7 @@ light; every other hook uses tensor methods only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -101,6 +102,11 @@ class Regularizer:
     def synthetic_finding(self, table: pd.DataFrame, spec: SyntheticSettings, metrics: dict) -> str | None:
         """Its line on the synthetic comparison page (table: every regulariser per strength, means over seeds)."""
         return None
+
+    def strongest(self, table: pd.DataFrame) -> pd.Series | None:
+        """Its row of the strongest strength > 0 in the comparison table (None if the grid has none)."""
+        rows = table[(table["regularizer"] == self.name) & (table["lambda"] > 0)]
+        return None if rows.empty else rows.iloc[-1]
 
 
 def sgd(train: CifarTrain) -> str:
@@ -289,15 +295,14 @@ class Dropout(Regularizer):
         return f"{sgd(train)}, dropout of rate p before the classifier"
 
     def synthetic_finding(self, table: pd.DataFrame, spec: SyntheticSettings, metrics: dict) -> str | None:
-        rows = table[(table["regularizer"] == self.name) & (table["lambda"] > 0)]
+        top = self.strongest(table)
         text = (
             "- **Dropout is a per-feature ridge in expectation.** Input dropout of rate p adds "
             "½·p/(1 − p)·Σ_j w_j²·mean_i x_ij² to the expected loss (Wager, Wang & Liang 2013), whose exact minimiser "
             "the figures show dashed. "
         )
-        if rows.empty:
+        if top is None:
             return text
-        top = rows.iloc[-1]
         return text + (
             f"At p = {_lam(top['lambda'])} trained dropout reaches test loss {top['test_loss_mean']:.3g} against "
             f"{top['reference_test_loss_mean']:.3g} for its closed form, ‖w − w_exact‖ = {top['distance_mean']:.3g}; "
@@ -350,15 +355,14 @@ class InputNoise(Regularizer):
         return f"{sgd(train)}, Gaussian noise of std σ on every normalised input pixel"
 
     def synthetic_finding(self, table: pd.DataFrame, spec: SyntheticSettings, metrics: dict) -> str | None:
-        rows = table[(table["regularizer"] == self.name) & (table["lambda"] > 0)]
+        top = self.strongest(table)
         text = (
             "- **Input noise is ridge at λ = σ² in expectation.** Fresh N(0, σ²) noise on every input adds exactly "
             "σ²/2·‖w‖² to the expected squared loss (Bishop 1995), so its exact optimum is the ridge solution "
             "at λ = σ². "
         )
-        if rows.empty:
+        if top is None:
             return text
-        top = rows.iloc[-1]
         return text + (
             f"At σ = {_lam(top['lambda'])} (λ = {_lam(top['lambda'] ** 2)}) trained noise reaches test loss "
             f"{top['test_loss_mean']:.3g} against {top['reference_test_loss_mean']:.3g} for that ridge, "
@@ -374,6 +378,11 @@ def dropout_scales(x_train: torch.Tensor, rate: float) -> torch.Tensor:
     """
     x = x_train.double()
     return rate / (1 - rate) * (x**2).mean(dim=-2)
+
+
+def sharing_baseline_zero(names: Sequence[str]) -> list[str]:
+    """Of `names`, the regularisers whose strength 0 trains exactly as the baseline's λ = 0: they share that run."""
+    return [name for name in names if name != BASELINE and REGISTRY[name].zero_is_plain_sgd]
 
 
 def zero_makers() -> list[str]:
