@@ -229,6 +229,7 @@ def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links
             if len(beyond) < len(rest)
             else "."
         ),
+        unstable_finding(compared, metrics["seeds"] * spec.cv_folds),
         *[
             line
             for regularizer in compared
@@ -271,6 +272,22 @@ def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links
             "",
         ]
     )
+
+
+def unstable_finding(compared: dict, folds: int) -> str:
+    """The CV folds that blew up, per regulariser and strength, out of `folds` (seeds × folds) each."""
+    unstable = [
+        f"{r} {REGISTRY[r].symbol} = {key.removeprefix('lambda_')}: {at['unstable_folds']} of {folds}"
+        for r, c in compared.items()
+        for key, at in c["by_strength"].items()
+        if at.get("unstable_folds")
+    ]
+    rule = (
+        "**Unstable CV folds**, whose training loss ended above where it started (SGD blowing up, short of "
+        "diverging), are left out of each strength's CV loss, and a strength with more than half its folds "
+        "unstable is never chosen"
+    )
+    return f"- {rule}: " + ("; ".join(unstable) + "; no other strength had any." if unstable else "there were none.")
 
 
 def zero_makers_named() -> str:
