@@ -277,7 +277,8 @@ def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links
 def unstable_finding(compared: dict, folds: int) -> str:
     """The CV folds that blew up, per regulariser and strength, out of `folds` (seeds × folds) each."""
     unstable = [
-        f"{r} {REGISTRY[r].symbol} = {key.removeprefix('lambda_')}: {at['unstable_folds']} of {folds}"
+        f"{r} {REGISTRY[r].symbol} = {key.removeprefix('lambda_')}: {at['unstable_folds']} of {folds} "
+        f"(test loss on the whole training set {pm(at['test_loss'])})"
         for r, c in compared.items()
         for key, at in c["by_strength"].items()
         if at.get("unstable_folds")

@@ -298,11 +298,20 @@ def unstable_sentence(grid: dict, sym: str, folds: int) -> str:
             "than they started from."
         )
     named = ", ".join(f"{sym} = {strength}: {n} of {folds}" for strength, n in counts.items() if n)
-    return (
+    text = (
         f"Unstable folds, whose training loss ended above where it started (SGD blowing up, short of diverging): "
         f"{named}; none at the other {sum(1 for n in counts.values() if not n)} strengths. They are left out of "
         "the CV loss, and a strength with more than half its folds unstable is never chosen."
     )
+    for strength, n in counts.items():
+        run = grid[f"lambda_{strength}"]
+        if 2 * n > folds and run["test_loss"]["mean"] is not None:
+            text += (
+                f" Trained on the whole training set, {sym} = {strength} ends at test loss {pm(run['test_loss'])} "
+                f"({run['diverged']} seeds diverged): cross-validation cannot rank a strength whose folds blow up "
+                "where the full runs do not."
+            )
+    return text
 
 
 def optimum_sentence(grid: dict, metrics: dict, regularizer: str, epochs: int) -> str:
