@@ -141,11 +141,14 @@ def compared_at_cv(rows: pd.DataFrame) -> dict:
     reaches there; and its CV and test loss and unstable folds at every strength, the choice's evidence and what stays
     comparable when the choice moves."""
     best = choose(rows, "cv_loss_mean")
-    at = rows[rows["lambda"] == best].iloc[0]
+    at = rows[rows["lambda"] == best].iloc[0] if best is not None else None  # None: no strength had a stable majority
     unstable = {f"lambda_{row['lambda']:g}": int(row["unstable_folds"]) for row in rows.to_dict("records")}
     return (
         {"cv_strength": best}
-        | {m: stats_of(at, m) for m in ("test_loss", "w_norm", "zeros", "reference_test_loss")}
+        | {
+            m: stats_of(at, m) if at is not None else None
+            for m in ("test_loss", "w_norm", "zeros", "reference_test_loss")
+        }
         | {
             "by_strength": {
                 key: scores | {"unstable_folds": unstable[key]}

@@ -76,8 +76,9 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
 # ── figures: every curve is the mean over seeds with its 95 % confidence band ────────────────────
 
 
-def plot_loss_curves(grid_history: pd.DataFrame, contrast: float, regularizer: str, path: Path) -> Path:
-    runs = {strength: grid_history[grid_history["lambda"] == strength] for strength in (0.0, contrast)}
+def plot_loss_curves(grid_history: pd.DataFrame, contrast: float | None, regularizer: str, path: Path) -> Path:
+    shown = (0.0,) if contrast is None else (0.0, contrast)  # None: cross-validation chose no strength
+    runs = {strength: grid_history[grid_history["lambda"] == strength] for strength in shown}
     fig, axes = plt.subplots(1, len(runs), figsize=(11, 4.2), sharey=True, squeeze=False)
     for ax, (strength, history) in zip(axes[0], runs.items()):
         long = history.melt(
@@ -110,13 +111,14 @@ def plot_loss_vs_lambda(by_seed: pd.DataFrame, metrics: dict, regularizer: str, 
     fig, ax = plt.subplots(figsize=(10, 4.8))
     figures.curves_vs_strength(ax, long, "loss", "curve")
     ax.axhline(metrics["reference"]["noise_floor"], color="grey", linestyle=":", label="noise floor σ²/2")
-    ax.axvline(
-        metrics["cv"]["best_lambda"],
-        color="black",
-        linestyle="--",
-        linewidth=1,
-        label="strength with the lowest mean CV loss",
-    )
+    if metrics["cv"]["best_lambda"] is not None:
+        ax.axvline(
+            metrics["cv"]["best_lambda"],
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label="strength with the lowest mean CV loss",
+        )
     figures.lambda_axis(ax, by_seed["lambda"])
     ax.set(
         yscale="log",
@@ -183,7 +185,7 @@ def plot_cv_choices(metrics: dict, regularizer: str, path: Path) -> Path:
 
 
 def render_page(
-    metrics: dict, by_seed: pd.DataFrame, contrast: float, settings: Settings, figure_links: list[str]
+    metrics: dict, by_seed: pd.DataFrame, contrast: float | None, settings: Settings, figure_links: list[str]
 ) -> str:
     spec, grid = settings.synthetic, metrics["grid"]
     regularizer = spec.regularizer
@@ -207,7 +209,7 @@ def render_page(
         "## Finding",
         "",
     ]
-    if "lambda_0" in grid and f"lambda_{contrast:g}" in grid:
+    if contrast is not None and "lambda_0" in grid and f"lambda_{contrast:g}" in grid:
         lines += [finding(grid["lambda_0"], grid[f"lambda_{contrast:g}"], contrast, regularizer, spec.data.n_train), ""]
     lines += [
         cv_sentence(metrics, regularizer, spec.strength_grid),
@@ -265,6 +267,12 @@ def finding(base: dict, reg: dict, contrast: float, regularizer: str, n_train: i
 def cv_sentence(metrics: dict, regularizer: str, strength_grid: tuple[float, ...]) -> str:
     cv, grid, sym = metrics["cv"], metrics["grid"], REGISTRY[regularizer].symbol
     best = cv["best_lambda"]
+    if best is None:
+        return (
+            f"{cv['folds']}-fold cross-validation on each seed's training set chooses no {sym}: at every {sym} of the "
+            "grid more than half the folds were unstable, or the runs diverged. "
+            + unstable_sentence(grid, sym, metrics["seeds"] * cv["folds"])
+        )
     counts = ", ".join(f"{sym} = {key.removeprefix('lambda_')} on {n}" for key, n in cv["chosen"].items() if n)
     text = (
         f"{cv['folds']}-fold cross-validation on each seed's training set (the test set never takes part) chooses "
