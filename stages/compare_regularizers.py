@@ -197,17 +197,10 @@ def cifar_figures(by_seed: pd.DataFrame, norms: pd.DataFrame, folder: Path) -> l
 
 def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links: list[str]) -> str:
     spec, compared = settings.synthetic, metrics["regularizers"]
-    ranked = sorted(compared, key=lambda r: compared[r]["test_loss"]["mean"])
-    lowest = compared[ranked[0]]["test_loss"]["mean"]
-    tied = [
-        r for r in ranked if abs(compared[r]["test_loss"]["mean"] - lowest) <= 1e-6 * abs(lowest)
-    ]  # l2 ≡ decoupled here
-    best, rest = " and ".join(tied), [r for r in ranked if r not in tied]
-    beyond = [r for r in rest if separated(compared[ranked[0]]["test_loss"], compared[r]["test_loss"])]
     rows = [
         {
             "regularizer": r,
-            "strength": fmt_lambda(c["cv_strength"]),
+            "strength": fmt_lambda(c["cv_strength"]) if c["cv_strength"] is not None else "none: all unstable",
             "test": pm(c["test_loss"]),
             "exact": pm(c["reference_test_loss"]),
             "w": pm(c["w_norm"]),
@@ -216,19 +209,8 @@ def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links
         for r, c in compared.items()
     ]
     findings = [
-        f"- **At its cross-validated strength**, {best} reach{'' if len(tied) > 1 else 'es'} the lowest mean "
-        f"test loss, {pm(compared[ranked[0]]['test_loss'])}; "
-        + (
-            f"{'their' if len(tied) > 1 else 'its'} 95 % interval over seeds lies below those of {', '.join(beyond)}"
-            if beyond
-            else "its 95 % interval overlaps every other's"
-        )
-        + (
-            f", and overlaps {', '.join(r for r in rest if r not in beyond)}: "
-            "that difference is within the seed spread."
-            if len(beyond) < len(rest)
-            else "."
-        ),
+        lowest_at_cv(compared),
+        unstable_finding(compared, metrics["seeds"] * spec.cv_folds),
         *[
             line
             for regularizer in compared
@@ -271,6 +253,51 @@ def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links
             "",
         ]
     )
+
+
+def lowest_at_cv(compared: dict) -> str:
+    """Which regulariser reaches the lowest mean test loss at its cross-validated strength, and whether that difference
+    exceeds the seed spread; a regulariser CV chose no strength for (every strength unstable) takes no part."""
+    chosen = {r: c for r, c in compared.items() if c["cv_strength"] is not None}
+    if not chosen:
+        return "- **Cross-validation chose no strength**: every strength of every regulariser had unstable folds."
+    ranked = sorted(chosen, key=lambda r: chosen[r]["test_loss"]["mean"])
+    lowest = chosen[ranked[0]]["test_loss"]["mean"]
+    tied = [r for r in ranked if abs(chosen[r]["test_loss"]["mean"] - lowest) <= 1e-6 * abs(lowest)]  # l2 ≡ decoupled
+    best, rest = " and ".join(tied), [r for r in ranked if r not in tied]
+    beyond = [r for r in rest if separated(chosen[ranked[0]]["test_loss"], chosen[r]["test_loss"])]
+    return (
+        f"- **At its cross-validated strength**, {best} reach{'' if len(tied) > 1 else 'es'} the lowest mean "
+        f"test loss, {pm(chosen[ranked[0]]['test_loss'])}; "
+        + (
+            f"{'their' if len(tied) > 1 else 'its'} 95 % interval over seeds lies below those of {', '.join(beyond)}"
+            if beyond
+            else "its 95 % interval overlaps every other's"
+        )
+        + (
+            f", and overlaps {', '.join(r for r in rest if r not in beyond)}: "
+            "that difference is within the seed spread."
+            if len(beyond) < len(rest)
+            else "."
+        )
+    )
+
+
+def unstable_finding(compared: dict, folds: int) -> str:
+    """The CV folds that blew up, per regulariser and strength, out of `folds` (seeds × folds) each."""
+    unstable = [
+        f"{r} {REGISTRY[r].symbol} = {key.removeprefix('lambda_')}: {at['unstable_folds']} of {folds} "
+        f"(test loss on the whole training set {pm(at['test_loss'])})"
+        for r, c in compared.items()
+        for key, at in c["by_strength"].items()
+        if at.get("unstable_folds")
+    ]
+    rule = (
+        "**Unstable CV folds**, whose training loss ended above where it started (SGD blowing up, short of "
+        "diverging), are left out of each strength's CV loss, and a strength with more than half its folds "
+        "unstable is never chosen"
+    )
+    return f"- {rule}: " + ("; ".join(unstable) + "; no other strength had any." if unstable else "there were none.")
 
 
 def zero_makers_named() -> str:

@@ -1,6 +1,7 @@
 """Evaluate the synthetic study over seeds: for every regulariser and strength, the final losses, ‖w‖ and exact zeros
 per seed and their spread, beside the regulariser's exact optimum (ridge, lasso, dropout's per-feature ridge); the
-strength cross-validation chooses on each seed; the study's regulariser (synthetic.regularizer) in the metrics.
+strength cross-validation chooses on each seed, and how many of its folds were unstable at each strength; the study's
+regulariser (synthetic.regularizer) in the metrics.
 The headline run (`wd`) reports itself (train_synthetic headline), so a new `wd` does not re-run this stage."""
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from wdlab import stage
 from wdlab.errors import StageInputError
 from wdlab.files import grid_folders, load_tensors, read_table, write_csv, write_json
 from wdlab.regularizers import REGISTRY
-from wdlab.results import best_lambda, by_strength, json_record, seed_summary, stats, stats_of
+from wdlab.results import by_strength, json_record, seed_summary, stats, stats_of
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.synthetic.data import Split, load_dataset
 from wdlab.synthetic.evaluation import EXACT, METRICS, RUN_KEYS, evaluate_run, loss
-from wdlab.synthetic.selection import chosen_per_seed, mean_cv_loss
+from wdlab.synthetic.selection import choose, chosen_per_seed, fold_counts, mean_cv_loss
 
 log = logging.getLogger("wd-lab.evaluate_synthetic")
 
@@ -45,7 +46,9 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         )
         for name, folder in grid_folders(args.grids, REGULARIZERS).items()
     }
-    cv = read_table(args.cv, made_by="cross_validate", required=("regularizer", "seed", "fold", "lambda", "valid_loss"))
+    cv = read_table(
+        args.cv, made_by="cross_validate", required=("regularizer", "seed", "fold", "lambda", "valid_loss", "unstable")
+    )
     for regularizer in REGULARIZERS:
         held = cv[cv["regularizer"] == regularizer]
         if set(held["lambda"]) != set(study.strengths.of(regularizer)) or set(held["seed"]) != set(seeds):
@@ -54,14 +57,17 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             )
     cv_by_seed = mean_cv_loss(cv)
     by_seed = pd.concat(grids.values()).merge(cv_by_seed, on=["regularizer", "seed", "lambda"])
+    folds = fold_counts(cv_by_seed)  # unstable folds and all folds per (regulariser, strength), over seeds
     own = by_seed[by_seed["regularizer"] == study.regularizer]
-    summary = seed_summary(own, METRICS + ["cv_loss"], untrained=EXACT)
+    summary = seed_summary(own, METRICS + ["cv_loss"], untrained=EXACT).merge(
+        folds[folds["regularizer"] == study.regularizer].drop(columns="regularizer"), on="lambda"
+    )
     compared = pd.concat(
         [
             seed_summary(by_seed[by_seed["regularizer"] == r], COMPARED, untrained=EXACT).assign(regularizer=r)
             for r in REGULARIZERS
         ]
-    )
+    ).merge(folds, on=["regularizer", "lambda"])
 
     write_csv(args.by_seed, [json_record(row) for row in by_seed.to_dict("records")])
     write_csv(args.table, [json_record(row) for row in summary.to_dict("records")])
@@ -95,7 +101,7 @@ def metrics(
     """The DVC metrics file: the study's regulariser per strength (each metric's mean, std and 95 % interval over
     seeds), CV's choices and references; then every regulariser at its cross-validated strength, side by side."""
     study = settings.synthetic
-    by_cv = best_lambda(summary, "cv_loss_mean", higher_is_better=False)
+    by_cv = choose(summary, "cv_loss_mean")
     zero_weight = loss(
         test_set, torch.zeros(len(study.seeds), 1, test_set.x.shape[-1]), train_set.y.mean(dim=-1)[:, None]
     )
@@ -103,13 +109,16 @@ def metrics(
         "seeds": len(study.seeds),
         "regularizer": study.regularizer,
         "grid": {
-            f"lambda_{row['lambda']:g}": {"diverged": int(row["diverged"])}
+            f"lambda_{row['lambda']:g}": {
+                "diverged": int(row["diverged"]),
+                "unstable_folds": int(row["unstable_folds"]),
+            }
             | {m: stats_of(row, m) for m in METRICS + ["cv_loss"]}
             for row in summary.to_dict("records")
         },
         "cv": {
             "folds": study.cv_folds,
-            "best_lambda": by_cv,  # lowest CV loss averaged over seeds
+            "best_lambda": by_cv,  # lowest CV loss averaged over seeds, of the strengths at most half unstable
             "chosen": {
                 f"lambda_{strength:g}": int((chosen == strength).sum()) for strength in study.strength_grid
             },  # per seed's own CV
@@ -128,14 +137,24 @@ def metrics(
 
 
 def compared_at_cv(rows: pd.DataFrame) -> dict:
-    """One regulariser at the strength cross-validation chooses (lowest mean CV loss): what it reaches there; and its
-    CV and test loss at every strength, the choice's evidence and what stays comparable when the choice moves."""
-    best = best_lambda(rows, "cv_loss_mean", higher_is_better=False)
-    at = rows[rows["lambda"] == best].iloc[0]
+    """One regulariser at the strength cross-validation chooses (lowest mean CV loss over its stable folds): what it
+    reaches there; and its CV and test loss and unstable folds at every strength, the choice's evidence and what stays
+    comparable when the choice moves."""
+    best = choose(rows, "cv_loss_mean")
+    at = rows[rows["lambda"] == best].iloc[0] if best is not None else None  # None: no strength had a stable majority
+    unstable = {f"lambda_{row['lambda']:g}": int(row["unstable_folds"]) for row in rows.to_dict("records")}
     return (
         {"cv_strength": best}
-        | {m: stats_of(at, m) for m in ("test_loss", "w_norm", "zeros", "reference_test_loss")}
-        | {"by_strength": by_strength(rows, ("cv_loss", "test_loss"))}
+        | {
+            m: stats_of(at, m) if at is not None else None
+            for m in ("test_loss", "w_norm", "zeros", "reference_test_loss")
+        }
+        | {
+            "by_strength": {
+                key: scores | {"unstable_folds": unstable[key]}
+                for key, scores in by_strength(rows, ("cv_loss", "test_loss")).items()
+            }
+        }
     )
 
 

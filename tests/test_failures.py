@@ -81,7 +81,10 @@ def test_diverging_lambdas_are_recorded_and_the_rest_completes(workdir):
     (row,) = [
         line for line in (workdir / "reports/synthetic.md").read_text().splitlines() if line.startswith("| 100 |")
     ]
-    assert row.endswith(f"| {metrics['seeds']} |"), "the table counts the seeds that diverged"
+    folds = metrics["seeds"] * metrics["cv"]["folds"]
+    assert row.endswith(f"| {metrics['seeds']} | {folds} of {folds} |"), (
+        "the table counts the seeds that diverged, and the CV folds, every one diverged too, as unstable"
+    )
     rows = list(csv.DictReader((workdir / "results/synthetic/by_lambda.csv").open()))
     assert {r["lambda"] for r in rows if r["diverged"] != "0"} == {"100.0"}
     pngs = sorted((workdir / "reports/figures/synthetic").glob("*.png"))

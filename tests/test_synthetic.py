@@ -4,11 +4,12 @@ regulariser against its ground truth (lasso optimum, dropout's per-feature ridge
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from wdlab import regularizers, streams
-from wdlab.results import best_lambda
+from wdlab.results import best_lambda, seed_summary
 from wdlab.settings import parse_settings
 from wdlab.synthetic import data as synthetic_data
 from wdlab.synthetic import references, selection, training
@@ -222,16 +223,70 @@ def test_kfold_partitions_the_training_set():
 def test_cross_validation_prefers_decay(splits):
     train, _ = splits
     strengths = (0.0, 3.0)
-    cv = selection.cross_validate(train, strengths, TRAIN, 4, SEEDS, CPU)
-    assert cv.shape == (4, len(SEEDS), 2)
-    chosen = selection.chosen_per_seed(selection.mean_cv_loss(selection.cv_table("l2", SEEDS, strengths, cv)))
+    folds = selection.cross_validate(train, strengths, TRAIN, 4, SEEDS, CPU)
+    assert folds.valid_loss.shape == folds.train_loss.shape == (4, len(SEEDS), 2)
+    table = selection.cv_table("l2", SEEDS, strengths, folds)
+    assert not table["unstable"].any(), "stable SGD lowers the loss it trains on, on every fold"
+    chosen = selection.chosen_per_seed(selection.mean_cv_loss(table))
     assert chosen.tolist() == [3.0] * len(SEEDS), "every seed's own cross-validation prefers decay"
 
 
+def fold_losses(valid: list[list[float]], train: list[list[float]], start: float = 100.0) -> selection.FoldLosses:
+    """One seed's folds [folds][strengths] as FoldLosses [folds, 1, G], every run starting from loss `start`."""
+    valid_loss, train_loss = torch.tensor(valid)[:, None], torch.tensor(train)[:, None]
+    return selection.FoldLosses(valid_loss, train_loss, torch.full_like(train_loss, start))
+
+
+def test_a_blown_up_fold_is_flagged_and_does_not_flip_the_choice():
+    """λ = 1 beats λ = 0.3 on every fold but one, whose training blew up (loss 500 after starting at 100): the mean
+    over folds would choose 0.3; flagged and left out, it leaves 1 the choice. λ = 3 scores best on its stable folds,
+    but 3 of its 5 blew up: more than half, so it is never chosen."""
+    strengths = (0.3, 1.0, 3.0)
+    valid = [[0.2, 0.1, 5e3], [0.2, 0.1, 5e3], [0.2, 1e4, 5e3], [0.2, 0.1, 0.01], [0.2, 0.1, 0.01]]
+    train = [[1.0, 1.0, 400], [1.0, 1.0, 300], [1.0, 500, 200], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]
+    table = pd.concat(
+        [selection.cv_table("l2", (seed,), strengths, fold_losses(valid, train)) for seed in (0, 1)]
+    )  # two seeds, the same folds
+    flagged = table[table["unstable"]]
+    assert set(zip(flagged["fold"], flagged["lambda"])) == {(2, 1.0), (0, 3.0), (1, 3.0), (2, 3.0)}
+
+    by_mean = (
+        table.groupby(["seed", "lambda"], as_index=False)["valid_loss"].mean().rename(columns={"valid_loss": "cv_loss"})
+    )
+    assert best_lambda(by_mean[by_mean["seed"] == 0], "cv_loss", higher_is_better=False) == 0.3, "the mean flips"
+
+    by_seed = selection.mean_cv_loss(table)
+    at_1 = by_seed[by_seed["lambda"] == 1.0].iloc[0]
+    assert (at_1["unstable_folds"], at_1["folds"], at_1["cv_loss"]) == (1, 5, pytest.approx(0.1))
+    assert by_seed[by_seed["lambda"] == 3.0]["cv_loss"].isna().all(), "mostly unstable: no CV loss, like a diverged run"
+    assert selection.chosen_per_seed(by_seed).tolist() == [1.0, 1.0]
+    over_seeds = seed_summary(by_seed, ["cv_loss"]).merge(selection.fold_counts(by_seed).drop(columns="regularizer"))
+    assert over_seeds.set_index("lambda")["unstable_folds"].to_dict() == {0.3: 0, 1.0: 2, 3.0: 6}
+    assert selection.choose(over_seeds, "cv_loss_mean") == 1.0
+
+    unflagged = selection.mean_cv_loss(table.assign(unstable=False))
+    assert selection.chosen_per_seed(unflagged).tolist() == [0.3, 0.3], "without the flag the blown-up fold flips it"
+
+
+def test_cross_validation_flags_the_folds_whose_training_blew_up(splits):
+    """At ηλ = 2.1 > 2 the decay step overshoots: |1 − ηλ| = 1.1 per step grows the weights, finite after 20 epochs
+    (1.1^80 ≈ 2·10³); every fold there is flagged, none at λ = 3, and cross-validation chooses 3."""
+    train, _ = splits
+    spec = TRAIN.model_copy(update=dict(epochs=20))
+    strengths = (3.0, 2.1 / spec.lr)
+    folds = selection.cross_validate(train.seed(0), strengths, spec, 5, SEEDS[:1], CPU)
+    assert torch.isfinite(folds.valid_loss).all(), "blown up, not diverged: the flag, not NaN, must catch it"
+    table = selection.cv_table("l2", SEEDS[:1], strengths, folds)
+    assert table.groupby("lambda")["unstable"].sum().tolist() == [0, 5]
+    assert selection.chosen_per_seed(selection.mean_cv_loss(table)).tolist() == [3.0]
+
+
 def test_best_lambda_never_picks_a_diverged_run():
-    cv = torch.tensor([[[1.0, float("nan"), 0.5]], [[1.0, float("inf"), 0.7]]])  # [folds, seeds, λ]
-    by_lambda = selection.mean_cv_loss(selection.cv_table("l2", (0,), (0.0, 1.0, 2.0), cv))
-    assert best_lambda(by_lambda, "cv_loss", higher_is_better=False) == 2.0
+    losses = torch.tensor([[[1.0, float("nan"), 0.5]], [[1.0, float("inf"), 0.7]]])  # [folds, seeds, λ]
+    folds = selection.FoldLosses(losses, losses, torch.full_like(losses, 10.0))
+    table = selection.cv_table("l2", (0,), (0.0, 1.0, 2.0), folds)
+    assert table.groupby("lambda")["unstable"].sum().tolist() == [0, 2, 0], "a diverged fold is unstable"
+    assert selection.choose(selection.mean_cv_loss(table), "cv_loss") == 2.0
 
 
 # ---------- the other regularisers against their ground truth ----------
