@@ -42,16 +42,17 @@ def unstable(train_loss: torch.Tensor, initial_train_loss: torch.Tensor) -> torc
 
     The finite counterpart of a diverged run (training.py: a non-finite training loss): SGD whose steps are stable
     lowers the loss it trains on, so an end above the start means steps too large for that fold, not yet overflowed.
-    The threshold is the run's own starting loss, no tuned factor, and the folds of results/synthetic/cv.csv
-    (default params, 10 seeds × 5 folds) sit far from it on both sides: the 2,050 folds of the other 41 strengths,
-    every regulariser's, end at ≤ 0.11× their start (the largest: dropout p = 0.3); at dropout p = 0.9 all 50 folds end
-    4.4× to 3.4·10⁵× above it (held-out losses 538 to 3·10⁷, against ≤ 12 at p = 0.7), at noise σ = 3 49 of 50
-    (0.54× to 1.0·10³×). The references one might reach for first do not separate them: the trivial predictor's
-    held-out loss (the training mean) is ~0.01, but λ = 0 keeps its N(0, 1) initialisation in the directions the 16
-    samples leave free and ends 820× to 1.9·10⁵× above it on stable folds, past p = 0.9's lowest (4.7·10⁴×); the
-    untrained model's held-out loss is exceeded up to 3.05× by λ = 0 but only 2.9× by p = 0.9's mildest fold; and a
-    robust spread of one strength's folds (median ± k·MAD) flags only the tail where, as at p = 0.9, every fold blew
-    up.
+    The threshold is the run's own starting loss, no tuned factor. With the folds' former batches (16 samples as
+    5, 5, 5 and a lone sample, whose step blew up dropout at p = 0.9 and noise at σ = 3; training.batch_orders) the
+    folds of results/synthetic/cv.csv (default params, 10 seeds × 5 folds) sat far from it on both sides: the 2,050
+    folds of the other 41 strengths, every regulariser's, ended at ≤ 0.11× their start; at dropout p = 0.9 all 50
+    folds ended 4.4× to 3.4·10⁵× above it (held-out losses 538 to 3·10⁷, against ≤ 12 at p = 0.7), at noise σ = 3
+    49 of 50 (0.54× to 1.0·10³×). The references one might reach for first do not separate them: the trivial
+    predictor's held-out loss (the training mean) is ~0.01, but λ = 0 keeps its N(0, 1) initialisation in the
+    directions the 16 samples leave free and ends 820× to 1.9·10⁵× above it on stable folds, past p = 0.9's lowest
+    (4.7·10⁴×); the untrained model's held-out loss is exceeded up to 3.05× by λ = 0 but only 2.9× by p = 0.9's
+    mildest fold; and a robust spread of one strength's folds (median ± k·MAD) flags only the tail where, as at
+    p = 0.9, every fold blew up.
     """
     return ~(train_loss <= initial_train_loss)  # ¬(end ≤ start): NaN counts as unstable
 
