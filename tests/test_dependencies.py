@@ -28,6 +28,7 @@ PLUMBING = {
     "wdlab/files.py": "atomic writes and checked reads; the values written are computed elsewhere",
     "wdlab/settings.py": "validates params.yaml; the values themselves are each stage's `params`",
     "wdlab/tracking.py": "what reaches MLflow (the `tracking` params are no stage's either)",
+    "wdlab/lineage.py": "which data MLflow records a run read: names, digests and recipes, no value a stage writes",
     "wdlab/executor.py": "where a grid's runs happen (local or Ray), never what they compute",
     "wdlab/runcache.py": "keeps the finished runs of an interrupted stage, so a rerun trains only the rest",
 }
