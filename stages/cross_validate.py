@@ -11,6 +11,7 @@ import pandas as pd
 from wdlab import stage
 from wdlab.device import pick_device
 from wdlab.files import write_csv
+from wdlab.lineage import synthetic_datasets
 from wdlab.results import flatten
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.synthetic.data import load_dataset
@@ -27,8 +28,9 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     tracker = Tracker(settings.tracking, settings.tracking.experiment_synthetic)
     params = {"seeds": len(seeds), "cv_folds": study.cv_folds} | flatten({"train": study.train.model_dump()})
     tables, chosen, unstable = [], {}, {}
+    data = synthetic_datasets(args.data, study, train_set)[None] if tracker.enabled else ()
     with tracker.run(
-        f"cross-validation ({study.cv_folds} folds, {len(seeds)} seeds)", params, "synthetic-cv"
+        f"cross-validation ({study.cv_folds} folds, {len(seeds)} seeds)", params, "synthetic-cv", datasets=data
     ) as run_id:
         for regularizer in REGULARIZERS:
             grid = study.strengths.of(regularizer)

@@ -34,6 +34,7 @@ from wdlab.files import (
     write_csv,
     write_json,
 )
+from wdlab.lineage import DatasetInput, cifar10_datasets
 from wdlab.results import flatten, seed_aggregates
 from wdlab.runcache import RunCache
 from wdlab.settings import CifarSettings, ExecutorSettings, Settings
@@ -73,6 +74,11 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             {"data": study.data.model_dump(), "model": study.model.model_dump(), "train": study.train.model_dump()}
         )
     )
+    data = (  # what every run reads, digested once: a reused grid's splits are loaded for this alone
+        cifar10_datasets(args.data, study, load_splits(args.data, study.data) if reused else splits)
+        if tracker.enabled
+        else []
+    )
 
     role = "cifar10-headline" if args.run == "headline" else "cifar10-grid"
     with tracker.run(
@@ -80,10 +86,11 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         params | strength_params(regularizer, strengths),
         role,
         tags={"wd_lab.reused_from": str(grid_run_id)} if reused else None,
+        datasets=data,
     ) as run_id:
         if reused:
             for result in results:
-                with member_run(tracker, result, params, role) as member:
+                with member_run(tracker, result, params, role, data) as member:
                     log_result(tracker, member, result, study.model.width, curves=True)
         else:
             log.info(
@@ -100,7 +107,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
                 RunSpec(study, regularizer, strength, seed, formats.device.type)
                 for strength, seed in itertools.product(strengths, seeds)
             ]
-            results, placements = train_all(splits, specs, settings.executor, cache, tracker, params, role)
+            results, placements = train_all(splits, specs, settings.executor, cache, tracker, params, role, data)
         finals: dict[float, list] = {}
         for result in results:
             finals.setdefault(result.strength, []).append(result.final)
@@ -143,6 +150,7 @@ def train_all(
     tracker: Tracker,
     params: dict,
     role: str,
+    datasets: list[DatasetInput],
 ) -> tuple[list[RunResult], dict[str, dict]]:
     """Every run of `specs`, each its own nested MLflow run, in the order of `specs`; and where each ran.
 
@@ -163,7 +171,7 @@ def train_all(
                 "seed": spec.seed,
                 "resumed": True,
             }
-            with member_run(tracker, results[spec.key], params, role) as member:
+            with member_run(tracker, results[spec.key], params, role, datasets) as member:
                 tracker.set_tags(member, {"wd_lab.resumed": "true"})
                 log_result(tracker, member, results[spec.key], width, curves=True)
     if results:
@@ -181,6 +189,7 @@ def train_all(
             RunResult(spec.regularizer, spec.strength, spec.seed),
             params,
             role,
+            datasets,
             system_metrics=executor.kind == "local",
         ) as member:
             members[spec.key] = member
@@ -209,14 +218,15 @@ def train_all(
 
 
 def member_run(
-    tracker: Tracker, run: RunResult, params: dict, role: str, **options: bool
+    tracker: Tracker, run: RunResult, params: dict, role: str, datasets: list[DatasetInput], **options: bool
 ) -> contextlib.AbstractContextManager:
-    """The MLflow run of one (regulariser, strength, seed), nested under the stage's run."""
+    """The MLflow run of one (regulariser, strength, seed), nested under the stage's run, with the data it read."""
     return tracker.run(
         f"{run.regularizer} {run.strength:g} seed {run.seed}",
         params | member_params(run.regularizer, run.strength, run.seed),
         f"{role}-member",
         nested=True,
+        datasets=datasets,
         **options,
     )
 

@@ -16,6 +16,7 @@ from wdlab import stage
 from wdlab.device import pick_device
 from wdlab.errors import StageInputError
 from wdlab.files import RunFolder, atomic_dir, save_tensors, write_csv, write_json
+from wdlab.lineage import synthetic_datasets
 from wdlab.results import flatten, mean_curve, seed_aggregates, seed_summary, stats_of
 from wdlab.settings import Settings
 from wdlab.synthetic.data import Split, load_dataset
@@ -48,9 +49,13 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         "training %s run on %s: %s, strengths %s, %d seeds", args.run, device, regularizer, list(strengths), len(seeds)
     )
     role = "synthetic-headline" if args.run == "headline" else "synthetic-grid"
+    data = synthetic_datasets(args.data, study, train_set, test_set) if tracker.enabled else {}  # seed → inputs
 
     with tracker.run(
-        training_run_name(args.run, regularizer, strengths), params | strength_params(regularizer, strengths), role
+        training_run_name(args.run, regularizer, strengths),
+        params | strength_params(regularizer, strengths),
+        role,
+        datasets=data.get(None, ()),
     ) as run_id:
         result = train_grid(
             train_set, strengths, study.train, seeds, device, eval_sets={"test": test_set}, regularizer=regularizer
@@ -61,6 +66,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
                 params | member_params(regularizer, strength, seed),
                 f"{role}-member",
                 nested=True,
+                datasets=data.get(seed, ()),
             ) as member:
                 tracker.log_history(member, *curves(result, s, g))
         finals = {

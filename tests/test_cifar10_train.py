@@ -25,6 +25,7 @@ from wdlab.cifar10 import training as cifar_training
 from wdlab.cifar10.archive import Cifar10, save_cifar10
 from wdlab.device import cpu_has_bf16, device_formats
 from wdlab.files import RunFolder
+from wdlab.lineage import content_digest
 from wdlab.settings import REGULARIZERS, Settings, parse_settings
 from wdlab.workspace import load_params
 
@@ -407,6 +408,40 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
     ), "the parent carries the aggregates over seeds"
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/cifar10.md" in report and "report/accuracy_vs_lambda.png" in report
+
+
+def test_every_training_run_names_the_splits_it_read(pipeline):
+    """Each grid's and the headline's runs, nested ones too (the headline's reused from the grid included), log the
+    three splits as MLflow datasets: digests of the images themselves, the archive and split as their source."""
+    study = tiny_settings().cifar10
+    splits = cifar_data.load_splits(pipeline / args("train_cifar10@l2", train_cifar10).data, study.data)
+    client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("wd-cifar10").experiment_id
+    training = {
+        run.info.run_id
+        for run in client.search_runs([experiment], max_results=1000)
+        if run.data.tags["wd_lab.role"].startswith(("cifar10-grid", "cifar10-headline"))
+    }
+    assert len(training) == len(REGULARIZERS) + 1 + 2 * (3 + len(REGULARIZERS) - 1) + 2, "grids, headline, members"
+    for name, context in (("train", "training"), ("valid", "validation"), ("test", "evaluation")):
+        digest = content_digest(*getattr(splits, name))
+        found = client.search_runs(
+            [experiment],
+            f"dataset.name = 'cifar10-{name}' and dataset.digest = '{digest}' and dataset.context = '{context}'",
+            max_results=1000,
+        )
+        assert {run.info.run_id for run in found} == training, name
+    (run,) = client.search_runs([experiment], "attributes.run_name = 'l2 0.0005 seed 1'", max_results=1)
+    train = next(i for i in run.inputs.dataset_inputs if i.dataset.name == "cifar10-train")
+    assert json.loads(train.dataset.source)["tags"] == {
+        "archive_url": study.download.url,
+        "archive_md5": study.download.md5,
+        "file": str(args("train_cifar10@l2", train_cifar10).data),
+        "split": "train",
+        "split_seed": 0,
+        "train_subset": 0,
+        "valid_size": 50,
+    }
 
 
 def test_the_headline_takes_its_runs_from_the_grid_and_trains_none(pipeline):

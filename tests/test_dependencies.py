@@ -28,6 +28,7 @@ PLUMBING = {
     "wdlab/files.py": "atomic writes and checked reads; the values written are computed elsewhere",
     "wdlab/settings.py": "validates params.yaml; the values themselves are each stage's `params`",
     "wdlab/tracking.py": "what reaches MLflow (the `tracking` params are no stage's either)",
+    "wdlab/lineage.py": "which data MLflow records a run read: names, digests and recipes, no value a stage writes",
     "wdlab/executor.py": "where a grid's runs happen (local or Ray), never what they compute",
     "wdlab/runcache.py": "keeps the finished runs of an interrupted stage, so a rerun trains only the rest",
 }
@@ -152,3 +153,19 @@ def test_a_missing_declaration_is_found(pipeline):
 
 def test_the_plumbing_list_names_real_modules():
     assert all((ROOT / path).is_file() for path in PLUMBING), "PLUMBING names a module that no longer exists"
+
+
+def test_every_registry_artifact_is_a_stage_output(pipeline):
+    """dvc.yaml's `artifacts:` (the model registry) names files a stage writes, so `dvc artifacts get` finds them
+    in DVC's cache."""
+    outs = [
+        Path(next(iter(out)) if isinstance(out, Mapping) else out)
+        for stage in pipeline["stages"].values()
+        for out in stage.get("do", stage).get("outs", [])  # a foreach member's: its ${key} matches no artifact
+    ]
+    artifacts = pipeline.get("artifacts", {})
+    assert artifacts, "dvc.yaml registers no artifact"
+    for name, artifact in artifacts.items():
+        path = Path(artifact["path"])
+        assert any(path == out or out in path.parents for out in outs), f"{name}: {path} is no stage's output"
+        assert artifact.get("type") and artifact.get("desc"), f"{name}: give it a type and a desc"

@@ -35,7 +35,9 @@ SEEDS = [int(v) for v in PARAMS["synthetic"]["seeds"]]
 EPOCHS = int(PARAMS["synthetic"]["train"]["epochs"])
 WD = float(PARAMS["wd"])
 
-CHROMIUM_MISSING = "Chromium is not installed: run .ci/install-debian chromium fonts-dejavu-core to enable this check"
+CHROMIUM_MISSING = (
+    "Chromium is not installed: run .ci/install-debian chromium fonts-dejavu-core to enable the MLflow UI browser check"
+)
 CHECK_SECONDS = 85  # the most one browser check may take, retries included
 # MLflow 3's UI opens in its GenAI mode (an experiment opens on a traces overview); this query picks the
 # "Model training" mode, where an experiment opens on its runs table. The UI remembers the choice.
@@ -273,7 +275,8 @@ def render(chromium: str, url: str, profile: Path, ready, screenshot: Path | Non
 
 def test_experiment_page_lists_the_runs(chromium, server, experiment, runs, project, tmp_path):
     """The experiment page lists the top-level runs, newest first (λ runs nest under their grid run; the UI pages
-    through them, "Load more" for the rest); screenshot: reports/mlflow_ui.png."""
+    through them, "Load more" for the rest), each with the data it trained on in the Dataset column; screenshot:
+    reports/mlflow_ui.png."""
     url = f"{server}/#/experiments/{experiment['experiment_id']}{TRAINING}"
     top = sorted(
         (run for run in runs if "mlflow.parentRunId" not in run["tags"]),
@@ -289,7 +292,8 @@ def test_experiment_page_lists_the_runs(chromium, server, experiment, runs, proj
 
     def ready(dom: str) -> bool:
         visible = shown(dom)
-        return newest in visible and all(name == top_level[run_id] for run_id, name in visible.items())
+        named = newest in visible and all(name == top_level[run_id] for run_id, name in visible.items())
+        return named and "open-dataset-drawer" in dom  # the Dataset column's cells are drawn too
 
     dom = render(chromium, url, tmp_path / "profile", ready, screenshot=shot)
     text = dom_text(dom)
@@ -305,6 +309,16 @@ def test_experiment_page_lists_the_runs(chromium, server, experiment, runs, proj
     } <= set(top_level.values())
     assert EXPERIMENT in text and "Run Name" in text
     assert re.search(r"<title>\s*Runs - Experiment", dom), "not the experiment's runs page"
+    # the Dataset column names each run's training data with its digest: "synthetic-train (<digest>) training"
+    trained_on = {
+        f"synthetic-train ({i['dataset']['digest']})"
+        for run in top
+        if run["info"]["run_id"] in visible
+        for i in run.get("inputs", {}).get("dataset_inputs", [])
+        if i["dataset"]["name"] == "synthetic-train"
+    }
+    assert "Dataset" in text and trained_on, "the runs shown name no training data"
+    assert trained_on <= {html.unescape(t) for t in re.findall(r'\btitle="(synthetic-train \([^"]*\))"', dom)}
 
     assert shot.is_file() and shot.read_bytes()[:8] == PNG and shot.stat().st_size > 20_000, "no screenshot"
     kept = tmp_path / "mlflow_ui.png"

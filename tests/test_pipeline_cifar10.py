@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import sys
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -11,8 +13,9 @@ import torch
 
 from tests.helpers.projects import cifar_project
 from tests.helpers.stages import ran_stages
+from wdlab import workspace
 from wdlab.settings import REGULARIZERS
-from wdlab.workspace import clone_project, dvc
+from wdlab.workspace import clone_project, commit_all, dvc
 
 pytestmark = pytest.mark.slow
 
@@ -118,3 +121,17 @@ def test_same_seed_gives_identical_metrics_on_cpu(reproduced, tmp_path):
     for regularizer in ("l2", "dropout"):
         dvc(project, "repro", "--force", "--single-item", f"train_cifar10@{regularizer}")
     assert [path.read_bytes() for path in paths] == before
+
+
+def test_the_headline_model_is_a_registry_artifact_dvc_gets_by_version(reproduced, tmp_path):
+    """dvc.yaml's `artifacts:` entry, versioned as docs/mlflow.md says (`gto register`, a git tag), then downloaded
+    with `dvc artifacts get` from the project's own cache: offline, no remote."""
+    project = clone_project(reproduced[0], tmp_path / "project")
+    commit_all(project, "the reproduced branch")
+    gto = str(Path(sys.executable).parent / "gto")  # installed with DVC, which reads its tags
+    workspace.run([gto, "register", "cifar10-headline", "--version", "v1.0.0"], cwd=project)
+    got = tmp_path / "model.pt"
+    fetched = dvc(tmp_path, "artifacts", "get", str(project), "cifar10-headline", "--rev", "v1.0.0", "-o", str(got))
+    assert got.read_bytes() == (project / "models/cifar10/headline/model.pt").read_bytes(), fetched.stderr
+    checkpoint = torch.load(got, weights_only=True)
+    assert checkpoint["seeds"].tolist() == TINY["cifar10.seeds"] and len(checkpoint["state_dicts"]) == 1

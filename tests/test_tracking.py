@@ -1,4 +1,5 @@
-"""MLflow tracking against a real store: run states, nesting, and a fast failure when the store is unreachable."""
+"""MLflow tracking against a real store: run states, nesting, a fast failure when the store is unreachable, and the
+data each training run names (found by `search_runs`, its digest changing exactly when the data does)."""
 
 from __future__ import annotations
 
@@ -8,8 +9,13 @@ import time
 import mlflow
 import pytest
 
+from stages import train_synthetic
+from tests.helpers.stages import stage_args
 from wdlab.errors import StageError
-from wdlab.settings import parse_settings
+from wdlab.files import save_tensors
+from wdlab.lineage import content_digest, synthetic_datasets
+from wdlab.settings import Settings, parse_settings
+from wdlab.synthetic.data import load_dataset, make_dataset
 from wdlab.tracking import Tracker, tracking_uri
 from wdlab.workspace import free_port, load_params
 
@@ -114,3 +120,92 @@ def test_system_metrics_and_live_epochs(store, monkeypatch):
     assert [m.step for m in history] == [0, 1, 2]
     stamps = [m.timestamp for m in history]
     assert stamps == sorted(stamps) and stamps[-1] - stamps[0] >= 1000, "each epoch logged when it ended"
+
+
+# ---------- the data each run read ----------
+
+
+def synthetic_settings(seeds: list[int], tracking: bool = True, **data: float) -> Settings:
+    """The project's synthetic study shrunk to a test's size: `seeds`, l2 at two strengths, 3 epochs."""
+    raw = load_params()
+    raw["tracking"]["enabled"] = tracking
+    study = raw["synthetic"]
+    study["seeds"] = seeds
+    study["data"] |= data
+    study["train"]["epochs"] = 3
+    study["strengths"]["l2"] = [0, 1]
+    return parse_settings(raw)
+
+
+def train_l2_grid(root, settings: Settings) -> train_synthetic.argparse.Namespace:
+    """`generate` then `train_synthetic@l2` in `root`, with the paths dvc.yaml gives them."""
+    args = train_synthetic.parser().parse_args(stage_args("train_synthetic@l2"))
+    save_tensors(root / args.data, make_dataset(settings.synthetic.data, settings.synthetic.seeds))
+    train_synthetic.main(settings, args)
+    return args
+
+
+def test_every_training_run_names_its_data_and_search_runs_finds_them(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = synthetic_settings([0, 1])
+    args = train_l2_grid(tmp_path, settings)
+    train, test = load_dataset(args.data, [0, 1])
+    client = mlflow.MlflowClient(store)
+    (experiment,) = [e.experiment_id for e in client.search_experiments() if e.name == "wd-synthetic"]
+
+    def found(filter_string: str) -> set[str]:
+        return {run.info.run_name for run in client.search_runs([experiment], filter_string)}
+
+    members = {f"l2 {strength} seed {seed}" for strength in (0, 1) for seed in (0, 1)}
+    assert found("dataset.name = 'synthetic-train'") == members | {"l2 grid of 2 strengths"}
+    assert found("dataset.name = 'synthetic-test' and dataset.context = 'evaluation'") == found(
+        "dataset.name = 'synthetic-train' and dataset.context = 'training'"
+    )
+    seed_0 = content_digest(train.x[:1], train.y[:1])
+    assert found(f"dataset.name = 'synthetic-train' and dataset.digest = '{seed_0}'") == {
+        "l2 0 seed 0",
+        "l2 1 seed 0",
+    }, "a member run names its own seed's draw"
+    every_seed = content_digest(train.x, train.y)
+    assert found(f"dataset.digest = '{every_seed}'") == {"l2 grid of 2 strengths"}
+
+    (member,) = client.search_runs([experiment], "attributes.run_name = 'l2 1 seed 0'")
+    inputs = {i.dataset.name: i for i in member.inputs.dataset_inputs}
+    assert set(inputs) == {"synthetic-train", "synthetic-test"}
+    assert inputs["synthetic-test"].dataset.digest == content_digest(test.x[:1], test.y[:1])
+    source = mlflow.data.get_source(inputs["synthetic-train"])
+    assert (
+        source.to_dict()["tags"]
+        == {
+            "generator": "wdlab.synthetic.data.make_dataset",
+            "file": str(args.data),
+            "split": "train",
+            "seed": 0,
+        }
+        | settings.synthetic.data.model_dump()
+    )
+
+    unlogged = synthetic_settings([0, 1], tracking=False)
+    again = train_synthetic.parser().parse_args([*stage_args("train_synthetic@l2"), "--out", "untracked"])
+    train_synthetic.main(unlogged, again)
+    for name in ("model.pt", "history.csv"):
+        assert (tmp_path / again.out / name).read_bytes() == (tmp_path / args.out / name).read_bytes(), (
+            f"{name}: the training is the same with tracking on and off"
+        )
+
+
+def test_a_digest_changes_exactly_when_the_data_does(tmp_path):
+    def digests(seeds: list[int], **data: float) -> dict:
+        settings = synthetic_settings(seeds, **data)
+        path = tmp_path / "dataset.pt"
+        save_tensors(path, make_dataset(settings.synthetic.data, seeds))
+        made = synthetic_datasets(path, settings.synthetic, *load_dataset(path, seeds))
+        return {seed: [(d.name, d.digest) for d in inputs] for seed, inputs in made.items()}
+
+    first = digests([0, 1])
+    assert digests([0, 1]) == first, "the same data made again: the same digests"
+    other_seed = digests([0, 2])
+    assert other_seed[0] == first[0] and other_seed[2] != first[1] and other_seed[None] != first[None]
+    noisier = digests([0, 1], noise_std=0.1)
+    assert noisier[0][0] != first[0][0] and noisier[0][1] != first[0][1], "other labels: other digests"
+    assert [name for name, _ in first[0]] == ["synthetic-train", "synthetic-test"]

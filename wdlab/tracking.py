@@ -1,4 +1,5 @@
-"""MLflow tracking on MLflow's own API: one store per project, a run per training stage, nested runs per λ.
+"""MLflow tracking on MLflow's own API: one store per project, a run per training stage, nested runs per λ, each
+naming the datasets it read.
 
 What MLflow does not do for us, and this adds: anchoring a relative sqlite store at the project root (so
 `dvc exp run --queue` copies log to the user's store), failing in seconds on an unreachable server, ending
@@ -16,11 +17,14 @@ import subprocess
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from wdlab.errors import StageError
 from wdlab.files import project_root, read_json
 from wdlab.settings import TrackingSettings
+
+if TYPE_CHECKING:
+    from wdlab.lineage import DatasetInput
 
 log = logging.getLogger("wd-lab.tracking")
 
@@ -140,9 +144,11 @@ class Tracker:
         nested: bool = False,
         tags: Mapping[str, str] | None = None,
         system_metrics: bool = False,
+        datasets: Sequence[DatasetInput] = (),
     ) -> Iterator[str | None]:
         """An MLflow run (nested under the active one if `nested`) that ends FINISHED, FAILED, or KILLED on Ctrl-C;
-        with `system_metrics`, MLflow samples CPU, memory (and GPU, where there is one) while it runs."""
+        with `system_metrics`, MLflow samples CPU, memory (and GPU, where there is one) while it runs; `datasets` are
+        logged as its inputs (the UI's Dataset column; `search_runs` filters on `dataset.name`, `dataset.digest`)."""
         if not self.enabled:
             yield None
             return
@@ -151,11 +157,25 @@ class Tracker:
             run_name=name, nested=nested, tags=tags, log_system_metrics=system_metrics
         ) as active:
             self.mlflow.log_params(params)
+            if datasets:
+                self._log_datasets(datasets)
             try:
                 yield active.info.run_id
             except KeyboardInterrupt:
                 self.mlflow.end_run("KILLED")  # MLflow would say FAILED
                 raise
+
+    def _log_datasets(self, datasets: Sequence[DatasetInput]) -> None:
+        """The active run's inputs, in one request: each a metadata-only dataset (the data stays where it is) whose
+        source is the recipe that makes it."""
+        from mlflow.data.code_dataset_source import CodeDatasetSource
+        from mlflow.data.meta_dataset import MetaDataset
+
+        self.mlflow.log_inputs(
+            datasets=[MetaDataset(CodeDatasetSource(dict(d.source)), name=d.name, digest=d.digest) for d in datasets],
+            contexts=[d.context for d in datasets],
+            tags_list=[None] * len(datasets),
+        )
 
     def log_epoch(self, run_id: str | None, metrics: Mapping[str, float], epoch: int) -> None:
         """One epoch's metrics as it ends (step = epoch), so the UI draws the curves while the run trains."""
