@@ -32,7 +32,7 @@ from wdlab.results import (
 from wdlab.settings import CifarTrain, Settings
 from wdlab.tracking import Tracker
 
-NETS = {"resnet": "ResNet (BatchNorm)", "plain": "plain CNN"}
+NETS = {"resnet": "ResNet (BatchNorm)", "plain": "Plain CNN"}
 MADE_BY = {"resnet": "train_cifar10@l2", "plain": "train_cifar10_plain"}
 FINAL_KEYS = (
     "train_accuracy",
@@ -169,7 +169,7 @@ def gap_title(grids: Mapping[str, Grid]) -> str:
 
 
 def plot_layer_norms(grids: Mapping[str, Grid], path: Path) -> Path:
-    fig, axes = plt.subplots(1, len(grids), figsize=(6.5 * len(grids), 4.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(grids), figsize=(8 * len(grids), 4.8), squeeze=False)
     for ax, (net, grid) in zip(axes[0], grids.items()):
         finals = grid.finals[~grid.finals["diverged"].astype(bool)]
         long = finals.melt(
@@ -191,7 +191,7 @@ def plot_layer_norms(grids: Mapping[str, Grid], path: Path) -> Path:
         )
         figures.lambda_axis(ax, long["lambda"])
         ax.set(yscale="log", xlabel="weight decay λ", ylabel="‖W‖₂ after training", title=NETS[net])
-        ax.legend(fontsize="x-small", ncols=2)
+        ax.legend(fontsize="x-small", loc="upper left", bbox_to_anchor=(1.01, 1))
     fig.suptitle(f"‖W‖ of every layer against λ\n({figures.band_note(grids['plain'].finals)})")
     return figures.save(fig, path)
 
