@@ -334,6 +334,7 @@ def cifar10_invariants(m: dict, slack: float) -> Iterator[Row]:
 INVARIANTS: dict[str, Callable[[dict, float], Iterator[Row]]] = {
     "synthetic": synthetic_invariants,
     "cifar10": cifar10_invariants,
+    "cifar10_plain": cifar10_invariants,  # the plain CNN's grid, in the same layout
 }
 
 

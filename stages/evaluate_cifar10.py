@@ -17,7 +17,7 @@ from wdlab import stage
 from wdlab.errors import StageInputError
 from wdlab.files import RunFolder, grid_folders, load_tensors, read_json, read_table, write_csv, write_json
 from wdlab.regularizers import BASELINE, sharing_baseline_zero
-from wdlab.results import best_lambda, by_strength, json_record, mean_curve, seed_summary, stats_of
+from wdlab.results import best_lambda, by_strength, json_record, last_epochs, mean_curve, seed_summary, stats_of
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.tracking import Tracker
 
@@ -165,9 +165,7 @@ def final_rows(path: Path, made_by: str) -> pd.DataFrame:
         made_by=made_by,
         required=("regularizer", "seed", "lambda", "epoch", "diverged", *FINAL_KEYS),
     )
-    # tail(1), not last(): last() would skip a diverged run's NaN and report an earlier epoch's value.
-    final = history.sort_values(["lambda", "seed", "epoch"]).groupby(["lambda", "seed"]).tail(1).reset_index(drop=True)
-    return final.rename(columns={"epoch": "epochs_run"})
+    return last_epochs(history)
 
 
 def metrics(headline: pd.DataFrame, summary: pd.DataFrame, seeds: int) -> dict:

@@ -1,7 +1,9 @@
 """Train the CIFAR-10 residual net on every seed: one regulariser's whole grid (a run per strength of
 cifar10.strengths.<regulariser>), or the headline run (cifar10.regularizer at strength cifar10.wd), which takes
 that grid's runs for the strength when the grid trained them with the same settings and trains only when it did
-not (`dvc exp run -S cifar10.wd=X` with X outside the grid trains just that strength)."""
+not (`dvc exp run -S cifar10.wd=X` with X outside the grid trains just that strength). `--architecture plain`
+trains the reference's plain CNN instead, over its own L2 grid (cifar10.plain.l2) with its own settings
+(cifar10.plain), the same way."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ import torch
 from wdlab import stage
 from wdlab.cifar10.data import SPLITS, Splits, load_splits
 from wdlab.cifar10.grid import RunSpec, as_record, from_record, train_run
+from wdlab.cifar10.model import ARCHITECTURES, net_shape
 from wdlab.cifar10.training import RunResult
 from wdlab.device import Formats, device_formats, pick_device
 from wdlab.errors import StageError
@@ -44,12 +47,14 @@ log = logging.getLogger("wd-lab.train_cifar10")
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    study, seeds = settings.cifar10, settings.cifar10.seeds
+    architecture = args.architecture
+    study, seeds = settings.cifar10.for_architecture(architecture), settings.cifar10.seeds
     regularizer = study.regularizer if args.run == "headline" else args.run
-    strengths = (study.wd,) if args.run == "headline" else study.strengths.of(regularizer)
+    strengths = grid_strengths(study, args.run, architecture)
+    shape = net_shape(study, architecture)
     formats = device_formats(pick_device(settings.device), study.train.mixed_precision)
     tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)  # fails fast, before training
-    made_as = fingerprint(study, formats, settings.executor)
+    made_as = fingerprint(study, formats, settings.executor, shape)
     reused = reuse_grid(args, regularizer, study.wd, made_as) if args.run == "headline" else None
     placements: dict[str, dict] = {}
     if reused:
@@ -66,13 +71,13 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             check_address(settings.executor)  # a cluster that is not there fails in seconds, before any run starts
         splits = load_splits(args.data, study.data)
         setup = run_setup(splits, formats) | {"fingerprint": made_as, "regularizer": regularizer}
-        cache = RunCache(f"train_cifar10-{args.run}", made_as)
+        if architecture != "resnet":
+            setup["architecture"] = architecture
+        cache = RunCache(f"{stage_name(architecture)}-{args.run}", made_as)
     params = (
         {"seeds": len(seeds)}
         | flatten({k: setup[k] for k in ("device", "formats", "n_images")})
-        | flatten(
-            {"data": study.data.model_dump(), "model": study.model.model_dump(), "train": study.train.model_dump()}
-        )
+        | flatten({"data": study.data.model_dump(), "model": shape, "train": study.train.model_dump()})
     )
     data = (  # what every run reads, digested once: a reused grid's splits are loaded for this alone
         cifar10_datasets(args.data, study, load_splits(args.data, study.data) if reused else splits)
@@ -80,9 +85,9 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         else []
     )
 
-    role = "cifar10-headline" if args.run == "headline" else "cifar10-grid"
+    role = "cifar10-headline" if args.run == "headline" else "-".join(("cifar10", *named(architecture), "grid"))
     with tracker.run(
-        training_run_name(args.run, regularizer, strengths),
+        " ".join((*named(architecture), training_run_name(args.run, regularizer, strengths))),
         params | strength_params(regularizer, strengths),
         role,
         tags={"wd_lab.reused_from": str(grid_run_id)} if reused else None,
@@ -91,7 +96,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         if reused:
             for result in results:
                 with member_run(tracker, result, params, role, data) as member:
-                    log_result(tracker, member, result, study.model.width, curves=True)
+                    log_result(tracker, member, result, shape, curves=True)
         else:
             log.info(
                 "training %s run on %s, %s images; %s ∈ %s, seeds %s; executor %s",
@@ -104,7 +109,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
                 settings.executor.kind,
             )
             specs = [
-                RunSpec(study, regularizer, strength, seed, formats.device.type)
+                RunSpec(study, regularizer, strength, seed, formats.device.type, architecture)
                 for strength, seed in itertools.product(strengths, seeds)
             ]
             results, placements = train_all(splits, specs, settings.executor, cache, tracker, params, role, data)
@@ -115,7 +120,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
 
     with atomic_dir(args.out) as tmp:  # the folder appears whole, or not at all
         folder = RunFolder(tmp)
-        save_tensors(folder.model, checkpoint(results, study.model.width))
+        save_tensors(folder.model, checkpoint(results, shape))
         write_json(
             folder.record,
             tracker.run_record(run_id)
@@ -142,6 +147,28 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         )
 
 
+def grid_strengths(study: CifarSettings, run: str, architecture: str) -> tuple[float, ...]:
+    """The strengths this stage trains: the headline's one, the regulariser's grid, or the plain CNN's L2 grid."""
+    if architecture == "resnet":
+        return (study.wd,) if run == "headline" else study.strengths.of(run)
+    if run != "l2":
+        raise StageError(
+            f"the {architecture} CNN trains an L2 grid only (cifar10.{architecture}.l2), not {run}: "
+            f"run `python -m stages.train_cifar10 l2 --architecture {architecture}`"
+        )
+    return study.plain.l2
+
+
+def named(architecture: str) -> tuple[str, ...]:
+    """What names a net other than the ResNet in stage, role and run names (`plain`); the ResNet's stay as they were."""
+    return () if architecture == "resnet" else (architecture,)
+
+
+def stage_name(architecture: str) -> str:
+    """The training stage of `architecture` in dvc.yaml: train_cifar10 (per regulariser), train_cifar10_plain."""
+    return "_".join(("train_cifar10", *named(architecture)))
+
+
 def train_all(
     splits: Splits,
     specs: list[RunSpec],
@@ -158,7 +185,7 @@ def train_all(
     curves reach MLflow as its epochs end; under `ray` the run's whole record is logged when it comes back. Either way
     only this process writes MLflow and the outputs.
     """
-    width = specs[0].study.model.width
+    shape = net_shape(specs[0].study, specs[0].architecture)
     results: dict[str, RunResult] = {}
     placements: dict[str, dict] = {}
     members: dict[str, str | None] = {}  # spec key → its MLflow run, while it is open
@@ -173,7 +200,7 @@ def train_all(
             }
             with member_run(tracker, results[spec.key], params, role, datasets) as member:
                 tracker.set_tags(member, {"wd_lab.resumed": "true"})
-                log_result(tracker, member, results[spec.key], width, curves=True)
+                log_result(tracker, member, results[spec.key], shape, curves=True)
     if results:
         log.info(
             "%d of %d runs were finished by an earlier attempt (run cache): training the other %d",
@@ -202,7 +229,7 @@ def train_all(
     def finish(spec: RunSpec, result: RunResult, placement: Placement) -> None:
         cache.save(spec.key, as_record(result))  # first: a failure from here on never costs this run again
         tracker.set_tags(members[spec.key], placement.as_tags())
-        log_result(tracker, members[spec.key], result, width, curves=not placement.live)
+        log_result(tracker, members[spec.key], result, shape, curves=not placement.live)
         results[spec.key] = result
         placements[spec.key] = {
             "regularizer": spec.regularizer,
@@ -220,9 +247,11 @@ def train_all(
 def member_run(
     tracker: Tracker, run: RunResult, params: dict, role: str, datasets: list[DatasetInput], **options: bool
 ) -> contextlib.AbstractContextManager:
-    """The MLflow run of one (regulariser, strength, seed), nested under the stage's run, with the data it read."""
+    """The MLflow run of one (regulariser, strength, seed), nested under the stage's run, with the data it read; a net
+    other than the ResNet names itself first ("plain l2 0.005 seed 0")."""
+    net = params.get("model.architecture")  # net_shape's: absent for the ResNet
     return tracker.run(
-        f"{run.regularizer} {run.strength:g} seed {run.seed}",
+        " ".join(filter(None, (net, f"{run.regularizer} {run.strength:g} seed {run.seed}"))),
         params | member_params(run.regularizer, run.strength, run.seed),
         f"{role}-member",
         nested=True,
@@ -231,14 +260,14 @@ def member_run(
     )
 
 
-def fingerprint(study: CifarSettings, formats: Formats, executor: ExecutorSettings) -> str:
-    """What decides a run's numbers besides the regulariser and its strength: seeds, data, model, training settings,
-    device and formats, and on a CPU the torch threads a run computes with (they move the last bits), whichever
-    executor runs it."""
+def fingerprint(study: CifarSettings, formats: Formats, executor: ExecutorSettings, shape: dict) -> str:
+    """What decides a run's numbers besides the regulariser and its strength: seeds, data, the net (`shape`:
+    net_shape's), training settings, device and formats, and on a CPU the torch threads a run computes with (they
+    move the last bits), whichever executor runs it."""
     made = {
         "seeds": study.seeds,
         "data": study.data.model_dump(),
-        "model": study.model.model_dump(),
+        "model": shape,
         "train": study.train.model_dump(),
         "device": formats.device.type,
         "formats": formats.describe(),
@@ -306,7 +335,7 @@ def epoch_metrics(row: dict[str, float], norms: dict[str, float]) -> dict[str, f
     }
 
 
-def log_result(tracker: Tracker, run_id: str | None, result: RunResult, width: int, curves: bool) -> None:
+def log_result(tracker: Tracker, run_id: str | None, result: RunResult, shape: dict, curves: bool) -> None:
     """Final values, the divergence flag and the trained weights; the per-epoch curves too when they were not
     logged live (step = epoch)."""
     series = {}
@@ -321,32 +350,35 @@ def log_result(tracker: Tracker, run_id: str | None, result: RunResult, width: i
     if tracker.enabled and run_id is not None:
         with tempfile.TemporaryDirectory() as scratch:
             weights = Path(scratch) / f"model_{result.regularizer}_{result.strength:g}_seed_{result.seed}.pt"
-            torch.save(model_file(result, width), weights)
+            torch.save(model_file(result, shape), weights)
             tracker.log_artifacts(run_id, [weights], folder="model")
 
 
-def model_file(result: RunResult, width: int) -> dict:
-    """One trained net: `ResNet(width).load_state_dict(file["state_dict"])` restores it."""
-    return {
-        "regularizer": result.regularizer,
-        "lambda": result.strength,
-        "seed": result.seed,
-        "width": width,
-        "state_dict": result.state_dict,
-    }
+def model_file(result: RunResult, shape: dict) -> dict:
+    """One trained net: `make_net(file).load_state_dict(file["state_dict"])` (wdlab.cifar10.model) restores it; a
+    ResNet's file names its `width`, as `ResNet(width)` takes it."""
+    return (
+        {"regularizer": result.regularizer, "lambda": result.strength, "seed": result.seed}
+        | shape
+        | {"state_dict": result.state_dict}
+    )
 
 
-def checkpoint(results: list[RunResult], width: int) -> dict:
-    """Every (strength, seed)'s trained weights: `ResNet(width).load_state_dict(state_dicts[i])` for lambdas[i],
-    seeds[i]."""
-    return {
-        "regularizer": results[0].regularizer,
-        "lambdas": torch.tensor([r.strength for r in results], dtype=torch.float64),
-        "seeds": torch.tensor([r.seed for r in results]),
-        "width": width,
-        "state_dicts": [r.state_dict for r in results],
-        "diverged_epoch": torch.tensor([-1 if r.diverged_epoch is None else r.diverged_epoch for r in results]),
-    }
+def checkpoint(results: list[RunResult], shape: dict) -> dict:
+    """Every (strength, seed)'s trained weights: `make_net(file).load_state_dict(state_dicts[i])` for lambdas[i],
+    seeds[i] (a ResNet's file names its `width`: `ResNet(width)`); `shape` is net_shape's."""
+    return (
+        {
+            "regularizer": results[0].regularizer,
+            "lambdas": torch.tensor([r.strength for r in results], dtype=torch.float64),
+            "seeds": torch.tensor([r.seed for r in results]),
+        }
+        | shape
+        | {
+            "state_dicts": [r.state_dict for r in results],
+            "diverged_epoch": torch.tensor([-1 if r.diverged_epoch is None else r.diverged_epoch for r in results]),
+        }
+    )
 
 
 def history_rows(results: list[RunResult]) -> list[dict]:
@@ -381,6 +413,13 @@ def parser() -> argparse.ArgumentParser:
     cli = stage.training_parser(__doc__, "python -m stages.train_cifar10", "cifar10.strengths", "cifar10.wd")
     cli.add_argument(
         "--grids", type=Path, help="headline only: the grids' folder, whose runs it reuses where they hold its strength"
+    )
+    cli.add_argument(
+        "--architecture",
+        choices=ARCHITECTURES,
+        default="resnet",
+        help="resnet: the residual net (cifar10.model, cifar10.train); plain: the reference's plain CNN, its L2 grid "
+        "(cifar10.plain)",
     )
     return cli
 

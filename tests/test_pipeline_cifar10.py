@@ -11,11 +11,13 @@ import mlflow
 import pytest
 import torch
 
+from stages import check
 from tests.helpers.projects import cifar_project
 from tests.helpers.stages import ran_stages
 from wdlab import workspace
+from wdlab.cifar10.model import PlainCNN, make_net
 from wdlab.settings import REGULARIZERS
-from wdlab.workspace import clone_project, commit_all, dvc
+from wdlab.workspace import ROOT, clone_project, commit_all, dvc
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +32,11 @@ TINY = {
     "cifar10.strengths.l2": [0, 1.0e-2],  # the other regularisers keep params.yaml's single strengths
     "cifar10.strengths.decoupled": [0.05],
     "cifar10.strengths.l1": [1.0e-3],
+    "cifar10.plain.model.channels": 4,  # the plain CNN's grid: the architecture axis, as small
+    "cifar10.plain.train.epochs": 3,
+    "cifar10.plain.train.batch_size": 50,
+    "cifar10.plain.train.lr": 0.05,
+    "cifar10.plain.l2": [0, 5.0e-2],
 }
 
 
@@ -37,7 +44,9 @@ TINY = {
 def reproduced(tmp_path_factory):
     """The branch reproduced once for the module: tests read it, and a test that changes a project takes its own
     clone."""
-    return cifar_project(tmp_path_factory.mktemp("cifar-pipeline"), TINY, TARGET, "compare_cifar10")
+    return cifar_project(
+        tmp_path_factory.mktemp("cifar-pipeline"), TINY, TARGET, "compare_cifar10", "compare_architectures"
+    )
 
 
 def metrics(project) -> dict:
@@ -54,6 +63,8 @@ def test_the_branch_runs_and_the_model_learns(reproduced):
         "evaluate_cifar10",
         TARGET,
         "compare_cifar10",
+        "train_cifar10_plain",
+        "compare_architectures",
     }
     result = metrics(project)
     assert set(result["grid"]) == {"lambda_0", "lambda_0.01"}
@@ -72,6 +83,35 @@ def test_the_branch_runs_and_the_model_learns(reproduced):
     assert data["images"].dtype == torch.uint8 and data["images"].shape[1:] == (3, 32, 32)
 
 
+def test_the_plain_cnn_grid_is_trained_compared_and_covered_by_the_check(reproduced):
+    project, _ = reproduced
+    plain = json.loads((project / "metrics/cifar10_plain.json").read_text())
+    assert plain["architecture"] == "plain" and set(plain["grid"]) == {"lambda_0", "lambda_0.05"}
+    for run in plain["grid"].values():
+        assert run["epochs_run"] == 3 and not run["diverged"] and run["test_accuracy"]["mean"] > 0.2
+        assert set(run["layer_w_norm"]) == {"conv1", "conv2", "fc1", "fc2"}
+    strong, free = (plain["grid"][key]["layer_w_norm"] for key in ("lambda_0.05", "lambda_0"))
+    assert all(strong[layer]["mean"] < free[layer]["mean"] for layer in free), "λ shrinks every layer of the plain CNN"
+    grid = torch.load(project / "models/cifar10/plain/l2/model.pt", weights_only=True)
+    net = make_net(grid)  # the checkpoint names its net: architecture, channels, hidden
+    net.load_state_dict(grid["state_dicts"][0])
+    assert isinstance(net, PlainCNN) and grid["lambdas"].tolist() == [0.0, 0.05]
+    assert "architecture" not in torch.load(project / "models/cifar10/grids/l2/model.pt", weights_only=True)
+
+    page = (project / "reports/architectures_cifar10.md").read_text()
+    assert "**Plain CNN**" in page and "**ResNet (BatchNorm)**" in page and "effective learning rate" in page
+    assert len(re.findall(r"^\| (Plain CNN|ResNet \(BatchNorm\)) \| ", page, flags=re.MULTILINE)) == 4, page  # 2 λ each
+    for png in ("accuracy_gap_vs_lambda", "layer_norms_vs_lambda"):
+        assert (project / f"reports/figures/architectures_cifar10/{png}.png").stat().st_size > 10_000
+
+    checks = check.load_checks(ROOT / "checks.yaml")  # every metric has a rule, so a baseline can be recorded
+    assert "cifar10_plain" in checks["profiles"]["ci"]["studies"]
+    tolerances = check.calibrate(plain, checks["studies"]["cifar10_plain"]["tolerances"], 3)
+    assert tolerances["grid.lambda_0.layer_w_norm.fc1.mean"]["kind"] == "mean"
+    invariants = list(check.INVARIANTS["cifar10_plain"](plain, 0.1))
+    assert any("weight norm falls" in row.metric and row.ok for row in invariants)
+
+
 def test_mlflow_has_a_parent_with_nested_runs_and_their_weights(reproduced):
     project, _ = reproduced
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
@@ -85,6 +125,10 @@ def test_mlflow_has_a_parent_with_nested_runs_and_their_weights(reproduced):
     )
     members = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert {float(r.data.params["lambda"]) for r in members} == {0.0, 0.01}
+    (plain,) = [r for r in runs if r.data.tags.get("wd_lab.role") == "cifar10-plain-grid"]
+    assert plain.data.params["model.architecture"] == "plain" and plain.info.run_name.startswith("plain l2 grid")
+    plain_members = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == plain.info.run_id]
+    assert sorted(r.info.run_name for r in plain_members) == ["plain l2 0 seed 0", "plain l2 0.05 seed 0"]
     for member in members:
         assert member.info.status == "FINISHED"
         assert [m.step for m in client.get_metric_history(member.info.run_id, "test_accuracy")] == [0, 1, 2, 3]

@@ -148,6 +148,14 @@ def by_strength(summary: pd.DataFrame, metrics: Sequence[str]) -> dict[str, dict
     }
 
 
+def last_epochs(history: pd.DataFrame) -> pd.DataFrame:
+    """The last recorded epoch of every (λ, seed) run of a long per-epoch table, its `epoch` renamed `epochs_run`;
+    a run that diverged stopped at the epoch marked so."""
+    # tail(1), not last(): last() would skip a diverged run's NaN and report an earlier epoch's value.
+    final = history.sort_values(["lambda", "seed", "epoch"]).groupby(["lambda", "seed"]).tail(1).reset_index(drop=True)
+    return final.rename(columns={"epoch": "epochs_run"})
+
+
 def mean_curve(history: pd.DataFrame) -> list[dict]:
     """A run's per-epoch curves averaged over seeds (diverged seeds' NaN left out): one line per metric for
     `dvc plots`."""

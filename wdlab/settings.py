@@ -163,6 +163,11 @@ class CifarModel(_Model):
     width: int = Field(ge=1, description="channels of the first layer")
 
 
+class PlainModel(_Model):
+    channels: int = Field(ge=1, description="channels of both 5×5 convs (the reference's: 64)")
+    hidden: int = Field(ge=1, description="units of the hidden linear layer (the reference's: 128)")
+
+
 class CifarTrain(_Model):
     lr: float = Field(gt=0, description="peak learning rate of SGD (regularisers l2, l1, dropout)")
     adamw_lr: float = Field(gt=0, description="peak learning rate of AdamW (regulariser decoupled)")
@@ -185,6 +190,15 @@ class CifarTrain(_Model):
     )
 
 
+class CifarPlain(_Model):
+    """The reference material's plain CNN (no normalisation), the architecture axis beside the ResNet: its own size,
+    training settings and L2 grid, on every seed of cifar10.seeds and the same data."""
+
+    model: PlainModel
+    train: CifarTrain
+    l2: LambdaGrid = Field(description="the λ grid of L2 (SGD + λ·w in the gradient) for the plain CNN")
+
+
 CifarStrengths = _strengths(
     "CifarStrengths",
     "Each regulariser's own strength grid for the CNN; every strength is trained on every seed.",
@@ -205,11 +219,17 @@ class CifarSettings(_Model):
     model: CifarModel
     train: CifarTrain
     strengths: CifarStrengths
+    plain: CifarPlain
 
     @property
     def strength_grid(self) -> tuple[float, ...]:
         """The strength grid of the regulariser this study reports on."""
         return self.strengths.of(self.regularizer)
+
+    def for_architecture(self, architecture: str) -> CifarSettings:
+        """The settings a run of `architecture` trains with: these for the ResNet; for the plain CNN its own training
+        settings (cifar10.plain.train) in place of cifar10.train (its size: cifar10.plain.model, read by the net)."""
+        return self if architecture == "resnet" else self.model_copy(update={"train": self.plain.train})
 
 
 class ExecutorSettings(_Model):

@@ -14,14 +14,15 @@ from wdlab.settings import CifarSettings
 
 @dataclass(frozen=True)
 class RunSpec:
-    """Everything that decides one run's numbers besides the data: the study's settings, the regulariser and its
-    strength, the seed, the device kind."""
+    """Everything that decides one run's numbers besides the data: the study's settings (as the architecture trains
+    with them), the regulariser and its strength, the seed, the device kind, the net."""
 
     study: CifarSettings
     regularizer: str
     strength: float  # λ, or the dropout rate p
     seed: int
     device: str  # the driver's device kind ("cpu", "cuda", "mps"): a worker computes on the same kind
+    architecture: str = "resnet"  # or "plain": the reference's CNN, trained with `study.for_architecture("plain")`
 
     @property
     def key(self) -> str:
@@ -40,7 +41,14 @@ def train_run(spec: RunSpec, splits: Splits, on_epoch: EpochCallback | None = No
     )  # before the run's first kernel, in whichever process runs it
     formats = device_formats(device, spec.study.train.mixed_precision)
     return train(
-        splits.to(formats.device), spec.study, spec.regularizer, spec.strength, spec.seed, formats, on_epoch=on_epoch
+        splits.to(formats.device),
+        spec.study,
+        spec.regularizer,
+        spec.strength,
+        spec.seed,
+        formats,
+        on_epoch=on_epoch,
+        architecture=spec.architecture,
     )
 
 

@@ -1,12 +1,19 @@
-"""The CIFAR-10 network: the ResNet-9 layout at a chosen width, seeded He initialisation, and its weight norms."""
+"""The CIFAR-10 networks: the ResNet-9 layout at a chosen width (BatchNorm after every conv) and the reference
+material's plain CNN (no normalisation), seeded He initialisation, and their weight norms."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from wdlab import streams
+
+if TYPE_CHECKING:
+    from wdlab.settings import CifarSettings
 
 LOGIT_SCALE = 0.125  # as in ResNet-9: keeps the initial logits small, so early steps stay stable
 
@@ -65,10 +72,59 @@ class ResNet(nn.Module):
         return self.head(self.dropout(x.amax(dim=(2, 3)))) * LOGIT_SCALE
 
 
+class PlainCNN(nn.Module):
+    """The reference material's CIFAR-10 net, without normalisation: 5×5 conv → ReLU → 2×2 max-pool, twice, then a
+    hidden linear layer and the classifier. Nothing here is scale-invariant: multiplying a layer's weights by c
+    multiplies what follows, so weight decay limits the function itself. `channels` = 64, `hidden` = 128 is the
+    reference's size; its printed flatten size, 64·28·28, is wrong: 32 → 28 → 14 → 10 → 5 gives 64·5·5 = 1,600.
+    """
+
+    SIDE = 5  # pixels per side after both conv + pool stages: (32 − 4) / 2 = 14, (14 − 4) / 2 = 5
+
+    def __init__(self, channels: int = 64, hidden: int = 128, classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, channels, kernel_size=5)
+        self.conv2 = nn.Conv2d(channels, channels, kernel_size=5)
+        self.fc1 = nn.Linear(channels * self.SIDE * self.SIDE, hidden)
+        self.fc2 = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # ReLU commutes with max-pooling (both monotone): pooling first is the same net, with the ReLU on a quarter
+        # of the elements.
+        x = F.relu(F.max_pool2d(self.conv1(x), 2))
+        x = F.relu(F.max_pool2d(self.conv2(x), 2))
+        return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+ARCHITECTURES = ("resnet", "plain")  # resnet: cifar10.model, cifar10.train; plain: cifar10.plain.model, .train
+
+
+def net_shape(study: CifarSettings, architecture: str) -> dict[str, Any]:
+    """What rebuilds a net of `architecture` (make_net), as checkpoints and MLflow params record it: the ResNet's
+    {"width"}, as before there was a choice of net; the plain CNN's {"architecture": "plain", "channels", "hidden"}."""
+    if architecture == "plain":
+        return {"architecture": "plain"} | study.plain.model.model_dump()
+    return study.model.model_dump()
+
+
+def make_net(shape: Mapping[str, Any], dropout: float = 0.0) -> nn.Module:
+    """An untrained net of `shape` (net_shape's, or a checkpoint's: one without "architecture" is a ResNet)."""
+    if shape.get("architecture", "resnet") == "plain":
+        if dropout:
+            raise ValueError("the plain CNN has no dropout layer: train it with l2")
+        return PlainCNN(shape["channels"], shape["hidden"])
+    return ResNet(shape["width"], dropout=dropout)
+
+
 def build_model(width: int, seed: int, dropout: float = 0.0) -> ResNet:
+    """The ResNet of `width`, initialised as build_net does."""
+    return build_net({"width": width}, seed, dropout)
+
+
+def build_net(shape: Mapping[str, Any], seed: int, dropout: float = 0.0) -> nn.Module:
     """He-initialised from the init stream: every regulariser and strength starts from the same weights, so they
     alone explain the differences. Dropout has no parameters, so it leaves the state_dict's keys as they are."""
-    model = ResNet(width, dropout=dropout)
+    model = make_net(shape, dropout)
     gen = streams.generator(seed, streams.CIFAR_INIT)
     for module in model.modules():
         if isinstance(module, (nn.Conv2d, nn.Linear)):
@@ -85,6 +141,13 @@ def layer_norms(model: nn.Module) -> dict[str, float]:
         for name, module in model.named_modules()
         if isinstance(module, (nn.Conv2d, nn.Linear))
     }
+
+
+def scale_invariant_layers(model: nn.Module) -> list[str]:
+    """The layers (as layer_norms names them) whose weight BatchNorm follows: the net's output does not change when
+    such a weight is multiplied by c > 0, so weight decay there sets its effective learning rate, ≈ η/‖W‖², rather
+    than the function's scale. The ResNet's convs; none of the plain CNN's layers."""
+    return [name for name, module in model.named_modules() if isinstance(module, ConvBlock)]
 
 
 def zero_fraction(model: nn.Module) -> float:

@@ -30,7 +30,7 @@ from wdlab.cifar10.data import (
     normalise,
     steps_per_epoch,
 )
-from wdlab.cifar10.model import build_model, layer_norms, total_norm, zero_fraction
+from wdlab.cifar10.model import build_net, layer_norms, net_shape, total_norm, zero_fraction
 from wdlab.device import Formats, keep_freed_memory
 from wdlab.progress import progress
 from wdlab.regularizers import Regularizer
@@ -126,10 +126,17 @@ class Trainer:
 
     @classmethod
     def create(
-        cls, spec: CifarSettings, regularizer: str, strength: float, seed: int, formats: Formats, n_train: int
+        cls,
+        spec: CifarSettings,
+        regularizer: str,
+        strength: float,
+        seed: int,
+        formats: Formats,
+        n_train: int,
+        architecture: str = "resnet",
     ) -> Trainer:
-        """A fresh model from the init stream, so every run starts from the same weights; the regulariser and its
-        strength alone explain the differences."""
+        """A fresh model of `architecture` from the init stream, so every run starts from the same weights; the
+        regulariser and its strength alone explain the differences."""
         if formats.device.type == "cpu":
             keep_freed_memory()  # else every step page-faults its activations back in: ~12 % of a CPU step
         definition = regularizers.get(regularizer)
@@ -137,7 +144,8 @@ class Trainer:
         stream = definition.streams[1] if definition.streams else None
         if dropout:
             torch.manual_seed(seed * 1_000_003 + stream)  # nn.Dropout draws from the global streams
-        model = build_model(spec.model.width, seed, dropout).to(formats.device, memory_format=formats.memory_format)
+        model = build_net(net_shape(spec, architecture), seed, dropout)
+        model = model.to(formats.device, memory_format=formats.memory_format)
         optimizer = make_optimizer(model, spec.train, regularizer, strength)
         total_steps = steps_per_epoch(n_train, spec.train.batch_size) * spec.train.epochs
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, spec.train))
@@ -195,14 +203,15 @@ def train(
     seed: int,
     formats: Formats,
     on_epoch: EpochCallback | None = None,
+    architecture: str = "resnet",
 ) -> RunResult:
-    """Train one model with a regulariser at `strength` on `splits` (already on the device); a NaN/inf loss stops the
-    run.
+    """Train one model of `architecture` (its training settings: `spec.for_architecture`) with a regulariser at
+    `strength` on `splits` (already on the device); a NaN/inf loss stops the run.
 
     Each epoch is measured on fixed subsets of the splits (`curve_subset` images each), the last one (or the one
     that diverged) on the full splits; `on_epoch(epoch, row, layer_norms)` sees every row as soon as it is final.
     """
-    trainer = Trainer.create(spec, regularizer, strength, seed, formats, n_train=len(splits.train.labels))
+    trainer = Trainer.create(spec, regularizer, strength, seed, formats, len(splits.train.labels), architecture)
     curves = curve_subsets(splits, spec.data.curve_subset, spec.data.split_seed)
     result = RunResult(regularizer, strength, seed)
     name = f"{regularizer} {strength:g} seed {seed}"
