@@ -35,7 +35,9 @@ SEEDS = [int(v) for v in PARAMS["synthetic"]["seeds"]]
 EPOCHS = int(PARAMS["synthetic"]["train"]["epochs"])
 WD = float(PARAMS["wd"])
 
-CHROMIUM_MISSING = "Chromium is not installed: run .ci/install-debian chromium fonts-dejavu-core to enable the MLflow UI browser check"
+CHROMIUM_MISSING = (
+    "Chromium is not installed: run .ci/install-debian chromium fonts-dejavu-core to enable the MLflow UI browser check"
+)
 CHECK_SECONDS = 85  # the most one browser check may take, retries included
 # MLflow 3's UI opens in its GenAI mode (an experiment opens on a traces overview); this query picks the
 # "Model training" mode, where an experiment opens on its runs table. The UI remembers the choice.
