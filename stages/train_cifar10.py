@@ -21,12 +21,12 @@ import torch
 
 from wdlab import stage
 from wdlab.cifar10.data import SPLITS, Splits, load_splits
-from wdlab.cifar10.grid import RunSpec, as_record, from_record, train_run
+from wdlab.cifar10.grid import RunSpec, as_record, epoch_metrics, from_record, train_run
 from wdlab.cifar10.model import ARCHITECTURES, net_shape
 from wdlab.cifar10.training import RunResult
 from wdlab.device import Formats, device_formats, pick_device
 from wdlab.errors import StageError
-from wdlab.executor import Placement, check_address, check_device, run_all
+from wdlab.executor import Live, Placement, check_address, check_device, run_all
 from wdlab.files import (
     RunFolder,
     atomic_dir,
@@ -96,7 +96,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         if reused:
             for result in results:
                 with member_run(tracker, result, params, role, data) as member:
-                    log_result(tracker, member, result, shape, curves=True)
+                    log_result(tracker, member, result, shape)
         else:
             log.info(
                 "training %s run on %s, %s images; %s ∈ %s, seeds %s; executor %s",
@@ -181,9 +181,9 @@ def train_all(
 ) -> tuple[list[RunResult], dict[str, dict]]:
     """Every run of `specs`, each its own nested MLflow run, in the order of `specs`; and where each ran.
 
-    Runs a failed earlier attempt finished come from the run cache; the executor trains the rest. Under `local` a run's
-    curves reach MLflow as its epochs end; under `ray` the run's whole record is logged when it comes back. Either way
-    only this process writes MLflow and the outputs.
+    Runs a failed earlier attempt finished come from the run cache; the executor trains the rest. A run's curves
+    reach MLflow as its epochs end: under `local` from this process; under `ray` from the worker when the store is a
+    tracking server, else sent back to this process, which logs them. Only this process writes the outputs.
     """
     shape = net_shape(specs[0].study, specs[0].architecture)
     results: dict[str, RunResult] = {}
@@ -200,7 +200,7 @@ def train_all(
             }
             with member_run(tracker, results[spec.key], params, role, datasets) as member:
                 tracker.set_tags(member, {"wd_lab.resumed": "true"})
-                log_result(tracker, member, results[spec.key], shape, curves=True)
+                log_result(tracker, member, results[spec.key], shape)
     if results:
         log.info(
             "%d of %d runs were finished by an earlier attempt (run cache): training the other %d",
@@ -224,12 +224,13 @@ def train_all(
             def live(epoch: int, row: dict[str, float], norms: dict[str, float]) -> None:
                 tracker.log_epoch(member, epoch_metrics(row, norms), epoch)
 
-            yield live
+            remote = tracker.worker_log(member, epoch_metrics) if executor.kind == "ray" else None
+            yield Live(live, remote) if member is not None else None  # None: tracking is off
 
     def finish(spec: RunSpec, result: RunResult, placement: Placement) -> None:
         cache.save(spec.key, as_record(result))  # first: a failure from here on never costs this run again
         tracker.set_tags(members[spec.key], placement.as_tags())
-        log_result(tracker, members[spec.key], result, shape, curves=not placement.live)
+        log_result(tracker, members[spec.key], result, shape, live_epochs=placement.live_epochs)
         results[spec.key] = result
         placements[spec.key] = {
             "regularizer": spec.regularizer,
@@ -328,25 +329,16 @@ def run_setup(splits: Splits, formats: Formats) -> dict:
     }
 
 
-def epoch_metrics(row: dict[str, float], norms: dict[str, float]) -> dict[str, float]:
-    """One epoch as MLflow metrics: the row's numbers and each layer's ‖W‖."""
-    return {name: float(value) for name, value in row.items()} | {
-        f"layer_norm.{layer}": norm for layer, norm in norms.items()
-    }
-
-
-def log_result(tracker: Tracker, run_id: str | None, result: RunResult, shape: dict, curves: bool) -> None:
-    """Final values, the divergence flag and the trained weights; the per-epoch curves too when they were not
-    logged live (step = epoch)."""
-    series = {}
-    if curves:
-        epochs = [epoch_metrics(row, norms) for row, norms in zip(result.history, result.layer_norms)]
-        series = {name: [epoch[name] for epoch in epochs] for name in epochs[0]}
+def log_result(tracker: Tracker, run_id: str | None, result: RunResult, shape: dict, live_epochs: int = 0) -> None:
+    """Final values, the divergence flag and the trained weights; the per-epoch curves (step = epoch) from the first
+    epoch not logged live, `live_epochs`."""
+    epochs = [epoch_metrics(row, norms) for row, norms in zip(result.history, result.layer_norms)][live_epochs:]
+    series = {name: [epoch[name] for epoch in epochs] for name in epochs[0]} if epochs else {}
     final = {f"final_{name}": float(value) for name, value in result.final.items()}
     final |= {"diverged": float(result.diverged_epoch is not None), "epochs_run": len(result.history) - 1}
     if result.diverged_epoch is not None:
         final["diverged_epoch"] = result.diverged_epoch
-    tracker.log_history(run_id, series, final)
+    tracker.log_history(run_id, series, final, first_step=live_epochs)
     if tracker.enabled and run_id is not None:
         with tempfile.TemporaryDirectory() as scratch:
             weights = Path(scratch) / f"model_{result.regularizer}_{result.strength:g}_seed_{result.seed}.pt"

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import time
 
 import mlflow
 import pytest
 
+from tests.helpers.stages import wait_for_queue
 from wdlab.workspace import SYNTHETIC_BRANCH, clone_project, dvc
 
 pytestmark = pytest.mark.slow
@@ -18,16 +18,6 @@ WDS = (
     1.0,
     3.0,
 )  # none is the committed wd = 0, whose run the run cache (and the template's store) already hold
-
-
-def wait_for_queue(project, timeout: float = 900) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = dvc(project, "queue", "status").stdout
-        if "Running" not in status and "Queued" not in status:
-            return status
-        time.sleep(3)
-    raise AssertionError(f"queue still busy after {timeout:.0f} s:\n{status}")
 
 
 @pytest.fixture

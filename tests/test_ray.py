@@ -5,13 +5,12 @@ seconds."""
 from __future__ import annotations
 
 import json
-import tempfile
 import time
 
 import mlflow
 import pytest
 
-from benchmarks.ray_cluster import NO_AUTH, ray_cluster
+from benchmarks.ray_cluster import ray_cluster
 from tests.helpers.projects import cifar_project
 from tests.helpers.stages import ran_stages, stage, stage_command
 from wdlab.errors import StageError
@@ -29,7 +28,7 @@ from wdlab.workspace import (
     write_params,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_environment")]
 
 TINY = {  # 5 (regulariser, strength) × 2 seeds, ~3 s a run on one core
     "device": "cpu",
@@ -52,18 +51,6 @@ OUTPUTS = tuple(
 RECORD = "models/cifar10/grids/l2/run.json"  # the l2 grid: 2 λ × 2 seeds, the one the kill tests run
 GRID = "train_cifar10@l2"
 METRICS = "metrics/cifar10.json"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def ray_environment():
-    """Every Ray process these tests start, stages included, without token auth (which would write ~/.ray/auth_token)
-    and with its session files in a temp dir of its own (not the machine's shared /tmp/ray)."""
-    with tempfile.TemporaryDirectory(prefix="wdray-", dir="/tmp") as ray_files, pytest.MonkeyPatch.context() as patch:
-        for name, value in NO_AUTH.items():
-            patch.setenv(name, value)
-        patch.setenv("RAY_TMPDIR", ray_files)
-        patch.delenv("RAY_ADDRESS", raising=False)
-        yield
 
 
 @pytest.fixture(scope="module")
@@ -138,8 +125,12 @@ def test_the_grid_on_two_nodes_gives_the_local_outputs(local_grid, tmp_path):
     )
     assert len(members) == 4 and all(m.info.status == "FINISHED" for m in members)
     assert {m.data.tags["wd_lab.node"] for m in members} == set(nodes.values())
-    steps = [m.step for m in client.get_metric_history(members[0].info.run_id, "test_accuracy")]
-    assert steps == list(range(7)), "the driver logs each run's curves when it comes back"
+    history = client.get_metric_history(members[0].info.run_id, "test_accuracy")
+    assert [m.step for m in history] == list(range(7))
+    stamps = [m.timestamp for m in history]
+    assert stamps == sorted(stamps) and stamps[0] < stamps[-1], (
+        "a sqlite store: the worker sends each epoch back as it ends, and the driver logs it then"
+    )
 
 
 def test_a_worker_node_killed_mid_grid_loses_nothing(local_grid, tmp_path):
@@ -155,6 +146,15 @@ def test_a_worker_node_killed_mid_grid_loses_nothing(local_grid, tmp_path):
     assert {run["node"] for run in record(project)["runs"].values()} == {head}, (
         "every run the worker had is retried on the head"
     )
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    members = client.search_runs(
+        [client.get_experiment_by_name("wd-cifar10").experiment_id],
+        f"tags.mlflow.parentRunId = '{record(project)['run_id']}'",
+    )
+    assert len(members) == 4 and all(m.info.status == "FINISHED" for m in members)
+    for member in members:
+        steps = [m.step for m in client.get_metric_history(member.info.run_id, "test_accuracy")]
+        assert steps == list(range(7)), "each epoch once: a retried run's epochs are not logged twice"
 
 
 def test_a_failed_grid_keeps_its_finished_runs_and_a_rerun_trains_only_the_rest(local_grid, tmp_path):

@@ -3,7 +3,9 @@ naming the datasets it read.
 
 What MLflow does not do for us, and this adds: anchoring a relative sqlite store at the project root (so
 `dvc exp run --queue` copies log to the user's store), failing in seconds on an unreachable server, ending
-a killed stage's run as KILLED, and marking runs orphaned by SIGKILL when the next stage starts.
+a killed stage's run as KILLED, marking runs orphaned by SIGKILL when the next stage starts, nested runs that
+can be open side by side (a Ray grid's runs all train at once), and a run on a tracking server that another
+process (a Ray worker) logs to by its id while it trains (`ServerLog`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import os
 import socket
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("wd-lab.tracking")
 
 PID_TAG, HOST_TAG = "wd_lab.pid", "wd_lab.host"  # who owns a RUNNING run, to end it if that process was killed
+SERVER_SCHEMES = ("http://", "https://")  # a tracking server: any process that reaches it can log to a run by its id
+
+
+def fail_fast() -> None:
+    """A remote server that is down fails this process's MLflow calls in seconds, not after MLflow's long retry
+    schedule (unless the environment says otherwise)."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 
 def tracking_uri(settings: TrackingSettings) -> str:
@@ -95,9 +105,7 @@ class Tracker:
         if not self.enabled:
             log.info("MLflow tracking is off (tracking.enabled: false)")
             return
-        # A remote server that is down must fail in seconds, not after MLflow's long retry schedule.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        fail_fast()
         os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "5")  # seconds; MLflow's default is 10
         import mlflow
 
@@ -148,34 +156,81 @@ class Tracker:
     ) -> Iterator[str | None]:
         """An MLflow run (nested under the active one if `nested`) that ends FINISHED, FAILED, or KILLED on Ctrl-C;
         with `system_metrics`, MLflow samples CPU, memory (and GPU, where there is one) while it runs; `datasets` are
-        logged as its inputs (the UI's Dataset column; `search_runs` filters on `dataset.name`, `dataset.digest`)."""
+        logged as its inputs (the UI's Dataset column; `search_runs` filters on `dataset.name`, `dataset.digest`).
+        Nested runs never become the active run, so several can be open at once (and end in any order)."""
         if not self.enabled:
             yield None
             return
         tags = run_tags(role) | dict(tags or {}) | {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
-        with self.mlflow.start_run(
-            run_name=name, nested=nested, tags=tags, log_system_metrics=system_metrics
-        ) as active:
+        if nested:
+            with self._child_run(name, params, tags, system_metrics) as run_id:
+                if datasets:
+                    self._log_datasets(run_id, datasets)
+                yield run_id
+            return
+        with self.mlflow.start_run(run_name=name, tags=tags, log_system_metrics=system_metrics) as active:
             self.mlflow.log_params(params)
             if datasets:
-                self._log_datasets(datasets)
+                self._log_datasets(active.info.run_id, datasets)
             try:
                 yield active.info.run_id
             except KeyboardInterrupt:
                 self.mlflow.end_run("KILLED")  # MLflow would say FAILED
                 raise
 
-    def _log_datasets(self, datasets: Sequence[DatasetInput]) -> None:
-        """The active run's inputs, in one request: each a metadata-only dataset (the data stays where it is) whose
-        source is the recipe that makes it."""
+    @contextlib.contextmanager
+    def _child_run(
+        self, name: str, params: Mapping[str, Any], tags: Mapping[str, str], system_metrics: bool
+    ) -> Iterator[str]:
+        """What `mlflow.start_run(nested=True)` makes (the same tags, params and system metrics), through the client:
+        MLflow's fluent API keeps one stack of active runs, in which two open siblings would nest in each other."""
+        from mlflow.entities import Param
+        from mlflow.tracking.context.registry import resolve_tags
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+        client = self.mlflow.MlflowClient()
+        parent = self.mlflow.active_run()
+        if parent is not None:
+            tags = dict(tags) | {MLFLOW_PARENT_RUN_ID: parent.info.run_id}
+        run_id = client.create_run(self.experiment_id, tags=resolve_tags(dict(tags)), run_name=name).info.run_id
+        client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
+        monitor = _system_monitor(run_id, self.uri) if system_metrics else None
+        status = "FAILED"
+        try:
+            yield run_id
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            if monitor is not None:
+                monitor.finish()
+            client.set_terminated(run_id, status)
+
+    def worker_log(self, run_id: str | None, to_metrics: Callable[..., Mapping[str, float]]) -> ServerLog | None:
+        """How another process (a Ray worker) logs run `run_id`'s epochs itself: when the store is a tracking server,
+        which any machine may reach; None for a file store, which only this process writes."""
+        if not self.enabled or run_id is None or not self.uri.startswith(SERVER_SCHEMES):
+            return None
+        return ServerLog(self.uri, run_id, to_metrics, float(os.environ["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"]))
+
+    def _log_datasets(self, run_id: str, datasets: Sequence[DatasetInput]) -> None:
+        """Run `run_id`'s inputs, in one request: each a metadata-only dataset (the data stays where it is) whose
+        source is the recipe that makes it, tagged with its context (training, validation, evaluation)."""
         from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput as Input
+        from mlflow.entities import InputTag
+        from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-        self.mlflow.log_inputs(
-            datasets=[MetaDataset(CodeDatasetSource(dict(d.source)), name=d.name, digest=d.digest) for d in datasets],
-            contexts=[d.context for d in datasets],
-            tags_list=[None] * len(datasets),
-        )
+        inputs = [
+            Input(
+                MetaDataset(CodeDatasetSource(dict(d.source)), name=d.name, digest=d.digest)._to_mlflow_entity(),
+                [InputTag(MLFLOW_DATASET_CONTEXT, d.context)],
+            )
+            for d in datasets
+        ]
+        self.mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
 
     def log_epoch(self, run_id: str | None, metrics: Mapping[str, float], epoch: int) -> None:
         """One epoch's metrics as it ends (step = epoch), so the UI draws the curves while the run trains."""
@@ -190,16 +245,23 @@ class Tracker:
                 client.set_tag(run_id, name, value)
 
     def log_history(
-        self, run_id: str | None, series: Mapping[str, Sequence[float]], final: Mapping[str, float] | None = None
+        self,
+        run_id: str | None,
+        series: Mapping[str, Sequence[float]],
+        final: Mapping[str, float] | None = None,
+        first_step: int = 0,
     ) -> None:
-        """A finished run's per-epoch series (step = epoch, 0 = the initial model) and final values, in one batch."""
+        """A finished run's per-epoch series (step = epoch, 0 = the initial model; the series start at `first_step`)
+        and final values, in one batch."""
         if not self.enabled or run_id is None:
             return
         from mlflow.entities import Metric
 
         stamp = int(time.time() * 1000)
         metrics = [
-            Metric(name, float(v), stamp, step) for name, values in series.items() for step, v in enumerate(values)
+            Metric(name, float(v), stamp, step)
+            for name, values in series.items()
+            for step, v in enumerate(values, start=first_step)
         ]
         metrics += [Metric(name, float(v), stamp, 0) for name, v in (final or {}).items()]
         self.mlflow.MlflowClient().log_batch(run_id, metrics=metrics)  # MLflow splits it into request-sized chunks
@@ -253,6 +315,73 @@ class Tracker:
             return True
         except Exception:
             return False
+
+
+class ServerLog:
+    """A run on a tracking server, logged by id from another process (a Ray worker, while the run trains): its
+    epochs as they end (step = epoch) and, every `sampling_interval` seconds, that machine's system metrics.
+
+    Picklable; entered on the worker (`with log as on_epoch: ...`). Epochs reach the server once each and in order:
+    a retried run skips those its earlier attempt logged (the same bits), and after the first failure to log one
+    it stops trying. `delivered` then says how many of the run's first epochs are on the server; whoever gets the
+    run's result logs the rest.
+    """
+
+    def __init__(self, uri: str, run_id: str, to_metrics: Callable[..., Mapping[str, float]], sampling_interval: float):
+        self.uri, self.run_id, self.to_metrics, self.sampling_interval = uri, run_id, to_metrics, sampling_interval
+        self.delivered: int | None = None  # asked from the server at the first epoch
+        self._client: Any = None
+        self._monitor: Any = None
+
+    def __enter__(self) -> ServerLog:
+        fail_fast()
+        import mlflow
+
+        self._client = mlflow.MlflowClient(self.uri)
+        self._monitor = _system_monitor(self.run_id, self.uri, self.sampling_interval)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._monitor is not None:
+            self._monitor.finish()
+        self._client = self._monitor = None
+
+    def __call__(self, epoch: int, *data: Any) -> None:
+        from mlflow.entities import Metric
+
+        if self._client is None:
+            return  # gave up after a failure, or used outside `with`
+        metrics = self.to_metrics(*data)
+        try:
+            if self.delivered is None:
+                logged = self._client.get_metric_history(self.run_id, next(iter(metrics)))
+                self.delivered = max((m.step for m in logged), default=-1) + 1
+            if epoch != self.delivered:
+                return  # logged by an earlier attempt of this run
+            stamp = int(time.time() * 1000)
+            self._client.log_batch(
+                self.run_id, metrics=[Metric(name, float(v), stamp, epoch) for name, v in metrics.items()]
+            )
+            self.delivered += 1
+        except Exception as err:  # the server went away: the run goes on, its result carries every epoch
+            log.warning("MLflow run %s: epoch %d not logged live (%s)", self.run_id, epoch, _reason(err))
+            self.delivered = self.delivered or 0
+            self._client = None
+
+
+def _system_monitor(run_id: str, uri: str, sampling_interval: float | None = None) -> Any:
+    """MLflow's system-metrics monitor (CPU, memory, disk, network, GPU where there is one) on run `run_id`,
+    started; None where it cannot start (MLflow logs why)."""
+    from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+    try:
+        options = {} if sampling_interval is None else {"sampling_interval": sampling_interval}
+        monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri, **options)
+        monitor.start()
+        return monitor
+    except Exception as err:
+        log.warning("no system metrics for MLflow run %s (%s)", run_id, _reason(err))
+        return None
 
 
 def _alive(pid: int) -> bool:

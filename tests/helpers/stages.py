@@ -4,6 +4,7 @@
     stage_command("train_cifar10@l2")             # its argv, for a test that needs the process (background, kill)
     stage_args("download")                        # the arguments alone, for `parser().parse_args()` in-process
     ran_stages(dvc(project, "repro").stdout)      # the stages a `dvc repro` or `dvc exp run` ran
+    wait_for_queue(project)                       # until `dvc queue start`'s experiments have all ended
 
 The pipeline itself runs through DVC: `wdlab.workspace.dvc(project, "repro", ...)`.
 """
@@ -14,11 +15,12 @@ import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ruamel.yaml import YAML
 
-from wdlab.workspace import ROOT, run
+from wdlab.workspace import ROOT, dvc, run
 
 
 def stage_command(name: str, *extra: str) -> list[str]:
@@ -53,3 +55,14 @@ def ran_stages(output: str) -> set[str]:
     """The stages DVC ran, from the stdout of `dvc repro` or `dvc exp run` (a stage restored from the run cache
     did not run)."""
     return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+def wait_for_queue(project: Path, timeout: float = 900, poll: float = 3) -> str:
+    """`dvc queue status` once no queued experiment is running or waiting; fails the test after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = dvc(project, "queue", "status").stdout
+        if "Running" not in status and "Queued" not in status:
+            return status
+        time.sleep(poll)
+    raise AssertionError(f"queue still busy after {timeout:.0f} s:\n{status}")

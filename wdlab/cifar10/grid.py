@@ -52,6 +52,13 @@ def train_run(spec: RunSpec, splits: Splits, on_epoch: EpochCallback | None = No
     )
 
 
+def epoch_metrics(row: dict[str, float], norms: dict[str, float]) -> dict[str, float]:
+    """One epoch as MLflow metrics: the row's numbers and each layer's ‖W‖ (here, so any worker can log them)."""
+    return {name: float(value) for name, value in row.items()} | {
+        f"layer_norm.{layer}": norm for layer, norm in norms.items()
+    }
+
+
 def as_record(result: RunResult) -> dict[str, Any]:
     """A run's result as plain data, for the run cache (torch.load(weights_only=True) reads it back)."""
     return dataclasses.asdict(result)
