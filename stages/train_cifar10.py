@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from wdlab import stage
 from wdlab.cifar10.data import SPLITS, Splits, load_splits
 from wdlab.cifar10.grid import RunSpec, as_record, from_record, train_run
+from wdlab.cifar10.model import ResNet, scale_invariant_layers
 from wdlab.cifar10.training import RunResult
 from wdlab.device import Formats, device_formats, pick_device
 from wdlab.errors import StageError
@@ -116,7 +118,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             | ({"executor": settings.executor.kind, "runs": placements} if placements else {}),
         )
         write_csv(folder.history, history_rows(results))
-        write_csv(folder.layer_norms, layer_norm_rows(results))
+        write_csv(folder.layer_norms, layer_norm_rows(results, study.model.width))
     if not reused:
         cache.clear()  # the outputs hold every run now
     for result in results:
@@ -185,8 +187,8 @@ def train_all(
         ) as member:
             members[spec.key] = member
 
-            def live(epoch: int, row: dict[str, float], norms: dict[str, float]) -> None:
-                tracker.log_epoch(member, epoch_metrics(row, norms), epoch)
+            def live(epoch: int, row: dict[str, float], norms: dict[str, float], angles: dict[str, float]) -> None:
+                tracker.log_epoch(member, epoch_metrics(row, norms, angles), epoch)
 
             yield live
 
@@ -254,7 +256,9 @@ def reuse_grid(
     if not picks:
         return None
     history = read_table(folder.history, made_by=made_by, required=("seed", "lambda", "epoch", "diverged"))
-    norms = read_table(folder.layer_norms, made_by=made_by, required=("seed", "lambda", "epoch", "layer", "norm"))
+    norms = read_table(
+        folder.layer_norms, made_by=made_by, required=("seed", "lambda", "epoch", "layer", "norm", "angular_update")
+    )
     results = []
     for i in picks:
         seed, diverged = int(grid["seeds"][i]), int(grid["diverged_epoch"][i])
@@ -270,6 +274,10 @@ def reuse_grid(
                 ).to_dict("records"),
                 layer_norms=[
                     dict(zip(epoch["layer"], epoch["norm"])) for _, epoch in layers.groupby("epoch", sort=True)
+                ],
+                angular_updates=[
+                    dict(zip(epoch["layer"], epoch["angular_update"]))
+                    for _, epoch in layers.groupby("epoch", sort=True)
                 ],
                 diverged_epoch=None if diverged < 0 else diverged,
                 state_dict=grid["state_dicts"][i],
@@ -289,11 +297,14 @@ def run_setup(splits: Splits, formats: Formats) -> dict:
     }
 
 
-def epoch_metrics(row: dict[str, float], norms: dict[str, float]) -> dict[str, float]:
-    """One epoch as MLflow metrics: the row's numbers and each layer's ‖W‖."""
-    return {name: float(value) for name, value in row.items()} | {
-        f"layer_norm.{layer}": norm for layer, norm in norms.items()
-    }
+def epoch_metrics(row: dict[str, float], norms: dict[str, float], angles: dict[str, float]) -> dict[str, float]:
+    """One epoch as MLflow metrics: the row's numbers, each layer's ‖W‖ and its mean angular update per step
+    (radians; NaN at epoch 0, before any step)."""
+    return (
+        {name: float(value) for name, value in row.items()}
+        | {f"layer_norm.{layer}": norm for layer, norm in norms.items()}
+        | {f"angular_update.{layer}": angle for layer, angle in angles.items()}
+    )
 
 
 def log_result(tracker: Tracker, run_id: str | None, result: RunResult, width: int, curves: bool) -> None:
@@ -301,7 +312,10 @@ def log_result(tracker: Tracker, run_id: str | None, result: RunResult, width: i
     logged live (step = epoch)."""
     series = {}
     if curves:
-        epochs = [epoch_metrics(row, norms) for row, norms in zip(result.history, result.layer_norms)]
+        epochs = [
+            epoch_metrics(row, norms, angles)
+            for row, norms, angles in zip(result.history, result.layer_norms, epoch_angles(result))
+        ]
         series = {name: [epoch[name] for epoch in epochs] for name in epochs[0]}
     final = {f"final_{name}": float(value) for name, value in result.final.items()}
     final |= {"diverged": float(result.diverged_epoch is not None), "epochs_run": len(result.history) - 1}
@@ -350,8 +364,16 @@ def history_rows(results: list[RunResult]) -> list[dict]:
     ]
 
 
-def layer_norm_rows(results: list[RunResult]) -> list[dict]:
-    """Long format, one row per (seed, strength, epoch, layer): ‖W‖₂ of each conv and linear layer."""
+def epoch_angles(result: RunResult) -> list[dict[str, float]]:
+    """The run's angular updates per epoch; empty dicts for a run recorded before they were measured."""
+    return result.angular_updates or [{} for _ in result.layer_norms]
+
+
+def layer_norm_rows(results: list[RunResult], width: int) -> list[dict]:
+    """Long format, one row per (seed, strength, epoch, layer): ‖W‖₂ of each conv and linear layer, its mean angular
+    update per step over the epoch (radians, NaN at epoch 0) and whether a BatchNorm makes it scale-invariant."""
+    with torch.device("meta"):  # the layout alone: no memory, no random draws
+        invariant = scale_invariant_layers(ResNet(width))
     return [
         {
             "regularizer": r.regularizer,
@@ -360,9 +382,11 @@ def layer_norm_rows(results: list[RunResult]) -> list[dict]:
             "epoch": epoch,
             "layer": layer,
             "norm": norm,
+            "angular_update": angles.get(layer, math.nan),
+            "scale_invariant": layer in invariant,
         }
         for r in results
-        for epoch, norms in enumerate(r.layer_norms)
+        for epoch, (norms, angles) in enumerate(zip(r.layer_norms, epoch_angles(r)))
         for layer, norm in norms.items()
     ]
 

@@ -78,13 +78,25 @@ def build_model(width: int, seed: int, dropout: float = 0.0) -> ResNet:
     return model
 
 
-def layer_norms(model: nn.Module) -> dict[str, float]:
-    """‖W‖₂ of each conv and linear layer's weight, by layer name (e.g. 'res1.a', 'head')."""
+def layer_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Each conv and linear layer's weight, by layer name (e.g. 'res1.a', 'head'), from input to output. Every conv
+    is followed by BatchNorm, so its weight is scale-invariant; the head's is not."""
     return {
-        name.removesuffix(".conv"): module.weight.detach().float().norm().item()
+        name.removesuffix(".conv"): module.weight
         for name, module in model.named_modules()
         if isinstance(module, (nn.Conv2d, nn.Linear))
     }
+
+
+def scale_invariant_layers(model: nn.Module) -> set[str]:
+    """The layers a BatchNorm follows (every ConvBlock's conv): the loss sees only W/‖W‖, so weight decay sets their
+    effective learning rate (wdlab.equilibrium)."""
+    return {name for name, module in model.named_modules() if isinstance(module, ConvBlock)}
+
+
+def layer_norms(model: nn.Module) -> dict[str, float]:
+    """‖W‖₂ of each conv and linear layer's weight, by layer name."""
+    return {name: weight.detach().float().norm().item() for name, weight in layer_weights(model).items()}
 
 
 def zero_fraction(model: nn.Module) -> float:
