@@ -2,7 +2,7 @@
 
 What each regulariser does to a run (its optimiser, weight decay, dropout, a hook after each step or on the training
 batch) its definition says (wdlab.regularizers). Penalties apply to the conv and linear weights only, unless
-`decay_norm_and_bias`.
+`decay_norm_and_bias`. Each step's angle per layer is measured on the way (wdlab.rotation), without changing the run.
 """
 
 from __future__ import annotations
