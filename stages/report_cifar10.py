@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.ticker import MaxNLocator
 
 from wdlab import figures, stage
-from wdlab.files import RunFolder, read_json, read_table
-from wdlab.regularizers import BASELINE, REGISTRY
+from wdlab.cifar10.schedule import step_lrs
+from wdlab.equilibrium import Equilibrium
+from wdlab.files import RunFolder, grid_folders, read_json, read_table
+from wdlab.regularizers import BASELINE, REGISTRY, Regularizer
 from wdlab.results import fmt_lambda, markdown_table, pm_percent, separated
-from wdlab.settings import CifarSettings, Settings
+from wdlab.settings import CifarSettings, CifarTrain, Settings
 from wdlab.tracking import Tracker
 
 
@@ -36,6 +41,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             "w_norm",
         ),
     )
+    finals = by_seed  # every regulariser's final metrics, for the equilibrium section
     by_seed = by_seed[by_seed["regularizer"] == regularizer]
     by_lambda = means(
         read_table(args.table, "evaluate_cifar10", required=("lambda", "seeds", "diverged", "epochs_run"))
@@ -55,7 +61,10 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         plot_curves(history, args.figures / "curves.png"),
         plot_layer_norms(layer_norms, args.figures / "layer_norms.png"),
     ]
-    page = render_page(metrics, by_lambda, setup, settings, figures.relative_to_page(pngs, args.page))
+    rotations = [rotation(name, folder, settings.cifar10.train) for name, folder in decayed_grids(args.grids, settings)]
+    pngs += [plot_angular_updates(r, args.figures / f"angular_updates_{r.regularizer}.png") for r in rotations]
+    equilibrium = equilibrium_section(rotations, finals)
+    page = render_page(metrics, by_lambda, setup, settings, figures.relative_to_page(pngs, args.page), equilibrium)
     records = {f"train_cifar10@{regularizer}": folder.record, "headline_cifar10": RunFolder(args.headline).record}
     figures.publish(args.page, page, pngs, Tracker(settings.tracking, settings.tracking.experiment_cifar10), records)
 
@@ -256,11 +265,250 @@ def layer_title(shown: pd.DataFrame, relative: bool) -> str:
     return f"λ = {strongest} leaves each layer {low}–{high} of its λ = 0 weight norm (least: {column.idxmin()})"
 
 
+# ── the rotational equilibrium ────────────────────────────────────────────────────────────────────
+
+TOLERANCE = 0.2  # "at equilibrium": the measured angular update within 20 % of the prediction
+WITHIN = f"within {100 * TOLERANCE:.0f} %"
+LAST_EPOCHS = 3  # "the last epochs" of a run, where the schedule's lr is lowest
+
+
+@dataclass
+class Rotation:
+    """One regulariser's grid: each scale-invariant layer's angular update per epoch, measured and predicted."""
+
+    regularizer: str
+    equilibria: dict[float, Equilibrium]  # per λ > 0
+    angles: pd.DataFrame  # per (seed, λ, layer, epoch ≥ 1): angular_update (measured), predicted (NaN at λ = 0), norm
+    efolds: dict[float, float]  # per λ > 0: the relaxation towards equilibrium the whole run allows, in e-folds
+    layers: list[str]  # the scale-invariant layers, input to output
+    steps: int  # optimiser steps in the run
+
+    def summary(self, strength: float) -> pd.DataFrame:
+        """Per epoch: the median over layers of measured / predicted (both means over seeds), and its range."""
+        rows = self.angles[self.angles["lambda"] == strength]
+        means = rows.groupby(["epoch", "layer"])[["angular_update", "predicted"]].mean()
+        ratio = (means["angular_update"] / means["predicted"]).groupby("epoch")
+        return pd.DataFrame({"median": ratio.median(), "low": ratio.min(), "high": ratio.max()})
+
+    def versus(self, strength: float, base: float = 0.0) -> float:
+        """How many times further per step λ turns its layers than λ = `base` over the last epochs (median over
+        layers of the ratio of the means over seeds); NaN if either is missing."""
+        means = self.angles.groupby(["lambda", "layer", "epoch"])["angular_update"].mean()
+        if strength not in means.index or base not in means.index:
+            return math.nan
+        last = sorted(self.angles["epoch"].unique())[-LAST_EPOCHS:]
+        ratio = (means[strength] / means[base]).loc[(slice(None), last)]
+        return float(ratio.groupby("layer").mean().median())
+
+
+def decayed_grids(grids: Path, settings: Settings) -> list[tuple[str, RunFolder]]:
+    """The grids whose strength is weight decay (l2 through SGD, decoupled through AdamW) with some λ > 0."""
+    names = [
+        name
+        for name, strengths in settings.cifar10.strengths.model_dump().items()
+        if any(REGISTRY[name].weight_decay(s) > 0 for s in strengths)
+    ]
+    return list(grid_folders(grids, names).items())
+
+
+def equilibrium_of(definition: Regularizer, strength: float, train: CifarTrain) -> Equilibrium:
+    """The equilibrium of a regulariser's optimiser at strength λ: SGD (Nesterov as configured) or AdamW."""
+    nesterov = definition.optimizer == "sgd" and train.nesterov and train.momentum > 0
+    return Equilibrium(definition.optimizer, definition.weight_decay(strength), train.momentum, nesterov)
+
+
+def rotation(regularizer: str, folder: RunFolder, train: CifarTrain) -> Rotation:
+    """The grid's measured angular updates beside the equilibrium under the schedule's η_t: the prediction for an
+    epoch is the mean over its steps of θ*(η_t), as the measurement is the mean over its steps of the angle."""
+    made_by = f"train_cifar10@{regularizer}"
+    n_train = read_json(folder.record, made_by=made_by)["n_images"]["train"]
+    table = read_table(
+        folder.layer_norms,
+        made_by,
+        required=("seed", "lambda", "epoch", "layer", "norm", "angular_update", "scale_invariant"),
+    )
+    angles = table[table["scale_invariant"].astype(bool) & (table["epoch"] > 0)].dropna(subset=["angular_update"])
+    definition = REGISTRY[regularizer]
+    lrs = np.array(step_lrs(train, train.adamw_lr if definition.optimizer == "adamw" else train.lr, n_train))
+    equilibria = {s: equilibrium_of(definition, s, train) for s in sorted(angles["lambda"].unique()) if s > 0}
+    predicted = {s: eq.angular_update(lrs).mean(axis=1) for s, eq in equilibria.items()}  # [epoch]
+    angles = angles.assign(
+        predicted=[
+            predicted[s][e - 1] if s in predicted else math.nan for s, e in zip(angles["lambda"], angles["epoch"])
+        ]
+    )
+    efolds = {s: float(eq.relaxation_rate(lrs).sum()) for s, eq in equilibria.items()}
+    return Rotation(regularizer, equilibria, angles, efolds, list(pd.unique(angles["layer"])), lrs.size)
+
+
+def plot_angular_updates(rotation: Rotation, path: Path) -> Path:
+    """Each scale-invariant layer's angular update per epoch (mean over seeds, solid) against the equilibrium under
+    the schedule's η_t (dashed), one colour per λ."""
+    data = rotation.angles.assign(λ=rotation.angles["lambda"].map(fmt_lambda))
+    palette = {fmt_lambda(v): c for v, c in figures.lambda_palette(sorted(data["lambda"].unique())).items()}
+    columns = min(4, len(rotation.layers))
+    rows = -(-len(rotation.layers) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(3.6 * columns + 2.5, 3.1 * rows + 1), sharex=True, squeeze=False)
+    for ax, layer in zip(axes.flat, rotation.layers):
+        rows_of = data[data["layer"] == layer]
+        sns.lineplot(
+            data=rows_of, x="epoch", y="angular_update", hue="λ", palette=palette, marker="o", ax=ax,
+            legend=False, **figures.SEED_BAND,
+        )  # fmt: skip
+        predicted = rows_of.dropna(subset=["predicted"]).groupby(["λ", "epoch"], as_index=False)["predicted"].first()
+        for label, curve in predicted.groupby("λ"):
+            ax.plot(curve["epoch"], curve["predicted"], linestyle="--", color=palette[label], linewidth=1.5)
+        ax.set(yscale="log", title=layer, xlabel="epoch", ylabel="angle per step (rad)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    for ax in axes.flat[len(rotation.layers) :]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], color=colour, marker="o", label=f"λ = {label}") for label, colour in palette.items()]
+    handles += [
+        plt.Line2D([], [], color="grey", marker="o", label="measured\n(mean over seeds, 95 % band)"),
+        plt.Line2D([], [], color="grey", linestyle="--", label="equilibrium θ*(η_t),\nmean over the epoch's steps"),
+    ]
+    axes[0, -1].legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1), fontsize="small")
+    method = REGISTRY[rotation.regularizer].title
+    formula = next(iter(rotation.equilibria.values())).formula() if rotation.equilibria else ""
+    fig.suptitle(f"{angular_title(rotation)}\n({method}; θ* = {formula})")
+    return figures.save(fig, path)
+
+
+def angular_title(rotation: Rotation) -> str:
+    if not rotation.equilibria:
+        return "No λ > 0 in this grid: no equilibrium to compare with"
+    strongest = max(rotation.equilibria)
+    epochs = within(rotation.summary(strongest))
+    if not epochs:
+        return f"λ = {fmt_lambda(strongest)} never comes {WITHIN} of the equilibrium angle"
+    return (
+        f"λ = {fmt_lambda(strongest)} turns its layers at the equilibrium angle ({WITHIN}) in epochs "
+        f"{epoch_ranges(epochs)}"
+    )
+
+
+def within(summary: pd.DataFrame) -> list[int]:
+    """The epochs whose median layer is within TOLERANCE of the prediction."""
+    return [int(e) for e in summary.index[(summary["median"] - 1).abs() <= TOLERANCE]]
+
+
+def epoch_ranges(epochs: list[int]) -> str:
+    """[2, 3, 4, 7] → '2–4, 7'."""
+    spans: list[list[int]] = []
+    for epoch in epochs:
+        if spans and epoch == spans[-1][1] + 1:
+            spans[-1][1] = epoch
+        else:
+            spans.append([epoch, epoch])
+    return ", ".join(f"{a}" if a == b else f"{a}–{b}" for a, b in spans)
+
+
+def signed_percent(ratio: float) -> str:
+    return f"{100 * (ratio - 1):+.0f} %"
+
+
+SAME_RATE = 1.5  # turning layers less than this many times as far per step as λ = 0: "about λ = 0's effective lr"
+
+
+def equilibrium_section(rotations: list[Rotation], finals: pd.DataFrame) -> str:
+    """What the measured angular updates say, read off the numbers: which λ reach the equilibrium within the run,
+    and what that predicts for accuracy, beside the accuracy measured."""
+    if not rotations:
+        return ""
+    paragraphs = [
+        "Every conv is followed by BatchNorm, so the loss sees only W/‖W‖: for these scale-invariant weights λ does "
+        "not shrink the function, it sets how far each step turns W. Decay and gradient noise settle where the angle "
+        "per step is θ* = √(2ηλ·c), c from the optimiser's momentum (van Laarhoven 2017; Wan et al. 2021; Kosson et "
+        "al. 2024; `wdlab/equilibrium.py`). The figures compare, per layer and epoch, the measured mean angle "
+        "between W before and after each step (from ‖W_t‖, ‖W_t+1‖ and ‖ΔW‖) with θ* under the schedule's η_t; "
+        f"below, “{WITHIN}” is the median over the {len(rotations[0].layers)} BatchNorm-ed convs of the "
+        "measured/predicted ratio (means over seeds), and an e-fold is the theory's relaxation time towards θ* "
+        "(1/(4ηλ/(1 − μ)) steps for SGD, 1/(2ηλ) for AdamW). The head, with no normalisation after it, is left out."
+    ]
+    verdicts: list[str] = []
+    for rotation in rotations:
+        paragraph, verdict = rotation_paragraph(rotation, finals)
+        paragraphs.append(paragraph)
+        verdicts += verdict
+    paragraphs.append(
+        "**What this predicts for accuracy.** Through scale-invariant layers λ acts only as an effective learning "
+        f"rate, the angle per step. A λ whose layers turn about as far per step as λ = 0's (less than {SAME_RATE:g}× "
+        "over the last epochs) trains them the same way and should end near λ = 0's accuracy; a λ that reaches θ* "
+        "keeps turning them while λ = 0 slows down as ‖W‖ grows, so only such a λ should move accuracy, in either "
+        "direction (more rotation late in training is more noise: it can generalise better or keep the net from "
+        "settling). "
+        + (" ".join(verdicts) if verdicts else "No grid here has a λ = 0 run beside a λ > 0 to compare with.")
+    )
+    return "\n\n".join(paragraphs)
+
+
+def rotation_paragraph(rotation: Rotation, finals: pd.DataFrame) -> tuple[str, list[str]]:
+    """The grid's paragraph (each λ against θ*), and for each λ > 0 with a λ = 0 run beside it, the prediction for
+    its accuracy against what was measured."""
+    definition = REGISTRY[rotation.regularizer]
+    eq = next(iter(rotation.equilibria.values()), None)
+    head = f"**`{rotation.regularizer}` ({definition.title}{', θ* = ' + eq.formula() if eq else ''}).**"
+    if eq is None:
+        return f"{head} Its grid has no λ > 0: nothing to compare.", []
+    accuracy = finals[finals["regularizer"] == rotation.regularizer].groupby("lambda")["test_accuracy"]
+    means, spread = accuracy.mean(), accuracy.std()
+    sentences, verdicts = [], []
+    for strength in sorted(rotation.equilibria):
+        summary = rotation.summary(strength).dropna()
+        if summary.empty:
+            continue
+        epochs = within(summary)
+        closest = (summary["median"] - 1).abs().idxmin()
+        last = summary["median"].iloc[-LAST_EPOCHS:].mean()
+        sentences.append(
+            f"λ = {fmt_lambda(strength)}: its {rotation.steps} steps allow {rotation.efolds[strength]:.2g} e-folds; "
+            + (f"measured {WITHIN} of θ* in epochs {epoch_ranges(epochs)}" if epochs else f"never {WITHIN} of θ*")
+            + f" (closest at epoch {int(closest)}: {signed_percent(summary['median'][closest])}, layers "
+            f"{signed_percent(summary['low'][closest])} to {signed_percent(summary['high'][closest])}), and "
+            f"{signed_percent(last)} over the last {LAST_EPOCHS} epochs"
+            + (", where η_t falls faster than ‖W‖ can follow." if last < 1 - TOLERANCE else ".")
+        )
+        speed = rotation.versus(strength)
+        if math.isfinite(speed) and strength in means and 0.0 in means:
+            prediction = (
+                "about λ = 0's accuracy"
+                if speed < SAME_RATE
+                else "an accuracy apart from λ = 0's"
+                if epochs
+                else "some difference from λ = 0, from a faster rotation short of θ*"
+            )
+            std = f", seed std {100 * spread[0.0]:.1f}" if math.isfinite(spread[0.0]) else ""
+            verdicts.append(
+                f"`{rotation.regularizer}` λ = {fmt_lambda(strength)} "
+                f"{'reaches' if epochs else 'never reaches'} θ* and turns its layers {speed:.2g}× as far per step "
+                f"as λ = 0 over the last {LAST_EPOCHS} epochs: the theory predicts {prediction}; measured: "
+                f"{pct(means[strength])} test accuracy against {pct(means[0.0])} at λ = 0 "
+                f"({100 * (means[strength] - means[0.0]):+.1f} points{std})."
+            )
+    base = rotation.angles[rotation.angles["lambda"] == 0.0].groupby("epoch")["angular_update"].median()
+    if len(base) > 1:
+        sentences.append(
+            f"λ = 0 has no equilibrium: its median layer's angle per step goes from {base.iloc[0]:.2g} rad in epoch "
+            f"{int(base.index[0])} to {base.iloc[-1]:.2g} in epoch {int(base.index[-1])}, as ‖W‖ grows and η_t falls."
+        )
+    if max(rotation.efolds.values()) < 3:
+        sentences.append(
+            "With fewer than 3 e-folds in the run, no λ of this grid can settle: θ* is where it was heading, not "
+            "where it is (a longer run, a larger λ or lr gets there)."
+        )
+    return f"{head} " + " ".join(sentences), verdicts
+
+
 # ── the page ──────────────────────────────────────────────────────────────────────────────────────
 
 
 def render_page(
-    metrics: dict, by_lambda: pd.DataFrame, setup: dict, settings: Settings, figure_links: list[str]
+    metrics: dict,
+    by_lambda: pd.DataFrame,
+    setup: dict,
+    settings: Settings,
+    figure_links: list[str],
+    equilibrium: str = "",
 ) -> str:
     study = settings.cifar10
     head = metrics["headline"]
@@ -281,6 +529,11 @@ def render_page(
         "",
         f"Headline run (`cifar10.wd` = {fmt_lambda(head['lambda'])}): {headline_sentence(head)}",
         "",
+        *(
+            ["## Weight decay as an effective learning rate: the rotational equilibrium", "", equilibrium, ""]
+            if equilibrium
+            else []
+        ),
         "## Figures",
         "",
         *[f"![{Path(link).stem}]({link})" for link in figure_links],

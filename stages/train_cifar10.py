@@ -13,6 +13,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch
 from wdlab import stage
 from wdlab.cifar10.data import SPLITS, Splits, load_splits
 from wdlab.cifar10.grid import RunSpec, as_record, epoch_metrics, from_record, train_run
-from wdlab.cifar10.model import ARCHITECTURES, net_shape
+from wdlab.cifar10.model import ARCHITECTURES, make_net, net_shape, scale_invariant_layers
 from wdlab.cifar10.training import RunResult
 from wdlab.device import Formats, device_formats, pick_device
 from wdlab.errors import StageError
@@ -128,7 +129,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             | ({"executor": settings.executor.kind, "runs": placements} if placements else {}),
         )
         write_csv(folder.history, history_rows(results))
-        write_csv(folder.layer_norms, layer_norm_rows(results))
+        write_csv(folder.layer_norms, layer_norm_rows(results, shape))
     if not reused:
         cache.clear()  # the outputs hold every run now
     for result in results:
@@ -221,8 +222,8 @@ def train_all(
         ) as member:
             members[spec.key] = member
 
-            def live(epoch: int, row: dict[str, float], norms: dict[str, float]) -> None:
-                tracker.log_epoch(member, epoch_metrics(row, norms), epoch)
+            def live(epoch: int, row: dict[str, float], norms: dict[str, float], angles: dict[str, float]) -> None:
+                tracker.log_epoch(member, epoch_metrics(row, norms, angles), epoch)
 
             remote = tracker.worker_log(member, epoch_metrics) if executor.kind == "ray" else None
             yield Live(live, remote) if member is not None else None  # None: tracking is off
@@ -294,7 +295,9 @@ def reuse_grid(
     if not picks:
         return None
     history = read_table(folder.history, made_by=made_by, required=("seed", "lambda", "epoch", "diverged"))
-    norms = read_table(folder.layer_norms, made_by=made_by, required=("seed", "lambda", "epoch", "layer", "norm"))
+    norms = read_table(
+        folder.layer_norms, made_by=made_by, required=("seed", "lambda", "epoch", "layer", "norm", "angular_update")
+    )
     results = []
     for i in picks:
         seed, diverged = int(grid["seeds"][i]), int(grid["diverged_epoch"][i])
@@ -310,6 +313,10 @@ def reuse_grid(
                 ).to_dict("records"),
                 layer_norms=[
                     dict(zip(epoch["layer"], epoch["norm"])) for _, epoch in layers.groupby("epoch", sort=True)
+                ],
+                angular_updates=[
+                    dict(zip(epoch["layer"], epoch["angular_update"]))
+                    for _, epoch in layers.groupby("epoch", sort=True)
                 ],
                 diverged_epoch=None if diverged < 0 else diverged,
                 state_dict=grid["state_dicts"][i],
@@ -332,7 +339,10 @@ def run_setup(splits: Splits, formats: Formats) -> dict:
 def log_result(tracker: Tracker, run_id: str | None, result: RunResult, shape: dict, live_epochs: int = 0) -> None:
     """Final values, the divergence flag and the trained weights; the per-epoch curves (step = epoch) from the first
     epoch not logged live, `live_epochs`."""
-    epochs = [epoch_metrics(row, norms) for row, norms in zip(result.history, result.layer_norms)][live_epochs:]
+    epochs = [
+        epoch_metrics(row, norms, angles)
+        for row, norms, angles in zip(result.history, result.layer_norms, epoch_angles(result))
+    ][live_epochs:]
     series = {name: [epoch[name] for epoch in epochs] for name in epochs[0]} if epochs else {}
     final = {f"final_{name}": float(value) for name, value in result.final.items()}
     final |= {"diverged": float(result.diverged_epoch is not None), "epochs_run": len(result.history) - 1}
@@ -384,8 +394,16 @@ def history_rows(results: list[RunResult]) -> list[dict]:
     ]
 
 
-def layer_norm_rows(results: list[RunResult]) -> list[dict]:
-    """Long format, one row per (seed, strength, epoch, layer): ‖W‖₂ of each conv and linear layer."""
+def epoch_angles(result: RunResult) -> list[dict[str, float]]:
+    """The run's angular updates per epoch; empty dicts for a run recorded before they were measured."""
+    return result.angular_updates or [{} for _ in result.layer_norms]
+
+
+def layer_norm_rows(results: list[RunResult], shape: dict) -> list[dict]:
+    """Long format, one row per (seed, strength, epoch, layer): ‖W‖₂ of each conv and linear layer, its mean angular
+    update per step over the epoch (radians, NaN at epoch 0) and whether a BatchNorm makes it scale-invariant."""
+    with torch.device("meta"):  # the layout alone: no memory, no random draws
+        invariant = scale_invariant_layers(make_net(shape))
     return [
         {
             "regularizer": r.regularizer,
@@ -394,9 +412,11 @@ def layer_norm_rows(results: list[RunResult]) -> list[dict]:
             "epoch": epoch,
             "layer": layer,
             "norm": norm,
+            "angular_update": angles.get(layer, math.nan),
+            "scale_invariant": layer in invariant,
         }
         for r in results
-        for epoch, norms in enumerate(r.layer_norms)
+        for epoch, (norms, angles) in enumerate(zip(r.layer_norms, epoch_angles(r)))
         for layer, norm in norms.items()
     ]
 

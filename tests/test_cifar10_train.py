@@ -153,6 +153,24 @@ def test_same_seed_gives_identical_metrics_and_weights(splits, default_run):
     )
 
 
+def test_measuring_the_angular_updates_changes_nothing(splits, default_run):
+    """The angle of every step is read under no_grad from the weights alone: the run without it is the same run, bit
+    for bit; with it, every layer has a mean angle per step for every epoch (none before the first step)."""
+    settings = tiny_settings()
+    formats = device_formats(CPU, settings.cifar10.train.mixed_precision)
+    unmeasured = cifar_training.train(
+        splits, settings.cifar10, "l2", 5e-4, settings.cifar10.seeds[0], formats, measure_angles=False
+    )
+    assert unmeasured.history == default_run.history and unmeasured.layer_norms == default_run.layer_norms
+    assert all(torch.equal(unmeasured.state_dict[k], v) for k, v in default_run.state_dict.items())
+    assert unmeasured.angular_updates == []
+    angles = default_run.angular_updates
+    assert len(angles) == len(default_run.history) and all(set(a) == set(default_run.layer_norms[0]) for a in angles)
+    assert all(math.isnan(a) for a in angles[0].values())
+    assert all(0 < a < 0.5 for epoch in angles[1:] for a in epoch.values()), "radians per step, small and never 0"
+    assert cifar_model.scale_invariant_layers(cifar_model.build_model(8, seed=0)) == set(angles[0]) - {"head"}
+
+
 def test_mixed_precision_runs_are_identical_too(splits):
     settings = tiny_settings(
         **{"cifar10.train.mixed_precision": True, "cifar10.train.epochs": 1, "cifar10.data.augment": True}
@@ -364,16 +382,28 @@ def test_stages_write_metrics_curves_and_report(pipeline):
         history.columns
     )
     assert len(pd.read_csv(pipeline / evaluated.table)) == 3
-    assert set(pd.read_csv(pipeline / grid.layer_norms)["layer"]) >= {"prep", "head"}
+    layers = pd.read_csv(pipeline / grid.layer_norms)
+    assert set(layers["layer"]) >= {"prep", "head"}
+    assert set(layers.loc[~layers["scale_invariant"], "layer"]) == {"head"}, "BatchNorm follows every conv"
+    finished = layers[(layers["lambda"] < 1e3) & (layers["epoch"] > 0)]  # λ = 1e3 diverges in its first epoch
+    assert layers.loc[layers["epoch"] == 0, "angular_update"].isna().all() and (finished["angular_update"] > 0).all()
     checkpoint = torch.load(pipeline / grid.model, weights_only=True)
     model = cifar_model.ResNet(checkpoint["width"])
     model.load_state_dict(checkpoint["state_dicts"][0])
 
     page = (pipeline / report.page).read_text()
     assert "biases and BatchNorm scales/shifts are not decayed" in page and "diverged" in page
+    assert "rotational equilibrium" in page and "e-folds" in page and "**`decoupled`" in page
     assert "Seeds 0, 1" in page and "95 %" in page
     pngs = sorted((pipeline / report.figures).glob("*.png"))
-    assert len(pngs) == 4, "accuracy, gap, curves and layer norms"
+    assert {p.stem for p in pngs} == {
+        "accuracy_vs_lambda",
+        "gap_vs_lambda",
+        "curves",
+        "layer_norms",
+        "angular_updates_l2",  # SGD's equilibrium
+        "angular_updates_decoupled",  # AdamW's
+    }
     for figure in pngs:
         assert figure.stat().st_size > 10_000
         assert f"]({report.figures.relative_to(report.page.parent) / figure.name})" in page
@@ -393,6 +423,12 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
     assert by_lambda[1e3].data.metrics["diverged"] == 1.0 and by_lambda[0.0].data.metrics["diverged"] == 0.0
     steps = [m.step for m in client.get_metric_history(by_lambda[0.0].info.run_id, "test_accuracy")]
     assert steps == [0, 1]
+    angles = sorted(
+        client.get_metric_history(by_lambda[0.0].info.run_id, "angular_update.res1.a"), key=lambda m: m.step
+    )
+    assert [m.step for m in angles] == [0, 1] and math.isnan(angles[0].value) and angles[1].value > 0, (
+        "none before a step"
+    )
     assert [a.path for a in client.list_artifacts(by_lambda[0.0].info.run_id, "model")] == [
         "model/model_l2_0_seed_0.pt"
     ]

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from wdlab import streams
+from wdlab.cifar10.schedule import steps_per_epoch
 from wdlab.errors import StageError
 from wdlab.settings import CifarData
 
@@ -149,10 +150,6 @@ def crop(images: torch.Tensor, offsets: torch.Tensor, padding: int) -> torch.Ten
     b = torch.arange(batch, device=device)[:, None, None, None]
     c = torch.arange(channels, device=device)[None, :, None, None]
     return padded[b, c, rows[:, None, :, None], cols[:, None, None, :]]
-
-
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    return max(1, n // batch_size)
 
 
 def epoch_batches(n: int, batch_size: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:

@@ -52,11 +52,14 @@ def train_run(spec: RunSpec, splits: Splits, on_epoch: EpochCallback | None = No
     )
 
 
-def epoch_metrics(row: dict[str, float], norms: dict[str, float]) -> dict[str, float]:
-    """One epoch as MLflow metrics: the row's numbers and each layer's ‖W‖ (here, so any worker can log them)."""
-    return {name: float(value) for name, value in row.items()} | {
-        f"layer_norm.{layer}": norm for layer, norm in norms.items()
-    }
+def epoch_metrics(row: dict[str, float], norms: dict[str, float], angles: dict[str, float]) -> dict[str, float]:
+    """One epoch as MLflow metrics: the row's numbers, each layer's ‖W‖ and its mean angular update per step
+    (radians; NaN at epoch 0, before any step). Here, so any worker can log them."""
+    return (
+        {name: float(value) for name, value in row.items()}
+        | {f"layer_norm.{layer}": norm for layer, norm in norms.items()}
+        | {f"angular_update.{layer}": angle for layer, angle in angles.items()}
+    )
 
 
 def as_record(result: RunResult) -> dict[str, Any]:

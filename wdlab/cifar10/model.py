@@ -134,20 +134,26 @@ def build_net(shape: Mapping[str, Any], seed: int, dropout: float = 0.0) -> nn.M
     return model
 
 
-def layer_norms(model: nn.Module) -> dict[str, float]:
-    """‖W‖₂ of each conv and linear layer's weight, by layer name (e.g. 'res1.a', 'head')."""
+def layer_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Each conv and linear layer's weight, by layer name (e.g. 'res1.a', 'head'), from input to output. Every conv
+    is followed by BatchNorm, so its weight is scale-invariant; the head's is not."""
     return {
-        name.removesuffix(".conv"): module.weight.detach().float().norm().item()
+        name.removesuffix(".conv"): module.weight
         for name, module in model.named_modules()
         if isinstance(module, (nn.Conv2d, nn.Linear))
     }
 
 
-def scale_invariant_layers(model: nn.Module) -> list[str]:
+def scale_invariant_layers(model: nn.Module) -> set[str]:
     """The layers (as layer_norms names them) whose weight BatchNorm follows: the net's output does not change when
     such a weight is multiplied by c > 0, so weight decay there sets its effective learning rate, ≈ η/‖W‖², rather
     than the function's scale. The ResNet's convs; none of the plain CNN's layers."""
-    return [name for name, module in model.named_modules() if isinstance(module, ConvBlock)]
+    return {name for name, module in model.named_modules() if isinstance(module, ConvBlock)}
+
+
+def layer_norms(model: nn.Module) -> dict[str, float]:
+    """‖W‖₂ of each conv and linear layer's weight, by layer name."""
+    return {name: weight.detach().float().norm().item() for name, weight in layer_weights(model).items()}
 
 
 def zero_fraction(model: nn.Module) -> float:

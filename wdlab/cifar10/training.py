@@ -2,7 +2,7 @@
 
 What each regulariser does to a run (its optimiser, weight decay, dropout, a hook after each step or on the training
 batch) its definition says (wdlab.regularizers). Penalties apply to the conv and linear weights only, unless
-`decay_norm_and_bias`.
+`decay_norm_and_bias`. Each step's angle per layer is measured on the way (wdlab.rotation), without changing the run.
 """
 
 from __future__ import annotations
@@ -28,12 +28,13 @@ from wdlab.cifar10.data import (
     curve_subsets,
     epoch_batches,
     normalise,
-    steps_per_epoch,
 )
-from wdlab.cifar10.model import build_net, layer_norms, net_shape, total_norm, zero_fraction
+from wdlab.cifar10.model import build_net, layer_norms, layer_weights, net_shape, total_norm, zero_fraction
+from wdlab.cifar10.schedule import lr_factor, steps_per_epoch
 from wdlab.device import Formats, keep_freed_memory
 from wdlab.progress import progress
 from wdlab.regularizers import Regularizer
+from wdlab.rotation import AngularUpdates
 from wdlab.settings import CifarSettings, CifarTrain
 
 log = logging.getLogger("wd-lab.cifar10")
@@ -74,20 +75,6 @@ def make_optimizer(model: nn.Module, spec: CifarTrain, regularizer: str, strengt
     return torch.optim.SGD(groups, lr=spec.lr, momentum=spec.momentum, nesterov=nesterov)
 
 
-def lr_factor(step: int, total_steps: int, spec: CifarTrain) -> float:
-    """Multiplier of the peak lr at `step`: linear warm-up, then hold (constant), linear (onecycle) or cosine decay
-    to 0."""
-    warmup = round(spec.warmup_fraction * total_steps)
-    if step < warmup:
-        return (step + 1) / warmup
-    if spec.schedule == "constant":
-        return 1.0
-    progress = (step - warmup) / max(1, total_steps - warmup)
-    if spec.schedule == "onecycle":
-        return 1.0 - progress
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 # ── training and evaluation ───────────────────────────────────────────────────────────────────────
 
 
@@ -100,6 +87,8 @@ class RunResult:
     seed: int
     history: list[dict[str, float]] = field(default_factory=list)  # per epoch: loss, accuracy, gaps, ‖θ‖
     layer_norms: list[dict[str, float]] = field(default_factory=list)  # per epoch: layer name → ‖W‖
+    # per epoch: layer name → the mean angle (radians) its weight turned by per step in that epoch (NaN at epoch 0)
+    angular_updates: list[dict[str, float]] = field(default_factory=list)
     diverged_epoch: int | None = None  # first epoch whose loss was NaN/inf
     state_dict: dict[str, torch.Tensor] = field(default_factory=dict)
     seconds: float = 0.0
@@ -123,6 +112,7 @@ class Trainer:
     regularizer: Regularizer
     strength: float
     regularizer_gen: torch.Generator | None = None  # the regulariser's own draws on the training batch (input noise)
+    rotation: AngularUpdates | None = None  # measures each layer's angular update per step; None: not measured
 
     @classmethod
     def create(
@@ -134,9 +124,11 @@ class Trainer:
         formats: Formats,
         n_train: int,
         architecture: str = "resnet",
+        measure_angles: bool = True,
     ) -> Trainer:
         """A fresh model of `architecture` from the init stream, so every run starts from the same weights; the
-        regulariser and its strength alone explain the differences."""
+        regulariser and its strength alone explain the differences. Measuring the angular updates reads the weights
+        only: the run is the same with it or without."""
         if formats.device.type == "cpu":
             keep_freed_memory()  # else every step page-faults its activations back in: ~12 % of a CPU step
         definition = regularizers.get(regularizer)
@@ -161,6 +153,7 @@ class Trainer:
             definition,
             strength,
             streams.generator(seed, stream) if stream is not None else None,
+            AngularUpdates(layer_weights(model)) if measure_angles else None,
         )
 
     def train_epoch(self, split: Split, progress: tqdm | None = None) -> float:
@@ -183,8 +176,12 @@ class Trainer:
             loss = F.cross_entropy(logits.float(), labels, label_smoothing=spec.train.label_smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if self.rotation is not None:
+                self.rotation.before_step()
             self.optimizer.step()
-            self.regularizer.after_step(self.optimizer, self.strength)
+            self.regularizer.after_step(self.optimizer, self.strength)  # part of the step: L1's soft threshold
+            if self.rotation is not None:
+                self.rotation.after_step()
             self.schedule.step()
             total += loss.detach()
             if progress is not None:
@@ -192,7 +189,7 @@ class Trainer:
         return (total / len(batches)).item()  # one device sync per epoch, not per step
 
 
-EpochCallback = Callable[[int, dict[str, float], dict[str, float]], None]
+EpochCallback = Callable[[int, dict[str, float], dict[str, float], dict[str, float]], None]
 
 
 def train(
@@ -204,42 +201,57 @@ def train(
     formats: Formats,
     on_epoch: EpochCallback | None = None,
     architecture: str = "resnet",
+    measure_angles: bool = True,
 ) -> RunResult:
     """Train one model of `architecture` (its training settings: `spec.for_architecture`) with a regulariser at
     `strength` on `splits` (already on the device); a NaN/inf loss stops the run.
 
     Each epoch is measured on fixed subsets of the splits (`curve_subset` images each), the last one (or the one
-    that diverged) on the full splits; `on_epoch(epoch, row, layer_norms)` sees every row as soon as it is final.
+    that diverged) on the full splits; `on_epoch(epoch, row, layer_norms, angular_updates)` sees every row as soon as
+    it is final. `measure_angles`: record each layer's mean angular update per step (the run is the same without).
     """
-    trainer = Trainer.create(spec, regularizer, strength, seed, formats, len(splits.train.labels), architecture)
+    trainer = Trainer.create(
+        spec,
+        regularizer,
+        strength,
+        seed,
+        formats,
+        n_train=len(splits.train.labels),
+        architecture=architecture,
+        measure_angles=measure_angles,
+    )
     curves = curve_subsets(splits, spec.data.curve_subset, spec.data.split_seed)
     result = RunResult(regularizer, strength, seed)
     name = f"{regularizer} {strength:g} seed {seed}"
 
-    def record(on: Splits, pass_loss: float) -> dict[str, float]:
+    def record(on: Splits, pass_loss: float, angles: dict[str, float]) -> dict[str, float]:
         row, norms = measure(trainer.model, on, formats)
         row |= {"train_pass_loss": pass_loss, "full_sets": on is splits}
         result.history.append(row)
         result.layer_norms.append(norms)
+        if trainer.rotation is not None:
+            result.angular_updates.append(angles)
         return row
 
     def publish(epoch: int) -> None:
         if on_epoch is not None:
-            on_epoch(epoch, result.history[-1], result.layer_norms[-1])
+            angles = result.angular_updates[-1] if result.angular_updates else {}
+            on_epoch(epoch, result.history[-1], result.layer_norms[-1], angles)
 
-    record(curves, math.nan)
+    record(curves, math.nan, dict.fromkeys(layer_weights(trainer.model), math.nan))  # no step yet
     publish(0)
     steps = steps_per_epoch(len(splits.train.labels), spec.train.batch_size)
     bar = progress(total=spec.train.epochs * steps, desc=name, unit="batch")
     start = time.perf_counter()
     for epoch in range(1, spec.train.epochs + 1):
         pass_loss = trainer.train_epoch(splits.train, bar)
+        angles = trainer.rotation.epoch_means() if trainer.rotation is not None else {}
         last = epoch == spec.train.epochs
-        row = record(splits if last else curves, pass_loss)
+        row = record(splits if last else curves, pass_loss, angles)
         diverged = not (math.isfinite(pass_loss) and math.isfinite(row["train_loss"]) and math.isfinite(row["w_norm"]))
         if diverged and not last and curves is not splits:  # the run's last row: on the full splits too
-            del result.history[-1], result.layer_norms[-1]
-            row = record(splits, pass_loss)
+            del result.history[-1], result.layer_norms[-1], result.angular_updates[-1:]
+            row = record(splits, pass_loss, angles)
         publish(epoch)
         bar.set_postfix(epoch=f"{epoch}/{spec.train.epochs}", test_acc=f"{row['test_accuracy']:.3f}")
         log.info(
