@@ -52,9 +52,9 @@ def test_only_the_weights_batchnorm_follows_are_scale_invariant(shape):
             # BatchNorm's ε in √(σ² + ε) leaves ~1e-7 of the scale; a layer that is not invariant moves by ~1
             assert change < 1e-5 if name in invariant else change > 1e-2, f"{name}: scaling by 3 moved {change:.2g}"
     if "width" in shape:
-        assert invariant == [name for name in layers if name != "head"]
+        assert invariant == {name for name in layers if name != "head"}
     else:
-        assert invariant == []
+        assert invariant == set()
 
 
 def test_initialisation_is_seeded_and_the_resnet_builds_as_before():
