@@ -39,7 +39,8 @@ from wdlab.workspace import SYNTHETIC_BRANCH, commit_all, dvc, git, load_params,
 CIFAR_BRANCH = (
     "report_cifar10",
     "compare_cifar10",
-)  # with everything they depend on: download, the grids, headline, evaluate
+    "compare_architectures",
+)  # with everything they depend on: download, the grids (both nets'), headline, evaluate
 
 
 def checkout(rev: str, dest: Path) -> Path:
