@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from stages import train_cifar10
-from tests.test_cifar10_train import CPU, coloured_images, tiny_settings
+from tests.helpers.cifar import CPU, coloured_splits, tiny_settings
 from wdlab.cifar10 import data as cifar_data
 from wdlab.cifar10 import model as cifar_model
 from wdlab.cifar10.grid import RunSpec, train_run
@@ -80,14 +80,7 @@ def test_net_shape_keeps_the_resnets_record_and_names_the_plain_net():
 
 @pytest.fixture(scope="module")
 def splits() -> cifar_data.Splits:
-    (train_x, train_y), (test_x, test_y) = coloured_images(30, seed=1), coloured_images(10, seed=2)
-    train_idx, valid_idx = cifar_data.split_indices(train_y, train_subset=0, valid_size=50, seed=0)
-    return cifar_data.Splits(
-        cifar_data.Split(train_x[train_idx], train_y[train_idx]),
-        cifar_data.Split(train_x[valid_idx], train_y[valid_idx]),
-        cifar_data.Split(test_x, test_y),
-        tuple(str(c) for c in range(10)),
-    )
+    return coloured_splits()
 
 
 def test_a_run_spec_trains_the_plain_net_and_l2_shrinks_its_every_layer(splits):
