@@ -155,7 +155,7 @@ def cifar(project: Path, archive: Path, md5: str, keep: Path | None) -> dict:
         "load_before": round(load, 2),
         "load_after": round(os.getloadavg()[0], 2),
         "stages_s": stages,
-        "params": {key: params["cifar10"][key] for key in ("seeds", "data", "model", "train", "strengths")},
+        "params": {key: params["cifar10"][key] for key in ("seeds", "data", "model", "train", "strengths", "plain")},
     }
 
 
