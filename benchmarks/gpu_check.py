@@ -82,6 +82,24 @@ RECIPE = {
         "dropout": [0.2, 0.5],
         "noise": [0.5],  # params.yaml's: the preset leaves it
     },
+    "plain": {  # the reference's plain CNN at its own size, 64 channels; otherwise params.yaml's
+        "model": {"channels": 64, "hidden": 128},
+        "train": {
+            "lr": 0.01,
+            "adamw_lr": 2.0e-3,
+            "momentum": 0.9,
+            "nesterov": True,
+            "epochs": 10,
+            "batch_size": 64,
+            "schedule": "onecycle",
+            "warmup_fraction": 0.2,
+            "label_smoothing": 0.0,
+            "decay_norm_and_bias": False,
+            "mixed_precision": True,
+            "deterministic": True,
+        },
+        "l2": [0, 5.0e-3, 5.0e-2],
+    },
 }
 
 # airbench94 (github.com/KellerJordan/cifar10-airbench): 94.01 % in 3.83 s for 9.9 epochs of 50,000 images at batch
