@@ -122,6 +122,16 @@ def test_system_metrics_and_live_epochs(store, monkeypatch):
     assert stamps == sorted(stamps) and stamps[-1] - stamps[0] >= 1000, "each epoch logged when it ended"
 
 
+def test_a_run_shorter_than_one_sampling_interval_still_has_system_metrics(store, monkeypatch):
+    """MLflow's monitor publishes after each whole interval and stops without publishing when the run ends first: a
+    run that short (a tiny Ray run logging to a server) still gets one sample."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "30")
+    tracker = Tracker(TRACKING, "test-experiment")
+    with tracker.run("grid", {}, "test"), tracker.run("short", {}, "test", nested=True, system_metrics=True) as run_id:
+        pass
+    assert "system/cpu_utilization_percentage" in mlflow.MlflowClient(store).get_run(run_id).data.metrics
+
+
 # ---------- the data each run read ----------
 
 

@@ -369,7 +369,7 @@ class ServerLog:
             self._client = None
 
 
-def _system_monitor(run_id: str, uri: str, sampling_interval: float | None = None) -> Any:
+def _system_monitor(run_id: str, uri: str, sampling_interval: float | None = None) -> SystemMetrics | None:
     """MLflow's system-metrics monitor (CPU, memory, disk, network, GPU where there is one) on run `run_id`,
     started; None where it cannot start (MLflow logs why)."""
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
@@ -378,10 +378,31 @@ def _system_monitor(run_id: str, uri: str, sampling_interval: float | None = Non
         options = {} if sampling_interval is None else {"sampling_interval": sampling_interval}
         monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri, **options)
         monitor.start()
-        return monitor
+        return SystemMetrics(monitor, run_id)
     except Exception as err:
         log.warning("no system metrics for MLflow run %s (%s)", run_id, _reason(err))
         return None
+
+
+class SystemMetrics:
+    """A started SystemMetricsMonitor that samples once more at `finish` when it has published nothing: MLflow's
+    publishes after each whole sampling interval and stops without publishing when the run ends first, so a run
+    shorter than one interval (plus the server's answer to its status check) would show no system metrics."""
+
+    def __init__(self, monitor: Any, run_id: str):
+        self._monitor, self._run_id, self._first_step = monitor, run_id, monitor._logging_step
+
+    def finish(self) -> None:
+        monitor = self._monitor
+        monitor.finish()
+        if monitor._logging_step != self._first_step:
+            return
+        try:
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+        except Exception as err:
+            log.warning("no system metrics for MLflow run %s (%s)", self._run_id, _reason(err))
 
 
 def _alive(pid: int) -> bool:
