@@ -51,6 +51,20 @@ from wdlab.settings import REGULARIZERS, CifarSettings
 # params.yaml's cifar10 section with the GPU preset of docs/cifar10.md (every training image, width 64, 30 epochs of
 # batch 256, augmentation, curves on 2,000 images, the full strength grids). Written out because reading params.yaml
 # needs the pipeline's YAML parser; a test keeps the two equal.
+TRAIN = {
+    "lr": 0.1,
+    "adamw_lr": 2.0e-3,
+    "momentum": 0.9,
+    "nesterov": True,
+    "epochs": 30,
+    "batch_size": 256,
+    "schedule": "onecycle",
+    "warmup_fraction": 0.2,
+    "label_smoothing": 0.0,
+    "decay_norm_and_bias": False,
+    "mixed_precision": True,
+    "deterministic": True,
+}
 RECIPE = {
     "seeds": [0, 1, 2],
     "regularizer": "l2",
@@ -61,20 +75,7 @@ RECIPE = {
     },
     "data": {"split_seed": 0, "train_subset": 0, "valid_size": 2000, "curve_subset": 2000, "augment": True},
     "model": {"width": 64},
-    "train": {
-        "lr": 0.1,
-        "adamw_lr": 2.0e-3,
-        "momentum": 0.9,
-        "nesterov": True,
-        "epochs": 30,
-        "batch_size": 256,
-        "schedule": "onecycle",
-        "warmup_fraction": 0.2,
-        "label_smoothing": 0.0,
-        "decay_norm_and_bias": False,
-        "mixed_precision": True,
-        "deterministic": True,
-    },
+    "train": TRAIN,
     "strengths": {
         "l2": [0, 1.0e-4, 5.0e-4, 1.0e-3, 3.0e-3, 1.0e-2],
         "decoupled": [0, 0.05, 0.2, 0.5],
@@ -84,20 +85,7 @@ RECIPE = {
     },
     "plain": {  # the reference's plain CNN at its own size, 64 channels; otherwise params.yaml's
         "model": {"channels": 64, "hidden": 128},
-        "train": {
-            "lr": 0.01,
-            "adamw_lr": 2.0e-3,
-            "momentum": 0.9,
-            "nesterov": True,
-            "epochs": 10,
-            "batch_size": 64,
-            "schedule": "onecycle",
-            "warmup_fraction": 0.2,
-            "label_smoothing": 0.0,
-            "decay_norm_and_bias": False,
-            "mixed_precision": True,
-            "deterministic": True,
-        },
+        "train": TRAIN | {"lr": 0.01, "epochs": 10, "batch_size": 64},  # the reference's lr, epochs and batch
         "l2": [0, 5.0e-3, 5.0e-2],
     },
 }
