@@ -16,6 +16,7 @@ import seaborn as sns
 
 from wdlab import figures, stage
 from wdlab.cifar10.model import make_net, net_shape, scale_invariant_layers
+from wdlab.cifar10.summary import FINAL_KEYS, validation_choice
 from wdlab.errors import StageInputError
 from wdlab.files import RunFolder, read_table, write_json
 from wdlab.results import (
@@ -34,17 +35,6 @@ from wdlab.tracking import Tracker
 
 NETS = {"resnet": "ResNet (BatchNorm)", "plain": "Plain CNN"}
 MADE_BY = {"resnet": "train_cifar10@l2", "plain": "train_cifar10_plain"}
-FINAL_KEYS = (
-    "train_accuracy",
-    "valid_accuracy",
-    "test_accuracy",
-    "train_loss",
-    "valid_loss",
-    "test_loss",
-    "gap_accuracy",
-    "gap_loss",
-    "w_norm",
-)
 LAYER = "layer_w_norm."  # a layer's final ‖W‖ in the summaries and metrics: layer_w_norm.<layer>
 
 
@@ -105,9 +95,8 @@ def read_grid(net: str, root: Path, strengths: tuple[float, ...], settings: Sett
 
 def grid_metrics(grid: Grid, seeds: int) -> dict:
     """The plain grid in metrics/cifar10.json's layout (so the same regression rules and invariants check it): per λ
-    each final metric's and each layer's ‖W‖ mean, std and 95 % interval over seeds; the λ validation picks."""
-    by_lambda = grid.summary.set_index("lambda", drop=False)
-    chosen = best_lambda(grid.summary, "valid_accuracy_mean", higher_is_better=True)
+    each final metric's and each layer's ‖W‖ mean, std and 95 % interval over seeds; the λ validation picks, with its
+    gain over λ = 0."""
     return {
         "seeds": seeds,
         "architecture": grid.net,
@@ -118,13 +107,7 @@ def grid_metrics(grid: Grid, seeds: int) -> dict:
             | {"layer_w_norm": {layer: stats_of(row, LAYER + layer) for layer in grid.layers}}
             for row in grid.summary.to_dict("records")
         },
-        "chosen_by_validation": None
-        if chosen is None
-        else {
-            "lambda": chosen,
-            "valid_accuracy": stats_of(by_lambda.loc[chosen], "valid_accuracy"),
-            "test_accuracy": stats_of(by_lambda.loc[chosen], "test_accuracy"),
-        },
+        "chosen_by_validation": validation_choice(grid.summary, grid.finals),
     }
 
 

@@ -14,6 +14,7 @@ import pandas as pd
 
 import wdlab
 from wdlab import stage
+from wdlab.cifar10.summary import FINAL_KEYS, validation_choice
 from wdlab.errors import StageInputError
 from wdlab.files import RunFolder, grid_folders, load_tensors, read_json, read_table, write_csv, write_json
 from wdlab.regularizers import BASELINE, sharing_baseline_zero
@@ -23,19 +24,6 @@ from wdlab.tracking import Tracker
 
 log = logging.getLogger("wd-lab.evaluate_cifar10")
 
-# What the metrics file keeps of each run's last epoch.
-FINAL_KEYS = (
-    "train_accuracy",
-    "valid_accuracy",
-    "test_accuracy",
-    "train_loss",
-    "valid_loss",
-    "test_loss",
-    "gap_accuracy",
-    "gap_loss",
-    "w_norm",
-    "zero_fraction",
-)
 COMPARED = ("train_accuracy", "valid_accuracy", "test_accuracy", "gap_accuracy", "w_norm", "zero_fraction")
 
 
@@ -71,7 +59,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     )
     write_csv(args.table, [json_record(row) for row in summary.to_dict("records")])
     write_csv(args.compare, [json_record(row) for row in table.to_dict("records")])
-    result = metrics(headline, summary, len(study.seeds)) | {
+    result = metrics(headline, summary, grid, len(study.seeds)) | {
         "regularizer": study.regularizer,
         "regularizers": chosen_per_regularizer(table),
     }
@@ -168,12 +156,11 @@ def final_rows(path: Path, made_by: str) -> pd.DataFrame:
     return last_epochs(history)
 
 
-def metrics(headline: pd.DataFrame, summary: pd.DataFrame, seeds: int) -> dict:
+def metrics(headline: pd.DataFrame, summary: pd.DataFrame, finals: pd.DataFrame, seeds: int) -> dict:
     """The DVC metrics file: per λ each final metric's mean, std and 95 % interval over seeds, and the λ that
-    validation picks (highest mean validation accuracy)."""
+    validation picks (highest mean validation accuracy) with its gain over λ = 0, seed by seed."""
     head = seed_summary(headline, FINAL_KEYS).iloc[0]
     by_lambda = summary.set_index("lambda", drop=False)
-    chosen = best_lambda(summary, "valid_accuracy_mean", higher_is_better=True)
     top_test = best_lambda(summary, "test_accuracy_mean", higher_is_better=True)
     return {
         "seeds": seeds,
@@ -181,13 +168,7 @@ def metrics(headline: pd.DataFrame, summary: pd.DataFrame, seeds: int) -> dict:
         "grid": {
             f"lambda_{row['lambda']:g}": summary_of(row, int(row["epochs_run"])) for row in summary.to_dict("records")
         },
-        "chosen_by_validation": None
-        if chosen is None
-        else {
-            "lambda": chosen,
-            "valid_accuracy": stats_of(by_lambda.loc[chosen], "valid_accuracy"),
-            "test_accuracy": stats_of(by_lambda.loc[chosen], "test_accuracy"),
-        },
+        "chosen_by_validation": validation_choice(summary, finals),
         # Descriptive only: a λ chosen by test accuracy would make that test accuracy an optimistic estimate.
         "highest_test_accuracy": None
         if top_test is None

@@ -589,13 +589,9 @@ def finding(metrics: dict, regularizer: str, strength_grid: tuple[float, ...]) -
     if base and not base["diverged"] and chosen["lambda"] != 0.0:
         delta = 100 * (chosen["test_accuracy"]["mean"] - base["test_accuracy"]["mean"])
         text += f", {delta:+.1f} points against no weight decay (λ = 0: {pm_percent(base['test_accuracy'])})"
-        verdict = separated(chosen["test_accuracy"], base["test_accuracy"])
-        text += {
-            True: "; the 95 % intervals over seeds do not overlap, so the difference exceeds the seed spread.",
-            False: "; the 95 % intervals over seeds overlap, so the difference is within the seed spread.",
-            None: "; with one seed the spread is unknown: run several (`-S 'cifar10.seeds=[0,1,2]'`) "
-            "to tell a difference from noise.",
-        }[verdict]
+        text += gain_verdict(
+            chosen.get("test_accuracy_gain"), separated(chosen["test_accuracy"], base["test_accuracy"])
+        )
     else:
         text += "."
     top = metrics.get("highest_test_accuracy")
@@ -612,6 +608,29 @@ def finding(metrics: dict, regularizer: str, strength_grid: tuple[float, ...]) -
             "and rerun."
         )
     return text
+
+
+def gain_verdict(gain: dict | None, unpaired: bool | None) -> str:
+    """Whether the chosen λ's test-accuracy gain over λ = 0 exceeds the seed spread, judged seed by seed (`gain`: the
+    paired differences' mean and 95 % interval) and said beside what the two unpaired intervals show."""
+    if not gain or gain.get("ci_low") is None:
+        return (
+            "; with one seed the spread is unknown: run several (`-S 'cifar10.seeds=[0,1,2]'`) "
+            "to tell a difference from noise."
+        )
+    low, high = 100 * gain["ci_low"], 100 * gain["ci_high"]
+    paired = (
+        f". Seed by seed (a seed starts from the same weights and batch order at every λ, so the pairs share that "
+        f"noise) the gain is {100 * gain['mean']:+.1f} points, 95 % interval {low:+.1f} to {high:+.1f}"
+    )
+    if low > 0 or high < 0:
+        return paired + (
+            ": it exceeds the seed spread"
+            + (", although the two means' unpaired intervals overlap." if unpaired is False else ".")
+        )
+    return paired + (
+        ": the interval holds 0, so the difference is within the seed spread; more seeds (`cifar10.seeds`) would tell."
+    )
 
 
 def interpretation(by_lambda: pd.DataFrame) -> str:

@@ -19,9 +19,10 @@ from torch import nn
 from stages import compare_regularizers, evaluate_cifar10, report_cifar10, train_cifar10
 from tests.helpers.cifar import CLASSES, CPU, coloured_splits, tiny_settings
 from tests.helpers.stages import stage_args
-from wdlab import regularizers
+from wdlab import regularizers, results
 from wdlab.cifar10 import data as cifar_data
 from wdlab.cifar10 import model as cifar_model
+from wdlab.cifar10 import summary
 from wdlab.cifar10 import training as cifar_training
 from wdlab.cifar10.archive import Cifar10, save_cifar10
 from wdlab.device import cpu_has_bf16, device_formats
@@ -295,6 +296,34 @@ def pipeline(tmp_path_factory, splits) -> Path:
         report_cifar10.main(settings, args("report_cifar10", report_cifar10))
         compare_regularizers.main(settings, args("compare_cifar10", compare_regularizers))
     return root
+
+
+def test_the_gain_over_no_decay_is_judged_seed_by_seed():
+    # Seeds 0-2 at λ = 0 and 0.05 as the default study measured them: the seeds differ in level, the gain is steady.
+    test = {0.0: [0.6522, 0.6490, 0.6486], 0.05: [0.6693, 0.6574, 0.6603]}
+    finals = pd.DataFrame(
+        [
+            {"lambda": lam, "seed": seed, "test_accuracy": acc, "diverged": False}
+            for lam, accs in test.items()
+            for seed, acc in enumerate(accs)
+        ]
+    )
+    gain = summary.paired_gain(finals, "test_accuracy", 0.05)
+    differences = pd.Series(test[0.05]) - pd.Series(test[0.0])
+    assert gain["mean"] == pytest.approx(differences.mean()) and gain["std"] == pytest.approx(differences.std())
+    assert 0 < gain["ci_low"] < gain["mean"] < gain["ci_high"]
+    unpaired = {lam: results.stats(pd.Series(accs)) for lam, accs in test.items()}
+    assert not results.separated(unpaired[0.0], unpaired[0.05]), "unpaired, the intervals overlap"
+    page = report_cifar10.gain_verdict(gain, results.separated(unpaired[0.0], unpaired[0.05]))
+    assert "exceeds the seed spread, although the two means' unpaired intervals overlap" in page
+    # a seed whose run diverged at either strength has no pair; a swapped sign holds 0 in its interval
+    finals.loc[(finals["seed"] == 2) & (finals["lambda"] == 0.0), "diverged"] = True
+    assert summary.paired_gain(finals, "test_accuracy", 0.05)["mean"] == pytest.approx(differences[:2].mean())
+    finals.loc[finals["seed"] == 1, "test_accuracy"] = [0.70, 0.64]
+    assert "within the seed spread" in report_cifar10.gain_verdict(
+        summary.paired_gain(finals, "test_accuracy", 0.05), None
+    )
+    assert summary.paired_gain(finals, "test_accuracy", 0.5) is None  # not in the grid
 
 
 def test_stages_write_metrics_curves_and_report(pipeline):
