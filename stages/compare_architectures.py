@@ -20,7 +20,6 @@ from wdlab.cifar10.summary import FINAL_KEYS, validation_choice
 from wdlab.errors import StageInputError
 from wdlab.files import RunFolder, read_table, write_json
 from wdlab.results import (
-    best_lambda,
     fmt_lambda,
     last_epochs,
     markdown_table,
@@ -309,13 +308,19 @@ def recipe(t: CifarTrain, shape: Mapping[str, object]) -> str:
 def render_page(grids: Mapping[str, Grid], settings: Settings, links: list[str]) -> str:
     study = settings.cifar10
     seeds = len(study.seeds)
-    plain_chosen = best_lambda(grids["plain"].summary, "valid_accuracy_mean", higher_is_better=True)
+    chosen = validation_choice(grids["plain"].summary, grids["plain"].finals)
     chosen_line = ""
-    if plain_chosen is not None:
-        row = grids["plain"].summary.set_index("lambda").loc[plain_chosen]
+    if chosen is not None:
+        gain = chosen.get("test_accuracy_gain")
+        paired = (
+            f", {100 * gain['mean']:+.1f} points over λ = 0 seed by seed (95 % interval {100 * gain['ci_low']:+.1f} "
+            f"to {100 * gain['ci_high']:+.1f})"
+            if gain and gain.get("ci_low") is not None
+            else ""
+        )
         chosen_line = (
-            f"Validation accuracy picks λ = {fmt_lambda(plain_chosen)} for the plain CNN: test accuracy "
-            f"{pm_percent(stats_of(row, 'test_accuracy'))} (the ResNet's pick: [cifar10.md](cifar10.md))."
+            f"Validation accuracy picks λ = {fmt_lambda(chosen['lambda'])} for the plain CNN: test accuracy "
+            f"{pm_percent(chosen['test_accuracy'])}{paired} (the ResNet's pick: [cifar10.md](cifar10.md))."
         )
     return "\n".join(
         [
