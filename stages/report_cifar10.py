@@ -467,6 +467,13 @@ def rotation_paragraph(rotation: Rotation, finals: pd.DataFrame) -> tuple[str, l
             f"{signed_percent(summary['low'][closest])} to {signed_percent(summary['high'][closest])}), and "
             f"{signed_percent(last)} over the last {LAST_EPOCHS} epochs"
             + (", where η_t falls faster than ‖W‖ can follow." if last < 1 - TOLERANCE else ".")
+            + (
+                f" Test accuracy {pct(means[strength])}"
+                + (f" ± {100 * spread[strength]:.1f}" if math.isfinite(spread[strength]) else "")
+                + "."
+                if 0.0 not in means and strength in means  # no λ = 0 of its own to set it against below
+                else ""
+            )
         )
         speed = rotation.versus(strength)
         if math.isfinite(speed) and strength in means and 0.0 in means:
@@ -490,6 +497,11 @@ def rotation_paragraph(rotation: Rotation, finals: pd.DataFrame) -> tuple[str, l
         sentences.append(
             f"λ = 0 has no equilibrium: its median layer's angle per step goes from {base.iloc[0]:.2g} rad in epoch "
             f"{int(base.index[0])} to {base.iloc[-1]:.2g} in epoch {int(base.index[-1])}, as ‖W‖ grows and η_t falls."
+        )
+    if 0.0 not in means and len(means):
+        sentences.append(
+            "This grid has no λ = 0 run of its own (its optimiser without decay is not SGD's λ = 0), so each λ's "
+            "test accuracy (mean ± std over seeds) stands beside its angles instead of a prediction against λ = 0."
         )
     if max(rotation.efolds.values()) < 3:
         sentences.append(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -383,6 +384,8 @@ def test_stages_write_metrics_curves_and_report(pipeline):
     page = (pipeline / report.page).read_text()
     assert "biases and BatchNorm scales/shifts are not decayed" in page and "diverged" in page
     assert "rotational equilibrium" in page and "e-folds" in page and "**`decoupled`" in page
+    # AdamW's grid has no λ = 0 of its own: its accuracy per λ stands beside its angles
+    assert "This grid has no λ = 0 run of its own" in page and re.search(r"λ = 0\.05: .* Test accuracy \d", page)
     assert "Seeds 0, 1" in page and "95 %" in page
     pngs = sorted((pipeline / report.figures).glob("*.png"))
     assert {p.stem for p in pngs} == {
