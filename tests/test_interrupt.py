@@ -11,6 +11,7 @@ import sys
 import time
 
 import mlflow
+import psutil
 import pytest
 
 from wdlab.settings import REGULARIZERS
@@ -79,6 +80,21 @@ def assert_nothing_lost(project, lock_before: dict, metrics_before: str) -> None
     assert all(list(entry) == ["changed deps"] for entries in status.values() for entry in entries), status
 
 
+def ended(proc: subprocess.Popen, timeout: float) -> str:
+    """The output of `proc` once it has exited; if it has not within `timeout`, fail with where each stage process
+    below it is stuck (a stage prints every thread's stack on SIGUSR1: wdlab/stage.py)."""
+    try:
+        return proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        stages = [p for p in psutil.Process(proc.pid).children(recursive=True) if "stages." in " ".join(p.cmdline())]
+        for stage in stages:
+            stage.send_signal(signal.SIGUSR1)
+        time.sleep(3)
+        os.killpg(proc.pid, signal.SIGKILL)
+        output = proc.communicate(timeout=30)[0]
+        pytest.fail(f"dvc repro still ran {timeout:g} s after the signal; its stages {stages}:\n{output[-6000:]}")
+
+
 @pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
 def test_killed_training_loses_nothing_and_repro_recovers(baseline, how):
     project = baseline
@@ -87,7 +103,7 @@ def test_killed_training_loses_nothing_and_repro_recovers(baseline, how):
     with long_training(project) as proc:
         run_id = wait_for_running_training(project)
         os.killpg(proc.pid, getattr(signal, how))  # the whole group, as Ctrl-C in a terminal does
-        output, _ = proc.communicate(timeout=120)
+        output = ended(proc, timeout=120)
     assert proc.returncode != 0
 
     if how == "SIGINT":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import signal
 import sys
@@ -66,6 +67,8 @@ def run_stage(
     args = cli.parse_args()
     setup_logging()
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `dvc queue kill` end a stage like Ctrl-C does
+    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: a stage that seems stuck prints where each thread is
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         main(load_settings(args.params), args)
     except (ParamsError, StageError) as err:
