@@ -67,8 +67,7 @@ def run_stage(
     args = cli.parse_args()
     setup_logging()
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` and `dvc queue kill` end a stage like Ctrl-C does
-    if hasattr(signal, "SIGUSR1"):  # `kill -USR1 <pid>`: a stage that seems stuck prints where each thread is
-        faulthandler.register(signal.SIGUSR1, all_threads=True)
+    stacks_on_sigusr1()
     try:
         main(load_settings(args.params), args)
     except (ParamsError, StageError) as err:
@@ -78,6 +77,16 @@ def run_stage(
     except KeyboardInterrupt:
         print(f"error: {cli.prog} interrupted; earlier outputs are intact, rerun `dvc repro`", file=sys.stderr)
         sys.exit(130)
+
+
+def stacks_on_sigusr1() -> None:
+    """`kill -USR1 <pid>`: a stage that seems stuck prints where each of its threads is, to the process's stderr."""
+    if not hasattr(signal, "SIGUSR1") or sys.__stderr__ is None:
+        return
+    try:
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__, all_threads=True)
+    except (OSError, ValueError):  # a stderr without a file descriptor (an embedding host): nothing to write to
+        pass
 
 
 def setup_logging() -> None:

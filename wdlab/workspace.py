@@ -101,7 +101,10 @@ def kill_group(proc: subprocess.Popen, grace: float = 10) -> None:
 @contextlib.contextmanager
 def background(cmd: list[str], cwd: Path, **env: str) -> Iterator[subprocess.Popen]:
     """`cmd` running in a process group of its own, stdout and stderr piped together; the whole group is ended when
-    the block exits, also when a test fails inside it, so no process outlives the test that started it."""
+    the block exits, also when a test fails inside it, so no process outlives the test that started it.
+
+    Ctrl-C (SIGINT) reaches it as it reaches a terminal's foreground job, also when this process was started with
+    SIGINT ignored (`command &` in a script ignores it, and every child would inherit that)."""
     proc = subprocess.Popen(
         cmd,
         cwd=cwd,
@@ -110,12 +113,17 @@ def background(cmd: list[str], cwd: Path, **env: str) -> Iterator[subprocess.Pop
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
+        preexec_fn=_default_sigint,
     )
     try:
         yield proc
     finally:
         kill_group(proc)
         proc.stdout.close()
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def dvc(cwd: Path, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
