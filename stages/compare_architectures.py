@@ -16,7 +16,7 @@ import seaborn as sns
 
 from wdlab import figures, stage
 from wdlab.cifar10.model import make_net, net_shape, scale_invariant_layers
-from wdlab.cifar10.summary import FINAL_KEYS, validation_choice
+from wdlab.cifar10.summary import FINAL_KEYS, gain_text, validation_choice
 from wdlab.errors import StageInputError
 from wdlab.files import RunFolder, read_table, write_json
 from wdlab.results import (
@@ -56,13 +56,14 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         "resnet": read_grid("resnet", args.resnet, study.strengths.l2, settings),
         "plain": read_grid("plain", args.plain, study.plain.l2, settings),
     }
-    write_json(args.metrics, grid_metrics(grids["plain"], len(study.seeds)))
+    plain = grid_metrics(grids["plain"], len(study.seeds))
+    write_json(args.metrics, plain)
     figures.set_theme()
     pngs = [
         plot_accuracy_and_gap(grids, args.figures / "accuracy_gap_vs_lambda.png"),
         plot_layer_norms(grids, args.figures / "layer_norms_vs_lambda.png"),
     ]
-    page = render_page(grids, settings, figures.relative_to_page(pngs, args.page))
+    page = render_page(grids, plain["chosen_by_validation"], settings, figures.relative_to_page(pngs, args.page))
     records = {MADE_BY[net]: grid.record for net, grid in grids.items()}
     tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)
     figures.publish(args.page, page, pngs, tracker, records, folder="architectures")
@@ -305,19 +306,14 @@ def recipe(t: CifarTrain, shape: Mapping[str, object]) -> str:
     return f"{size}; SGD lr {t.lr:g}, {momentum}, {t.schedule} schedule, batch {t.batch_size}, {t.epochs} epochs"
 
 
-def render_page(grids: Mapping[str, Grid], settings: Settings, links: list[str]) -> str:
+def render_page(grids: Mapping[str, Grid], chosen: dict | None, settings: Settings, links: list[str]) -> str:
+    """The page; `chosen` is the plain grid's validation choice as its metrics record it."""
     study = settings.cifar10
     seeds = len(study.seeds)
-    chosen = validation_choice(grids["plain"].summary, grids["plain"].finals)
     chosen_line = ""
     if chosen is not None:
         gain = chosen.get("test_accuracy_gain")
-        paired = (
-            f", {100 * gain['mean']:+.1f} points over λ = 0 seed by seed (95 % interval {100 * gain['ci_low']:+.1f} "
-            f"to {100 * gain['ci_high']:+.1f})"
-            if gain and gain.get("ci_low") is not None
-            else ""
-        )
+        paired = f" ({gain_text(gain)} over λ = 0, seed by seed)" if gain and gain["ci_low"] is not None else ""
         chosen_line = (
             f"Validation accuracy picks λ = {fmt_lambda(chosen['lambda'])} for the plain CNN: test accuracy "
             f"{pm_percent(chosen['test_accuracy'])}{paired} (the ResNet's pick: [cifar10.md](cifar10.md))."

@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator
 
 from wdlab import figures, stage
 from wdlab.cifar10.schedule import step_lrs
+from wdlab.cifar10.summary import gain_text
 from wdlab.equilibrium import Equilibrium
 from wdlab.files import RunFolder, grid_folders, read_json, read_table
 from wdlab.regularizers import BASELINE, REGISTRY, Regularizer
@@ -630,12 +631,11 @@ def gain_verdict(gain: dict | None, unpaired: bool | None) -> str:
             "; with one seed the spread is unknown: run several (`-S 'cifar10.seeds=[0,1,2]'`) "
             "to tell a difference from noise."
         )
-    low, high = 100 * gain["ci_low"], 100 * gain["ci_high"]
     paired = (
-        f". Seed by seed (a seed starts from the same weights and batch order at every λ, so the pairs share that "
-        f"noise) the gain is {100 * gain['mean']:+.1f} points, 95 % interval {low:+.1f} to {high:+.1f}"
+        ". Seed by seed (a seed starts from the same weights and batch order at every λ, so the pairs share that "
+        f"noise) the gain is {gain_text(gain)}"
     )
-    if low > 0 or high < 0:
+    if gain["ci_low"] > 0 or gain["ci_high"] < 0:
         return paired + (
             ": it exceeds the seed spread"
             + (", although the two means' unpaired intervals overlap." if unpaired is False else ".")

@@ -53,3 +53,10 @@ def validation_choice(summary: pd.DataFrame, finals: pd.DataFrame) -> dict | Non
     }
     gain = paired_gain(finals, "test_accuracy", chosen) if chosen != 0 else None
     return record | ({"test_accuracy_gain": gain} if gain else {})
+
+
+def gain_text(gain: dict) -> str:
+    """A paired gain in accuracy as the pages say it: `+1.2 points, 95 % interval +0.1 to +2.3`."""
+    return (
+        f"{100 * gain['mean']:+.1f} points, 95 % interval {100 * gain['ci_low']:+.1f} to {100 * gain['ci_high']:+.1f}"
+    )
