@@ -31,8 +31,7 @@ from wdlab.cifar10.archive import read_archive  # noqa: E402
 from wdlab.cifar10.data import Splits, cut_splits  # noqa: E402
 from wdlab.cifar10.grid import RunSpec, train_run  # noqa: E402
 from wdlab.cifar10.standin import build_archive  # noqa: E402
-from wdlab.device import pick_device  # noqa: E402
-from wdlab.settings import load_settings  # noqa: E402
+from wdlab.settings import CifarData, load_settings  # noqa: E402
 
 # Strengths per regulariser, each from "no effect" to "too much". L2 and L1 train with SGD (cifar10.train.lr), AdamW
 # with its own lr (cifar10.train.adamw_lr), so its λ is ~100× SGD's; AdamW's 0 is AdamW without decay, not l2's 0.
@@ -44,10 +43,10 @@ SWEEP: dict[str, tuple[float, ...]] = {
 SUMMARY = ("valid_accuracy", "test_accuracy", "train_accuracy", "zero_fraction", "w_norm")
 
 
-def standin_splits(scratch: Path) -> Splits:
-    """The full-size stand-in, cut into the splits params.yaml's cifar10.data asks for."""
+def standin_splits(scratch: Path, data: CifarData) -> Splits:
+    """The full-size stand-in, cut into the splits `data` (params.yaml's cifar10.data) asks for."""
     archive = build_archive(scratch, images_per_batch=10_000, difficulty="ci")
-    return cut_splits(read_archive(archive.path), load_settings(ROOT / "params.yaml").cifar10.data)
+    return cut_splits(read_archive(archive.path), data)
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -76,9 +75,8 @@ def main() -> None:
     machine = this_machine()
     print(machine.describe(), flush=True)
     study = load_settings(ROOT / "params.yaml").cifar10
-    device = pick_device("cpu").type
     with tempfile.TemporaryDirectory(prefix="wd-lab-sweep-") as scratch:
-        splits = standin_splits(Path(scratch))
+        splits = standin_splits(Path(scratch), study.data)
     figures: dict = {"seeds": args.seeds, "epochs": study.train.epochs, "train_images": len(splits.train.labels)}
     start = time.perf_counter()
     for regularizer in args.only or SWEEP:
@@ -86,7 +84,7 @@ def main() -> None:
         for strength in SWEEP[regularizer]:
             runs = []
             for seed in args.seeds:
-                result = train_run(RunSpec(study, regularizer, strength, seed, device), splits)
+                result = train_run(RunSpec(study, regularizer, strength, seed, "cpu"), splits)
                 final = result.final
                 runs.append({key: final[key] for key in SUMMARY} | {"diverged": result.diverged_epoch is not None})
                 print(
