@@ -49,9 +49,10 @@ def push_run_outputs(remote: str | None = None, jobs: int | None = None) -> Push
 
 def refused_certificate(err: BaseException) -> ssl.SSLCertVerificationError | None:
     """The TLS verification failure behind `err` (the HTTP client wraps it in its own errors), or None."""
-    while err is not None and not isinstance(err, ssl.SSLCertVerificationError):
-        err = err.__cause__ or err.__context__
-    return err
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__
+    return cause
 
 
 def main(argv: list[str] | None = None) -> int:
