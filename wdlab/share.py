@@ -9,13 +9,15 @@ every output that the local run records name (what is already on the remote is s
 
     dvc push --run-cache && python -m wdlab.share        # a colleague: dvc pull --run-cache; dvc exp run --pull ...
 
-docs/sharing.md has the whole flow; tests/test_sharing.py runs it against a real SSH server.
+docs/sharing.md has the whole flow; tests/test_sharing.py runs it against a real WebDAV server over HTTPS, and checks
+that a server whose certificate the team's CA did not sign gets nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import ssl
 import sys
 from typing import NamedTuple
 
@@ -45,6 +47,14 @@ def push_run_outputs(remote: str | None = None, jobs: int | None = None) -> Push
         return Pushed(len(records), len(objects), len(result.transferred), len(result.failed))
 
 
+def refused_certificate(err: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The TLS verification failure behind `err` (the HTTP client wraps it in its own errors), or None."""
+    cause: BaseException | None = err
+    while cause is not None and not isinstance(cause, ssl.SSLCertVerificationError):
+        cause = cause.__cause__ or cause.__context__
+    return cause
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m wdlab.share",
@@ -60,6 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         pushed = push_run_outputs(args.remote, args.jobs)
     except DvcException as err:
         print(f"wdlab.share: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        # The TLS handshake failed before any request: the server is not the one the remote's CA vouches for
+        if (refused := refused_certificate(err)) is None:
+            raise
+        print(
+            f"wdlab.share: the remote's server is not the team's ({refused.verify_message}): nothing was sent; "
+            "check the remote's URL and its `ssl_verify` CA (docs/sharing.md)",
+            file=sys.stderr,
+        )
         return 1
     print(
         f"{pushed.records} run records name {pushed.objects} cache objects: {pushed.transferred} uploaded"
