@@ -168,17 +168,19 @@ def _fetch_first(dataset: Dataset, mirrors: Sequence[str], resource: Resource, s
 
 
 def _fetch_resource(mirror: str, resource: Resource, target: Path, fix: str) -> str:
-    """Copy `resource` from `mirror` into `target` if its content verifies; return the URL it came from."""
+    """Copy `resource` from `mirror` into `target` if its content verifies; return the URL it came from. The .gz is
+    tried first; only where the mirror lacks it is the raw file tried."""
     names = [f"{resource.file}.gz", resource.file] if resource.gzipped else [resource.file]
-    for position, name in enumerate(names):
-        url = _join(mirror, name)
-        try:
-            copy_verified(url, target, resource, fix, gzipped=name.endswith(".gz") and resource.gzipped)
-            return url
-        except SourceMissing:
-            if position == len(names) - 1:
-                raise
-    raise AssertionError("unreachable")
+    for name in names[:-1]:
+        with contextlib.suppress(SourceMissing):
+            return _copy_named(mirror, name, resource, target, fix)
+    return _copy_named(mirror, names[-1], resource, target, fix)
+
+
+def _copy_named(mirror: str, name: str, resource: Resource, target: Path, fix: str) -> str:
+    url = _join(mirror, name)
+    copy_verified(url, target, resource, fix, gzipped=resource.gzipped and name.endswith(".gz"))
+    return url
 
 
 def copy_verified(url: str, target: Path, resource: Resource, fix: str, gzipped: bool) -> None:
