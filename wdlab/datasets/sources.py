@@ -135,7 +135,8 @@ def fetch(
 ) -> Path:
     """Write `dataset`'s files into the folder `out`, each from the first of `mirrors` (default: the dataset's) that
     holds it with the right content; `resources` replaces the dataset's checksums (a stand-in declares its own).
-    `out` appears, or replaces an earlier copy, only when every file is verified."""
+    `out` appears, or replaces an earlier copy, only when every file is verified and the dataset's reader has read
+    them back."""
     mirrors = tuple(mirrors or dataset.mirrors)
     resources = tuple(resources or dataset.resources)
     with atomic_dir(out) as staging:
