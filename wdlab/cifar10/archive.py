@@ -2,27 +2,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import gzip
-import hashlib
-import http.client
 import logging
 import pickle
 import posixpath
 import tarfile
 import tempfile
-import urllib.error
-import urllib.parse
-import urllib.request
 import zlib
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, NamedTuple
+from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
+from wdlab.datasets import sources
+from wdlab.datasets.definition import ImageSet
+from wdlab.datasets.sources import CHUNK_BYTES, file_md5, reason
 from wdlab.errors import StageError, StageInputError
 from wdlab.files import atomic_path, load_tensors, read_json, save_tensors, write_json
 
@@ -41,18 +36,8 @@ URL_PARAM, MD5_PARAM = "cifar10.download.url", "cifar10.download.md5"
 USE_ANOTHER_SOURCE = f"set `{URL_PARAM}` to a mirror, a file:// URL or a local path"
 USE_OFFICIAL_ARCHIVE = f"point `{URL_PARAM}` and `{MD5_PARAM}` at the official cifar-10-python.tar.gz"
 
-CHUNK_BYTES = 1 << 20
-TIMEOUT_S = 60.0  # per socket operation, so a stalled mirror fails instead of hanging the pipeline
 
-
-class Cifar10(NamedTuple):
-    """The dataset as tensors; unpacks as (train_images, train_labels, test_images, test_labels, classes)."""
-
-    train_images: torch.Tensor  # uint8 [N, 3, 32, 32]
-    train_labels: torch.Tensor  # int64 [N], values 0–9
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
-    classes: tuple[str, ...]  # label_names, in label order
+Cifar10 = ImageSet  # (train_images, train_labels, test_images, test_labels, classes), images [N, 3, 32, 32]
 
 
 # ── download ──────────────────────────────────────────────────────────────────────────────────────
@@ -64,14 +49,6 @@ def normalised_md5(md5: str) -> str:
     if len(digest) != 32 or not all(c in "0123456789abcdef" for c in digest):
         raise StageError(f"{MD5_PARAM} = {md5!r} is not an md5 (32 hex digits): set it to the archive's md5")
     return digest
-
-
-def file_md5(path: Path | str) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK_BYTES):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cached_archive_path(cache_dir: Path | str, md5: str) -> Path:
@@ -91,78 +68,12 @@ def is_verified(archive: Path, md5: str) -> bool:
 def fetch(url: str, destination: Path, md5: str) -> None:
     """Stream `url` (http(s)://, file:// or a path) to `destination`; it appears there only if its md5 matches."""
     with atomic_path(destination) as partial:  # removed on any failure, so the cache holds verified files only
-        actual = _stream(url, partial)
+        actual = sources.download(url, partial, USE_ANOTHER_SOURCE, URL_PARAM)
         if actual != md5:
             raise StageError(
                 f"checksum mismatch for {url}: expected md5 {md5}, got {actual}; deleted the download: "
                 f"check `{URL_PARAM}` or fix `{MD5_PARAM}`"
             )
-
-
-def _stream(url: str, target: Path) -> str:
-    """Copy the source into `target` with a progress bar; return the md5 of the bytes that arrived."""
-    digest = hashlib.md5(usedforsecurity=False)
-    received = 0
-    name = Path(urllib.parse.urlsplit(url).path).name
-    with _open_source(url) as (source, size), open(target, "wb") as sink:
-        # disable=None: a bar on a terminal, silent in logs and under `dvc repro` in CI
-        with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=name, disable=None) as bar:
-            while chunk := _read_chunk(source, url, received):
-                sink.write(chunk)
-                digest.update(chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-    if size is not None and received < size:
-        raise StageError(
-            f"download of {url} was cut short at {received:,} of {size:,} bytes: retry, or {USE_ANOTHER_SOURCE}"
-        )
-    return digest.hexdigest()
-
-
-def _read_chunk(source: BinaryIO, url: str, received: int) -> bytes:
-    try:
-        return source.read(CHUNK_BYTES)
-    except (OSError, http.client.HTTPException) as err:  # reset, timeout, IncompleteRead
-        raise StageError(
-            f"download of {url} broke off after {received:,} bytes ({_reason(err)}): retry, or {USE_ANOTHER_SOURCE}"
-        ) from None
-
-
-@contextlib.contextmanager
-def _open_source(url: str) -> Iterator[tuple[BinaryIO, int | None]]:
-    """The byte stream behind `url` and its length when known."""
-    scheme = urllib.parse.urlsplit(url).scheme.lower()
-    if scheme in {"http", "https", "file"}:
-        with _urlopen(url) as response:
-            length = response.headers.get("Content-Length")
-            yield response, int(length) if length and length.isdigit() else None
-    elif len(scheme) > 1:  # a one-letter scheme is a Windows drive (C:\...), i.e. a local path
-        raise StageError(f"{URL_PARAM} = {url!r} has an unsupported scheme: {USE_ANOTHER_SOURCE}")
-    else:
-        path = Path(url).expanduser()
-        try:
-            handle = open(path, "rb")
-        except OSError as err:
-            raise StageError(f"cannot read {path} ({_reason(err)}): {USE_ANOTHER_SOURCE}") from None
-        with handle:
-            yield handle, path.stat().st_size
-
-
-def _urlopen(url: str) -> http.client.HTTPResponse:
-    try:
-        return urllib.request.urlopen(url, timeout=TIMEOUT_S)
-    except urllib.error.HTTPError as err:
-        err.close()
-        raise StageError(f"cannot download {url}: HTTP {err.code} {err.reason}: {USE_ANOTHER_SOURCE}") from None
-    except (OSError, ValueError, http.client.HTTPException) as err:  # URLError is an OSError
-        raise StageError(f"cannot download {url} ({_reason(err)}): {USE_ANOTHER_SOURCE}") from None
-
-
-def _reason(err: BaseException) -> str:
-    """The cause in a few words, on one line: 'Connection refused', not a repr with errno."""
-    cause = getattr(err, "reason", None) or err
-    text = getattr(cause, "strerror", None) or str(cause) or type(cause).__name__
-    return " ".join(str(text).split())
 
 
 # ── extraction ────────────────────────────────────────────────────────────────────────────────────
@@ -195,9 +106,9 @@ def extract_batches(archive: Path, target: Path, name: str | None = None) -> Pat
                 )
             tar.extractall(target, members=needed, filter="data")  # the filter is a second guard behind _refuse_unsafe
     except (tarfile.TarError, gzip.BadGzipFile, EOFError, zlib.error) as err:
-        raise StageError(f"{name} is not a readable .tar.gz ({_reason(err)}): {USE_OFFICIAL_ARCHIVE}") from None
+        raise StageError(f"{name} is not a readable .tar.gz ({reason(err)}): {USE_OFFICIAL_ARCHIVE}") from None
     except OSError as err:  # the disk, not the archive: full, read-only, ...
-        raise StageError(f"cannot extract {name} into {target} ({_reason(err)}): check the free space there") from None
+        raise StageError(f"cannot extract {name} into {target} ({reason(err)}): check the free space there") from None
     return target / BATCH_DIR
 
 
@@ -264,7 +175,7 @@ def load_plain_pickle(path: Path) -> Any:
             ) from None
         except Exception as err:  # a damaged pickle raises many kinds (EOFError, KeyError, ValueError, ...)
             raise StageError(
-                f"{member} is not a readable pickle ({type(err).__name__}: {_reason(err)}): {USE_OFFICIAL_ARCHIVE}"
+                f"{member} is not a readable pickle ({type(err).__name__}: {reason(err)}): {USE_OFFICIAL_ARCHIVE}"
             ) from None
 
 

@@ -24,7 +24,7 @@ SPLITS = ("train", "valid", "test")
 
 
 class Split(NamedTuple):
-    images: torch.Tensor  # uint8 [N, 3, 32, 32]
+    images: torch.Tensor  # uint8 [N, C, H, W]: [N, 3, 32, 32] for CIFAR-10
     labels: torch.Tensor  # int64 [N]
 
     def to(self, device: torch.device) -> Split:
@@ -105,18 +105,25 @@ def balanced_sample(labels: torch.Tensor, size: int, gen: torch.Generator) -> to
     return shuffled[take].sort().values
 
 
-def normalise(images: torch.Tensor, memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """uint8 pixels → float, per channel: x ← (x/255 − mean)/std."""
-    mean, std = _pixel_stats(images.device)
-    return ((images.float() - mean) / std).contiguous(memory_format=memory_format)
+def normalise(
+    images: torch.Tensor,
+    memory_format: torch.memory_format = torch.contiguous_format,
+    mean: tuple[float, ...] = MEAN,
+    std: tuple[float, ...] = STD,
+) -> torch.Tensor:
+    """uint8 pixels → float, per channel: x ← (x/255 − mean)/std (CIFAR-10's statistics unless a dataset's given)."""
+    mean_pixels, std_pixels = _pixel_stats(images.device, mean, std)
+    return ((images.float() - mean_pixels) / std_pixels).contiguous(memory_format=memory_format)
 
 
 @functools.cache
-def _pixel_stats(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _pixel_stats(
+    device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Channel mean and std in 0–255 pixel units, made once per device (a copy per batch would stall a GPU)."""
     return (
-        torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255,
-        torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255,
+        torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255,
+        torch.tensor(std, device=device).view(1, -1, 1, 1) * 255,
     )
 
 

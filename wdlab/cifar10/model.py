@@ -1,5 +1,6 @@
 """The CIFAR-10 networks: the ResNet-9 layout at a chosen width (BatchNorm after every conv) and the reference
-material's plain CNN (no normalisation), seeded He initialisation, and their weight norms."""
+material's plain CNN (no normalisation), seeded He initialisation, and their weight norms. Input channels, image
+side and classes default to CIFAR-10's and come from the data's definition otherwise (wdlab/datasets)."""
 
 from __future__ import annotations
 
@@ -51,11 +52,12 @@ class ResNet(nn.Module):
 
     prep → layer1 (pool, residual) → layer2 (pool) → layer3 (pool, residual) → global max-pool → linear;
     channels w, 2w, 4w, 8w at 32, 16, 8, 4 pixels. Width 64 is the original ResNet-9 (94% with a long schedule).
+    The global pool takes any side of at least 8 pixels (three 2×2 pools).
     """
 
-    def __init__(self, width: int, classes: int = 10, dropout: float = 0.0):
+    def __init__(self, width: int, classes: int = 10, dropout: float = 0.0, in_channels: int = 3):
         super().__init__()
-        self.prep = ConvBlock(3, width)
+        self.prep = ConvBlock(in_channels, width)
         self.layer1 = ConvBlock(width, 2 * width, pool=True)
         self.res1 = Residual(2 * width)
         self.layer2 = ConvBlock(2 * width, 4 * width, pool=True)
@@ -79,13 +81,12 @@ class PlainCNN(nn.Module):
     reference's size; its printed flatten size, 64·28·28, is wrong: 32 → 28 → 14 → 10 → 5 gives 64·5·5 = 1,600.
     """
 
-    SIDE = 5  # pixels per side after both conv + pool stages: (32 − 4) / 2 = 14, (14 − 4) / 2 = 5
-
-    def __init__(self, channels: int = 64, hidden: int = 128, classes: int = 10):
+    def __init__(self, channels: int = 64, hidden: int = 128, classes: int = 10, in_channels: int = 3, side: int = 32):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, channels, kernel_size=5)
+        self.side = plain_cnn_side(side)
+        self.conv1 = nn.Conv2d(in_channels, channels, kernel_size=5)
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=5)
-        self.fc1 = nn.Linear(channels * self.SIDE * self.SIDE, hidden)
+        self.fc1 = nn.Linear(channels * self.side * self.side, hidden)
         self.fc2 = nn.Linear(hidden, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -94,6 +95,14 @@ class PlainCNN(nn.Module):
         x = F.relu(F.max_pool2d(self.conv1(x), 2))
         x = F.relu(F.max_pool2d(self.conv2(x), 2))
         return self.fc2(F.relu(self.fc1(x.flatten(1))))
+
+
+def plain_cnn_side(side: int) -> int:
+    """Pixels per side after the plain CNN's two 5×5 conv + 2×2 pool stages: s ← ⌊(s − 4) / 2⌋, twice."""
+    after = ((side - 4) // 2 - 4) // 2
+    if after < 1:
+        raise ValueError(f"the plain CNN needs images of at least 16 pixels a side, not {side}")
+    return after
 
 
 ARCHITECTURES = ("resnet", "plain")  # resnet: cifar10.model, cifar10.train; plain: cifar10.plain.model, .train
@@ -108,12 +117,14 @@ def net_shape(study: CifarSettings, architecture: str) -> dict[str, Any]:
 
 
 def make_net(shape: Mapping[str, Any], dropout: float = 0.0) -> nn.Module:
-    """An untrained net of `shape` (net_shape's, or a checkpoint's: one without "architecture" is a ResNet)."""
+    """An untrained net of `shape` (net_shape's, or a checkpoint's: one without "architecture" is a ResNet), for the
+    data of its "in_channels", "side" and "classes" (a dataset's `net_inputs()`; CIFAR-10's where absent)."""
+    data = {"in_channels": shape.get("in_channels", 3), "classes": shape.get("classes", 10)}
     if shape.get("architecture", "resnet") == "plain":
         if dropout:
             raise ValueError("the plain CNN has no dropout layer: train it with l2")
-        return PlainCNN(shape["channels"], shape["hidden"])
-    return ResNet(shape["width"], dropout=dropout)
+        return PlainCNN(shape["channels"], shape["hidden"], side=shape.get("side", 32), **data)
+    return ResNet(shape["width"], dropout=dropout, **data)
 
 
 def build_model(width: int, seed: int, dropout: float = 0.0) -> ResNet:
@@ -168,14 +179,14 @@ def total_norm(model: nn.Module) -> float:
 
 
 class ImageClassifier(nn.Module):
-    """A trained net behind its own preprocessing, as MLflow serves it: uint8 images [N, 3, 32, 32] (RGB planes,
-    0–255) in, class logits [N, 10] out."""
+    """A trained net behind its own preprocessing, as MLflow serves it: uint8 images [N, C, H, W] (for CIFAR-10
+    [N, 3, 32, 32], the RGB planes, 0–255) in, class logits [N, classes] out; C is the number of `mean` values."""
 
     def __init__(self, net: nn.Module, mean: tuple[float, ...], std: tuple[float, ...]):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255)
-        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255)
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1) * 255)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net((images.float() - self.mean) / self.std)  # x ← (x/255 − mean)/std, as in training

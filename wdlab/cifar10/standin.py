@@ -314,12 +314,19 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 @contextlib.contextmanager
 def served(archive: FixtureArchive) -> Iterator[str]:
     """Serve the archive over real HTTP from 127.0.0.1 on a free port; yields its URL."""
-    handler = functools.partial(_QuietHandler, directory=str(archive.path.parent))
+    with served_directory(archive.path.parent) as base:
+        yield f"{base}/{archive.path.name}"
+
+
+@contextlib.contextmanager
+def served_directory(directory: Path | str) -> Iterator[str]:
+    """Serve the files of `directory` over real HTTP from 127.0.0.1 on a free port; yields its base URL."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}/{archive.path.name}"
+        yield f"http://127.0.0.1:{server.server_port}"
     finally:
         server.shutdown()
         server.server_close()
