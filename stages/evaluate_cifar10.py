@@ -16,7 +16,16 @@ import wdlab
 from wdlab import stage
 from wdlab.cifar10.summary import FINAL_KEYS, validation_choice
 from wdlab.errors import StageInputError
-from wdlab.files import RunFolder, grid_folders, load_tensors, read_json, read_table, write_csv, write_json
+from wdlab.files import (
+    RunFolder,
+    grid_folders,
+    load_tensors,
+    read_json,
+    read_table,
+    save_tensors,
+    write_csv,
+    write_json,
+)
 from wdlab.regularizers import BASELINE, sharing_baseline_zero
 from wdlab.results import best_lambda, by_strength, json_record, last_epochs, mean_curve, seed_summary, stats_of
 from wdlab.settings import REGULARIZERS, Settings
@@ -78,7 +87,29 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         log.info(
             "validation accuracy picks λ=%g (test accuracy %.3f)", chosen["lambda"], chosen["test_accuracy"]["mean"]
         )
+    write_chosen(args.chosen, args.grids / study.regularizer, study.regularizer, chosen)
     write_json(args.model_record, log_chosen_model(settings, args, chosen["lambda"] if chosen else None))
+
+
+def write_chosen(folder: Path, grid: Path, regularizer: str, chosen: dict | None) -> None:
+    """The model registry's entry (dvc.yaml's `artifacts:`): the study's regulariser at the strength validation
+    chose, every seed's net, with the choice's metrics (its strength, validation and test accuracy over seeds) inside
+    model.pt and beside it in metrics.json. No strength to choose (every one diverged) writes the metrics alone."""
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"regularizer": regularizer} | (chosen or {"lambda": None})
+    (folder / "model.pt").unlink(missing_ok=True)  # a folder output: nothing of an earlier choice may stay in it
+    if chosen is not None:
+        made_by = f"train_cifar10@{regularizer}"
+        nets = load_tensors(RunFolder(grid).model, made_by=made_by, required=("lambdas", "seeds", "state_dicts"))
+        members = [i for i, strength in enumerate(nets["lambdas"].tolist()) if strength == chosen["lambda"]]
+        per_member = {"lambdas", "seeds", "state_dicts", "diverged_epoch"}
+        save_tensors(
+            RunFolder(folder).model,
+            {key: value for key, value in nets.items() if key not in per_member}  # regularizer, the net's shape
+            | {key: nets[key][members] for key in ("lambdas", "seeds", "diverged_epoch") if key in nets}
+            | {"state_dicts": [nets["state_dicts"][i] for i in members], "metrics": record},
+        )
+    write_json(folder / "metrics.json", record)
 
 
 def with_shared_baseline(every: pd.DataFrame) -> pd.DataFrame:
@@ -199,6 +230,10 @@ def parser() -> argparse.ArgumentParser:
             ),
             "compare": "every regulariser per strength: mean, std and 95 % interval over seeds (output)",
             "headline-curve": "the headline run's per-epoch curves averaged over seeds, for dvc plots (output)",
+            "chosen": (
+                "the validation-chosen strength's nets, every seed, and that choice's metrics: the model registry's "
+                "entry (output folder: model.pt, metrics.json)"
+            ),
             "model-record": "which model was logged to MLflow, its URI (output)",
         },
     )

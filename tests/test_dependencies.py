@@ -60,8 +60,9 @@ def imported_modules(path: Path) -> Iterator[str]:
 
 
 def import_closure(entry: Path) -> set[str]:
-    """The project files `entry` needs, itself included, with each package's __init__ on the way; the imports of a
-    plumbing module are not followed."""
+    """The project files `entry` needs, itself included, with each package's __init__ on the way: everything it
+    imports, directly or through other modules, plumbing included (settings.py imports regularizers.py, whose rules
+    decide which params a stage accepts)."""
     seen: set[str] = set()
     todo = [entry]
     while todo:
@@ -69,8 +70,6 @@ def import_closure(entry: Path) -> set[str]:
         if path.as_posix() in seen:
             continue
         seen.add(path.as_posix())
-        if path.as_posix() in PLUMBING:
-            continue  # what plumbing imports serves its plumbing (settings reads the regularisers' names)
         for name in imported_modules(path):
             parts = name.split(".")
             for depth in range(1, len(parts) + 1):  # importing a.b.c runs a/__init__ and a/b/__init__ first
@@ -169,3 +168,15 @@ def test_every_registry_artifact_is_a_stage_output(pipeline):
         path = Path(artifact["path"])
         assert any(path == out or out in path.parents for out in outs), f"{name}: {path} is no stage's output"
         assert artifact.get("type") and artifact.get("desc"), f"{name}: give it a type and a desc"
+
+
+def test_a_module_reached_only_through_plumbing_is_followed(pipeline):
+    """validate imports no rule itself: settings.py (plumbing) imports regularizers.py, which decides what is valid.
+    A change there must make the stage out of date, so the closure goes through plumbing."""
+    direct = {module_path(name) for name in imported_modules(Path("stages/validate.py"))} - {None}
+    assert Path("wdlab/regularizers.py") not in direct
+    assert "wdlab/regularizers.py" in import_closure(Path("stages/validate.py"))
+    broken = copy.deepcopy(pipeline)
+    validate = broken["stages"]["validate"]
+    validate["deps"] = [dep for dep in validate["deps"] if dep != "wdlab/regularizers.py"]
+    assert dependency_gaps(broken) == {"validate": {"missing": {"wdlab/regularizers.py"}, "stale": set()}}

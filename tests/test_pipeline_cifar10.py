@@ -167,15 +167,30 @@ def test_same_seed_gives_identical_metrics_on_cpu(reproduced, tmp_path):
     assert [path.read_bytes() for path in paths] == before
 
 
-def test_the_headline_model_is_a_registry_artifact_dvc_gets_by_version(reproduced, tmp_path):
+def test_the_registry_holds_the_validation_chosen_model_with_its_metrics(reproduced, tmp_path):
     """dvc.yaml's `artifacts:` entry, versioned as docs/mlflow.md says (`gto register`, a git tag), then downloaded
-    with `dvc artifacts get` from the project's own cache: offline, no remote."""
+    with `dvc artifacts get` from the project's own cache (offline, no remote): the study's regulariser at the
+    strength validation chose, every seed's net, with that choice's metrics as metrics/cifar10.json records them."""
     project = clone_project(reproduced[0], tmp_path / "project")
     commit_all(project, "the reproduced branch")
     gto = str(Path(sys.executable).parent / "gto")  # installed with DVC, which reads its tags
-    workspace.run([gto, "register", "cifar10-headline", "--version", "v1.0.0"], cwd=project)
+    workspace.run([gto, "register", "cifar10-chosen", "--version", "v1.0.0"], cwd=project)
     got = tmp_path / "model.pt"
-    fetched = dvc(tmp_path, "artifacts", "get", str(project), "cifar10-headline", "--rev", "v1.0.0", "-o", str(got))
-    assert got.read_bytes() == (project / "models/cifar10/headline/model.pt").read_bytes(), fetched.stderr
+    fetched = dvc(tmp_path, "artifacts", "get", str(project), "cifar10-chosen", "--rev", "v1.0.0", "-o", str(got))
+    assert got.read_bytes() == (project / "models/cifar10/chosen/model.pt").read_bytes(), fetched.stderr
+
+    chosen = metrics(project)["chosen_by_validation"]
+    regularizer = workspace.load_params(project / "params.yaml")["cifar10"]["regularizer"]
+    record = {"regularizer": regularizer} | chosen
     checkpoint = torch.load(got, weights_only=True)
-    assert checkpoint["seeds"].tolist() == TINY["cifar10.seeds"] and len(checkpoint["state_dicts"]) == 1
+    assert checkpoint["metrics"] == record
+    assert json.loads((project / "models/cifar10/chosen/metrics.json").read_text()) == record
+    assert checkpoint["regularizer"] == regularizer and checkpoint["seeds"].tolist() == TINY["cifar10.seeds"]
+    assert checkpoint["lambdas"].tolist() == [chosen["lambda"]] * len(TINY["cifar10.seeds"])
+
+    # the nets are the grid's own at that strength, and load into the net the checkpoint names
+    grid = torch.load(project / f"models/cifar10/grids/{regularizer}/model.pt", weights_only=True)
+    members = [i for i, strength in enumerate(grid["lambdas"].tolist()) if strength == chosen["lambda"]]
+    for net, member in zip(checkpoint["state_dicts"], members, strict=True):
+        assert all(torch.equal(net[name], grid["state_dicts"][member][name]) for name in net)
+        make_net(checkpoint).load_state_dict(net)

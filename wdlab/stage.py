@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -72,11 +73,55 @@ def run_stage(
         main(load_settings(args.params), args)
     except (ParamsError, StageError) as err:
         fix = f"; {params_fix}" if params_fix and isinstance(err, ParamsError) else ""
+        if isinstance(err, ParamsError) and (name := os.environ.get("DVC_STAGE")) and (back := _put_back(name)):
+            fix += f"; {back}"
         print(f"error: {err}{fix}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print(f"error: {cli.prog} interrupted; earlier outputs are intact, rerun `dvc repro`", file=sys.stderr)
         sys.exit(130)
+
+
+def restore_outputs(stage_name: str, root: str | None = None) -> tuple[list[str], list[str]]:
+    """Put back the missing outputs of DVC stage `stage_name` as dvc.lock records them, from DVC's cache: the paths
+    put back, and those it could not (their bytes are in no cache).
+
+    A value refused by the stage itself means `validate` did not run first (`-s`/`--single-item`, `--downstream`), and
+    DVC removed this stage's outputs just before it started it. The lock still names them, since the stage never
+    finished: cached outputs come from the cache, uncached ones (metrics) from the copy DVC's run cache keeps."""
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+
+    back, missing = [], []
+    with Repo(root) as repo:
+        (stage,) = repo.stage.collect(stage_name)
+        links = repo.cache.local.cache_types
+        for out in stage.outs:
+            if out.exists or out.hash_info is None:  # kept (persist) or never made: nothing to put back
+                continue
+            # an uncached output comes back a plain file, as git tracks it, from the copy the run cache keeps (this
+            # Repo's stage is its own: nothing else sees the flag)
+            repo.cache.local.cache_types = links if out.use_cache else ["copy"]
+            out.use_cache = True
+            try:
+                out.checkout()
+            except (DvcException, OSError):  # not in the cache: named below
+                pass
+            (back if out.exists else missing).append(out.def_path)
+    return back, missing
+
+
+def _put_back(stage_name: str) -> str:
+    """The words after a refused value when DVC ran the stage: what DVC removed is back, or what is not; empty when
+    it removed nothing (validate itself, whose stamp DVC keeps)."""
+    removed = f"validate did not run first (-s, --downstream), so DVC removed {stage_name}'s outputs before it ran"
+    try:
+        back, missing = restore_outputs(stage_name, os.environ.get("DVC_ROOT"))
+    except Exception as err:  # the refusal is the message; a failed restore must not hide it
+        return f"{removed} ({type(err).__name__} putting them back: `dvc checkout {stage_name}`)"
+    if missing:
+        return f"{removed}: {', '.join(missing)} are in no cache (git may hold them), the others are back"
+    return f"{removed}: all are back, as dvc.lock records them" if back else ""
 
 
 def stacks_on_sigusr1() -> None:

@@ -372,37 +372,57 @@ class ServerLog:
 def _system_monitor(run_id: str, uri: str, sampling_interval: float | None = None) -> SystemMetrics | None:
     """MLflow's system-metrics monitor (CPU, memory, disk, network, GPU where there is one) on run `run_id`,
     started; None where it cannot start (MLflow logs why)."""
+    import mlflow
     from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
     try:
         options = {} if sampling_interval is None else {"sampling_interval": sampling_interval}
         monitor = SystemMetricsMonitor(run_id, resume_logging=True, tracking_uri=uri, **options)
+        metrics = SystemMetrics(monitor, mlflow.MlflowClient(uri), run_id)
         monitor.start()
-        return SystemMetrics(monitor, run_id)
+        return metrics
     except Exception as err:
         log.warning("no system metrics for MLflow run %s (%s)", run_id, _reason(err))
         return None
 
 
 class SystemMetrics:
-    """A started SystemMetricsMonitor that samples once more at `finish` when it has published nothing: MLflow's
-    publishes after each whole sampling interval and stops without publishing when the run ends first, so a run
-    shorter than one interval (plus the server's answer to its status check) would show no system metrics."""
+    """A SystemMetricsMonitor that samples once more at `finish` when it has published nothing: MLflow's publishes
+    after each whole sampling interval and stops without publishing when the run ends first, so a run shorter than
+    one interval (plus the server's answer to its status check) would show no system metrics.
 
-    def __init__(self, monitor: Any, run_id: str):
-        self._monitor, self._run_id, self._first_step = monitor, run_id, monitor._logging_step
+    Whether it published is asked of the store, through the client: the samples of one system metric before the
+    monitor starts and after it stops (a resumed run, a retried Ray run, already holds some)."""
+
+    PREFIX = "system/"  # MLflow's prefix of every system metric
+
+    def __init__(self, monitor: Any, client: Any, run_id: str):
+        self._monitor, self._client, self._run_id = monitor, client, run_id
+        self._probe = next(iter(self._system_keys()), None)  # a metric the run already holds, to count again later
+        self._before = self._samples(self._probe)
 
     def finish(self) -> None:
-        monitor = self._monitor
-        monitor.finish()
-        if monitor._logging_step != self._first_step:
-            return
+        self._monitor.finish()  # stops its thread and flushes what it queued
         try:
-            monitor.collect_metrics()
-            monitor.publish_metrics(monitor.aggregate_metrics())
-            monitor.mlflow_logger.flush()
+            if self._published():
+                return
+            self._monitor.collect_metrics()
+            self._monitor.publish_metrics(self._monitor.aggregate_metrics())
+            self._monitor.mlflow_logger.flush()
         except Exception as err:
             log.warning("no system metrics for MLflow run %s (%s)", self._run_id, _reason(err))
+
+    def _published(self) -> bool:
+        if self._probe is None:  # the run held none before: any now are the monitor's
+            return bool(self._system_keys())
+        return self._samples(self._probe) > self._before
+
+    def _system_keys(self) -> list[str]:
+        metrics = self._client.get_run(self._run_id).data.metrics  # each metric's latest value
+        return sorted(key for key in metrics if key.startswith(self.PREFIX))
+
+    def _samples(self, key: str | None) -> int:
+        return 0 if key is None else len(self._client.get_metric_history(self._run_id, key))
 
 
 def _alive(pid: int) -> bool:
