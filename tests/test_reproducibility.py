@@ -40,7 +40,7 @@ SYNTHETIC_METRICS = ("evaluate_synthetic", "headline_synthetic")
 
 def test_a_fresh_clone_reproduces_to_a_clean_git_status(synthetic_template, tmp_path):
     """The README's first command on a fresh clone: `dvc repro` (the synthetic branch; CIFAR-10's download needs the
-    internet) in a `git clone` of the session's reproduced project, at another path, with no DVC cache and an empty
+    internet) in a `git clone` of the reproduced template project, at another path, with no DVC cache and an empty
     MLflow store. Every file git tracks comes out byte for byte as committed (dvc.lock, metrics, tables, pages,
     figures): no run id, time, host or absolute path reaches an output, so the usual CI guard `dvc repro && git diff
     --exit-code` can pass, and a colleague's clone writes the same dvc.lock."""
