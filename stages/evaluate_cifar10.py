@@ -18,6 +18,7 @@ from wdlab.cifar10.summary import FINAL_KEYS, validation_choice
 from wdlab.errors import StageInputError
 from wdlab.files import (
     RunFolder,
+    atomic_dir,
     grid_folders,
     load_tensors,
     read_json,
@@ -88,28 +89,29 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             "validation accuracy picks λ=%g (test accuracy %.3f)", chosen["lambda"], chosen["test_accuracy"]["mean"]
         )
     write_chosen(args.chosen, args.grids / study.regularizer, study.regularizer, chosen)
-    write_json(args.model_record, log_chosen_model(settings, args, chosen["lambda"] if chosen else None))
+    record, _ = log_chosen_model(settings, args, chosen["lambda"] if chosen else None)
+    write_json(args.model_record, record)
 
 
 def write_chosen(folder: Path, grid: Path, regularizer: str, chosen: dict | None) -> None:
     """The model registry's entry (dvc.yaml's `artifacts:`): the study's regulariser at the strength validation
     chose, every seed's net, with the choice's metrics (its strength, validation and test accuracy over seeds) inside
     model.pt and beside it in metrics.json. No strength to choose (every one diverged) writes the metrics alone."""
-    folder.mkdir(parents=True, exist_ok=True)
     record = {"regularizer": regularizer} | (chosen or {"lambda": None})
-    (folder / "model.pt").unlink(missing_ok=True)  # a folder output: nothing of an earlier choice may stay in it
-    if chosen is not None:
+    with atomic_dir(folder) as tmp:  # the folder appears whole, or not at all: nothing of an earlier choice stays
+        write_json(tmp / "metrics.json", record)
+        if chosen is None:
+            return
         made_by = f"train_cifar10@{regularizer}"
         nets = load_tensors(RunFolder(grid).model, made_by=made_by, required=("lambdas", "seeds", "state_dicts"))
         members = [i for i, strength in enumerate(nets["lambdas"].tolist()) if strength == chosen["lambda"]]
         per_member = {"lambdas", "seeds", "state_dicts", "diverged_epoch"}
         save_tensors(
-            RunFolder(folder).model,
+            RunFolder(tmp).model,
             {key: value for key, value in nets.items() if key not in per_member}  # regularizer, the net's shape
             | {key: nets[key][members] for key in ("lambdas", "seeds", "diverged_epoch") if key in nets}
             | {"state_dicts": [nets["state_dicts"][i] for i in members], "metrics": record},
         )
-    write_json(folder / "metrics.json", record)
 
 
 def with_shared_baseline(every: pd.DataFrame) -> pd.DataFrame:
@@ -142,38 +144,37 @@ def chosen_per_regularizer(table: pd.DataFrame) -> dict:
     return chosen
 
 
-def log_chosen_model(settings: Settings, args: argparse.Namespace, chosen: float | None) -> dict:
+def log_chosen_model(settings: Settings, args: argparse.Namespace, chosen: float | None) -> tuple[dict, str | None]:
     """The chosen strength's net (first seed) of the study's regulariser as an MLflow model on its grid's run, ready
-    for the UI's Models view, `mlflow.pytorch.load_model` and the model registry; what was logged, for the record."""
-    tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)
+    for the UI's Models view, `mlflow.pytorch.load_model` and the model registry. Returns the record of what was
+    chosen (the grid's stage and model md5 find that run, `tracking.run_filter`; its model is `runs:/<run id>/model`)
+    and the model's URI, which stays out of the record: it would change the record's hash at every run."""
     regularizer = settings.cifar10.regularizer
-    folder = RunFolder(args.grids / regularizer)
-    run_id = read_json(folder.record, made_by=f"train_cifar10@{regularizer}").get("run_id")
-    if chosen is None or not tracker.enabled or run_id is None:
-        return {"regularizer": regularizer, "lambda": chosen, "model_uri": None}
+    record: dict[str, Any] = {"regularizer": regularizer, "lambda": chosen}
+    if chosen is None:
+        return record, None
     import torch
 
     from wdlab.cifar10.data import MEAN, STD
     from wdlab.cifar10.model import ImageClassifier, ResNet
 
+    folder, made_by = RunFolder(args.grids / regularizer), f"train_cifar10@{regularizer}"
+    grid_record = read_json(folder.record, made_by=made_by, required=("stage", "model_md5"))
     grid = load_tensors(
-        folder.model,
-        made_by=f"train_cifar10@{regularizer}",
-        required=("regularizer", "lambdas", "seeds", "width", "state_dicts"),
+        folder.model, made_by=made_by, required=("regularizer", "lambdas", "seeds", "width", "state_dicts")
     )
     member = grid["lambdas"].tolist().index(chosen)
+    record |= {"seed": int(grid["seeds"][member]), "stage": made_by, "model_md5": grid_record["model_md5"]}
+    tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)
+    run_id = tracker.find_run(grid_record)
+    if run_id is None:
+        return record, None
     net = ResNet(grid["width"])  # dropout has no weights: the trained net serves without it, as in eval mode
     net.load_state_dict(grid["state_dicts"][member])
     example = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     uri = tracker.log_model(run_id, ImageClassifier(net, MEAN, STD).eval(), example, code=Path(wdlab.__file__).parent)
-    log.info("logged the %s %g model (seed %d) as %s", regularizer, chosen, int(grid["seeds"][member]), uri)
-    return {
-        "regularizer": regularizer,
-        "lambda": chosen,
-        "seed": int(grid["seeds"][member]),
-        "run_id": run_id,
-        "model_uri": uri,
-    }
+    log.info("logged the %s %g model (seed %d) as %s", regularizer, chosen, record["seed"], uri)
+    return record, uri
 
 
 def final_rows(path: Path, made_by: str) -> pd.DataFrame:

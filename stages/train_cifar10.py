@@ -57,9 +57,9 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)  # fails fast, before training
     made_as = fingerprint(study, formats, settings.executor, shape)
     reused = reuse_grid(args, regularizer, study.wd, made_as) if args.run == "headline" else None
-    placements: dict[str, dict] = {}
     if reused:
-        grid_run_id, results, setup = reused
+        grid_record, results, setup = reused
+        grid_run_id = tracker.find_run(grid_record)
         log.info(
             "%s %g was trained by its grid with these settings: its %d runs are the headline's, none retrained",
             regularizer,
@@ -113,7 +113,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
                 RunSpec(study, regularizer, strength, seed, formats.device.type, architecture)
                 for strength, seed in itertools.product(strengths, seeds)
             ]
-            results, placements = train_all(splits, specs, settings.executor, cache, tracker, params, role, data)
+            results = train_all(splits, specs, settings.executor, cache, tracker, params, role, data)
         finals: dict[float, list] = {}
         for result in results:
             finals.setdefault(result.strength, []).append(result.final)
@@ -121,13 +121,10 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
 
     with atomic_dir(args.out) as tmp:  # the folder appears whole, or not at all
         folder = RunFolder(tmp)
-        save_tensors(folder.model, checkpoint(results, shape))
-        write_json(
-            folder.record,
-            tracker.run_record(run_id)
-            | setup
-            | ({"executor": settings.executor.kind, "runs": placements} if placements else {}),
-        )
+        model_md5 = save_tensors(folder.model, checkpoint(results, shape))
+        # where each run trained (Ray node, host, seconds) is in its MLflow tags: here it would change the hash
+        record = tracker.run_record(run_id, dvc_stage(architecture, args.run), args.out, model_md5)
+        write_json(folder.record, record | setup)
         write_csv(folder.history, history_rows(results))
         write_csv(folder.layer_norms, layer_norm_rows(results, shape))
     if not reused:
@@ -165,6 +162,13 @@ def named(architecture: str) -> tuple[str, ...]:
     return () if architecture == "resnet" else (architecture,)
 
 
+def dvc_stage(architecture: str, run: str) -> str:
+    """This run's stage in dvc.yaml: headline_cifar10, train_cifar10@<regulariser>, or train_cifar10_plain."""
+    if run == "headline":
+        return "headline_cifar10"
+    return f"train_cifar10@{run}" if architecture == "resnet" else stage_name(architecture)
+
+
 def stage_name(architecture: str) -> str:
     """The training stage of `architecture` in dvc.yaml: train_cifar10 (per regulariser), train_cifar10_plain."""
     return "_".join(("train_cifar10", *named(architecture)))
@@ -179,8 +183,8 @@ def train_all(
     params: dict,
     role: str,
     datasets: list[DatasetInput],
-) -> tuple[list[RunResult], dict[str, dict]]:
-    """Every run of `specs`, each its own nested MLflow run, in the order of `specs`; and where each ran.
+) -> list[RunResult]:
+    """Every run of `specs`, each its own nested MLflow run (tagged with where it ran), in the order of `specs`.
 
     Runs a failed earlier attempt finished come from the run cache; the executor trains the rest. A run's curves
     reach MLflow as its epochs end: under `local` from this process; under `ray` from the worker when the store is a
@@ -188,17 +192,10 @@ def train_all(
     """
     shape = net_shape(specs[0].study, specs[0].architecture)
     results: dict[str, RunResult] = {}
-    placements: dict[str, dict] = {}
     members: dict[str, str | None] = {}  # spec key → its MLflow run, while it is open
     for spec in specs:
         if (record := cache.load(spec.key)) is not None:
             results[spec.key] = from_record(record)
-            placements[spec.key] = {
-                "regularizer": spec.regularizer,
-                "lambda": spec.strength,
-                "seed": spec.seed,
-                "resumed": True,
-            }
             with member_run(tracker, results[spec.key], params, role, datasets) as member:
                 tracker.set_tags(member, {"wd_lab.resumed": "true"})
                 log_result(tracker, member, results[spec.key], shape)
@@ -233,17 +230,9 @@ def train_all(
         tracker.set_tags(members[spec.key], placement.as_tags())
         log_result(tracker, members[spec.key], result, shape, live_epochs=placement.live_epochs)
         results[spec.key] = result
-        placements[spec.key] = {
-            "regularizer": spec.regularizer,
-            "lambda": spec.strength,
-            "seed": spec.seed,
-            "node": placement.node,
-            "host": placement.host,
-            "seconds": round(placement.seconds, 1),
-        }
 
     run_all([spec for spec in specs if spec.key not in results], train_run, splits, executor, open_run, finish)
-    return [results[spec.key] for spec in specs], placements
+    return [results[spec.key] for spec in specs]
 
 
 def member_run(
@@ -281,8 +270,8 @@ def fingerprint(study: CifarSettings, formats: Formats, executor: ExecutorSettin
 
 def reuse_grid(
     args: argparse.Namespace, regularizer: str, strength: float, wanted: str
-) -> tuple[str | None, list[RunResult], dict] | None:
-    """The regulariser's grid runs of strength λ (its MLflow run id, the runs, how they were made), if that grid
+) -> tuple[dict, list[RunResult], dict] | None:
+    """The regulariser's grid runs of strength λ (the grid's run record, the runs, how they were made), if that grid
     trained λ with the same settings on the same kind of device."""
     if args.grids is None:
         raise StageError("the headline run takes the grids' folder: give --grids (see dvc.yaml)")
@@ -323,7 +312,7 @@ def reuse_grid(
             )
         )
     setup = {key: record[key] for key in ("device", "formats", "n_images", "classes", "fingerprint", "regularizer")}
-    return record.get("run_id"), results, setup
+    return record, results, setup
 
 
 def run_setup(splits: Splits, formats: Formats) -> dict:

@@ -81,8 +81,8 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     history = history_rows(result)
     with atomic_dir(args.out) as tmp:  # the folder appears whole, or not at all
         folder = RunFolder(tmp)
-        save_tensors(folder.model, trained)
-        write_json(folder.record, tracker.run_record(run_id))
+        model_md5 = save_tensors(folder.model, trained)
+        write_json(folder.record, tracker.run_record(run_id, stage_name(args.run), args.out, model_md5))
         write_csv(folder.history, history)
     if args.run == "headline":
         write_json(args.metrics, headline_metrics(evaluate_run(trained, train_set, test_set), regularizer))
@@ -99,6 +99,11 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             final["w_norm"][:, g].nanmean(),
             final["zeros"][:, g].nanmean(),
         )
+
+
+def stage_name(run: str) -> str:
+    """This run's stage in dvc.yaml: headline_synthetic, or train_synthetic@<regulariser> for a grid."""
+    return "headline_synthetic" if run == "headline" else f"train_synthetic@{run}"
 
 
 def curves(result: GridRun, s: int, g: int) -> tuple[dict, dict]:

@@ -30,6 +30,7 @@ from wdlab.device import cpu_has_bf16, device_formats
 from wdlab.files import RunFolder
 from wdlab.lineage import content_digest
 from wdlab.settings import REGULARIZERS, Settings
+from wdlab.tracking import run_filter
 
 
 @pytest.fixture(scope="module")
@@ -259,6 +260,14 @@ def args(name: str, module) -> argparse.Namespace:
     return module.parser().parse_args(stage_args(name))
 
 
+def run_of(client: mlflow.MlflowClient, record: dict) -> mlflow.entities.Run:
+    """The one MLflow run that wrote the output of `record` (a run.json, or chosen_model.json)."""
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("wd-cifar10").experiment_id], run_filter(record), max_results=2
+    )
+    return run
+
+
 def folder(name: str) -> RunFolder:
     """The output folder of training stage `name` (a grid or the headline), as dvc.yaml gives it."""
     return RunFolder(args(name, train_cifar10).out)
@@ -404,7 +413,8 @@ def test_stages_write_metrics_curves_and_report(pipeline):
 def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
     record = json.loads((pipeline / folder("train_cifar10@l2").record).read_text())
     client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
-    parent = client.get_run(record["run_id"])
+    parent = run_of(client, record)
+    assert parent.data.tags["wd_lab.output"] == folder("train_cifar10@l2").root.as_posix()
     children = client.search_runs(
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
@@ -479,7 +489,7 @@ def test_the_headline_takes_its_runs_from_the_grid_and_trains_none(pipeline):
     pd.testing.assert_frame_equal(grid_rows[grid_rows["lambda"] == 5e-4].reset_index(drop=True), headline_rows)
     grid_record, headline_record = (json.loads((pipeline / a.record).read_text()) for a in (grid, headline))
     client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
-    assert client.get_run(headline_record["run_id"]).data.tags["wd_lab.reused_from"] == grid_record["run_id"]
+    assert run_of(client, headline_record).data.tags["wd_lab.reused_from"] == run_of(client, grid_record).info.run_id
     assert headline_record["fingerprint"] == grid_record["fingerprint"]
 
 
@@ -501,7 +511,8 @@ def test_a_headline_lambda_outside_the_grid_is_trained(pipeline, tmp_path, monke
     rows = pd.read_csv(RunFolder(headline.out).history)
     assert set(rows["lambda"]) == {1e-2} and set(rows["seed"]) == {0, 1}
     record = json.loads(RunFolder(headline.out).record.read_text())
-    assert "wd_lab.reused_from" not in mlflow.MlflowClient().get_run(record["run_id"]).data.tags
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    assert "wd_lab.reused_from" not in run_of(client, record).data.tags
 
 
 def test_the_comparison_page_sets_every_regulariser_side_by_side(pipeline):
@@ -537,10 +548,10 @@ def test_curves_are_measured_on_subsets_the_last_epoch_on_every_image(splits):
 
 def test_metrics_reach_mlflow_as_each_epoch_ends_and_the_chosen_model_loads(pipeline):
     client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
-    grid_record = json.loads((pipeline / folder("train_cifar10@l2").record).read_text())
+    grid = run_of(client, json.loads((pipeline / folder("train_cifar10@l2").record).read_text()))
     member = client.search_runs(
-        [client.get_run(grid_record["run_id"]).info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{grid_record['run_id']}' and params.lambda = '0.0'",
+        [grid.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{grid.info.run_id}' and params.lambda = '0.0'",
     )[0]
     history = sorted(client.get_metric_history(member.info.run_id, "test_accuracy"), key=lambda m: m.step)
     assert [m.step for m in history] == [0, 1] and history[0].timestamp < history[1].timestamp, (
@@ -548,8 +559,10 @@ def test_metrics_reach_mlflow_as_each_epoch_ends_and_the_chosen_model_loads(pipe
     )
 
     chosen = json.loads((pipeline / args("evaluate_cifar10", evaluate_cifar10).model_record).read_text())
-    assert chosen["lambda"] in (0.0, 5e-4) and chosen["model_uri"]
-    model = mlflow.pytorch.load_model(chosen["model_uri"])
+    assert chosen["lambda"] in (0.0, 5e-4) and not {"run_id", "model_uri"} & chosen.keys(), "no run identity"
+    assert run_of(client, chosen).info.run_id == grid.info.run_id, "the record finds the grid's run, which holds it"
+    mlflow.set_tracking_uri(f"sqlite:///{pipeline / 'mlflow.db'}")
+    model = mlflow.pytorch.load_model(f"runs:/{grid.info.run_id}/model")
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     checkpoint = torch.load(pipeline / folder("train_cifar10@l2").model, weights_only=True)
     net = cifar_model.ResNet(checkpoint["width"])

@@ -16,6 +16,7 @@ from tests.helpers.stages import ran_stages, stage, stage_command
 from wdlab.errors import StageError
 from wdlab.executor import check_address, check_device
 from wdlab.settings import REGULARIZERS, ExecutorSettings
+from wdlab.tracking import run_filter
 from wdlab.workspace import (
     ROOT,
     background,
@@ -46,9 +47,10 @@ TINY = {  # 5 (regulariser, strength) × 2 seeds, ~3 s a run on one core
     "cifar10.wd": 1.0e-2,  # in the grid: the headline takes the grid's runs
 }
 OUTPUTS = tuple(
-    f"models/cifar10/grids/{r}/{name}" for r in REGULARIZERS for name in ("model.pt", "history.csv", "layer_norms.csv")
+    f"models/cifar10/grids/{r}/{name}"
+    for r in REGULARIZERS
+    for name in ("model.pt", "history.csv", "layer_norms.csv", "run.json")
 )
-RECORD = "models/cifar10/grids/l2/run.json"  # the l2 grid: 2 λ × 2 seeds, the one the kill tests run
 GRID = "train_cifar10@l2"
 METRICS = "metrics/cifar10.json"
 
@@ -66,8 +68,14 @@ def outputs(project) -> dict[str, bytes]:
     return {name: (project / name).read_bytes() for name in OUTPUTS}
 
 
-def record(project) -> dict:
-    return json.loads((project / RECORD).read_text())
+def grid_members(project, regularizer: str = "l2") -> list[mlflow.entities.Run]:
+    """The nested MLflow runs of the grid run that wrote `regularizer`'s outputs (the l2 grid: 2 λ × 2 seeds, the one
+    the kill tests run); the newest such grid run, as the clone's store also holds the local one of the same bits."""
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("wd-cifar10").experiment_id
+    record = json.loads((project / f"models/cifar10/grids/{regularizer}/run.json").read_text())
+    grid = client.search_runs([experiment], run_filter(record), order_by=["attributes.start_time DESC"])[0]
+    return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{grid.info.run_id}'")
 
 
 def set_executor(project, **values) -> None:
@@ -97,34 +105,27 @@ def test_the_grid_on_two_nodes_gives_the_local_outputs(local_grid, tmp_path):
     with ray_cluster(workers=1) as cluster:
         run = dvc(project, "exp", "run", "-f", "-s", "-S", "executor.kind=ray", "train_cifar10", **cluster.env)
         nodes = cluster.node_ids
-        # then the rest of the branch: the headline takes its runs from the ray-trained grid, evaluate re-evaluates
+        # then the rest of the branch: the ray-trained grids are the local ones to the byte, so nothing after reruns
         evaluated = dvc(project, "repro", "evaluate_cifar10", **cluster.env)
     assert ran_stages(run.stdout) == {f"train_cifar10@{r}" for r in REGULARIZERS}, (
         "--single-item: the grids alone, on the cluster"
     )
     assert outputs(project).items() <= expected.items(), (
-        "same params and seeds: byte-identical weights, histories and layer norms"
+        "same params and seeds: byte-identical weights, histories, layer norms and run records"
     )
     # every regulariser's grid, dropout's masks and L1's thresholding included, spread over both nodes
-    spread = {
-        run["node"]
-        for r in REGULARIZERS
-        for run in json.loads((project / f"models/cifar10/grids/{r}/run.json").read_text())["runs"].values()
-    }
+    spread = {member.data.tags["wd_lab.node"] for r in REGULARIZERS for member in grid_members(project, r)}
     assert spread == set(nodes.values())
-    assert "none retrained" in evaluated.stdout + evaluated.stderr
+    assert not {"headline_cifar10", "evaluate_cifar10"} & ran_stages(evaluated.stdout), (
+        "the grids' folders hash as the local ones did: where their runs trained is in MLflow, not in the outputs"
+    )
     assert (project / METRICS).read_bytes() == expected[METRICS], "the branch's metrics are local's, to the byte"
 
-    runs = record(project)["runs"]
-    assert record(project)["executor"] == "ray" and len(runs) == 4
-    assert {run["node"] for run in runs.values()} == {nodes["head"], nodes["worker0"]}, "spread over both nodes"
-    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    members = client.search_runs(
-        [client.get_experiment_by_name("wd-cifar10").experiment_id],
-        f"tags.mlflow.parentRunId = '{record(project)['run_id']}'",
-    )
+    members = grid_members(project)
     assert len(members) == 4 and all(m.info.status == "FINISHED" for m in members)
-    assert {m.data.tags["wd_lab.node"] for m in members} == set(nodes.values())
+    assert {m.data.tags["wd_lab.executor"] for m in members} == {"ray"}
+    assert {m.data.tags["wd_lab.node"] for m in members} == {nodes["head"], nodes["worker0"]}, "spread over both nodes"
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     history = client.get_metric_history(members[0].info.run_id, "test_accuracy")
     assert [m.step for m in history] == list(range(7))
     stamps = [m.timestamp for m in history]
@@ -143,15 +144,10 @@ def test_a_worker_node_killed_mid_grid_loses_nothing(local_grid, tmp_path):
     assert outputs(project).items() <= expected.items(), (
         "the run that died was trained again, from scratch, to the same bits"
     )
-    assert {run["node"] for run in record(project)["runs"].values()} == {head}, (
-        "every run the worker had is retried on the head"
-    )
-    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
-    members = client.search_runs(
-        [client.get_experiment_by_name("wd-cifar10").experiment_id],
-        f"tags.mlflow.parentRunId = '{record(project)['run_id']}'",
-    )
+    members = grid_members(project)
+    assert {m.data.tags["wd_lab.node"] for m in members} == {head}, "every run the worker had is retried on the head"
     assert len(members) == 4 and all(m.info.status == "FINISHED" for m in members)
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     for member in members:
         steps = [m.step for m in client.get_metric_history(member.info.run_id, "test_accuracy")]
         assert steps == list(range(7)), "each epoch once: a retried run's epochs are not logged twice"

@@ -1,20 +1,28 @@
-"""Same params and seeds on another CPU kernel set: the last bits move, the regression check still passes, and it
+"""Reproductions: a fresh clone's `dvc repro` rewrites nothing git tracks, so `git status` stays clean and every clone
+writes the same dvc.lock; and on another CPU kernel set the last bits move, the regression check still passes, and it
 still fails a real bug reproduced the same way (bit-identity on one kernel set is test_failures.py's)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
 
+import mlflow
 import pytest
 
+from tests.helpers.stages import ran_stages
+from wdlab.tracking import run_filter
 from wdlab.workspace import (
     ROOT,
+    SYNTHETIC_BRANCH,
     clone_project,
     commit_all,
     copy_project,
     dvc,
+    git,
     load_params,
     run,
     set_key,
@@ -28,6 +36,38 @@ pytestmark = pytest.mark.slow
 # same), and one torch thread (the thread count moves the last bits of a reduction too).
 ANOTHER_CPU = {"ATEN_CPU_CAPABILITY": "default", "OMP_NUM_THREADS": "1"}
 SYNTHETIC_METRICS = ("evaluate_synthetic", "headline_synthetic")
+
+
+def test_a_fresh_clone_reproduces_to_a_clean_git_status(synthetic_template, tmp_path):
+    """The README's first command on a fresh clone: `dvc repro` (the synthetic branch; CIFAR-10's download needs the
+    internet) in a `git clone` of the reproduced template project, at another path, with no DVC cache and an empty
+    MLflow store. Every file git tracks comes out byte for byte as committed (dvc.lock, metrics, tables, pages,
+    figures): no run id, time, host or absolute path reaches an output, so the usual CI guard `dvc repro && git diff
+    --exit-code` can pass, and a colleague's clone writes the same dvc.lock."""
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(synthetic_template.path), str(clone))
+    repro = dvc(clone, "repro", *SYNTHETIC_BRANCH)
+    assert "train_synthetic@l2" in ran_stages(repro.stdout), "the clone trains again: nothing came from a cache"
+    status = git(clone, "status", "--porcelain").stdout
+    lock = git(clone, "diff", "--", "dvc.lock").stdout
+    assert status == "", f"`dvc repro` on a fresh clone changed what git tracks:\n{status}\n{lock[-3000:]}"
+    assert (clone / "dvc.lock").read_bytes() == (synthetic_template.path / "dvc.lock").read_bytes()
+
+
+def test_an_output_and_its_mlflow_run_find_each_other(synthetic_template):
+    """Without a run id in the output: its run.json finds the run (which the report stage found the same way to
+    attach its page to), and the run names the output's folder, model md5 and commit."""
+    project = synthetic_template.path
+    grid = "models/synthetic/grids/l2"
+    record = json.loads((project / grid / "run.json").read_text())
+    assert record == {"stage": "train_synthetic@l2", "model_md5": record["model_md5"]}, "nothing of the run itself"
+    client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("wd-synthetic").experiment_id], run_filter(record))
+    assert run.data.tags["wd_lab.output"] == grid and run.data.params["regularizer"] == "l2"
+    assert run.data.tags["wd_lab.model_md5"] == hashlib.md5((project / grid / "model.pt").read_bytes()).hexdigest()
+    code = git(project, "rev-parse", "HEAD~1").stdout.strip()  # reproduce_synthetic commits the code, then its outputs
+    assert run.data.tags["mlflow.source.git.commit"] == code
+    assert "report/synthetic.md" in {a.path for a in client.list_artifacts(run.info.run_id, "report")}
 
 
 def regression_check(project: Path) -> tuple[int, str]:

@@ -43,8 +43,8 @@ class Logged(NamedTuple):
 
 @pytest.fixture(scope="module")
 def chosen(tmp_path_factory) -> Logged:
-    """train_cifar10@l2 at one strength, then evaluate_cifar10's `log_chosen_model` picking it: the model_uri the
-    pipeline writes to models/cifar10/chosen_model.json."""
+    """train_cifar10@l2 at one strength, then evaluate_cifar10's `log_chosen_model` picking it: the model's URI, which
+    the grid's run (found from models/cifar10/chosen_model.json) gives as `runs:/<run id>/model`."""
     root = tmp_path_factory.mktemp("serving")
     archive = build_archive(root / "archive", images_per_batch=60)
     params = load_params()
@@ -69,9 +69,9 @@ def chosen(tmp_path_factory) -> Logged:
         patch.setenv("MLFLOW_TRACKING_URI", store)
         save_cifar10(read_archive(archive.path), grid.data, source_md5=archive.md5)
         train_cifar10.main(settings, grid)
-        record = evaluate_cifar10.log_chosen_model(settings, evaluated, STRENGTH)
-    assert record["model_uri"], record
-    return Logged(root, store, record["model_uri"])
+        record, uri = evaluate_cifar10.log_chosen_model(settings, evaluated, STRENGTH)
+    assert uri, record
+    return Logged(root, store, uri)
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:

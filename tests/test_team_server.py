@@ -82,7 +82,8 @@ def test_two_queued_ray_grids_log_to_one_server_at_once_epoch_by_epoch(team_serv
     seeds: set[int] = set()
     for grid in grids:
         made = grid.data.tags["dvc.exp_name"]  # the experiment's DVC outputs, from the project's cache
-        assert json.loads(dvc_api.read(f"{GRID}/run.json", repo=str(project), rev=made))["run_id"] == grid.info.run_id
+        record = json.loads(dvc_api.read(f"{GRID}/run.json", repo=str(project), rev=made))
+        assert grid.data.tags["wd_lab.model_md5"] == record["model_md5"], "the output names its run's tag, not its id"
         with dvc_api.open(f"{GRID}/history.csv", repo=str(project), rev=made) as csv:
             history = pd.read_csv(csv, float_precision="round_trip")
         members = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{grid.info.run_id}'")

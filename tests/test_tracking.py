@@ -1,18 +1,21 @@
-"""MLflow tracking against a real store: run states, nesting, a fast failure when the store is unreachable, and the
-data each training run names (found by `search_runs`, its digest changing exactly when the data does)."""
+"""MLflow tracking against a real store: run states, nesting, a fast failure when the store is unreachable, the run an
+output's run record finds without holding its id, and the data each training run names (found by `search_runs`, its
+digest changing exactly when the data does)."""
 
 from __future__ import annotations
 
+import hashlib
 import socket
 import time
 
 import mlflow
 import pytest
+import torch
 
 from stages import train_synthetic
 from tests.helpers.stages import stage_args
-from wdlab.errors import StageError
-from wdlab.files import save_tensors
+from wdlab.errors import StageError, StageInputError
+from wdlab.files import read_json, save_tensors, write_json
 from wdlab.lineage import content_digest, synthetic_datasets
 from wdlab.settings import Settings, parse_settings
 from wdlab.synthetic.data import load_dataset, make_dataset
@@ -57,6 +60,33 @@ def test_nested_runs_params_and_history(store, tmp_path):
     assert [(m.step, m.value) for m in history] == [(0, 3.0), (1, 2.0), (2, 1.0)]
     assert [a.path for a in client.list_artifacts(child, "extra")] == ["extra/note.txt"]
     assert client.get_run(parent).data.params == {"lr": "0.1"}
+
+
+def test_an_output_finds_the_run_that_wrote_it_without_its_id(store, tmp_path):
+    """run.json holds the stage and the model's md5, no run id; they find the run (the newest, when the same bits were
+    trained again), which carries them as tags with the output's path, and the report is attached to it."""
+    tracker = Tracker(TRACKING, "test-experiment")
+    model_md5 = save_tensors(tmp_path / "model.pt", {"weight": torch.ones(3)})
+    assert model_md5 == hashlib.md5((tmp_path / "model.pt").read_bytes()).hexdigest()
+    records = []
+    for attempt in ("first", "again"):
+        with tracker.run(attempt, {}, "grid") as run_id:
+            pass
+        records.append(tracker.run_record(run_id, "train_synthetic@l2", tmp_path, model_md5))
+    first, again = records
+    assert first == again == {"stage": "train_synthetic@l2", "model_md5": model_md5}, "the same bits, the same record"
+    client = mlflow.MlflowClient(store)
+    assert client.get_run(run_id).data.tags["wd_lab.output"] == tmp_path.as_posix()
+    assert tracker.find_run(again) == run_id, "the newest of the runs that wrote these bits"
+    assert tracker.find_run(first | {"stage": "train_synthetic@l1"}) is None
+    assert tracker.find_run(first | {"model_md5": "0" * 32}) is None
+    write_json(tmp_path / "run.json", again)
+    (tmp_path / "page.md").write_text("# report")
+    tracker.attach_report({"train_synthetic@l2": tmp_path / "run.json"}, [tmp_path / "page.md"])
+    assert [a.path for a in client.list_artifacts(run_id, "report")] == ["report/page.md"]
+    write_json(tmp_path / "run.json", {"stage": "train_synthetic@l2"})  # a record that cannot find its run
+    with pytest.raises(StageInputError, match="run.json lacks model_md5: run `dvc repro train_synthetic@l2`"):
+        read_json(tmp_path / "run.json", "train_synthetic@l2", required=("stage", "model_md5"))
 
 
 def test_a_failing_block_marks_the_run_failed(store):

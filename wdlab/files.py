@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -72,7 +73,7 @@ class RunFolder(NamedTuple):
 
     @property
     def record(self) -> Path:
-        return self.root / "run.json"  # how it ran and its MLflow run
+        return self.root / "run.json"  # how it ran, and what finds its MLflow run (no run id: tracking.run_record)
 
     @property
     def history(self) -> Path:
@@ -112,14 +113,16 @@ def write_csv(path: Path | str, rows: Sequence[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def save_tensors(path: Path | str, tensors: dict[str, Any]) -> None:
-    """torch.save, byte-identical for identical tensors (saving to a file would name the zip's folder after it)."""
+def save_tensors(path: Path | str, tensors: dict[str, Any]) -> str:
+    """torch.save, byte-identical for identical tensors (saving to a file would name the zip's folder after it); returns
+    the file's md5, the hash DVC records for it (and `md5sum` prints)."""
     import torch  # here, not at the top: stages that write no tensors should not pay torch's import
 
     buffer = io.BytesIO()
     torch.save(tensors, buffer)
     with atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
+    return hashlib.md5(buffer.getvalue()).hexdigest()
 
 
 def _fix(made_by: str) -> str:
@@ -159,16 +162,23 @@ def read_table(path: Path | str, made_by: str, required: Sequence[str] = ()) -> 
     return table
 
 
-def read_json(path: Path | str, made_by: str = "", *, fix: str | None = None) -> Any:
-    """A JSON file written by stage `made_by` (or made as `fix` says, for a file no stage makes)."""
+def read_json(path: Path | str, made_by: str = "", *, fix: str | None = None, required: Sequence[str] = ()) -> Any:
+    """A JSON file written by stage `made_by` (or made as `fix` says, for a file no stage makes), an object with at
+    least the `required` keys if any are named."""
     fix = fix or _fix(made_by)
     path = Path(path)
     if not path.is_file():
         raise StageInputError(f"{path} is missing: {fix}")
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except json.JSONDecodeError:
         raise StageInputError(f"{path} is not valid JSON: {fix}") from None
+    if required and not isinstance(data, dict):
+        raise StageInputError(f"{path} is not a JSON object: {fix}")
+    missing = [key for key in required if key not in data]
+    if missing:
+        raise StageInputError(f"{path} lacks {', '.join(missing)}: {fix}")
+    return data
 
 
 def _require(path: Path, made_by: str, required: Sequence[str], present: Any) -> None:

@@ -32,6 +32,8 @@ log = logging.getLogger("wd-lab.tracking")
 
 PID_TAG, HOST_TAG = "wd_lab.pid", "wd_lab.host"  # who owns a RUNNING run, to end it if that process was killed
 SERVER_SCHEMES = ("http://", "https://")  # a tracking server: any process that reaches it can log to a run by its id
+# A training run's DVC output: its stage in dvc.yaml, its path, and its model.pt's md5 (run_record)
+STAGE_TAG, OUTPUT_TAG, MODEL_TAG = "dvc.stage", "wd_lab.output", "wd_lab.model_md5"
 
 
 def fail_fast() -> None:
@@ -294,27 +296,42 @@ class Tracker:
             )
         return info.model_uri
 
-    def run_record(self, run_id: str | None) -> dict[str, str | None]:
-        """What a training stage writes beside its model so later stages find its MLflow run."""
-        return {"run_id": run_id, "tracking_uri": self.uri}
+    def run_record(self, run_id: str | None, stage: str, output: Path | str, model_md5: str) -> dict[str, str]:
+        """What a training stage writes beside its model (run.json) to link its output and its MLflow run both ways:
+        the DVC stage and the md5 of its model.pt, which the params, seeds and code decide, become the run's tags (with
+        the output's path) and the record. The run's id, times and host stay in MLflow: in the record they would
+        change the output's hash, and dvc.lock, at every reproduction of the same bits."""
+        self.set_tags(run_id, {STAGE_TAG: stage, OUTPUT_TAG: Path(output).as_posix(), MODEL_TAG: model_md5})
+        return {"stage": stage, "model_md5": model_md5}
+
+    def find_run(self, record: Mapping[str, Any]) -> str | None:
+        """The MLflow run of this experiment that wrote the output of run record `record`, the newest where the stage
+        trained the same bits again (the runs are interchangeable); None without one, or with tracking off."""
+        if not self.enabled or not {"stage", "model_md5"} <= record.keys():
+            return None
+        runs = self.mlflow.search_runs(
+            [self.experiment_id],
+            filter_string=run_filter(record),
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+            output_format="list",
+        )
+        return runs[0].info.run_id if runs else None
 
     def attach_report(self, records: Mapping[str, Path], files: Sequence[Path], folder: str = "report") -> None:
-        """Attach report files to the MLflow runs named in the training stages' run records {stage name: path}."""
+        """Attach report files to the MLflow runs that wrote the training stages' outputs, found from their run
+        records {stage name: path}."""
         for made_by, record in records.items():
-            run_id = read_json(record, made_by=made_by).get("run_id")
-            if self._exists(run_id):
+            run_id = self.find_run(read_json(record, made_by=made_by))
+            if run_id is not None:
                 self.log_artifacts(run_id, files, folder=folder)
             elif self.enabled:
-                log.warning("the MLflow run of %s is not in %s; report not attached", made_by, self.uri)
+                log.warning("no MLflow run in %s wrote %s's output; report not attached", self.uri, made_by)
 
-    def _exists(self, run_id: str | None) -> bool:
-        if not self.enabled or not run_id:
-            return False
-        try:
-            self.mlflow.get_run(run_id)
-            return True
-        except Exception:
-            return False
+
+def run_filter(record: Mapping[str, Any]) -> str:
+    """The `search_runs` filter for the run that wrote the output of a training stage's run record (run.json)."""
+    return f"tags.`{STAGE_TAG}` = '{record['stage']}' and tags.`{MODEL_TAG}` = '{record['model_md5']}'"
 
 
 class ServerLog:
