@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from tests.helpers.pages import table_rows
 from tests.helpers.stages import stage
 from wdlab.settings import REGULARIZERS
 from wdlab.workspace import ROOT, clone_project, dvc, load_params, set_key, write_params
@@ -78,11 +79,10 @@ def test_diverging_lambdas_are_recorded_and_the_rest_completes(workdir):
     assert diverged == {"lambda_100"} and metrics["grid"]["lambda_100"]["diverged"] == metrics["seeds"]
     assert metrics["grid"]["lambda_100"]["test_loss"]["mean"] is None  # NaN is written as null
     assert metrics["cv"]["best_lambda"] != 100.0
-    (row,) = [
-        line for line in (workdir / "reports/synthetic.md").read_text().splitlines() if line.startswith("| 100 |")
-    ]
+    page = (workdir / "reports/synthetic.md").read_text()
+    (row,) = [row for row in table_rows(page.split("## Metrics per")[1]) if row[0] == "100"]
     folds = metrics["seeds"] * metrics["cv"]["folds"]
-    assert row.endswith(f"| {metrics['seeds']} | {folds} of {folds} |"), (
+    assert row[-2:] == [str(metrics["seeds"]), f"{folds} of {folds}"], (
         "the table counts the seeds that diverged, and the CV folds, every one diverged too, as unstable"
     )
     rows = list(csv.DictReader((workdir / "results/synthetic/by_lambda.csv").open()))
