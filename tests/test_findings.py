@@ -178,6 +178,7 @@ def test_the_study_page_frames_the_choice_against_the_null_model():
     assert "is not distinguishable from it" in ties and "cures is SGD's random initialisation" in ties
     assert "a fit beyond the null model" not in ties
     assert "the minimum-norm interpolant" in ties and "below SGD at the choice" in ties
+    assert "and better than SGD at the choice" in ties
 
 
 def test_the_study_page_advises_an_extension_only_when_the_record_does():

@@ -109,8 +109,8 @@ def band_note(by_seed: pd.DataFrame, log: bool = False) -> str:
     seeds = by_seed["seed"].nunique()
     if seeds < 2:
         return "one seed: no interval"
-    cut = "; cut at the lowest seed where it reaches 0" if log else ""
-    return f"mean and 95 % t-interval of the mean over n = {seeds} seeds{cut}"
+    cut = "; where it reaches 0: cut at the lowest seed" if log else ""
+    return f"mean, 95 % t-interval, n = {seeds} seeds{cut}"
 
 
 def publish(
