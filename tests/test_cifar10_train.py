@@ -31,6 +31,7 @@ from wdlab.device import cpu_has_bf16, device_formats
 from wdlab.files import RunFolder
 from wdlab.lineage import content_digest
 from wdlab.settings import REGULARIZERS, Settings
+from wdlab.workspace import ROOT
 
 
 @pytest.fixture(scope="module")
@@ -270,6 +271,7 @@ def pipeline(tmp_path_factory, splits) -> Path:
     """Every regulariser's grid (one l2 λ diverges), the headline, evaluate_cifar10, report_cifar10 and
     compare_cifar10 in a temp project."""
     root = tmp_path_factory.mktemp("project")
+    shutil.copytree(ROOT / "reports/templates", root / "reports/templates")  # the pages' templates, as code
     test = splits.test
     train_x = torch.cat([splits.train.images, splits.valid.images])
     train_y = torch.cat([splits.train.labels, splits.valid.labels])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
@@ -32,6 +33,7 @@ def run_stage(workdir, name, check=True):
 @pytest.fixture
 def workdir(tmp_path):
     write_params(tmp_path / "params.yaml", load_params())
+    shutil.copytree(ROOT / "reports/templates", tmp_path / "reports/templates")  # the pages' templates, as code
     return tmp_path
 
 
