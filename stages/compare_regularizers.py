@@ -1,6 +1,7 @@
 """Every regulariser side by side, for one study (wdlab/regularizers.py defines them), each over its own
 strength grid on every seed. One figure per question (loss or accuracy vs strength, sparsity vs strength, ‖w‖ vs
-strength) and a page that states each finding with its uncertainty."""
+strength) and a page rendered from its template (reports/templates/regularizers_<study>.md.j2): the synthetic one from
+the findings the evaluate stage recorded, each sentence turned by its verdict."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from wdlab import figures, stage
+from wdlab import figures, pages, stage
 from wdlab.files import grid_folders, read_json, read_table
+from wdlab.metrics import SYNTHETIC
 from wdlab.regularizers import BASELINE, REGISTRY, sharing_baseline_zero, zero_makers
-from wdlab.results import fmt_lambda, markdown_table, pm, separated
+from wdlab.results import fmt_lambda, pm, separated
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.tracking import Tracker
 
@@ -31,8 +33,9 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             required=("regularizer", "seed", "lambda", "test_loss", "w_norm", "zeros"),
         )
         table = read_table(args.table, "evaluate_synthetic", required=("regularizer", "lambda", "test_loss_mean"))
-        pngs = synthetic_figures(by_seed, settings.synthetic.data.n_features, args.figures)
-        page = synthetic_page(metrics, table, settings, figures.relative_to_page(pngs, args.page))
+        null = metrics["findings"]["null"]["test_loss"]["mean"]
+        pngs = synthetic_figures(by_seed, settings.synthetic.data.n_features, null, args.figures)
+        page = synthetic_page(args.template, metrics, settings, figures.relative_to_page(pngs, args.page))
         experiment = settings.tracking.experiment_synthetic
     else:
         by_seed = read_table(
@@ -52,7 +55,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             ]
         )
         pngs = cifar_figures(by_seed, norms, args.figures)
-        page = cifar_page(metrics, table, settings, figures.relative_to_page(pngs, args.page))
+        page = cifar_page(args.template, metrics, table, settings, figures.relative_to_page(pngs, args.page))
         experiment = settings.tracking.experiment_cifar10
     records = {f"train_{args.study}@{name}": folder.record for name, folder in folders.items()}  # every grid's run
     figures.publish(args.page, page, pngs, Tracker(settings.tracking, experiment), records, folder="comparison")
@@ -63,17 +66,21 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
 
 def per_regularizer(
     by_seed: pd.DataFrame,
-    draw: Callable[[plt.Axes, pd.DataFrame, str], None],
+    draw: Callable[[plt.Axes, pd.DataFrame, str, bool], None],
     ylabel: str,
     title: str,
     path: Path,
     yscale: str = "linear",
+    null: float | None = None,
 ) -> Path:
+    """One panel per regulariser over its own grid; `null`: the null model's mean, a line across every panel."""
     present = [r for r in REGULARIZERS if r in set(by_seed["regularizer"])]
     fig, axes = plt.subplots(1, len(present), figsize=(3.6 * len(present), 4.4), sharey=True, squeeze=False)
     for ax, regularizer in zip(axes[0], present):
         rows = by_seed[by_seed["regularizer"] == regularizer]
-        draw(ax, rows, regularizer)
+        draw(ax, rows, regularizer, yscale == "log")
+        if null is not None:
+            ax.axhline(null, color="black", linestyle="-.", linewidth=1, label="null model (ŷ = ȳ_train)")
         figures.lambda_axis(ax, rows["lambda"])
         ax.set(yscale=yscale, xlabel=REGISTRY[regularizer].strength_label, ylabel=ylabel, title=regularizer)
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -84,15 +91,16 @@ def per_regularizer(
         fig.legend(
             handles, labels, loc="lower center", ncols=len(labels), fontsize="small", bbox_to_anchor=(0.5, -0.02)
         )
-    fig.suptitle(f"{title}\n({figures.band_note(by_seed)})")
+    fig.suptitle(f"{title}\n({figures.band_note(by_seed, log=yscale == 'log')})")
     fig.tight_layout(rect=(0, 0.08, 1, 1))
     return figures.save(fig, path)
 
 
-def lines(columns: dict[str, str], dashed: Sequence[str] = ()) -> Callable[[plt.Axes, pd.DataFrame, str], None]:
-    """A panel drawer: each column a curve (label: its name), dashed for the exact optima."""
+def lines(columns: dict[str, str], dashed: Sequence[str] = ()) -> Callable[[plt.Axes, pd.DataFrame, str, bool], None]:
+    """A panel drawer: each column a curve (label: its name), dashed for the exact optima; on a log axis the band is
+    the t-interval cut where it reaches 0."""
 
-    def draw(ax: plt.Axes, rows: pd.DataFrame, regularizer: str) -> None:
+    def draw(ax: plt.Axes, rows: pd.DataFrame, regularizer: str, log: bool) -> None:
         for i, (column, label) in enumerate(columns.items()):
             sns.lineplot(
                 data=rows,
@@ -103,13 +111,13 @@ def lines(columns: dict[str, str], dashed: Sequence[str] = ()) -> Callable[[plt.
                 color=sns.color_palette()[i],
                 linestyle="--" if column in dashed else "-",
                 label=label.format(exact=REGISTRY[regularizer].exact),
-                **figures.SEED_BAND,
+                **(figures.LOG_BAND if log else figures.SEED_BAND),
             )
 
     return draw
 
 
-def synthetic_figures(by_seed: pd.DataFrame, n_features: int, folder: Path) -> list[Path]:
+def synthetic_figures(by_seed: pd.DataFrame, n_features: int, null: float, folder: Path) -> list[Path]:
     return [
         per_regularizer(
             by_seed,
@@ -118,15 +126,16 @@ def synthetic_figures(by_seed: pd.DataFrame, n_features: int, folder: Path) -> l
                 ["reference_test_loss"],
             ),
             "final test loss (ŷ − y)²/2",
-            "Test loss vs strength: every regulariser cures the overfit of strength 0",
+            "Test loss vs strength, beside each regulariser's exact optimum and the null model",
             folder / "test_loss_vs_strength.png",
             yscale="log",
+            null=null,
         ),
         per_regularizer(
             by_seed,
             lines({"zeros": "SGD: exact zeros", "reference_zeros": "exact optimum: zeros"}, ["reference_zeros"]),
             f"weights exactly 0 (of {n_features})",
-            f"Sparsity vs strength: only {zero_makers_named()} set weights to exactly zero",
+            "Exact zeros vs strength",
             folder / "zeros_vs_strength.png",
         ),
         per_regularizer(
@@ -149,7 +158,7 @@ def cifar_figures(by_seed: pd.DataFrame, norms: pd.DataFrame, folder: Path) -> l
     baseline = baseline.assign(regularizer=f"none ({BASELINE}, λ = 0)")
     shown = pd.concat([baseline, strongest], ignore_index=True)
     shown = shown.assign(run=shown["regularizer"] + shown["lambda"].map(lambda v: f" {fmt_lambda(v)}" if v else ""))
-    sns.barplot(data=shown, x="layer", y="norm", hue="run", order=layer_order, ax=axes, **figures.SEED_BAND)
+    sns.barplot(data=shown, x="layer", y="norm", hue="run", order=layer_order, ax=axes, **figures.LOG_BAND)
     axes.set(
         yscale="log",
         xlabel="layer",
@@ -177,7 +186,7 @@ def cifar_figures(by_seed: pd.DataFrame, norms: pd.DataFrame, folder: Path) -> l
             by_seed,
             lines({"zero_fraction": "weights exactly 0"}),
             "fraction of conv/linear weights",
-            f"Sparsity vs strength: only {zero_makers_named()} make exact zeros",
+            "Exact zeros vs strength",
             folder / "zeros_vs_strength.png",
         ),
         per_regularizer(
@@ -192,210 +201,106 @@ def cifar_figures(by_seed: pd.DataFrame, norms: pd.DataFrame, folder: Path) -> l
     ]
 
 
-# ── the pages ──────────────────────────────────────────────────────────────────────────────────────
+# ── the pages: their templates, given the numbers ────────────────────────────────────────────────────
 
 
-def synthetic_page(metrics: dict, table: pd.DataFrame, settings: Settings, links: list[str]) -> str:
-    spec, compared = settings.synthetic, metrics["regularizers"]
+def synthetic_page(template: Path, metrics: dict, settings: Settings, links: list[str]) -> str:
+    """The synthetic comparison: every claim is a record of the metrics' `findings`, which the template reads."""
+    compared, found = metrics["regularizers"], metrics["findings"]
+    chosen = [r for r, c in compared.items() if c["cv_strength"] is not None]
+    ranked = sorted(chosen, key=lambda r: compared[r]["test_loss"]["mean"])  # lowest mean test loss first
     rows = [
         {
-            "regularizer": r,
-            "strength": fmt_lambda(c["cv_strength"]) if c["cv_strength"] is not None else "none: all unstable",
-            "test": pm(c["test_loss"]),
-            "exact": pm(c["reference_test_loss"]),
-            "w": pm(c["w_norm"]),
-            "zeros": pm(c["zeros"], ".1f"),
+            "regulariser": r,
+            "CV strength": fmt_lambda(c["cv_strength"]) if c["cv_strength"] is not None else "none: all unstable",
+            "on the grid's edge": found["regularizers"][r]["edge"]["edge"],
+            SYNTHETIC["test_loss"].label: pm(c["test_loss"]),
+            "exact optimum's test loss": pm(c["reference_test_loss"]),
+            "against the null model": found["regularizers"][r].get("vs_null", {}).get("verdict", "—"),
+            SYNTHETIC["w_norm"].label: pm(c["w_norm"]),
+            SYNTHETIC["zeros"].label: pm(c["zeros"], SYNTHETIC["zeros"].format),
         }
         for r, c in compared.items()
     ]
-    findings = [
-        lowest_at_cv(compared),
-        unstable_finding(compared, metrics["seeds"] * spec.cv_folds),
-        *[
-            line
-            for regularizer in compared
-            if (line := REGISTRY[regularizer].synthetic_finding(table, spec, metrics)) is not None
-        ],
+    pairs = [
+        {
+            "first − second": key.replace("_vs_", " − "),
+            "Δ test loss": pages.number(pair["mean"], "+.2g"),
+            "95 % t-interval": pages.interval(pair),
+            "seeds": str(pair["n"]),
+            "verdict for the first": pair["verdict"],
+        }
+        for key, pair in found["pairwise"].items()
     ]
-    return "\n".join(
-        [
-            "# Regularisers side by side: high-dimensional linear regression",
-            "",
-            f"_n_train = {spec.data.n_train}, d = {spec.data.n_features}; SGD, batch {spec.train.batch_size}, "
-            f"lr {spec.train.lr:g}, {spec.train.epochs} epochs for every regulariser; {metrics['seeds']} seeds. "
-            "Numbers are means ± std over seeds; figures show the mean with its 95 % band; dashed: each regulariser's "
-            "exact optimum. The study page: [synthetic.md](synthetic.md)._",
-            "",
-            "## Findings",
-            "",
-            *findings,
-            "",
-            "## Each regulariser at the strength cross-validation chooses",
-            "",
-            markdown_table(
-                pd.DataFrame(rows),
-                {
-                    "regularizer": "regulariser",
-                    "strength": "CV strength",
-                    "test": "test loss",
-                    "exact": "exact optimum's test loss",
-                    "w": "‖w‖",
-                    "zeros": "exact zeros",
-                },
-                {c: str for c in ("regularizer", "strength", "test", "exact", "w", "zeros")},
-            ),
-            "",
-            "## Figures",
-            "",
-            *[f"![{Path(link).stem}]({link})" for link in links],
-            "",
-            "_Generated by the `compare_synthetic` stage of dvc.yaml; rerun `dvc repro` to refresh._",
-            "",
-        ]
+    return pages.render(
+        template,
+        m=metrics,
+        f=found,
+        spec=settings.synthetic,
+        registry=REGISTRY,
+        baseline=BASELINE,
+        ranked=ranked,
+        zero_makers=zero_makers(),
+        figures=links,
+        table=pages.markdown(pd.DataFrame(rows), ("left", "right", "left", "right", "right", "left", "right", "right")),
+        pairs=pages.markdown(pd.DataFrame(pairs), ("left", "right", "right", "right", "left")) if pairs else None,
     )
 
 
-def lowest_at_cv(compared: dict) -> str:
-    """Which regulariser reaches the lowest mean test loss at its cross-validated strength, and whether that difference
-    exceeds the seed spread; a regulariser CV chose no strength for (every strength unstable) takes no part."""
-    chosen = {r: c for r, c in compared.items() if c["cv_strength"] is not None}
-    if not chosen:
-        return "- **Cross-validation chose no strength**: every strength of every regulariser had unstable folds."
-    ranked = sorted(chosen, key=lambda r: chosen[r]["test_loss"]["mean"])
-    lowest = chosen[ranked[0]]["test_loss"]["mean"]
-    tied = [r for r in ranked if abs(chosen[r]["test_loss"]["mean"] - lowest) <= 1e-6 * abs(lowest)]  # l2 ≡ decoupled
-    best, rest = " and ".join(tied), [r for r in ranked if r not in tied]
-    beyond = [r for r in rest if separated(chosen[ranked[0]]["test_loss"], chosen[r]["test_loss"])]
-    return (
-        f"- **At its cross-validated strength**, {best} reach{'' if len(tied) > 1 else 'es'} the lowest mean "
-        f"test loss, {pm(chosen[ranked[0]]['test_loss'])}; "
-        + (
-            f"{'their' if len(tied) > 1 else 'its'} 95 % interval over seeds lies below those of {', '.join(beyond)}"
-            if beyond
-            else "its 95 % interval overlaps every other's"
-        )
-        + (
-            f", and overlaps {', '.join(r for r in rest if r not in beyond)}: "
-            "that difference is within the seed spread."
-            if len(beyond) < len(rest)
-            else "."
-        )
-    )
-
-
-def unstable_finding(compared: dict, folds: int) -> str:
-    """The CV folds that blew up, per regulariser and strength, out of `folds` (seeds × folds) each."""
-    unstable = [
-        f"{r} {REGISTRY[r].symbol} = {key.removeprefix('lambda_')}: {at['unstable_folds']} of {folds} "
-        f"(test loss on the whole training set {pm(at['test_loss'])})"
-        for r, c in compared.items()
-        for key, at in c["by_strength"].items()
-        if at.get("unstable_folds")
-    ]
-    rule = (
-        "**Unstable CV folds**, whose training loss ended above where it started (SGD blowing up, short of "
-        "diverging), are left out of each strength's CV loss, and a strength with more than half its folds "
-        "unstable is never chosen"
-    )
-    return f"- {rule}: " + ("; ".join(unstable) + "; no other strength had any." if unstable else "there were none.")
-
-
-def zero_makers_named() -> str:
-    return " and ".join(zero_makers()) or "none"
-
-
-def cifar_page(metrics: dict, table: pd.DataFrame, settings: Settings, links: list[str]) -> str:
-    study, compared = settings.cifar10, metrics["regularizers"]
+def cifar_page(template: Path, metrics: dict, table: pd.DataFrame, settings: Settings, links: list[str]) -> str:
+    """The CIFAR-10 comparison: each regulariser at the strength validation chooses, and at its strongest."""
+    compared = metrics["regularizers"]
     ranked = sorted(compared, key=lambda r: -(compared[r]["test_accuracy"]["mean"] or 0))
     best = ranked[0]
-    beyond = [r for r in ranked[1:] if separated(compared[best]["test_accuracy"], compared[r]["test_accuracy"])]
     rows = [
         {
-            "regularizer": r,
+            "regulariser": r,
             "strength": fmt_lambda(c["valid_strength"]),
-            "valid": pm(c["valid_accuracy"]),
-            "test": pm(c["test_accuracy"]),
-            "gap": pm(c["gap_accuracy"]),
-            "w": pm(c["w_norm"]),
-            "zeros": pm(c["zero_fraction"], ".2%"),
+            "validation accuracy": pm(c["valid_accuracy"]),
+            "test accuracy": pm(c["test_accuracy"]),
+            "train − test gap": pm(c["gap_accuracy"]),
+            "‖θ‖": pm(c["w_norm"]),
+            "exact zeros": pm(c["zero_fraction"], ".2%"),
         }
         for r, c in compared.items()
     ]
-    seeds = metrics["seeds"]
-    spread = (
-        ("its 95 % interval over seeds lies above those of " + ", ".join(beyond))
-        if beyond
-        else (
-            "its interval overlaps the others'"
-            if seeds > 1
-            else "with one seed no interval exists: run more seeds (`cifar10.seeds`) before reading a ranking"
-        )
-    )
-    return "\n".join(
-        [
-            "# Regularisers side by side: CIFAR-10",
-            "",
-            f"_The same net (width {study.model.width}) and budget ({study.train.epochs} epochs, "
-            f"batch {study.train.batch_size}, "
-            f"{study.train.schedule} schedule) for every regulariser: "
-            + "; ".join(f"{r}: {REGISTRY[r].cifar_method(study.train)}" for r in compared)
-            + f". Strength 0 of {', '.join(sharing_baseline_zero(list(compared)))} is {BASELINE}'s λ = 0 run. "
-            f"{seeds} seed(s); means ± std; the study page: [cifar10.md](cifar10.md)._",
-            "",
-            "## Findings",
-            "",
-            f"- Chosen on the validation split, {best} reaches the highest test accuracy, "
-            f"{pm(compared[best]['test_accuracy'])}; {spread}.",
-            *cifar_findings(table),
-            "",
-            "## Each regulariser at the strength validation chooses",
-            "",
-            markdown_table(
-                pd.DataFrame(rows),
-                {
-                    "regularizer": "regulariser",
-                    "strength": "strength",
-                    "valid": "validation accuracy",
-                    "test": "test accuracy",
-                    "gap": "train − test gap",
-                    "w": "‖θ‖",
-                    "zeros": "exact zeros",
-                },
-                {c: str for c in ("regularizer", "strength", "valid", "test", "gap", "w", "zeros")},
-            ),
-            "",
-            "## Figures",
-            "",
-            *[f"![{Path(link).stem}]({link})" for link in links],
-            "",
-            "_Generated by the `compare_cifar10` stage of dvc.yaml; rerun `dvc repro` to refresh._",
-            "",
-        ]
+    return pages.render(
+        template,
+        m=metrics,
+        study=settings.cifar10,
+        registry=REGISTRY,
+        baseline=BASELINE,
+        best=best,
+        best_accuracy=pm(compared[best]["test_accuracy"]),
+        above=[r for r in ranked[1:] if separated(compared[best]["test_accuracy"], compared[r]["test_accuracy"])],
+        sharing=sharing_baseline_zero(list(compared)),
+        strongest=strongest_rows(table),
+        zero_makers=zero_makers(),
+        figures=links,
+        table=pages.markdown(pd.DataFrame(rows), ("left",) + ("right",) * 6),
     )
 
 
-def cifar_findings(table: pd.DataFrame) -> list[str]:
-    """What each regulariser does at its strongest setting against none (l2's λ = 0): the gap, ‖θ‖ and exact zeros."""
+def strongest_rows(table: pd.DataFrame) -> list[dict]:
+    """Each regulariser at its strongest trained strength beside none (l2's λ = 0): the gap, ‖θ‖ and exact zeros."""
     base = table[(table["regularizer"] == BASELINE) & (table["lambda"] == 0)]
     if base.empty:
         return []
     base = base.iloc[0]
     trained = table[table["gap_accuracy_mean"].notna()]  # a diverged strength has no final numbers
     strongest = trained.loc[trained.groupby("regularizer")["lambda"].idxmax()].set_index("regularizer")
-    lines = []
-    for regularizer in [r for r in REGULARIZERS if r in strongest.index]:
-        row = strongest.loc[regularizer]
-        lines.append(
-            f"- {regularizer} at its strongest trained strength ({fmt_lambda(row['lambda'])}): "
-            f"generalisation gap {row['gap_accuracy_mean']:+.3f} (none: {base['gap_accuracy_mean']:+.3f}), "
-            f"‖θ‖ {row['w_norm_mean']:.3g} (none: {base['w_norm_mean']:.3g}), "
-            f"exact zeros {row['zero_fraction_mean']:.1%} of the conv/linear weights."
-        )
-    return lines + [
-        f"- Only {zero_makers_named()} can make exact zeros; the per-layer norms are in the last figure. "
-        "With BatchNorm after every conv, shrinking a conv's weights leaves its output unchanged: decay there "
-        "raises the effective learning rate rather than limiting the function, so ‖θ‖ and accuracy move less "
-        "together than in the linear study."
+    return [
+        {
+            "regularizer": r,
+            "strength": strongest.loc[r, "lambda"],
+            "gap": strongest.loc[r, "gap_accuracy_mean"],
+            "gap_none": base["gap_accuracy_mean"],
+            "w_norm": strongest.loc[r, "w_norm_mean"],
+            "w_norm_none": base["w_norm_mean"],
+            "zeros": strongest.loc[r, "zero_fraction_mean"],
+        }
+        for r in REGULARIZERS
+        if r in strongest.index
     ]
 
 
@@ -410,6 +315,7 @@ def parser() -> argparse.ArgumentParser:
             "grids": "the grids' folder: each regulariser's run record (and CIFAR-10 layer norms)",
             "page": "the comparison page (output)",
             "figures": "the folder of its figures (output)",
+            "template": "the page's Jinja2 template",
         },
     )
     cli.add_argument("study", choices=("synthetic", "cifar10"))

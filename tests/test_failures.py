@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import pytest
 import torch
 
+from tests.helpers.pages import table_rows
 from tests.helpers.stages import stage
 from wdlab.settings import REGULARIZERS
 from wdlab.workspace import ROOT, clone_project, dvc, load_params, set_key, write_params
@@ -31,6 +33,7 @@ def run_stage(workdir, name, check=True):
 @pytest.fixture
 def workdir(tmp_path):
     write_params(tmp_path / "params.yaml", load_params())
+    shutil.copytree(ROOT / "reports/templates", tmp_path / "reports/templates")  # the pages' templates, as code
     return tmp_path
 
 
@@ -78,11 +81,10 @@ def test_diverging_lambdas_are_recorded_and_the_rest_completes(workdir):
     assert diverged == {"lambda_100"} and metrics["grid"]["lambda_100"]["diverged"] == metrics["seeds"]
     assert metrics["grid"]["lambda_100"]["test_loss"]["mean"] is None  # NaN is written as null
     assert metrics["cv"]["best_lambda"] != 100.0
-    (row,) = [
-        line for line in (workdir / "reports/synthetic.md").read_text().splitlines() if line.startswith("| 100 |")
-    ]
+    page = (workdir / "reports/synthetic.md").read_text()
+    (row,) = [row for row in table_rows(page.split("## Metrics per")[1]) if row[0] == "100"]
     folds = metrics["seeds"] * metrics["cv"]["folds"]
-    assert row.endswith(f"| {metrics['seeds']} | {folds} of {folds} |"), (
+    assert row[-2:] == [str(metrics["seeds"]), f"{folds} of {folds}"], (
         "the table counts the seeds that diverged, and the CV folds, every one diverged too, as unstable"
     )
     rows = list(csv.DictReader((workdir / "results/synthetic/by_lambda.csv").open()))

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from stages import check
+from tests.helpers.pages import table_rows
 from tests.helpers.projects import cifar_project
 from tests.helpers.stages import ran_stages
 from wdlab import workspace
@@ -73,12 +74,14 @@ def test_the_branch_runs_and_the_model_learns(reproduced):
         assert run["epochs_run"] == 3 and not run["diverged"]
     assert result["grid"]["lambda_0.01"]["w_norm"]["mean"] < result["grid"]["lambda_0"]["w_norm"]["mean"]
     page = (project / "reports/cifar10.md").read_text()
-    table_rows = re.findall(r"^\| (\S+) \| [\d.]+% \|", page, flags=re.MULTILINE)  # the metrics table: one row per λ
-    assert table_rows == ["0", "0.01"], page
+    by_lambda = re.findall(r"^\| (\S+) \| [\d.]+% \|", page, flags=re.MULTILINE)  # the metrics table: one row per λ
+    assert by_lambda == ["0", "0.01"], page
     for png in ("accuracy_vs_lambda", "gap_vs_lambda", "curves", "layer_norms"):
         assert (project / f"reports/figures/cifar10/{png}.png").stat().st_size > 10_000
     compared = (project / "reports/regularizers_cifar10.md").read_text()
-    assert all(f"| {r} |" in compared for r in REGULARIZERS) and set(result["regularizers"]) == set(REGULARIZERS)
+    assert all(r in [row[0] for row in table_rows(compared)] for r in REGULARIZERS) and set(
+        result["regularizers"]
+    ) == set(REGULARIZERS)
     data = torch.load(project / "data/cifar10/train.pt", weights_only=True)
     assert data["images"].dtype == torch.uint8 and data["images"].shape[1:] == (3, 32, 32)
 

@@ -1,8 +1,10 @@
-"""What the report stages share: one seaborn look, λ axes, seed bands, atomic PNG output, publishing the page."""
+"""What the report stages share: one seaborn look, λ axes, t-interval bands over seeds, atomic PNG output, publishing
+the page."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,23 +32,34 @@ PALETTE = "colorblind"
 DPI = 130
 
 
-def bootstrap_band(values: Sequence[float], level: float = 95, resamples: int = 200, seed: int = 0) -> np.ndarray:
-    """The `level` % bootstrap interval of the mean: exactly seaborn's `errorbar=("ci", level)` with
-    `n_boot=resamples, seed=seed` (the same generator, draws, estimator and percentiles, so the same figures),
-    drawn as one [resamples, n] array instead of seaborn's Python loop of `resamples` means per point: a figure
-    of 10 λ × 101 epochs took ~2 s in that loop."""
-    values = np.asarray(values)
-    n = len(values)
-    resampled = np.random.default_rng(seed).integers(0, n, (resamples, n), dtype=np.intp)  # = seaborn's per-draw calls
-    mean = np.nanmean if np.isnan(np.sum(values)) else np.mean  # seaborn's switch when a value is missing
-    edge = (100 - level) / 2
-    return np.nanpercentile(mean(values[resampled], axis=1), (edge, 100 - edge))
+def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float]:
+    """The `level` t-interval of the mean over seeds, mean ± t·s/√n: the interval the pages' text and metrics use
+    (wdlab.results.stats); the mean alone with one seed. Missing values (a diverged run) are left out."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) < 2:
+        mean = float(values.mean()) if len(values) else math.nan
+        return mean, mean
+    from scipy.special import stdtrit  # = scipy.stats.t.ppf, without importing scipy.stats
+
+    half = float(stdtrit(len(values) - 1, (1 + level) / 2)) * values.std(ddof=1) / math.sqrt(len(values))
+    return float(values.mean() - half), float(values.mean() + half)
 
 
-# Every curve over seeds: the mean with its 95 % bootstrap confidence band. Seeded, so figures repeat exactly;
-# 200 resamples, not seaborn's 1,000, as the band only guides the eye (the page's intervals are t-intervals).
-# A bootstrap band stays within the seeds' values, so it draws on log axes where a t-interval can cross zero.
-SEED_BAND = {"errorbar": bootstrap_band}
+def t_interval_log(values: Sequence[float]) -> tuple[float, float]:
+    """The t-interval for a log axis: where its lower end reaches 0 or below (a positive quantity whose seeds spread
+    as widely as its mean) it is cut at the smallest seed's value, which a log axis can draw."""
+    low, high = t_interval(values)
+    if low <= 0:
+        positive = [v for v in values if v > 0]
+        low = min(positive) if positive else low
+    return low, high
+
+
+# Every curve over seeds: the mean with its 95 % t-interval, the interval the pages' numbers carry; on a log axis the
+# interval's lower end is cut where it reaches 0 (band_note says so in the figure).
+SEED_BAND = {"errorbar": t_interval}
+LOG_BAND = {"errorbar": t_interval_log}
 
 
 def set_theme() -> None:
@@ -70,10 +83,11 @@ def lambda_axis(ax: plt.Axes, strengths: Sequence[float]) -> None:
     ax.minorticks_off()
 
 
-def curves_vs_strength(ax: plt.Axes, long: pd.DataFrame, y: str, hue: str) -> None:
+def curves_vs_strength(ax: plt.Axes, long: pd.DataFrame, y: str, hue: str, log: bool = False) -> None:
     """Each `hue` value of a long table a curve of `y` against the strength (column `lambda`): the mean over seeds
-    with its 95 % band, markers at the grid's strengths."""
-    sns.lineplot(data=long, x="lambda", y=y, hue=hue, style=hue, markers=True, dashes=False, ax=ax, **SEED_BAND)
+    with its 95 % t-interval (`log`: cut for a log axis), markers at the grid's strengths."""
+    band = LOG_BAND if log else SEED_BAND
+    sns.lineplot(data=long, x="lambda", y=y, hue=hue, style=hue, markers=True, dashes=False, ax=ax, **band)
 
 
 def save(fig: plt.Figure, path: Path) -> Path:
@@ -90,10 +104,13 @@ def relative_to_page(pngs: Sequence[Path], page: Path) -> list[str]:
     return [Path(os.path.relpath(png, page.parent)).as_posix() for png in pngs]
 
 
-def band_note(by_seed: pd.DataFrame) -> str:
-    """How many seeds a band summarises, for figure titles."""
+def band_note(by_seed: pd.DataFrame, log: bool = False) -> str:
+    """What a band is and how many seeds it summarises, for figure titles; `log`: where it is cut on a log axis."""
     seeds = by_seed["seed"].nunique()
-    return f"mean and 95 % band over {seeds} seeds" if seeds > 1 else "one seed"
+    if seeds < 2:
+        return "one seed: no interval"
+    cut = "; where it reaches 0: cut at the lowest seed" if log else ""
+    return f"mean, 95 % t-interval, n = {seeds} seeds{cut}"
 
 
 def publish(

@@ -1,5 +1,5 @@
-"""The regularisers, each defined once: its name and labels, what its strength means, its step in both studies, its
-exact reference in the synthetic one and how the reports describe it.
+"""The regularisers, each defined once: its name and short labels, what its strength means, its step in both studies
+and its exact reference in the synthetic one. How a page describes one is the page's template's (reports/templates/).
 
 Every stage, report, check and test reads the list from `REGISTRY`; params.yaml gives each one its strength grids
 (`synthetic.strengths.<name>`, `cifar10.strengths.<name>`). A new regulariser is a subclass here, registered below,
@@ -16,17 +16,19 @@ light; every other hook uses tensor methods only.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 if TYPE_CHECKING:
-    import pandas as pd
     import torch
 
-    from wdlab.settings import CifarTrain, SyntheticSettings
 
+class Recipe(Protocol):
+    """The optimiser settings a CIFAR-10 run's method line names (wdlab.settings.CifarTrain has them)."""
 
-def _lam(value: float) -> str:
-    return f"{value:.3g}"
+    lr: float
+    adamw_lr: float
+    momentum: float
+    nesterov: bool
 
 
 class Regularizer:
@@ -72,6 +74,11 @@ class Regularizer:
         """Its exact optimum at `strength`: a solver of wdlab.synthetic.references and that solver's argument."""
         raise NotImplementedError
 
+    def decay_rate(self, strength: float) -> float | None:
+        """λ of the factor (1 − ηλ) its SGD step multiplies w by (in expectation); None: its step has no such factor.
+        ηλ ≥ 1 flips w's sign every step."""
+        return None
+
     # ── the CIFAR-10 study ───────────────────────────────────────────────────────────────────────────────────────
     optimizer: ClassVar[str] = "sgd"  # sgd (cifar10.train.lr) | adamw (cifar10.train.adamw_lr)
     zero_is_plain_sgd: ClassVar[bool] = True  # strength 0 trains exactly as l2 at λ = 0 does: they share that run
@@ -91,25 +98,12 @@ class Regularizer:
         """The normalised batch the net trains on this step."""
         return images
 
-    def cifar_method(self, train: CifarTrain) -> str:
-        """How a run trains, for the report's setup line."""
+    def cifar_method(self, train: Recipe) -> str:
+        """How a run trains, for the CIFAR-10 study page's setup line."""
         return f"{sgd(train)}, {self.cifar_meaning}"
 
-    # ── how the reports describe it ──────────────────────────────────────────────────────────────────────────────
-    epoch_shrink: ClassVar[str]  # the synthetic ‖w‖-per-epoch figure's title
-    step_shrink: ClassVar[str] = "shrinks only by the factor (1 − ηλ)"  # what one step does to the initialisation
 
-    def synthetic_finding(self, table: pd.DataFrame, spec: SyntheticSettings, metrics: dict) -> str | None:
-        """Its line on the synthetic comparison page (table: every regulariser per strength, means over seeds)."""
-        return None
-
-    def strongest(self, table: pd.DataFrame) -> pd.Series | None:
-        """Its row of the strongest strength > 0 in the comparison table (None if the grid has none)."""
-        rows = table[(table["regularizer"] == self.name) & (table["lambda"] > 0)]
-        return None if rows.empty else rows.iloc[-1]
-
-
-def sgd(train: CifarTrain) -> str:
+def sgd(train: Recipe) -> str:
     nesterov = "Nesterov " if train.nesterov and train.momentum > 0 else ""
     return f"SGD with {nesterov}momentum {train.momentum:g}, peak lr {train.lr:g}"
 
@@ -124,7 +118,6 @@ class L2(Regularizer):
     cifar_meaning = "λ of SGD's weight_decay: λ·w added to the gradient (coupled)"
     exact = "exact ridge"
     concise_sgd = True
-    epoch_shrink = "Each epoch multiplies w by about (1 − ηλ)^(steps)"
 
     def loss_penalty(self, weight: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
         return strength / 2 * (weight**2).sum(dim=-1)  # λ/2·‖w‖², differentiated with the data loss
@@ -135,10 +128,13 @@ class L2(Regularizer):
     def reference(self, strength: float) -> tuple[str, float]:
         return "ridge", strength
 
+    def decay_rate(self, strength: float) -> float:
+        return strength  # w ← (1 − ηλ)·w − η·∇L
+
     def weight_decay(self, strength: float) -> float:
         return strength
 
-    def cifar_method(self, train: CifarTrain) -> str:
+    def cifar_method(self, train: Recipe) -> str:
         return f"{sgd(train)}, weight decay added to the gradient (L2)"
 
 
@@ -155,7 +151,6 @@ class Decoupled(Regularizer):
     same_update_as = "l2"
     optimizer = "adamw"
     zero_is_plain_sgd = False  # AdamW, even at λ = 0
-    epoch_shrink = "Each epoch multiplies w by about (1 − ηλ)^(steps)"
 
     def decay(self, weight: torch.Tensor, lr: float, strength: torch.Tensor) -> None:
         weight -= (lr * strength)[..., None] * weight  # w ← w − ηλ·w
@@ -166,23 +161,14 @@ class Decoupled(Regularizer):
     def reference(self, strength: float) -> tuple[str, float]:
         return "ridge", strength
 
+    def decay_rate(self, strength: float) -> float:
+        return strength  # w ← (1 − ηλ)·w − η·∇L
+
     def weight_decay(self, strength: float) -> float:
         return strength
 
-    def cifar_method(self, train: CifarTrain) -> str:
+    def cifar_method(self, train: Recipe) -> str:
         return f"AdamW (decoupled weight decay, β₁ = {train.momentum:g}), peak lr {train.adamw_lr:g}"
-
-    def synthetic_finding(self, table: pd.DataFrame, spec: SyntheticSettings, metrics: dict) -> str | None:
-        gap = metrics.get(f"{self.name}_vs_{self.same_update_as}")
-        if not gap or not gap.get("pairs"):
-            return None
-        return (
-            f"- **Decoupled = L2 for plain SGD.** Without momentum, w ← w − η(∇L + λw) and w ← w − ηλw − η∇L are one "
-            f"update; over {gap['pairs']} (seed, λ) pairs the final test losses differ by at most "
-            f"{gap['max_rel_test_loss']:.1e} (relative): rounding. With momentum they part: L2's λw enters the "
-            "velocity and is carried over later steps, while decoupled decay shrinks w once per step; with Adam, L2's "
-            "λw is also divided by √v̂, so weights with large gradients are barely decayed, which AdamW avoids."
-        )
 
 
 class L1(Regularizer):
@@ -196,8 +182,6 @@ class L1(Regularizer):
     cifar_meaning = "λ of a soft-threshold step by lr·λ on conv/linear weights after each SGD step (L1, proximal)"
     exact = "exact lasso"
     makes_exact_zeros = True
-    epoch_shrink = "Each step moves every weight ηλ towards zero, and stops it there"
-    step_shrink = "moves each weight only ηλ towards zero"
 
     def project(self, weight: torch.Tensor, lr: float, strength: torch.Tensor) -> None:
         threshold = (lr * strength)[..., None]
@@ -219,39 +203,8 @@ class L1(Regularizer):
                 for param in group["params"]:
                     param.data.copy_(param.data.sign() * (param.data.abs() - threshold).clamp_min(0))
 
-    def cifar_method(self, train: CifarTrain) -> str:
+    def cifar_method(self, train: Recipe) -> str:
         return f"{sgd(train)}, then a soft-threshold step by lr·λ (L1, proximal)"
-
-    def synthetic_finding(self, table: pd.DataFrame, spec: SyntheticSettings, metrics: dict) -> str | None:
-        rows = table[table["regularizer"] == self.name]
-        sparse = rows[rows["zeros_mean"] > 0]
-        if sparse.empty:
-            return "- L1 made no exact zero at any strength of this grid."
-        smallest = rows[rows["lambda"] > 0].iloc[0] if (rows["lambda"] > 0).any() else None
-        others = table[~table["regularizer"].isin(zero_makers())]
-        best_exact = {
-            r: table.loc[(table["regularizer"] == r) & (table["lambda"] > 0), "reference_test_loss_mean"].min()
-            for r in (self.name, L2.name)
-        }
-        steps = spec.train.epochs * -(-spec.data.n_train // spec.train.batch_size)
-        return (
-            f"- **L1 gives exact zeros; L2 never does.** Proximal SGD sets weights to exactly 0 from "
-            f"λ = {_lam(sparse['lambda'].min())} on (mean {sparse['zeros_mean'].max():.0f} of {spec.data.n_features} "
-            f"at λ = {_lam(sparse.loc[sparse['zeros_mean'].idxmax(), 'lambda'])}); "
-            f"{'no' if not (others['zeros_mean'] > 0).any() else 'some'} run of another regulariser ends with an exact "
-            "zero. The exact lasso (scikit-learn's coordinate descent on the same objective, bias unpenalised) is "
-            "sparser than SGD at small λ"
-            + (
-                f" (at λ = {_lam(smallest['lambda'])}: {smallest['reference_zeros_mean']:.0f} zeros against SGD's "
-                f"{smallest['zeros_mean']:.0f})"
-                if smallest is not None
-                else ""
-            )
-            + f": in {spec.train.epochs} epochs the soft-threshold step moves a weight at most {steps}·ηλ in all, too "
-            f"little to undo an N(0, {spec.train.init_std:g}²) initialisation. Every w*_j = {spec.data.true_w:g} "
-            f"here, a dense truth: over λ > 0 the lowest exact-lasso test loss is {best_exact[self.name]:.3g}, the "
-            f"lowest exact-ridge one {best_exact[L2.name]:.3g}."
-        )
 
 
 class Dropout(Regularizer):
@@ -268,8 +221,6 @@ class Dropout(Regularizer):
     exact = "per-feature ridge (dropout in expectation)"
     is_rate = True
     streams = (5, 16)
-    epoch_shrink = "Dropout shrinks w like a per-feature ridge"
-    step_shrink = "shrinks only as a ridge step with λ_j = c_j would"
 
     def training_inputs(
         self, xb: torch.Tensor, strength: torch.Tensor, generators: list[torch.Generator]
@@ -291,24 +242,8 @@ class Dropout(Regularizer):
     def dropout(self, strength: float) -> float:
         return strength
 
-    def cifar_method(self, train: CifarTrain) -> str:
+    def cifar_method(self, train: Recipe) -> str:
         return f"{sgd(train)}, dropout of rate p before the classifier"
-
-    def synthetic_finding(self, table: pd.DataFrame, spec: SyntheticSettings, metrics: dict) -> str | None:
-        top = self.strongest(table)
-        text = (
-            "- **Dropout is a per-feature ridge in expectation.** Input dropout of rate p adds "
-            "½·p/(1 − p)·Σ_j w_j²·mean_i x_ij² to the expected loss (Wager, Wang & Liang 2013), whose exact minimiser "
-            "the figures show dashed. "
-        )
-        if top is None:
-            return text
-        return text + (
-            f"At p = {_lam(top['lambda'])} trained dropout reaches test loss {top['test_loss_mean']:.3g} against "
-            f"{top['reference_test_loss_mean']:.3g} for its closed form, ‖w − w_exact‖ = {top['distance_mean']:.3g}; "
-            "at smaller p the per-feature penalty c_j ≈ p/(1 − p) is weak and the initialisation remains, as for "
-            "small λ in L2."
-        )
 
 
 class InputNoise(Regularizer):
@@ -324,8 +259,6 @@ class InputNoise(Regularizer):
     cifar_meaning = "std σ of Gaussian noise added to every normalised pixel of the training batch, fresh each step"
     exact = "ridge at λ = σ² (noise in expectation)"
     streams = (6, 17)
-    epoch_shrink = "Input noise shrinks w like ridge at λ = σ²"
-    step_shrink = "shrinks only as a ridge step at λ = σ² would"
 
     def training_inputs(
         self, xb: torch.Tensor, strength: torch.Tensor, generators: list[torch.Generator]
@@ -342,6 +275,9 @@ class InputNoise(Regularizer):
     def reference(self, strength: float) -> tuple[str, float]:
         return "ridge", strength**2
 
+    def decay_rate(self, strength: float) -> float:
+        return strength**2  # in expectation, ridge at λ = σ²
+
     def training_images(self, images: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
         if not strength:
             return images
@@ -351,23 +287,8 @@ class InputNoise(Regularizer):
         noisy = images.clone()  # keeps the batch's memory format
         return noisy.add_(noise.to(images.device, images.dtype), alpha=strength)
 
-    def cifar_method(self, train: CifarTrain) -> str:
+    def cifar_method(self, train: Recipe) -> str:
         return f"{sgd(train)}, Gaussian noise of std σ on every normalised input pixel"
-
-    def synthetic_finding(self, table: pd.DataFrame, spec: SyntheticSettings, metrics: dict) -> str | None:
-        top = self.strongest(table)
-        text = (
-            "- **Input noise is ridge at λ = σ² in expectation.** Fresh N(0, σ²) noise on every input adds exactly "
-            "σ²/2·‖w‖² to the expected squared loss (Bishop 1995), so its exact optimum is the ridge solution "
-            "at λ = σ². "
-        )
-        if top is None:
-            return text
-        return text + (
-            f"At σ = {_lam(top['lambda'])} (λ = {_lam(top['lambda'] ** 2)}) trained noise reaches test loss "
-            f"{top['test_loss_mean']:.3g} against {top['reference_test_loss_mean']:.3g} for that ridge, "
-            f"‖w − w_exact‖ = {top['distance_mean']:.3g}: what is left is the noise's own jitter at a constant lr."
-        )
 
 
 def dropout_scales(x_train: torch.Tensor, rate: float) -> torch.Tensor:

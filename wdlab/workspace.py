@@ -138,7 +138,17 @@ def git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
 # validate and the headline alone (the study's pages do not depend on it).
 SYNTHETIC_BRANCH = ("headline_synthetic", "report_synthetic", "compare_synthetic")
 
-TRACKED_FOR_COPY = ("stages", "wdlab", "dvc.yaml", "params.yaml", ".dvc", ".dvcignore", ".gitignore", "tests")
+TRACKED_FOR_COPY = (
+    "stages",
+    "wdlab",
+    "reports/templates",  # the pages' templates: report stages read them as they read their code
+    "dvc.yaml",
+    "params.yaml",
+    ".dvc",
+    ".dvcignore",
+    ".gitignore",
+    "tests",
+)
 
 
 def copy_project(dest: Path) -> Path:

@@ -1,5 +1,6 @@
 """What the tests share, each written once (docs/testing.md):
 
+- pages.py: the report pages' tables, cell by cell
 - stages.py: how a test runs a stage's entry point (as dvc.yaml runs it) and reads which stages DVC ran
 - projects.py: the projects the end-to-end tests start from (the synthetic branch reproduced; a tiny CIFAR-10 one)
 - mlflow_server.py: the real `mlflow ui` server on a free 127.0.0.1 port, and its REST API
