@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.browser import MISSING, dom_text, find_chromium, render, run_links
-from tests.helpers.mlflow_server import get_bytes, get_json, mlflow_server, post_json
+from benchmarks.mlflow_server import get_bytes, get_json, mlflow_server, post_json
 from wdlab.settings import REGULARIZERS
 from wdlab.workspace import clone_project, git, load_params
 
