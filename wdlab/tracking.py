@@ -112,12 +112,8 @@ class Tracker:
         self.mlflow = mlflow
         mlflow.set_tracking_uri(self.uri)
         try:
-            if mlflow.get_experiment_by_name(experiment) is None and self.uri.startswith("sqlite:"):
-                # Artifacts next to the store, not in the stage's working directory (a temp copy under the DVC queue).
-                mlflow.create_experiment(
-                    experiment, (Path(self.uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
-                )
-            self.experiment_id = mlflow.set_experiment(experiment).experiment_id
+            self.experiment_id = self._experiment(experiment)
+            mlflow.set_experiment(experiment_id=self.experiment_id)
         except Exception as err:  # MLflow raises many kinds for an unreachable or broken store
             raise StageError(
                 f"MLflow store {self.uri} is unusable ({_reason(err)}): start the server, fix "
@@ -125,6 +121,24 @@ class Tracker:
             ) from None
         log.info("MLflow: experiment '%s' in %s", experiment, self.uri)
         self._end_orphans()
+
+    def _experiment(self, name: str) -> str:
+        """The id of experiment `name`, created if it is missing, also when another process creates it at the same
+        moment (two queued experiments starting at once on an empty store). MLflow's `set_experiment(name)` loses
+        that race quietly: it returns the rival's experiment without making it the active one, so the stage's
+        top-level run went to the Default experiment, out of sight of its nested runs and of every search here."""
+        from mlflow.exceptions import MlflowException
+
+        if (found := self.mlflow.get_experiment_by_name(name)) is not None:
+            return found.experiment_id
+        # Artifacts next to a sqlite store, not in the stage's working directory (a temp copy under the DVC queue).
+        store = self.uri.removeprefix("sqlite:///") if self.uri.startswith("sqlite:") else None
+        try:
+            return self.mlflow.create_experiment(name, (Path(store).parent / "mlruns").as_uri() if store else None)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.mlflow.get_experiment_by_name(name).experiment_id  # the other process created it first
 
     def _end_orphans(self) -> None:
         """Mark KILLED the runs left RUNNING by a stage process of this machine that no longer exists (SIGKILL)."""
@@ -168,7 +182,9 @@ class Tracker:
                     self._log_datasets(run_id, datasets)
                 yield run_id
             return
-        with self.mlflow.start_run(run_name=name, tags=tags, log_system_metrics=system_metrics) as active:
+        with self.mlflow.start_run(
+            experiment_id=self.experiment_id, run_name=name, tags=tags, log_system_metrics=system_metrics
+        ) as active:
             self.mlflow.log_params(params)
             if datasets:
                 self._log_datasets(active.info.run_id, datasets)
