@@ -36,9 +36,12 @@ SERVER_SCHEMES = ("http://", "https://")  # a tracking server: any process that 
 
 def fail_fast() -> None:
     """A remote server that is down fails this process's MLflow calls in seconds, not after MLflow's long retry
-    schedule (unless the environment says otherwise)."""
+    schedule (unless the environment says otherwise). Called before MLflow is imported, which also keeps MLflow's
+    usage telemetry off: where its config cannot be fetched (no internet) its thread unsets an environment variable
+    while a tracking request's proxy lookup iterates os.environ, and that request fails with a KeyError."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def tracking_uri(settings: TrackingSettings) -> str:
@@ -246,7 +249,18 @@ class Tracker:
             )
             for d in datasets
         ]
-        self.mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
+        from mlflow.exceptions import MlflowException
+
+        client = self.mlflow.MlflowClient()
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+        except MlflowException as err:
+            if err.error_code != "BAD_REQUEST":
+                raise
+            # Two stages naming the same data at once: the store looks the dataset up, then inserts it, so the later
+            # insert breaks its unique (experiment, name, digest) key and is rolled back whole. Again, the lookup
+            # finds the other's row and links it; a request that is bad for any other reason fails the same way.
+            client.log_inputs(run_id, datasets=inputs)
 
     def log_epoch(self, run_id: str | None, metrics: Mapping[str, float], epoch: int) -> None:
         """One epoch's metrics as it ends (step = epoch), so the UI draws the curves while the run trains."""
