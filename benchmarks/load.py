@@ -12,8 +12,9 @@ time. In the last repetition of each store one stage is SIGKILLed while its MLfl
 OOM killer would: its experiment fails, the next stage to start marks those runs KILLED, and the experiment is
 queued again, as a user would. Whatever had finished must still be there, and nothing may stay RUNNING.
 
-Sizes are kept small by default (`--seeds`, `--epochs`): the machine is shared, and what is measured is the queue
-and the store, not the training. The figures go to benchmarks/results/load-<machine class>.json with the machine.
+Each experiment is the headline as params.yaml has it (its seeds and epochs; `--seeds` and `--epochs` shrink it):
+1 + seeds MLflow runs, each seed's with every epoch. The figures go to benchmarks/results/load-<machine class>.json
+(load_<store>-… when one store is measured), with the machine.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ from wdlab.workspace import commit_all, copy_project, dvc, load_params, set_key,
 
 STAGE = "headline_synthetic"
 STAGE_MODULE = "stages.train_synthetic"  # the process a queued experiment of STAGE runs, and the one killed
-EXPERIMENT = load_params()["tracking"]["experiment_synthetic"]
+PARAMS = load_params()
+EXPERIMENT = PARAMS["tracking"]["experiment_synthetic"]
 TRAINING = "?workflowType=machine_learning"  # the MLflow UI's "Model training" view: an experiment opens on its runs
 STORES = ("sqlite", "server")
 POLL_S = 5  # between `dvc queue status` calls: each is a DVC process, on the cores the stages train on
@@ -105,22 +107,22 @@ def queue_status(project: Path) -> str:
     return dvc(project, "queue", "status").stdout
 
 
-def drain(project: Path, timeout: float, kill: bool, client) -> tuple[str, str | None]:
-    """Wait until nothing is queued or running; with `kill`, SIGKILL one stage once a third of the experiments have
+def drain(project: Path, timeout: float, kill_after: int | None, client) -> tuple[str, str | None]:
+    """Wait until nothing is queued or running; with `kill_after`, SIGKILL one stage once that many experiments have
     succeeded and it has its MLflow runs open. Returns the last `dvc queue status` and the killed stage's wd."""
     deadline, killed = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
         status = queue_status(project)
         if "Running" not in status and "Queued" not in status:
             return status, killed
-        if kill and killed is None and status.count("Success") >= max(1, status.count("\n") // 3):
+        if kill_after is not None and killed is None and status.count("Success") >= kill_after:
             killed = kill_a_stage_mid_run(project, client, deadline)
         time.sleep(POLL_S)
     raise SystemExit(f"the queue was still busy after {timeout:.0f} s:\n{status}")
 
 
 def stages_of(project: Path) -> list[int]:
-    """The pids of the training stages this project's queue is running now (their DVC_ROOT is the project)."""
+    """The pids of the training stages this project's queue is running now (in its temp copies under .dvc/tmp)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -128,7 +130,7 @@ def stages_of(project: Path) -> list[int]:
         with contextlib.suppress(OSError):
             if STAGE_MODULE.encode() not in (entry / "cmdline").read_bytes():
                 continue
-            if f"DVC_ROOT={project}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+            if (entry / "cwd").resolve().is_relative_to(project.resolve()):
                 found.append(int(entry.name))
     return found
 
@@ -136,6 +138,7 @@ def stages_of(project: Path) -> list[int]:
 def kill_a_stage_mid_run(project: Path, client, deadline: float) -> str | None:
     """SIGKILL a running stage of the project as soon as it has an MLflow run open; its experiment's wd (read from
     its own params.yaml), or None if every stage finished before one could be caught."""
+    next_status = time.monotonic() + POLL_S
     while time.monotonic() < deadline:
         for pid in stages_of(project):
             if not client.search_runs(
@@ -147,8 +150,10 @@ def kill_a_stage_mid_run(project: Path, client, deadline: float) -> str | None:
                 os.kill(pid, signal.SIGKILL)
                 print(f"  SIGKILLed stage {pid} (wd={wd}) with its MLflow runs open")
                 return wd
-        if "Running" not in queue_status(project):
-            return None
+        if time.monotonic() > next_status:  # a DVC process: asked only now and then
+            if "Running" not in queue_status(project):
+                return None
+            next_status = time.monotonic() + POLL_S
         time.sleep(0.2)
     return None
 
@@ -293,12 +298,12 @@ def repetition(kind: str, scratch: Path, args: argparse.Namespace, kill: bool, c
         start = time.perf_counter()
         try:
             dvc(project, "queue", "start", "-j", "2")
-            status, killed = drain(project, args.timeout, kill, client)
+            status, killed = drain(project, args.timeout, max(1, args.experiments // 3) if kill else None, client)
             wall = time.perf_counter() - start
             if killed is not None:  # what a user does: queue the failed experiment again
                 dvc(project, "exp", "run", "--queue", "-S", f"wd={killed}", STAGE)
                 dvc(project, "queue", "start", "-j", "2")
-                status, _ = drain(project, args.timeout, False, client)
+                status, _ = drain(project, args.timeout, None, client)
         finally:
             dvc(project, "queue", "stop", "--kill", check=False)
         report_failures(project, status)
@@ -346,11 +351,21 @@ def main() -> None:
     cli.add_argument("--experiments", type=int, default=24, help="queued experiments per repetition (default: 24)")
     cli.add_argument("--repeat", type=int, default=2, help="repetitions per store, the last one kills a stage (2)")
     cli.add_argument("--stores", nargs="+", choices=STORES, default=list(STORES), help="the stores (both)")
-    cli.add_argument("--seeds", type=int, default=4, help="seeds per experiment: 1 + seeds MLflow runs each (4)")
-    cli.add_argument("--epochs", type=int, default=30, help="epochs per run (default: 30)")
+    cli.add_argument(
+        "--seeds",
+        type=int,
+        default=len(PARAMS["synthetic"]["seeds"]),
+        help="seeds per experiment: 1 + seeds MLflow runs each (default: params.yaml's)",
+    )
+    cli.add_argument(
+        "--epochs",
+        type=int,
+        default=PARAMS["synthetic"]["train"]["epochs"],
+        help="epochs per run (default: params.yaml's)",
+    )
     cli.add_argument("--timeout", type=float, default=1800, help="seconds a queue may take to drain (1800)")
     cli.add_argument("--no-kill", action="store_true", help="kill no stage in the last repetition")
-    cli.add_argument("--result", default="load", help="the results file's name (default: load)")
+    cli.add_argument("--result", help="the results file's name (default: load, or load_<store> for one store)")
     args = cli.parse_args()
     if "server" in args.stores and (reason := postgres.missing()):
         raise SystemExit(reason)
@@ -359,6 +374,8 @@ def main() -> None:
     chromium = find_chromium()
     if chromium is None:
         print(f"no UI timing: {MISSING}")
+    name = args.result or ("load" if len(args.stores) > 1 else f"load_{args.stores[0]}")
+    size = {"size": {"experiments": args.experiments, "seeds": args.seeds, "epochs": args.epochs}}
     reps = []
     for kind in args.stores:
         for index in range(args.repeat):
@@ -369,6 +386,7 @@ def main() -> None:
             finally:
                 shutil.rmtree(scratch, ignore_errors=True)
             reps.append(rep)
+            write_result(name, machine, size | summary(reps))  # after each repetition: a stopped run keeps the rest
             print(
                 f"{kind} #{index + 1}: {rep.landed}/{rep.experiments} experiments, runs {rep.runs_found}/"
                 f"{rep.runs_expected} found, {rep.runs_running} RUNNING, {rep.runs_elsewhere} elsewhere, "
@@ -376,8 +394,7 @@ def main() -> None:
                 f"{rep.wall_s} s wall, exp show {rep.exp_show_s} s, UI {rep.ui_s} s (again {rep.ui_again_s} s) | "
                 f"load {rep.load_before} → {rep.load_after}" + ("  LOST" if rep.lost else "")
             )
-    figures = {"size": {"experiments": args.experiments, "seeds": args.seeds, "epochs": args.epochs}} | summary(reps)
-    print(f"written: {write_result(args.result, machine, figures)}")
+    print(f"written: {write_result(name, machine, size | summary(reps))}")
     if any(rep.lost for rep in reps):
         raise SystemExit("a run or an experiment was lost: see the lines marked LOST")
 
