@@ -63,8 +63,9 @@ def fresh_process(monkeypatch):
     import mlflow.tracking.fluent
 
     monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    for variable in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.setenv(variable, "")  # remembers how it was, to restore after the test whatever MLflow sets
+        monkeypatch.delenv(variable)
 
 
 def stage_runs_while_a_rival_creates_the_experiment(monkeypatch: pytest.MonkeyPatch, uri: str) -> None:
