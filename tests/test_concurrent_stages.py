@@ -4,6 +4,8 @@ experiment."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 import sys
 
@@ -15,7 +17,7 @@ from sqlalchemy.orm import Session
 from benchmarks.mlflow_server import mlflow_server
 from wdlab.lineage import DatasetInput
 from wdlab.settings import parse_settings
-from wdlab.tracking import Tracker
+from wdlab.tracking import HOST_TAG, PID_TAG, START_TAG, Tracker
 from wdlab.workspace import ROOT, load_params, tool_env
 
 TRACKING = parse_settings(load_params()).tracking
@@ -145,3 +147,19 @@ def test_a_stage_process_runs_mlflow_without_its_telemetry_thread(tmp_path):
     done = subprocess.run([sys.executable, "-c", stage], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().splitlines()[-1] == "True", "MLflow was imported with its telemetry on"
+
+
+def test_a_run_whose_pid_now_belongs_to_another_process_is_marked_killed(tmp_path, monkeypatch, fresh_process):
+    """Two queue workers on one host: a stage killed long ago left its runs RUNNING, and the kernel has since given
+    its pid to another process. The next stage to start ends those runs, and leaves the live process's own alone."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    tracker = Tracker(TRACKING, EXPERIMENT)
+    client = mlflow.MlflowClient(uri)
+    reused = {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname(), START_TAG: "1"}  # this pid, another start
+    orphan = client.create_run(tracker.experiment_id, tags=reused).info.run_id
+    with tracker.run("headline l2 3", {}, "race-headline") as live:
+        Tracker(TRACKING, EXPERIMENT)  # the other worker's next stage starts
+        assert client.get_run(live).info.status == "RUNNING", "the live run of this process is left alone"
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.get_run(live).info.status == "FINISHED"

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wd-lab.tracking")
 
 PID_TAG, HOST_TAG = "wd_lab.pid", "wd_lab.host"  # who owns a RUNNING run, to end it if that process was killed
+START_TAG = "wd_lab.pid_start"  # when that process started: a pid the kernel has since reused is not the owner
 SERVER_SCHEMES = ("http://", "https://")  # a tracking server: any process that reaches it can log to a run by its id
 
 
@@ -152,7 +153,7 @@ class Tracker:
         )
         for run in orphans:
             pid = int(run.data.tags.get(PID_TAG, "0"))
-            if pid and not _alive(pid):
+            if pid and not _alive(pid, run.data.tags.get(START_TAG)):
                 self.mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
                 log.warning(
                     "MLflow run %s (%s) was left RUNNING by a killed process; marked KILLED",
@@ -178,7 +179,7 @@ class Tracker:
         if not self.enabled:
             yield None
             return
-        tags = run_tags(role) | dict(tags or {}) | {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+        tags = run_tags(role) | dict(tags or {}) | _owner()
         if nested:
             with self._child_run(name, params, tags, system_metrics) as run_id:
                 if datasets:
@@ -435,7 +436,26 @@ class SystemMetrics:
             log.warning("no system metrics for MLflow run %s (%s)", self._run_id, _reason(err))
 
 
-def _alive(pid: int) -> bool:
+def _owner() -> dict[str, str]:
+    """This process, as the owner of the runs it opens: host, pid and (where /proc tells) when it started."""
+    started = _process_start(os.getpid())
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()} | ({START_TAG: started} if started else {})
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat); None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # fields from the 3rd on follow the command name's ")"
+
+
+def _alive(pid: int, started: str | None = None) -> bool:
+    """Whether the process that tagged a run is still running: its pid exists and, where the run says when that
+    process started, it is the same process (a stage killed long ago may have left its pid to another one)."""
+    if started is not None and (now := _process_start(pid)) is not None and now != started:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
