@@ -27,6 +27,7 @@ import os
 import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,7 +43,7 @@ from benchmarks.browser import MISSING, Page, find_chromium, run_links  # noqa: 
 from benchmarks.machine import this_machine, write_result  # noqa: E402
 from benchmarks.mlflow_server import mlflow_server  # noqa: E402
 from wdlab.tracking import PID_TAG  # noqa: E402
-from wdlab.workspace import commit_all, copy_project, dvc, load_params, set_key, write_params  # noqa: E402
+from wdlab.workspace import commit_all, copy_project, dvc, load_params, set_key, tool_env, write_params  # noqa: E402
 
 STAGE = "headline_synthetic"
 STAGE_MODULE = "stages.train_synthetic"  # the process a queued experiment of STAGE runs, and the one killed
@@ -101,6 +102,14 @@ def scratch_project(dest: Path, seeds: int, epochs: int, tracking_uri: str | Non
 def strengths(count: int) -> list[str]:
     """`count` distinct values of wd, so no experiment is restored from another's run cache."""
     return [f"{0.25 * i:g}" for i in range(count)]
+
+
+def start_queue(project: Path) -> None:
+    """`dvc queue start -j 2`, returning once the two workers are up: they inherit its output, so a caller that
+    captured that output would wait for them to exit, that is for the whole queue."""
+    command = [sys.executable, "-m", "dvc", "queue", "start", "-j", "2"]
+    null = subprocess.DEVNULL
+    subprocess.run(command, cwd=project, env=tool_env(), stdout=null, stderr=null, stdin=null, check=True, timeout=300)
 
 
 def queue_status(project: Path) -> str:
@@ -297,12 +306,12 @@ def repetition(kind: str, scratch: Path, args: argparse.Namespace, kill: bool, c
         load_before = os.getloadavg()[0]
         start = time.perf_counter()
         try:
-            dvc(project, "queue", "start", "-j", "2")
+            start_queue(project)
             status, killed = drain(project, args.timeout, max(1, args.experiments // 3) if kill else None, client)
             wall = time.perf_counter() - start
             if killed is not None:  # what a user does: queue the failed experiment again
                 dvc(project, "exp", "run", "--queue", "-S", f"wd={killed}", STAGE)
-                dvc(project, "queue", "start", "-j", "2")
+                start_queue(project)
                 status, _ = drain(project, args.timeout, None, client)
         finally:
             dvc(project, "queue", "stop", "--kill", check=False)
