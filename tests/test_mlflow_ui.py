@@ -7,22 +7,18 @@ The browser checks need Debian's `chromium` (.ci/install-debian chromium) and sk
 
 from __future__ import annotations
 
-import contextlib
 import html
 import math
-import os
 import re
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.mlflow_server import get_bytes, get_json, mlflow_server, post_json
+from benchmarks.browser import MISSING, dom_text, find_chromium, render, run_links
+from benchmarks.mlflow_server import get_bytes, get_json, mlflow_server, post_json
 from wdlab.settings import REGULARIZERS
-from wdlab.workspace import clone_project, git, kill_group, load_params, tool_env
+from wdlab.workspace import clone_project, git, load_params
 
 pytestmark = pytest.mark.slow
 
@@ -35,10 +31,6 @@ SEEDS = [int(v) for v in PARAMS["synthetic"]["seeds"]]
 EPOCHS = int(PARAMS["synthetic"]["train"]["epochs"])
 WD = float(PARAMS["wd"])
 
-CHROMIUM_MISSING = (
-    "Chromium is not installed: run .ci/install-debian chromium fonts-dejavu-core to enable the MLflow UI browser check"
-)
-CHECK_SECONDS = 85  # the most one browser check may take, retries included
 # MLflow 3's UI opens in its GenAI mode (an experiment opens on a traces overview); this query picks the
 # "Model training" mode, where an experiment opens on its runs table. The UI remembers the choice.
 TRAINING = "?workflowType=machine_learning"
@@ -214,63 +206,7 @@ def test_every_grid_run_carries_the_comparison_page(server, runs):
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    for candidate in (shutil.which("chromium"), "/usr/bin/chromium", shutil.which("chromium-browser")):
-        if candidate and Path(candidate).is_file():
-            return candidate
-    pytest.skip(CHROMIUM_MISSING)
-
-
-def dom_text(dom: str) -> str:
-    """The visible text of a DOM dump, whitespace collapsed."""
-    dom = re.sub(r"<(script|style)\b.*?</\1>", " ", dom, flags=re.S | re.I)
-    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom))).strip()
-
-
-def run_links(dom: str) -> dict[str, str]:
-    """run id → the link text of every `#/experiments/<id>/runs/<run id>` link on the page."""
-    links = re.findall(r'<a\b[^>]*\bhref="#/experiments/[^/"]+/runs/([0-9a-f]{32})"[^>]*>(.*?)</a>', dom, flags=re.S)
-    return {run_id: html.unescape(re.sub(r"<[^>]+>", "", text)).strip() for run_id, text in links}
-
-
-def render(chromium: str, url: str, profile: Path, ready, screenshot: Path | None = None) -> str:
-    """The DOM of `url` after the single-page app has rendered, as Chromium's --dump-dom gives it.
-
-    The virtual-time budget lets the React app fetch and render; if `ready(dom)` is still false a longer
-    budget is tried, all within CHECK_SECONDS. Returns the last DOM.
-    """
-    deadline = time.monotonic() + CHECK_SECONDS
-    dom, notes = "", []
-    for attempt, budget_ms in enumerate((15_000, 40_000)):
-        left = deadline - time.monotonic()
-        if left < 10:
-            break
-        cmd = [
-            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-            "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--hide-scrollbars", f"--user-data-dir={profile}-{attempt}", "--window-size=1400,900",
-            f"--virtual-time-budget={budget_ms}",
-            *([f"--screenshot={screenshot}"] if screenshot else []),
-            "--dump-dom", url,
-        ]  # fmt: skip
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tool_env(), start_new_session=True
-        )
-        try:
-            dom, err = proc.communicate(timeout=left)
-        except subprocess.TimeoutExpired:
-            kill_group(proc, grace=2)
-            dom, err = proc.communicate(timeout=10)
-            err = f"(killed after {left:.0f} s) {err}"
-        finally:
-            kill_group(proc, grace=2)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)  # no renderer or GPU process of this browser left behind
-        if dom and ready(dom):
-            return dom
-        notes.append(f"budget {budget_ms} ms: exit {proc.returncode}; stderr tail: {err[-800:]}")
-    pytest.fail(
-        f"Chromium never rendered {url} as expected.\n" + "\n".join(notes) + f"\nvisible text: {dom_text(dom)[:2000]}"
-    )
+    return find_chromium() or pytest.skip(MISSING)
 
 
 def test_experiment_page_lists_the_runs(chromium, server, experiment, runs, project, tmp_path):

@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from dvc import api as dvc_api
 
+from benchmarks import postgres
+from benchmarks.mlflow_server import mlflow_server
 from benchmarks.ray_cluster import ray_cluster
-from tests.helpers import postgres
-from tests.helpers.mlflow_server import mlflow_server
 from tests.helpers.projects import cifar_project
 from tests.helpers.stages import wait_for_queue
 from wdlab.workspace import commit_all, dvc

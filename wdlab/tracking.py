@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("wd-lab.tracking")
 
 PID_TAG, HOST_TAG = "wd_lab.pid", "wd_lab.host"  # who owns a RUNNING run, to end it if that process was killed
+START_TAG = "wd_lab.pid_start"  # when that process started: a pid the kernel has since reused is not the owner
 SERVER_SCHEMES = ("http://", "https://")  # a tracking server: any process that reaches it can log to a run by its id
 # A training run's DVC output: its stage in dvc.yaml, its path, and its model.pt's md5 (run_record)
 STAGE_TAG, OUTPUT_TAG, MODEL_TAG = "dvc.stage", "wd_lab.output", "wd_lab.model_md5"
@@ -38,9 +39,12 @@ STAGE_TAG, OUTPUT_TAG, MODEL_TAG = "dvc.stage", "wd_lab.output", "wd_lab.model_m
 
 def fail_fast() -> None:
     """A remote server that is down fails this process's MLflow calls in seconds, not after MLflow's long retry
-    schedule (unless the environment says otherwise)."""
+    schedule (unless the environment says otherwise). Called before MLflow is imported, which also keeps MLflow's
+    usage telemetry off: where its config cannot be fetched (no internet) its thread unsets an environment variable
+    while a tracking request's proxy lookup iterates os.environ, and that request fails with a KeyError."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 def tracking_uri(settings: TrackingSettings) -> str:
@@ -114,12 +118,8 @@ class Tracker:
         self.mlflow = mlflow
         mlflow.set_tracking_uri(self.uri)
         try:
-            if mlflow.get_experiment_by_name(experiment) is None and self.uri.startswith("sqlite:"):
-                # Artifacts next to the store, not in the stage's working directory (a temp copy under the DVC queue).
-                mlflow.create_experiment(
-                    experiment, (Path(self.uri.removeprefix("sqlite:///")).parent / "mlruns").as_uri()
-                )
-            self.experiment_id = mlflow.set_experiment(experiment).experiment_id
+            self.experiment_id = self._experiment(experiment)
+            mlflow.set_experiment(experiment_id=self.experiment_id)
         except Exception as err:  # MLflow raises many kinds for an unreachable or broken store
             raise StageError(
                 f"MLflow store {self.uri} is unusable ({_reason(err)}): start the server, fix "
@@ -127,6 +127,24 @@ class Tracker:
             ) from None
         log.info("MLflow: experiment '%s' in %s", experiment, self.uri)
         self._end_orphans()
+
+    def _experiment(self, name: str) -> str:
+        """The id of experiment `name`, created if it is missing, also when another process creates it at the same
+        moment (two queued experiments starting at once on an empty store). MLflow's `set_experiment(name)` loses
+        that race quietly: it returns the rival's experiment without making it the active one, so the stage's
+        top-level run went to the Default experiment, out of sight of its nested runs and of every search here."""
+        from mlflow.exceptions import MlflowException
+
+        if (found := self.mlflow.get_experiment_by_name(name)) is not None:
+            return found.experiment_id
+        # Artifacts next to a sqlite store, not in the stage's working directory (a temp copy under the DVC queue).
+        store = self.uri.removeprefix("sqlite:///") if self.uri.startswith("sqlite:") else None
+        try:
+            return self.mlflow.create_experiment(name, (Path(store).parent / "mlruns").as_uri() if store else None)
+        except MlflowException as err:
+            if err.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.mlflow.get_experiment_by_name(name).experiment_id  # the other process created it first
 
     def _end_orphans(self) -> None:
         """Mark KILLED the runs left RUNNING by a stage process of this machine that no longer exists (SIGKILL)."""
@@ -137,7 +155,7 @@ class Tracker:
         )
         for run in orphans:
             pid = int(run.data.tags.get(PID_TAG, "0"))
-            if pid and not _alive(pid):
+            if pid and not _alive(pid, run.data.tags.get(START_TAG)):
                 self.mlflow.MlflowClient().set_terminated(run.info.run_id, status="KILLED")
                 log.warning(
                     "MLflow run %s (%s) was left RUNNING by a killed process; marked KILLED",
@@ -163,14 +181,16 @@ class Tracker:
         if not self.enabled:
             yield None
             return
-        tags = run_tags(role) | dict(tags or {}) | {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+        tags = run_tags(role) | dict(tags or {}) | _owner()
         if nested:
             with self._child_run(name, params, tags, system_metrics) as run_id:
                 if datasets:
                     self._log_datasets(run_id, datasets)
                 yield run_id
             return
-        with self.mlflow.start_run(run_name=name, tags=tags, log_system_metrics=system_metrics) as active:
+        with self.mlflow.start_run(
+            experiment_id=self.experiment_id, run_name=name, tags=tags, log_system_metrics=system_metrics
+        ) as active:
             self.mlflow.log_params(params)
             if datasets:
                 self._log_datasets(active.info.run_id, datasets)
@@ -232,7 +252,18 @@ class Tracker:
             )
             for d in datasets
         ]
-        self.mlflow.MlflowClient().log_inputs(run_id, datasets=inputs)
+        from mlflow.exceptions import MlflowException
+
+        client = self.mlflow.MlflowClient()
+        try:
+            client.log_inputs(run_id, datasets=inputs)
+        except MlflowException as err:
+            if err.error_code != "BAD_REQUEST":
+                raise
+            # Two stages naming the same data at once: the store looks the dataset up, then inserts it, so the later
+            # insert breaks its unique (experiment, name, digest) key and is rolled back whole. Again, the lookup
+            # finds the other's row and links it; a request that is bad for any other reason fails the same way.
+            client.log_inputs(run_id, datasets=inputs)
 
     def log_epoch(self, run_id: str | None, metrics: Mapping[str, float], epoch: int) -> None:
         """One epoch's metrics as it ends (step = epoch), so the UI draws the curves while the run trains."""
@@ -442,7 +473,26 @@ class SystemMetrics:
         return 0 if key is None else len(self._client.get_metric_history(self._run_id, key))
 
 
-def _alive(pid: int) -> bool:
+def _owner() -> dict[str, str]:
+    """This process, as the owner of the runs it opens: host, pid and (where /proc tells) when it started."""
+    started = _process_start(os.getpid())
+    return {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()} | ({START_TAG: started} if started else {})
+
+
+def _process_start(pid: int) -> str | None:
+    """When process `pid` started, in clock ticks since boot (field 22 of /proc/<pid>/stat); None where unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # fields from the 3rd on follow the command name's ")"
+
+
+def _alive(pid: int, started: str | None = None) -> bool:
+    """Whether the process that tagged a run is still running: its pid exists and, where the run says when that
+    process started, it is the same process (a stage killed long ago may have left its pid to another one)."""
+    if started is not None and (now := _process_start(pid)) is not None and now != started:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

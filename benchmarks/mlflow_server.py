@@ -20,8 +20,10 @@ from wdlab.workspace import free_port, kill_group, tool_env
 HOST = "127.0.0.1"  # the UI has no authentication: never bind it beyond this machine
 
 # MLflow 3's server also starts a job runner with seven Huey consumers (GenAI scoring, trace archival) and
-# a queue directory in /dev/shm; the tracking UI and REST API do not use them. Off: faster start and stop.
-QUIET = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+# a queue directory in /dev/shm; the tracking UI and REST API do not use them. Off: faster start and stop. Its usage
+# telemetry is off too, as in the stages (wdlab.tracking.fail_fast): on a machine without internet its thread
+# unsets an environment variable while a request iterates os.environ.
+QUIET = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
 
 
 def server_command(
