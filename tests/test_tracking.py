@@ -3,6 +3,7 @@ data each training run names (found by `search_runs`, its digest changing exactl
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
@@ -132,6 +133,51 @@ def test_a_run_shorter_than_one_sampling_interval_still_has_system_metrics(store
     assert "system/cpu_utilization_percentage" in mlflow.MlflowClient(store).get_run(run_id).data.metrics
 
 
+# ---------- the run layout of a grid ----------
+
+
+def test_a_grid_logs_a_top_level_run_per_strength_with_the_seed_runs_under_it(store, tmp_path, monkeypatch):
+    """What the UI's runs table and chart view show without expanding a run: the grid's run and one run per strength,
+    `strength` a param and the summary over seeds under the same metric keys in each; each seed's run with its epochs
+    nests under its strength's run, and the grid run is the one the stage's run record names."""
+    monkeypatch.chdir(tmp_path)
+    args = train_l2_grid(tmp_path, synthetic_settings([0, 1, 2]))
+    client = mlflow.MlflowClient(store)
+    (experiment,) = [e.experiment_id for e in client.search_experiments() if e.name == "wd-synthetic"]
+    runs = client.search_runs([experiment], max_results=1000)
+    top = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    (grid,) = [run for run in top if run.data.tags["wd_lab.role"] == "synthetic-grid"]
+    assert json.loads((tmp_path / args.out / "run.json").read_text())["run_id"] == grid.info.run_id
+    strengths = sorted((run for run in top if run is not grid), key=lambda run: float(run.data.params["strength"]))
+    assert [run.info.run_name for run in strengths] == ["l2 0 over 3 seeds", "l2 1 over 3 seeds"]
+    assert len(runs) == 1 + 2 + 2 * 3, "the grid, its strengths, a run per (strength, seed)"
+    keys = {frozenset(run.data.metrics) for run in strengths}
+    assert len(keys) == 1, "every strength run logs the same metric keys"
+    (names,) = keys
+    assert {"test_loss_mean", "test_loss_ci_low", "test_loss_ci_high", "gap_loss_mean", "w_norm_mean"} <= names
+    assert not [key for run in runs for key in run.data.metrics if "lambda" in key], "no metric key names a λ"
+    assert not grid.data.metrics, "the per-strength results live in the strength runs"
+    for run in strengths:
+        assert run.data.tags["wd_lab.role"] == "synthetic-grid-strength"
+        assert run.data.tags["wd_lab.grid_run"] == grid.info.run_id
+        assert run.data.params["regularizer"] == "l2" and run.data.params["lambda"] == run.data.params["strength"]
+        assert run.data.params["seeds"] == "3" and run.data.params["train.epochs"] == "3"
+        seeds = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+        assert sorted(int(seed.data.params["seed"]) for seed in seeds) == [0, 1, 2]
+        assert {seed.data.params["strength"] for seed in seeds} == {run.data.params["strength"]}
+        finals = [seed.data.metrics["final_test_loss"] for seed in seeds]
+        assert run.data.metrics["test_loss_mean"] == pytest.approx(sum(finals) / 3)
+        assert (
+            run.data.metrics["test_loss_ci_low"]
+            < run.data.metrics["test_loss_mean"]
+            < run.data.metrics["test_loss_ci_high"]
+        )
+        gaps = [seed.data.metrics["final_test_loss"] - seed.data.metrics["final_train_loss"] for seed in seeds]
+        assert run.data.metrics["gap_loss_mean"] == pytest.approx(sum(gaps) / 3)
+        history = client.get_metric_history(seeds[0].info.run_id, "test_loss")
+        assert [m.step for m in history] == [0, 1, 2, 3], "each seed's epochs"
+
+
 # ---------- the data each run read ----------
 
 
@@ -167,7 +213,8 @@ def test_every_training_run_names_its_data_and_search_runs_finds_them(store, tmp
         return {run.info.run_name for run in client.search_runs([experiment], filter_string)}
 
     members = {f"l2 {strength} seed {seed}" for strength in (0, 1) for seed in (0, 1)}
-    assert found("dataset.name = 'synthetic-train'") == members | {"l2 grid of 2 strengths"}
+    every_seed_runs = {"l2 grid of 2 strengths", "l2 0 over 2 seeds", "l2 1 over 2 seeds"}
+    assert found("dataset.name = 'synthetic-train'") == members | every_seed_runs
     assert found("dataset.name = 'synthetic-test' and dataset.context = 'evaluation'") == found(
         "dataset.name = 'synthetic-train' and dataset.context = 'training'"
     )
@@ -177,7 +224,7 @@ def test_every_training_run_names_its_data_and_search_runs_finds_them(store, tmp
         "l2 1 seed 0",
     }, "a member run names its own seed's draw"
     every_seed = content_digest(train.x, train.y)
-    assert found(f"dataset.digest = '{every_seed}'") == {"l2 grid of 2 strengths"}
+    assert found(f"dataset.digest = '{every_seed}'") == every_seed_runs, "the grid run and its strength runs"
 
     (member,) = client.search_runs([experiment], "attributes.run_name = 'l2 1 seed 0'")
     inputs = {i.dataset.name: i for i in member.inputs.dataset_inputs}

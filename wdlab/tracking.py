@@ -1,5 +1,9 @@
-"""MLflow tracking on MLflow's own API: one store per project, a run per training stage, nested runs per λ, each
-naming the datasets it read.
+"""MLflow tracking on MLflow's own API: one store per project, a run per training stage, a run per strength of a grid
+beside it, each seed's run nested under its strength's, every run naming the datasets it read.
+
+The layout follows MLflow's conventions so the UI's own views show the study: settings are params and outcomes are
+metrics under the same key in every run, so a strength run carries `strength` as a param and `test_loss_mean`,
+`test_loss_ci_low`, … as metrics, and the chart view plots them against λ without expanding a run.
 
 What MLflow does not do for us, and this adds: anchoring a relative sqlite store at the project root (so
 `dvc exp run --queue` copies log to the user's store), failing in seconds on an unreachable server, ending
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wd-lab.tracking")
 
+ROLE_TAG, GRID_TAG = "wd_lab.role", "wd_lab.grid_run"  # what a run is; a strength run's grid (its stage's run)
 PID_TAG, HOST_TAG = "wd_lab.pid", "wd_lab.host"  # who owns a RUNNING run, to end it if that process was killed
 SERVER_SCHEMES = ("http://", "https://")  # a tracking server: any process that reaches it can log to a run by its id
 
@@ -52,7 +57,7 @@ def tracking_uri(settings: TrackingSettings) -> str:
 
 def run_tags(role: str) -> dict[str, str]:
     """Where a run comes from: the git commit and, under `dvc exp run`, the DVC experiment."""
-    tags = {"wd_lab.role": role}
+    tags = {ROLE_TAG: role}
     if commit := _git_commit():
         tags["mlflow.source.git.commit"] = commit
     for variable, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev")):
@@ -94,6 +99,11 @@ def strength_params(regularizer: str, strengths: Sequence[float]) -> dict[str, s
 def member_params(regularizer: str, strength: float, seed: int) -> dict[str, str | float | int]:
     """One (regulariser, strength, seed) run's own params; `lambda` is the strength too, under its usual name."""
     return {"regularizer": regularizer, "strength": strength, "lambda": strength, "seed": seed}
+
+
+def strength_run_name(regularizer: str, strength: float, seeds: int) -> str:
+    """The MLflow name of one strength of a grid, over its seeds: `l2 3 over 10 seeds`."""
+    return f"{regularizer} {strength:g} over {seeds} seeds"
 
 
 class Tracker:
@@ -149,21 +159,23 @@ class Tracker:
         name: str,
         params: Mapping[str, Any],
         role: str,
-        nested: bool = False,
+        nested: bool | str | None = False,
         tags: Mapping[str, str] | None = None,
         system_metrics: bool = False,
         datasets: Sequence[DatasetInput] = (),
     ) -> Iterator[str | None]:
-        """An MLflow run (nested under the active one if `nested`) that ends FINISHED, FAILED, or KILLED on Ctrl-C;
+        """An MLflow run (nested under the active one if `nested` is True, under run `nested` if it is a run id) that
+        ends FINISHED, FAILED, or KILLED on Ctrl-C;
         with `system_metrics`, MLflow samples CPU, memory (and GPU, where there is one) while it runs; `datasets` are
         logged as its inputs (the UI's Dataset column; `search_runs` filters on `dataset.name`, `dataset.digest`).
         Nested runs never become the active run, so several can be open at once (and end in any order)."""
         if not self.enabled:
             yield None
             return
-        tags = run_tags(role) | dict(tags or {}) | {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+        tags = self._tags(role, tags)
         if nested:
-            with self._child_run(name, params, tags, system_metrics) as run_id:
+            parent = self.mlflow.active_run().info.run_id if nested is True else nested
+            with self._side_run(name, params, tags, system_metrics, parent) as run_id:
                 if datasets:
                     self._log_datasets(run_id, datasets)
                 yield run_id
@@ -179,19 +191,60 @@ class Tracker:
                 raise
 
     @contextlib.contextmanager
-    def _child_run(
-        self, name: str, params: Mapping[str, Any], tags: Mapping[str, str], system_metrics: bool
+    def strength_runs(
+        self,
+        regularizer: str,
+        strengths: Sequence[float],
+        params: Mapping[str, Any],
+        role: str,
+        name: Callable[[float], str],
+        datasets: Sequence[DatasetInput] = (),
+    ) -> Iterator[dict[float, str | None]]:
+        """One top-level run per strength of the active (grid) run, {strength: run id}, open until the block ends.
+
+        Each carries the grid's `params`, its `regularizer`, `strength` and `lambda`, and the grid run's id
+        (tag wd_lab.grid_run); its summary over seeds goes in with `log_history(run, {}, seed_aggregates(...))`, the
+        same keys in every strength run, and each seed's run nests under it (`run(..., nested=runs[strength])`).
+        Top level, not under the grid run: the runs table and chart view show top-level runs without expanding any.
+        """
+        if not self.enabled:
+            yield dict.fromkeys(strengths)
+            return
+        grid = self.mlflow.active_run()
+        tags = self._tags(role, {GRID_TAG: grid.info.run_id} if grid is not None else {})
+        with contextlib.ExitStack() as runs:
+            opened: dict[float, str | None] = {}
+            for strength in strengths:
+                own = {"regularizer": regularizer, "strength": strength, "lambda": strength}
+                opened[strength] = run_id = runs.enter_context(
+                    self._side_run(name(strength), dict(params) | own, tags, False, None)
+                )
+                if datasets:
+                    self._log_datasets(run_id, datasets)
+            yield opened
+
+    def _tags(self, role: str, tags: Mapping[str, str] | None) -> dict[str, str]:
+        return run_tags(role) | dict(tags or {}) | {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
+
+    @contextlib.contextmanager
+    def _side_run(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        system_metrics: bool,
+        parent: str | None,
     ) -> Iterator[str]:
-        """What `mlflow.start_run(nested=True)` makes (the same tags, params and system metrics), through the client:
-        MLflow's fluent API keeps one stack of active runs, in which two open siblings would nest in each other."""
+        """A run that never becomes the active one, nested under run `parent` (or top level): what
+        `mlflow.start_run(nested=True)` makes (the same tags, params and system metrics), through the client. MLflow's
+        fluent API keeps one stack of active runs, in which two open siblings would nest in each other."""
         from mlflow.entities import Param
         from mlflow.tracking.context.registry import resolve_tags
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         client = self.mlflow.MlflowClient()
-        parent = self.mlflow.active_run()
         if parent is not None:
-            tags = dict(tags) | {MLFLOW_PARENT_RUN_ID: parent.info.run_id}
+            tags = dict(tags) | {MLFLOW_PARENT_RUN_ID: parent}
         run_id = client.create_run(self.experiment_id, tags=resolve_tags(dict(tags)), run_name=name).info.run_id
         client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
         monitor = _system_monitor(run_id, self.uri) if system_metrics else None
