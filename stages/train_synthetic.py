@@ -71,6 +71,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
                 params,
                 f"{role}-strength",
                 lambda strength: strength_run_name(regularizer, strength, len(seeds)),
+                charts=("test_loss_mean", "gap_loss_mean", "w_norm_mean"),
                 datasets=data.get(None, ()),
             )
         )

@@ -165,6 +165,7 @@ def test_a_grid_logs_a_top_level_run_per_strength_with_the_seed_runs_under_it(st
         seeds = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
         assert sorted(int(seed.data.params["seed"]) for seed in seeds) == [0, 1, 2]
         assert {seed.data.params["strength"] for seed in seeds} == {run.data.params["strength"]}
+        assert {seed.data.tags["wd_lab.grid_run"] for seed in seeds} == {grid.info.run_id}
         finals = [seed.data.metrics["final_test_loss"] for seed in seeds]
         assert run.data.metrics["test_loss_mean"] == pytest.approx(sum(finals) / 3)
         assert (

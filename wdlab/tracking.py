@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import socket
@@ -35,7 +36,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("wd-lab.tracking")
 
 ROLE_TAG, GRID_TAG = "wd_lab.role", "wd_lab.grid_run"  # what a run is; a strength run's grid (its stage's run)
-PID_TAG, HOST_TAG = "wd_lab.pid", "wd_lab.host"  # who owns a RUNNING run, to end it if that process was killed
+PID_TAG, HOST_TAG = "wd_lab.pid", "wd_lab.host"
+# The MLflow UI's shared views: an experiment tag holding a runs-page state (filter, charts) as JSON, opened by
+# `#/experiments/<id>/runs?viewStateShareKey=<key>`; the UI's own "Share" button writes the same tag.
+VIEW_TAG = "mlflow.sharedViewState."  # who owns a RUNNING run, to end it if that process was killed
 SERVER_SCHEMES = ("http://", "https://")  # a tracking server: any process that reaches it can log to a run by its id
 
 
@@ -106,12 +110,50 @@ def strength_run_name(regularizer: str, strength: float, seeds: int) -> str:
     return f"{regularizer} {strength:g} over {seeds} seeds"
 
 
+def strength_view(title: str, grid_run: str, role: str, charts: Sequence[str]) -> dict[str, Any]:
+    """The runs-page state that shows one grid's strength runs and, in the chart view, each of `charts` (metric
+    keys of the strength runs) against `strength`: a scatter chart, one point per strength. `title` names the
+    chart section and, for `python -m wdlab.ui`, the link (`wdLabTitle`, a key the UI ignores)."""
+    section = f"wd-lab-{grid_run}"
+    return {
+        "wdLabTitle": title,
+        "searchFilter": f"tags.`{GRID_TAG}` = '{grid_run}' and tags.`{ROLE_TAG}` = '{role}'",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "runsHiddenMode": "SHOW_ALL",  # the UI charts only the first 10 runs by default
+        "compareRunSections": [
+            {
+                "uuid": section,
+                "name": title,
+                "display": True,
+                "isReordered": False,
+                "deleted": False,
+                "isGenerated": False,
+            }
+        ],
+        "compareRunCharts": [
+            {
+                "uuid": f"{section}-{metric}",
+                "type": "SCATTER",
+                "runsCountToCompare": 100,
+                "metricSectionId": section,
+                "deleted": False,
+                "isGenerated": False,
+                "xaxis": {"key": "strength", "type": "PARAM"},
+                "yaxis": {"key": metric, "type": "METRIC"},
+            }
+            for metric in charts
+        ],
+    }
+
+
 class Tracker:
     """Logs to MLflow, or does nothing when `tracking.enabled` is false."""
 
     def __init__(self, settings: TrackingSettings, experiment: str):
         self.enabled = settings.enabled
         self.uri = tracking_uri(settings) if self.enabled else None
+        self._grid_of: dict[str, str] = {}  # strength run → its grid's run (the stage's)
         if not self.enabled:
             log.info("MLflow tracking is off (tracking.enabled: false)")
             return
@@ -175,6 +217,8 @@ class Tracker:
         tags = self._tags(role, tags)
         if nested:
             parent = self.mlflow.active_run().info.run_id if nested is True else nested
+            if parent in self._grid_of:  # a seed's run under a strength run: one search finds all of a grid's runs
+                tags[GRID_TAG] = self._grid_of[parent]
             with self._side_run(name, params, tags, system_metrics, parent) as run_id:
                 if datasets:
                     self._log_datasets(run_id, datasets)
@@ -198,13 +242,16 @@ class Tracker:
         params: Mapping[str, Any],
         role: str,
         name: Callable[[float], str],
+        charts: Sequence[str],
         datasets: Sequence[DatasetInput] = (),
     ) -> Iterator[dict[float, str | None]]:
-        """One top-level run per strength of the active (grid) run, {strength: run id}, open until the block ends.
+        """One top-level run per strength of the active (grid) run, {strength: run id}, open until the block ends,
+        and a shared view of the MLflow UI, `<role>-<regularizer>`, that charts `charts` against the strength.
 
-        Each carries the grid's `params`, its `regularizer`, `strength` and `lambda`, and the grid run's id
-        (tag wd_lab.grid_run); its summary over seeds goes in with `log_history(run, {}, seed_aggregates(...))`, the
-        same keys in every strength run, and each seed's run nests under it (`run(..., nested=runs[strength])`).
+        Each carries the grid's `params`, its `regularizer`, `strength` and `lambda`, and the grid run's id (tag
+        wd_lab.grid_run, which the seeds' runs under it carry too); its summary over seeds goes in with
+        `log_history(run, {}, seed_aggregates(...))`, the same keys in every strength run, and each seed's run nests
+        under it (`run(..., nested=runs[strength])`).
         Top level, not under the grid run: the runs table and chart view show top-level runs without expanding any.
         """
         if not self.enabled:
@@ -212,6 +259,9 @@ class Tracker:
             return
         grid = self.mlflow.active_run()
         tags = self._tags(role, {GRID_TAG: grid.info.run_id} if grid is not None else {})
+        if grid is not None:  # the newest grid's view replaces the one an earlier run of this grid shared
+            title = f"{grid.info.run_name}: against λ"
+            self.share_view(f"{role}-{regularizer}", strength_view(title, grid.info.run_id, role, charts))
         with contextlib.ExitStack() as runs:
             opened: dict[float, str | None] = {}
             for strength in strengths:
@@ -221,7 +271,14 @@ class Tracker:
                 )
                 if datasets:
                     self._log_datasets(run_id, datasets)
+                if grid is not None:
+                    self._grid_of[run_id] = grid.info.run_id
             yield opened
+
+    def share_view(self, key: str, state: Mapping[str, Any]) -> None:
+        """A shared view of this experiment's runs page, opened by `…/runs?viewStateShareKey=<key>`."""
+        if self.enabled:
+            self.mlflow.MlflowClient().set_experiment_tag(self.experiment_id, VIEW_TAG + key, json.dumps(state))
 
     def _tags(self, role: str, tags: Mapping[str, str] | None) -> dict[str, str]:
         return run_tags(role) | dict(tags or {}) | {PID_TAG: str(os.getpid()), HOST_TAG: socket.gethostname()}
