@@ -406,7 +406,8 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
     client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
     parent = client.get_run(record["run_id"])
     children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        [parent.info.experiment_id],
+        filter_string=f"tags.wd_lab.grid_run = '{parent.info.run_id}' and tags.wd_lab.role = 'cifar10-grid-member'",
     )
     assert {(float(run.data.params["lambda"]), int(run.data.params["seed"])) for run in children} == {
         (strength, seed) for strength in (0.0, 5e-4, 1e3) for seed in (0, 1)
@@ -425,7 +426,12 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
         "model/model_l2_0_seed_0.pt"
     ]
     assert {run.data.params["regularizer"] for run in children} == {"l2"} and parent.data.params["regularizer"] == "l2"
-    assert parent.data.metrics["final_test_accuracy.mean.lambda_0"] == pytest.approx(
+    (zero,) = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.wd_lab.grid_run = '{parent.info.run_id}' and tags.wd_lab.role = 'cifar10-grid-strength' "
+        "and params.strength = '0.0'",
+    )
+    assert zero.data.metrics["test_accuracy_mean"] == pytest.approx(
         (
             by_lambda[0.0].data.metrics["final_test_accuracy"]
             + [r for r in children if r.data.params == by_lambda[0.0].data.params | {"seed": "1"}][0].data.metrics[
@@ -433,7 +439,7 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
             ]
         )
         / 2
-    ), "the parent carries the aggregates over seeds"
+    ), "the strength run carries the aggregates over seeds"
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/cifar10.md" in report and "report/accuracy_vs_lambda.png" in report
 
@@ -540,7 +546,8 @@ def test_metrics_reach_mlflow_as_each_epoch_ends_and_the_chosen_model_loads(pipe
     grid_record = json.loads((pipeline / folder("train_cifar10@l2").record).read_text())
     member = client.search_runs(
         [client.get_run(grid_record["run_id"]).info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{grid_record['run_id']}' and params.lambda = '0.0'",
+        filter_string=f"tags.wd_lab.grid_run = '{grid_record['run_id']}' and params.lambda = '0.0' "
+        "and tags.wd_lab.role = 'cifar10-grid-member'",
     )[0]
     history = sorted(client.get_metric_history(member.info.run_id, "test_accuracy"), key=lambda m: m.step)
     assert [m.step for m in history] == [0, 1] and history[0].timestamp < history[1].timestamp, (

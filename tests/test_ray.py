@@ -121,7 +121,7 @@ def test_the_grid_on_two_nodes_gives_the_local_outputs(local_grid, tmp_path):
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     members = client.search_runs(
         [client.get_experiment_by_name("wd-cifar10").experiment_id],
-        f"tags.mlflow.parentRunId = '{record(project)['run_id']}'",
+        f"tags.wd_lab.grid_run = '{record(project)['run_id']}' and tags.wd_lab.role = 'cifar10-grid-member'",
     )
     assert len(members) == 4 and all(m.info.status == "FINISHED" for m in members)
     assert {m.data.tags["wd_lab.node"] for m in members} == set(nodes.values())
@@ -149,7 +149,7 @@ def test_a_worker_node_killed_mid_grid_loses_nothing(local_grid, tmp_path):
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     members = client.search_runs(
         [client.get_experiment_by_name("wd-cifar10").experiment_id],
-        f"tags.mlflow.parentRunId = '{record(project)['run_id']}'",
+        f"tags.wd_lab.grid_run = '{record(project)['run_id']}' and tags.wd_lab.role = 'cifar10-grid-member'",
     )
     assert len(members) == 4 and all(m.info.status == "FINISHED" for m in members)
     for member in members:
