@@ -36,10 +36,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("wd-lab.tracking")
 
 ROLE_TAG, GRID_TAG = "wd_lab.role", "wd_lab.grid_run"  # what a run is; a strength run's grid (its stage's run)
-PID_TAG, HOST_TAG = "wd_lab.pid", "wd_lab.host"
+PID_TAG, HOST_TAG = "wd_lab.pid", "wd_lab.host"  # who owns a RUNNING run, to end it if that process was killed
 # The MLflow UI's shared views: an experiment tag holding a runs-page state (filter, charts) as JSON, opened by
 # `#/experiments/<id>/runs?viewStateShareKey=<key>`; the UI's own "Share" button writes the same tag.
-VIEW_TAG = "mlflow.sharedViewState."  # who owns a RUNNING run, to end it if that process was killed
+VIEW_TAG = "mlflow.sharedViewState."
 SERVER_SCHEMES = ("http://", "https://")  # a tracking server: any process that reaches it can log to a run by its id
 
 
@@ -207,10 +207,10 @@ class Tracker:
         datasets: Sequence[DatasetInput] = (),
     ) -> Iterator[str | None]:
         """An MLflow run (nested under the active one if `nested` is True, under run `nested` if it is a run id) that
-        ends FINISHED, FAILED, or KILLED on Ctrl-C;
-        with `system_metrics`, MLflow samples CPU, memory (and GPU, where there is one) while it runs; `datasets` are
-        logged as its inputs (the UI's Dataset column; `search_runs` filters on `dataset.name`, `dataset.digest`).
-        Nested runs never become the active run, so several can be open at once (and end in any order)."""
+        ends FINISHED, FAILED, or KILLED on Ctrl-C; with `system_metrics`, MLflow samples CPU, memory (and GPU, where
+        there is one) while it runs; `datasets` are logged as its inputs (the UI's Dataset column; `search_runs`
+        filters on `dataset.name`, `dataset.digest`). Nested runs never become the active run, so several can be open
+        at once (and end in any order)."""
         if not self.enabled:
             yield None
             return
