@@ -456,7 +456,8 @@ def test_every_training_run_names_the_splits_it_read(pipeline):
         for run in client.search_runs([experiment], max_results=1000)
         if run.data.tags["wd_lab.role"].startswith(("cifar10-grid", "cifar10-headline"))
     }
-    assert len(training) == len(REGULARIZERS) + 1 + 2 * (3 + len(REGULARIZERS) - 1) + 2, "grids, headline, members"
+    strengths = 3 + len(REGULARIZERS) - 1  # l2's three, one for each other regulariser
+    assert len(training) == len(REGULARIZERS) + 1 + strengths + 2 * strengths + 2, "grids, headline, strengths, seeds"
     for name, context in (("train", "training"), ("valid", "validation"), ("test", "evaluation")):
         digest = content_digest(*getattr(splits, name))
         found = client.search_runs(
