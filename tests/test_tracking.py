@@ -12,13 +12,14 @@ import pytest
 
 from stages import train_synthetic
 from tests.helpers.stages import stage_args
+from wdlab import ui
 from wdlab.errors import StageError
 from wdlab.files import save_tensors
 from wdlab.lineage import content_digest, synthetic_datasets
 from wdlab.settings import Settings, parse_settings
 from wdlab.synthetic.data import load_dataset, make_dataset
 from wdlab.tracking import Tracker, tracking_uri
-from wdlab.workspace import free_port, load_params
+from wdlab.workspace import free_port, load_params, write_params
 
 TRACKING = parse_settings(load_params()).tracking
 
@@ -177,6 +178,26 @@ def test_a_grid_logs_a_top_level_run_per_strength_with_the_seed_runs_under_it(st
         assert run.data.metrics["gap_loss_mean"] == pytest.approx(sum(gaps) / 3)
         history = client.get_metric_history(seeds[0].info.run_id, "test_loss")
         assert [m.step for m in history] == [0, 1, 2, 3], "each seed's epochs"
+
+    links = dict(ui.study_links("http://127.0.0.1:5000", store, ["wd-synthetic", "wd-cifar10"]))
+    assert links == {
+        "wd-synthetic: runs table": f"http://127.0.0.1:5000/#/experiments/{experiment}?workflowType=machine_learning",
+        "wd-synthetic: l2 grid of 2 strengths: against λ": f"http://127.0.0.1:5000/#/experiments/{experiment}/runs"
+        "?workflowType=machine_learning&compareRunsMode=CHART&viewStateShareKey=synthetic-grid-strength-l2",
+    }, "python -m wdlab.ui's links: the runs table, the grid's chart view; no link to a study not in the store"
+
+
+def test_the_ui_command_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert ui.main([]) == 2
+    assert (
+        capsys.readouterr().err == "error: params.yaml not found: run from the project root, where params.yaml lives\n"
+    )
+    write_params(tmp_path / "params.yaml", load_params())
+    assert ui.main([]) == 2
+    assert capsys.readouterr().err == f"error: no MLflow store at {tmp_path / 'mlflow.db'}: run `dvc repro` first\n"
 
 
 # ---------- the data each run read ----------
