@@ -71,7 +71,9 @@ def test_two_queued_ray_grids_log_to_one_server_at_once_epoch_by_epoch(team_serv
     client = mlflow.MlflowClient(team_server)
     experiment = client.get_experiment_by_name("wd-cifar10").experiment_id
     every = client.search_runs([experiment], max_results=1000)
-    assert len(every) == len(SEEDS) * (1 + 2 * len(STRENGTHS)), "each queued grid: its run, a run per λ, one per seed"
+    assert len(every) == len(SEEDS) * (1 + 2 * len(STRENGTHS)), sorted(  # each grid: its run, one per λ, one per seed
+        (run.data.tags.get("dvc.exp_name"), run.data.tags["wd_lab.role"], run.info.run_name) for run in every
+    )
     assert not [run.info.run_name for run in every if run.info.status != "FINISHED"], "none left RUNNING"
     grids = [run for run in every if run.data.tags["wd_lab.role"] == "cifar10-grid"]
     assert len({run.data.tags["dvc.exp_name"] for run in grids}) == len(SEEDS), "one grid per queued experiment"
