@@ -224,7 +224,11 @@ class Tracker:
                     self._log_datasets(run_id, datasets)
                 yield run_id
             return
-        with self.mlflow.start_run(run_name=name, tags=tags, log_system_metrics=system_metrics) as active:
+        # The experiment by id, not the fluent API's active one: with two queued stages starting at once on a fresh
+        # tracking server, a stage's run was seen landing in Default while its other runs went to this experiment.
+        with self.mlflow.start_run(
+            experiment_id=self.experiment_id, run_name=name, tags=tags, log_system_metrics=system_metrics
+        ) as active:
             self.mlflow.log_params(params)
             if datasets:
                 self._log_datasets(active.info.run_id, datasets)
