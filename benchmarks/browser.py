@@ -40,7 +40,6 @@ WINDOW = (1400, 900)  # pixels: wide enough for the runs table's columns and the
 FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-    f"--window-size={WINDOW[0]},{WINDOW[1]}",
 )  # fmt: skip
 
 
@@ -95,7 +94,8 @@ def render(
         if left < 10:
             break
         cmd = [
-            chromium, *FLAGS, f"--user-data-dir={profile}-{attempt}", f"--virtual-time-budget={budget_ms}",
+            chromium, *FLAGS, f"--window-size={WINDOW[0]},{WINDOW[1]}", f"--user-data-dir={profile}-{attempt}",
+            f"--virtual-time-budget={budget_ms}",
             *([f"--screenshot={screenshot}"] if screenshot else []),
             "--dump-dom", url,
         ]  # fmt: skip
@@ -125,8 +125,10 @@ class Page:
     Page sees what a first-time user sees.
     """
 
-    def __init__(self, chromium: str, profile: Path, start_timeout: float = 30):
-        self.chromium, self.profile, self.start_timeout = chromium, profile, start_timeout
+    def __init__(
+        self, chromium: str, profile: Path, start_timeout: float = 30, window: tuple[int, int] = WINDOW
+    ) -> None:
+        self.chromium, self.profile, self.start_timeout, self.window = chromium, profile, start_timeout, window
         self._ids = itertools.count(1)
         self._loop = asyncio.new_event_loop()
         self._proc: subprocess.Popen | None = None
@@ -139,7 +141,10 @@ class Page:
         port_file.unlink(missing_ok=True)
         self._log = (self.profile / "chromium.log").open("w")
         self._proc = subprocess.Popen(
-            [self.chromium, *FLAGS, f"--user-data-dir={self.profile}", "--remote-debugging-port=0", "about:blank"],
+            [
+                self.chromium, *FLAGS, f"--window-size={self.window[0]},{self.window[1]}",
+                f"--user-data-dir={self.profile}", "--remote-debugging-port=0", "about:blank",
+            ],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=tool_env(),
             start_new_session=True,
         )  # fmt: skip

@@ -42,7 +42,7 @@ from wdlab.lineage import DatasetInput, cifar10_datasets
 from wdlab.results import flatten, seed_aggregates
 from wdlab.runcache import RunCache
 from wdlab.settings import CifarSettings, ExecutorSettings, Settings
-from wdlab.tracking import Tracker, member_params, strength_params, training_run_name
+from wdlab.tracking import Tracker, member_params, strength_params, strength_run_name, training_run_name
 
 log = logging.getLogger("wd-lab.train_cifar10")
 
@@ -87,16 +87,19 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     )
 
     role = "cifar10-headline" if args.run == "headline" else "-".join(("cifar10", *named(architecture), "grid"))
-    with tracker.run(
-        " ".join((*named(architecture), training_run_name(args.run, regularizer, strengths))),
-        params | strength_params(regularizer, strengths),
-        role,
-        tags={"wd_lab.reused_from": str(grid_run_id)} if reused else None,
-        datasets=data,
-    ) as run_id:
+    with (
+        tracker.run(
+            " ".join((*named(architecture), training_run_name(args.run, regularizer, strengths))),
+            params | strength_params(regularizer, strengths),
+            role,
+            tags={"wd_lab.reused_from": str(grid_run_id)} if reused else None,
+            datasets=data,
+        ) as run_id,
+        per_strength_runs(tracker, args.run, regularizer, strengths, params, role, data) as strength_runs,
+    ):
         if reused:
             for result in results:
-                with member_run(tracker, result, params, role, data) as member:
+                with member_run(tracker, result, params, role, data, strength_runs) as member:
                     log_result(tracker, member, result, shape)
         else:
             log.info(
@@ -113,11 +116,10 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
                 RunSpec(study, regularizer, strength, seed, formats.device.type, architecture)
                 for strength, seed in itertools.product(strengths, seeds)
             ]
-            results = train_all(splits, specs, settings.executor, cache, tracker, params, role, data)
-        finals: dict[float, list] = {}
-        for result in results:
-            finals.setdefault(result.strength, []).append(result.final)
-        tracker.log_history(run_id, {}, seed_aggregates(finals))
+            results = train_all(splits, specs, settings.executor, cache, tracker, params, role, data, strength_runs)
+        for strength in strengths:
+            summary = seed_aggregates([result.final for result in results if result.strength == strength])
+            tracker.log_history(strength_runs.get(strength) or run_id, {}, summary)
 
     with atomic_dir(args.out) as tmp:  # the folder appears whole, or not at all
         folder = RunFolder(tmp)
@@ -174,6 +176,31 @@ def stage_name(architecture: str) -> str:
     return "_".join(("train_cifar10", *named(architecture)))
 
 
+def per_strength_runs(
+    tracker: Tracker,
+    run: str,
+    regularizer: str,
+    strengths: tuple[float, ...],
+    params: dict,
+    role: str,
+    datasets: list[DatasetInput],
+) -> contextlib.AbstractContextManager[dict[float, str | None]]:
+    """A grid's top-level run per strength, each seed's run to nest under (the UI then compares strengths without
+    expanding a run); none for the headline run, which is its one strength's run itself."""
+    if run == "headline":
+        return contextlib.nullcontext({})
+    net = params.get("model.architecture")  # net_shape's: absent for the ResNet
+    return tracker.strength_runs(
+        regularizer,
+        strengths,
+        params,
+        f"{role}-strength",
+        lambda strength: " ".join(filter(None, (net, strength_run_name(regularizer, strength, params["seeds"])))),
+        charts=("test_accuracy_mean", "gap_accuracy_mean", "w_norm_mean"),
+        datasets=datasets,
+    )
+
+
 def train_all(
     splits: Splits,
     specs: list[RunSpec],
@@ -183,8 +210,10 @@ def train_all(
     params: dict,
     role: str,
     datasets: list[DatasetInput],
+    strength_runs: dict[float, str | None],
 ) -> list[RunResult]:
-    """Every run of `specs`, each its own nested MLflow run (tagged with where it ran), in the order of `specs`.
+    """Every run of `specs`, each its own MLflow run nested under its strength's (`strength_runs`, else the stage's),
+    in the order of `specs`.
 
     Runs a failed earlier attempt finished come from the run cache; the executor trains the rest. A run's curves
     reach MLflow as its epochs end: under `local` from this process; under `ray` from the worker when the store is a
@@ -196,7 +225,7 @@ def train_all(
     for spec in specs:
         if (record := cache.load(spec.key)) is not None:
             results[spec.key] = from_record(record)
-            with member_run(tracker, results[spec.key], params, role, datasets) as member:
+            with member_run(tracker, results[spec.key], params, role, datasets, strength_runs) as member:
                 tracker.set_tags(member, {"wd_lab.resumed": "true"})
                 log_result(tracker, member, results[spec.key], shape)
     if results:
@@ -215,6 +244,7 @@ def train_all(
             params,
             role,
             datasets,
+            strength_runs,
             system_metrics=executor.kind == "local",
         ) as member:
             members[spec.key] = member
@@ -236,16 +266,22 @@ def train_all(
 
 
 def member_run(
-    tracker: Tracker, run: RunResult, params: dict, role: str, datasets: list[DatasetInput], **options: bool
+    tracker: Tracker,
+    run: RunResult,
+    params: dict,
+    role: str,
+    datasets: list[DatasetInput],
+    strength_runs: dict[float, str | None],
+    **options: bool,
 ) -> contextlib.AbstractContextManager:
-    """The MLflow run of one (regulariser, strength, seed), nested under the stage's run, with the data it read; a net
-    other than the ResNet names itself first ("plain l2 0.005 seed 0")."""
+    """The MLflow run of one (regulariser, strength, seed), nested under its strength's run (the stage's run for the
+    headline), with the data it read; a net other than the ResNet names itself first ("plain l2 0.005 seed 0")."""
     net = params.get("model.architecture")  # net_shape's: absent for the ResNet
     return tracker.run(
         " ".join(filter(None, (net, f"{run.regularizer} {run.strength:g} seed {run.seed}"))),
         params | member_params(run.regularizer, run.strength, run.seed),
         f"{role}-member",
-        nested=True,
+        nested=strength_runs.get(run.strength) or True,
         datasets=datasets,
         **options,
     )

@@ -5,6 +5,7 @@ reports its own metrics and mean curves: `dvc exp run -S wd=3` runs this stage a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
 from pathlib import Path
@@ -23,7 +24,7 @@ from wdlab.synthetic.data import Split, load_dataset
 from wdlab.synthetic.evaluation import EXACT, METRICS, evaluate_run
 from wdlab.synthetic.references import reference_solution
 from wdlab.synthetic.training import GridRun, train_grid
-from wdlab.tracking import Tracker, member_params, strength_params, training_run_name
+from wdlab.tracking import Tracker, member_params, strength_params, strength_run_name, training_run_name
 
 log = logging.getLogger("wd-lab.train_synthetic")
 
@@ -60,22 +61,32 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         result = train_grid(
             train_set, strengths, study.train, seeds, device, eval_sets={"test": test_set}, regularizer=regularizer
         )
-        for (s, seed), (g, strength) in itertools.product(enumerate(seeds), enumerate(strengths)):
-            with tracker.run(
-                f"{regularizer} {strength:g} seed {seed}",
-                params | member_params(regularizer, strength, seed),
-                f"{role}-member",
-                nested=True,
-                datasets=data.get(seed, ()),
-            ) as member:
-                tracker.log_history(member, *curves(result, s, g))
-        finals = {
-            strength: [
-                {name: values[-1, s, g].item() for name, values in result.history.items()} for s in range(len(seeds))
-            ]
-            for g, strength in enumerate(strengths)
-        }
-        tracker.log_history(run_id, {}, seed_aggregates(finals))
+        # The headline run is its one strength's run; a grid has a run per strength beside it.
+        per_strength = (
+            contextlib.nullcontext({strengths[0]: run_id})
+            if args.run == "headline"
+            else tracker.strength_runs(
+                regularizer,
+                strengths,
+                params,
+                f"{role}-strength",
+                lambda strength: strength_run_name(regularizer, strength, len(seeds)),
+                charts=("test_loss_mean", "gap_loss_mean", "w_norm_mean"),
+                datasets=data.get(None, ()),
+            )
+        )
+        with per_strength as strength_runs:
+            for (s, seed), (g, strength) in itertools.product(enumerate(seeds), enumerate(strengths)):
+                with tracker.run(
+                    f"{regularizer} {strength:g} seed {seed}",
+                    params | member_params(regularizer, strength, seed),
+                    f"{role}-member",
+                    nested=strength_runs[strength],
+                    datasets=data.get(seed, ()),
+                ) as member:
+                    tracker.log_history(member, *curves(result, s, g))
+            for g, strength in enumerate(strengths):
+                tracker.log_history(strength_runs[strength], {}, seed_aggregates(final_rows(result, g)))
 
     trained = checkpoint(result) | exact_optima(train_set, regularizer, strengths)
     history = history_rows(result)
@@ -112,6 +123,14 @@ def curves(result: GridRun, s: int, g: int) -> tuple[dict, dict]:
     final = {f"final_{name}": values[-1] for name, values in series.items()}
     final["diverged"] = float(result.diverged_epoch[s, g] >= 0)
     return series, final
+
+
+def final_rows(result: GridRun, g: int) -> list[dict[str, float]]:
+    """λ g's final values on each seed, with the generalisation gap in loss (test − train), for its summary."""
+    rows = [
+        {name: values[-1, s, g].item() for name, values in result.history.items()} for s in range(len(result.seeds))
+    ]
+    return [row | {"gap_loss": row["test_loss"] - row["train_loss"]} for row in rows]
 
 
 def checkpoint(result: GridRun) -> dict:

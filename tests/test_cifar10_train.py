@@ -419,7 +419,8 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
     parent = run_of(client, record)
     assert parent.data.tags["wd_lab.output"] == folder("train_cifar10@l2").root.as_posix()
     children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        [parent.info.experiment_id],
+        filter_string=f"tags.wd_lab.grid_run = '{parent.info.run_id}' and tags.wd_lab.role = 'cifar10-grid-member'",
     )
     assert {(float(run.data.params["lambda"]), int(run.data.params["seed"])) for run in children} == {
         (strength, seed) for strength in (0.0, 5e-4, 1e3) for seed in (0, 1)
@@ -438,7 +439,12 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
         "model/model_l2_0_seed_0.pt"
     ]
     assert {run.data.params["regularizer"] for run in children} == {"l2"} and parent.data.params["regularizer"] == "l2"
-    assert parent.data.metrics["final_test_accuracy.mean.lambda_0"] == pytest.approx(
+    (zero,) = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.wd_lab.grid_run = '{parent.info.run_id}' and tags.wd_lab.role = 'cifar10-grid-strength' "
+        "and params.strength = '0.0'",
+    )
+    assert zero.data.metrics["test_accuracy_mean"] == pytest.approx(
         (
             by_lambda[0.0].data.metrics["final_test_accuracy"]
             + [r for r in children if r.data.params == by_lambda[0.0].data.params | {"seed": "1"}][0].data.metrics[
@@ -446,7 +452,7 @@ def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
             ]
         )
         / 2
-    ), "the parent carries the aggregates over seeds"
+    ), "the strength run carries the aggregates over seeds"
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert "report/cifar10.md" in report and "report/accuracy_vs_lambda.png" in report
 
@@ -463,7 +469,8 @@ def test_every_training_run_names_the_splits_it_read(pipeline):
         for run in client.search_runs([experiment], max_results=1000)
         if run.data.tags["wd_lab.role"].startswith(("cifar10-grid", "cifar10-headline"))
     }
-    assert len(training) == len(REGULARIZERS) + 1 + 2 * (3 + len(REGULARIZERS) - 1) + 2, "grids, headline, members"
+    strengths = 3 + len(REGULARIZERS) - 1  # l2's three, one for each other regulariser
+    assert len(training) == len(REGULARIZERS) + 1 + strengths + 2 * strengths + 2, "grids, headline, strengths, seeds"
     for name, context in (("train", "training"), ("valid", "validation"), ("test", "evaluation")):
         digest = content_digest(*getattr(splits, name))
         found = client.search_runs(
@@ -554,7 +561,8 @@ def test_metrics_reach_mlflow_as_each_epoch_ends_and_the_chosen_model_loads(pipe
     grid = run_of(client, json.loads((pipeline / folder("train_cifar10@l2").record).read_text()))
     member = client.search_runs(
         [grid.info.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{grid.info.run_id}' and params.lambda = '0.0'",
+        filter_string=f"tags.wd_lab.grid_run = '{grid.info.run_id}' and params.lambda = '0.0' "
+        "and tags.wd_lab.role = 'cifar10-grid-member'",
     )[0]
     history = sorted(client.get_metric_history(member.info.run_id, "test_accuracy"), key=lambda m: m.step)
     assert [m.step for m in history] == [0, 1] and history[0].timestamp < history[1].timestamp, (

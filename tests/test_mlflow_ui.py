@@ -8,17 +8,21 @@ The browser checks need Debian's `chromium` (.ci/install-debian chromium) and sk
 from __future__ import annotations
 
 import html
+import json
 import math
 import re
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from benchmarks.browser import MISSING, dom_text, find_chromium, render, run_links
+from benchmarks.browser import MISSING, Page, dom_text, find_chromium, render, run_links
 from benchmarks.mlflow_server import get_bytes, get_json, mlflow_server, post_json
 from wdlab.settings import REGULARIZERS
-from wdlab.workspace import clone_project, git, load_params
+from wdlab.workspace import clone_project, free_port, git, kill_group, load_params, tool_env
 
 pytestmark = pytest.mark.slow
 
@@ -60,6 +64,10 @@ def experiment(server) -> dict:
     return get_json(server, "/api/2.0/mlflow/experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]
 
 
+def experiment_tags(experiment: dict) -> dict[str, str]:
+    return {tag["key"]: tag["value"] for tag in experiment.get("tags", [])}
+
+
 @pytest.fixture(scope="module")
 def runs(server, experiment) -> list[dict]:
     """Every run of the experiment, as runs/search returns it, with tags and params flattened to dicts."""
@@ -82,15 +90,20 @@ def by_role(runs: list[dict], role: str) -> list[dict]:
     return [run for run in runs if run["tags"].get("wd_lab.role") == role]
 
 
-def grid_parent(runs: list[dict]) -> dict:
-    """The l2 grid's parent run (each regulariser's grid has one)."""
-    (parent,) = [run for run in by_role(runs, "synthetic-grid") if run["params"]["regularizer"] == "l2"]
-    return parent
+def grid_run(runs: list[dict], regularizer: str = "l2") -> dict:
+    """A regulariser's grid run (the stage's run: its params, data and report)."""
+    (grid,) = [run for run in by_role(runs, "synthetic-grid") if run["params"]["regularizer"] == regularizer]
+    return grid
 
 
-def grid_members(runs: list[dict]) -> list[dict]:
-    parent_id = grid_parent(runs)["info"]["run_id"]
-    return [run for run in runs if run["tags"].get("mlflow.parentRunId") == parent_id]
+def of_grid(runs: list[dict], role: str, grid: dict) -> list[dict]:
+    """The grid's runs of `role`: its strength runs (top level) or its seed runs (each under its strength's)."""
+    return [run for run in by_role(runs, role) if run["tags"].get("wd_lab.grid_run") == grid["info"]["run_id"]]
+
+
+def latest(run: dict) -> dict[str, float]:
+    """A run's metrics, each key's latest value (a grid run has none)."""
+    return {m["key"]: m["value"] for m in run["data"].get("metrics", [])}
 
 
 def headline_run(runs: list[dict]) -> dict:
@@ -111,27 +124,36 @@ def test_server_lists_the_experiment_with_artifacts_next_to_the_store(server, ex
 
 
 def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, project):
-    parent = grid_parent(runs)
-    assert parent["info"]["run_name"] == f"l2 grid of {len(GRID)} strengths" and parent["info"]["status"] == "FINISHED"
-    assert [float(v) for v in parent["params"]["strength_grid"].split(",")] == GRID and parent["params"][
-        "regularizer"
-    ] == "l2"
+    grid = grid_run(runs)
+    assert grid["info"]["run_name"] == f"l2 grid of {len(GRID)} strengths" and grid["info"]["status"] == "FINISHED"
+    assert [float(v) for v in grid["params"]["strength_grid"].split(",")] == GRID
+    assert grid["params"]["regularizer"] == "l2" and "mlflow.parentRunId" not in grid["tags"]
     # the commit of the code that ran: the last one to change code or params (the outputs were committed after)
     commit = git(project, "rev-list", "-1", "HEAD", "--", "stages", "wdlab", "dvc.yaml", "params.yaml").stdout.strip()
-    assert parent["tags"]["mlflow.source.git.commit"] == commit
+    assert grid["tags"]["mlflow.source.git.commit"] == commit
 
-    members = grid_members(runs)
-    assert len(members) == len(GRID) * len(SEEDS)
+    strengths = {float(run["params"]["strength"]): run for run in of_grid(runs, "synthetic-grid-strength", grid)}
+    assert sorted(strengths) == GRID, "one top-level run per λ of the grid"
+    members = of_grid(runs, "synthetic-grid-member", grid)
     assert {m["params"]["regularizer"] for m in by_role(runs, "synthetic-grid-member")} == set(REGULARIZERS)
     assert sorted((float(m["params"]["lambda"]), int(m["params"]["seed"])) for m in members) == sorted(
         (strength, seed) for strength in GRID for seed in SEEDS
-    ), "one nested run per (λ, seed)"
-    latest_parent = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
-    three = [m for m in members if float(m["params"]["lambda"]) == 3]
-    finals = [next(x["value"] for x in m["data"]["metrics"] if x["key"] == "final_test_loss") for m in three]
-    assert latest_parent["final_test_loss.mean.lambda_3"] == pytest.approx(sum(finals) / len(finals)), (
-        "the parent carries the mean over seeds"
-    )
+    ), "one run per (λ, seed)"
+    assert len({frozenset(latest(run)) for run in strengths.values()}) == 1, "the same metric keys for every λ"
+    for strength, run in strengths.items():
+        assert (
+            run["info"]["run_name"] == f"l2 {strength:g} over {len(SEEDS)} seeds"
+            and "mlflow.parentRunId" not in (run["tags"])
+        )
+        assert run["params"]["seeds"] == str(len(SEEDS)) and run["params"]["lambda"] == run["params"]["strength"]
+        own = [m for m in members if m["tags"]["mlflow.parentRunId"] == run["info"]["run_id"]]
+        assert sorted(int(m["params"]["seed"]) for m in own) == SEEDS, f"λ={strength:g}: its seeds nest under it"
+        finals = [latest(m)["final_test_loss"] for m in own]
+        summary = latest(run)
+        assert summary["test_loss_mean"] == pytest.approx(sum(finals) / len(finals)), "the mean over seeds"
+        assert summary["test_loss_ci_low"] <= summary["test_loss_mean"] <= summary["test_loss_ci_high"]
+        assert {"gap_loss_mean", "w_norm_mean", "w_norm_ci_low", "train_loss_mean"} <= set(summary)
+    assert not [key for run in runs for key in latest(run) if "lambda" in key], "no metric key names a λ"
     for member in members:
         strength, seed = float(member["params"]["lambda"]), int(member["params"]["seed"])
         assert member["info"]["run_name"] == f"l2 {strength:g} seed {seed}" and member["info"]["status"] == "FINISHED"
@@ -146,9 +168,11 @@ def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, 
         )["metrics"]
         assert sorted(m["step"] for m in history) == list(range(EPOCHS + 1)), f"λ={strength:g}: test_loss steps"
         assert all(math.isfinite(m["value"]) for m in history)
-        latest = {m["key"]: m for m in member["data"]["metrics"]}
-        assert latest["test_loss"]["step"] == EPOCHS and "final_test_loss" in latest and "w_norm" in latest
+        final = {m["key"]: m for m in member["data"]["metrics"]}
+        assert final["test_loss"]["step"] == EPOCHS and "final_test_loss" in final and "w_norm" in final
+        assert member.get("inputs", {}).get("dataset_inputs"), "the seed's own data"
 
+    three = [m for m in members if float(m["params"]["lambda"]) == 3]
     curve = get_json(
         server, "/api/2.0/mlflow/metrics/get-history", run_id=three[0]["info"]["run_id"], metric_key="test_loss"
     )["metrics"]
@@ -156,11 +180,24 @@ def test_every_lambda_run_is_there_with_params_and_metric_history(server, runs, 
     assert values[-1] < values[0] / 10, "λ = 3: the test loss falls over training"
 
 
+def test_each_grid_shares_a_view_of_its_strength_runs(experiment, runs):
+    """The experiment tag the UI's chart links open: a filter on the newest grid's strength runs and a scatter chart
+    of each summary against `strength`."""
+    for regularizer in REGULARIZERS:
+        grid = grid_run(runs, regularizer)
+        view = json.loads(experiment_tags(experiment)[f"mlflow.sharedViewState.synthetic-grid-strength-{regularizer}"])
+        assert view["wdLabTitle"] == f"{grid['info']['run_name']}: against λ"
+        assert grid["info"]["run_id"] in view["searchFilter"] and "synthetic-grid-strength" in view["searchFilter"]
+        charts = [(c["type"], c["xaxis"]["key"], c["yaxis"]["key"]) for c in view["compareRunCharts"]]
+        assert charts == [("SCATTER", "strength", y) for y in ("test_loss_mean", "gap_loss_mean", "w_norm_mean")]
+
+
 def test_headline_run_is_there(server, runs):
     run = headline_run(runs)
     assert run["info"]["run_name"] == f"headline l2 {WD:g}" and run["info"]["status"] == "FINISHED"
-    assert float(run["params"]["lambda"]) == WD and "mlflow.parentRunId" not in run["tags"]
-    assert {m["key"] for m in run["data"]["metrics"]} >= {"final_test_loss.mean", "final_test_loss.std"}
+    assert float(run["params"]["strength"]) == WD and "mlflow.parentRunId" not in run["tags"]
+    grid_strength = next(r for r in by_role(runs, "synthetic-grid-strength") if r["params"]["regularizer"] == "l2")
+    assert set(latest(run)) == set(latest(grid_strength)), "the same keys as a grid's strength runs: charted with them"
     members = [r for r in runs if r["tags"].get("mlflow.parentRunId") == run["info"]["run_id"]]
     assert sorted(int(m["params"]["seed"]) for m in members) == SEEDS
     history = get_json(
@@ -173,7 +210,7 @@ def test_headline_run_is_there(server, runs):
 def test_report_figures_are_listed_and_downloadable_through_the_server(server, runs, project):
     """What the UI's artifact view does: list the study grid run's `report` folder, then GET /get-artifact for each
     file."""
-    run = grid_parent(runs)
+    run = grid_run(runs)
     run_id = run["info"]["run_id"]
     assert run["info"]["artifact_uri"] == f"{(project / 'mlruns').as_uri()}/{run_id}/artifacts"
     listing = get_json(server, "/api/2.0/mlflow/artifacts/list", run_id=run_id, path="report")
@@ -210,9 +247,9 @@ def chromium() -> str:
 
 
 def test_experiment_page_lists_the_runs(chromium, server, experiment, runs, project, tmp_path):
-    """The experiment page lists the top-level runs, newest first (λ runs nest under their grid run; the UI pages
-    through them, "Load more" for the rest), each with the data it trained on in the Dataset column; screenshot:
-    reports/mlflow_ui.png."""
+    """The experiment page lists the top-level runs, newest first (the seeds' runs nest under their strength's run;
+    the UI pages through them, "Load more" for the rest), each with the data it trained on in the Dataset column;
+    screenshot: reports/mlflow_ui.png."""
     url = f"{server}/#/experiments/{experiment['experiment_id']}{TRAINING}"
     top = sorted(
         (run for run in runs if "mlflow.parentRunId" not in run["tags"]),
@@ -234,7 +271,10 @@ def test_experiment_page_lists_the_runs(chromium, server, experiment, runs, proj
     dom = render(chromium, url, tmp_path / "profile", ready, screenshot=shot)
     text = dom_text(dom)
     visible = shown(dom)
-    assert list(visible) == list(top_level)[: len(visible)], "the newest top-level runs, in order"
+    started = {run["info"]["run_id"]: int(run["info"]["start_time"]) for run in top}
+    # the newest by start time (the grid draws its rows by position: their order in the DOM need not be the table's)
+    shown_starts = sorted((started[run_id] for run_id in visible), reverse=True)
+    assert shown_starts == list(started.values())[: len(visible)], "the newest top-level runs"
     assert len(visible) == len(top_level) or "Load more" in text, "the rest one click away"
     assert re.search(r"\d+ matching runs", text), text[:2000]
     assert {
@@ -262,35 +302,97 @@ def test_experiment_page_lists_the_runs(chromium, server, experiment, runs, proj
     print(f"\nMLflow UI screenshot: {kept}  (in the project copy: {shot})")
 
 
-def test_grid_run_page_lists_its_children(chromium, server, experiment, runs, tmp_path):
-    """The run page lists the grid's nested runs ten at a time ("Load more" for the rest of the λ × seed runs);
-    the first ten, the last seed's, cover every λ of the grid."""
-    parent = grid_parent(runs)
-    children = {run["info"]["run_id"]: run["info"]["run_name"] for run in grid_members(runs)}
-    url = f"{server}/#/experiments/{experiment['experiment_id']}/runs/{parent['info']['run_id']}{TRAINING}"
+def test_strength_run_page_lists_its_seed_runs(chromium, server, experiment, runs, tmp_path):
+    """A strength run's page lists its per-seed runs, each with its own curves one click away."""
+    grid = grid_run(runs)
+    (three,) = [run for run in of_grid(runs, "synthetic-grid-strength", grid) if float(run["params"]["strength"]) == 3]
+    children = {
+        run["info"]["run_id"]: run["info"]["run_name"]
+        for run in runs
+        if run["tags"].get("mlflow.parentRunId") == three["info"]["run_id"]
+    }
+    url = f"{server}/#/experiments/{experiment['experiment_id']}/runs/{three['info']['run_id']}{TRAINING}"
 
     def listed(dom: str) -> dict[str, str]:
         return {run_id: name for run_id, name in run_links(dom).items() if run_id in children}
 
     def ready(dom: str) -> bool:
-        return len(listed(dom)) >= len(GRID)
+        return len(listed(dom)) >= min(len(SEEDS), 10)  # the page lists child runs ten at a time
 
-    dom = render(chromium, url, tmp_path / "profile", ready)
-    shown = listed(dom)
+    shown = listed(render(chromium, url, tmp_path / "profile", ready))
     assert all(children[run_id] == name for run_id, name in shown.items())
-    assert {float(re.match(r"l2 (\S+) seed", name).group(1)) for name in shown.values()} == set(GRID)
-    text = dom_text(dom)
-    assert (
-        f"l2 grid of {len(GRID)} strengths" in text
-        and "Child runs" in text
-        and "Load more" in text
-        and "strength_grid" in text
+    assert {name for name in shown.values()} <= {f"l2 3 seed {seed}" for seed in SEEDS}
+
+
+def test_readme_link_opens_the_runs_table_and_the_chart_of_test_loss_against_lambda(chromium, project, runs, tmp_path):
+    """The README's way in, as a new user takes it: `python -m wdlab.ui` in the project, then its links in a browser
+    that never saw the UI. The study's link lands on the runs table (not MLflow's GenAI overview); the l2 grid's
+    chart link shows test loss, gap and ‖w‖ against λ, one point per λ of the grid, without expanding a run.
+    Screenshot of the chart view: docs/mlflow_ui_chart.png is one."""
+    port = free_port()
+    log = tmp_path / "ui.log"
+    with log.open("w") as out:
+        ui = subprocess.Popen(
+            [sys.executable, "-m", "wdlab.ui", "--port", str(port)], cwd=project, env=tool_env(),
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+    try:
+        links = printed_links(ui, log, timeout=120)
+        runs_table = links[f"{EXPERIMENT}: runs table"]
+        grid = grid_run(runs)
+        chart = links[f"{EXPERIMENT}: {grid['info']['run_name']}: against λ"]
+        strengths = {run["info"]["run_name"]: run for run in of_grid(runs, "synthetic-grid-strength", grid)}
+
+        with Page(chromium, tmp_path / "first-visit") as page:
+            # ready once it shows runs, or MLflow's GenAI overview ("No data available"), which fails below
+            seconds = page.open(runs_table, lambda dom: bool(run_links(dom)) or "No data available" in dom, timeout=90)
+            title, where = page.evaluate("document.title"), page.evaluate("location.hash")
+            assert title.startswith("Runs - Experiment") and "/runs?" in where, f"landed on {title!r} at {where}"
+            assert "overview" not in where and "workflowType=machine_learning" in where
+            print(f"\nruns table of {len(runs)} runs drawn in {seconds:.1f} s")
+
+        with Page(chromium, tmp_path / "chart-visit", window=(1600, 1000)) as page:
+            page.open(chart, lambda dom: dom.count("js-plotly-plot") >= 3, timeout=90)
+            page.wait(lambda dom: [len(trace["x"]) for trace in scatter_traces(page)] == [len(GRID)] * 3, timeout=30)
+            traces = scatter_traces(page)
+            shot = page.screenshot(tmp_path / "mlflow_ui_chart.png")
+        assert len(traces) == 3, traces
+        for trace, metric in zip(traces, ("test_loss_mean", "gap_loss_mean", "w_norm_mean"), strict=True):
+            assert sorted(float(x) for x in trace["x"]) == GRID, "one point per λ of the grid"
+            for x, y, name in zip(trace["x"], trace["y"], trace["text"], strict=True):
+                run = strengths[name]
+                assert float(x) == float(run["params"]["strength"]) and y == pytest.approx(latest(run)[metric])
+        assert shot.read_bytes()[:8] == PNG and shot.stat().st_size > 20_000
+        print(f"MLflow UI chart view: {shot}")
+    finally:
+        kill_group(ui, grace=15)
+    assert not [line for line in log.read_text().splitlines() if line.startswith("error:")]
+
+
+def printed_links(ui: subprocess.Popen, log: Path, timeout: float) -> dict[str, str]:
+    """What `python -m wdlab.ui` prints once its server answers: {what it shows: URL}, read from its log."""
+    deadline = time.monotonic() + timeout
+    while "Ctrl-C stops the UI." not in (text := log.read_text()):
+        assert ui.poll() is None, f"python -m wdlab.ui exited {ui.returncode}:\n{text[-3000:]}"
+        assert time.monotonic() < deadline, f"no links after {timeout:.0f} s:\n{text[-3000:]}"
+        time.sleep(0.5)
+    found = re.findall(r"^(\S[^\n]*)\n    (http://\S+)$", text, flags=re.M)
+    assert found, text[-3000:]
+    return dict(found)
+
+
+def scatter_traces(page: Page) -> list[dict]:
+    """Each scatter chart's points as Plotly holds them: x (the strength param), y (the metric), text (run names)."""
+    charts = page.evaluate(
+        "[...document.querySelectorAll('.js-plotly-plot')].map(p => (p.data || [])"
+        ".filter(t => t.type === 'scatter').map(t => ({x: [...t.x], y: [...t.y], text: [...t.text]})))"
     )
+    return [trace for traces in charts or [] for trace in traces]
 
 
 def test_artifact_view_shows_a_report_figure(chromium, server, experiment, runs, tmp_path):
     """The figure is fetched by the page itself (an <img> from a blob the UI downloaded from /get-artifact)."""
-    run_id = grid_parent(runs)["info"]["run_id"]
+    run_id = grid_run(runs)["info"]["run_id"]
     path = "report/loss_vs_lambda.png"
     url = f"{server}/#/experiments/{experiment['experiment_id']}/runs/{run_id}/artifacts/{path}{TRAINING}"
 

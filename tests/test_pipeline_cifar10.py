@@ -126,11 +126,13 @@ def test_mlflow_has_a_parent_with_nested_runs_and_their_weights(reproduced):
     assert {r.data.params["regularizer"] for r in runs if r.data.tags.get("wd_lab.role") == "cifar10-grid"} == set(
         REGULARIZERS
     )
-    members = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    members = [r for r in runs if r.data.tags.get("wd_lab.grid_run") == parent.info.run_id and "seed" in r.data.params]
     assert {float(r.data.params["lambda"]) for r in members} == {0.0, 0.01}
     (plain,) = [r for r in runs if r.data.tags.get("wd_lab.role") == "cifar10-plain-grid"]
     assert plain.data.params["model.architecture"] == "plain" and plain.info.run_name.startswith("plain l2 grid")
-    plain_members = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == plain.info.run_id]
+    plain_members = [
+        r for r in runs if r.data.tags.get("wd_lab.grid_run") == plain.info.run_id and "seed" in r.data.params
+    ]
     assert sorted(r.info.run_name for r in plain_members) == ["plain l2 0 seed 0", "plain l2 0.05 seed 0"]
     for member in members:
         assert member.info.status == "FINISHED"

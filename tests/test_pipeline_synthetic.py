@@ -108,13 +108,13 @@ def test_mlflow_holds_every_training_run(reproduced):
     grids = {run.data.params["regularizer"]: run for run in by_role["synthetic-grid"]}
     assert set(grids) == set(REGULARIZERS), "one parent run per regulariser's grid"
     grid = grids["l2"]
-    members = [m for m in by_role["synthetic-grid-member"] if m.data.tags["mlflow.parentRunId"] == grid.info.run_id]
+    members = [m for m in by_role["synthetic-grid-member"] if m.data.tags["wd_lab.grid_run"] == grid.info.run_id]
     assert len(members) == 10 * 10 and {m.data.params["regularizer"] for m in members} == {"l2"}
     assert {(float(m.data.params["strength"]), int(m.data.params["seed"])) for m in members} == {
         (strength, seed) for strength in (0, 0.01, 0.03, 0.1, 0.3, 1, 3, 10, 30, 100) for seed in range(10)
     }
     dropout = [
-        m for m in by_role["synthetic-grid-member"] if m.data.tags["mlflow.parentRunId"] == grids["dropout"].info.run_id
+        m for m in by_role["synthetic-grid-member"] if m.data.tags["wd_lab.grid_run"] == grids["dropout"].info.run_id
     ]
     assert {float(m.data.params["strength"]) for m in dropout} == {0, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9}
     assert all(run.info.status == "FINISHED" for run in runs)

@@ -69,13 +69,16 @@ def outputs(project) -> dict[str, bytes]:
 
 
 def grid_members(project, regularizer: str = "l2") -> list[mlflow.entities.Run]:
-    """The nested MLflow runs of the grid run that wrote `regularizer`'s outputs (the l2 grid: 2 λ × 2 seeds, the one
-    the kill tests run); the newest such grid run, as the clone's store also holds the local one of the same bits."""
+    """The per-seed MLflow runs (nested under their strength's run, tagged with their grid's) of the grid run that
+    wrote `regularizer`'s outputs (the l2 grid: 2 λ × 2 seeds, the one the kill tests run); the newest such grid run,
+    as the clone's store also holds the local one of the same bits."""
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("wd-cifar10").experiment_id
     record = json.loads((project / f"models/cifar10/grids/{regularizer}/run.json").read_text())
     grid = client.search_runs([experiment], run_filter(record), order_by=["attributes.start_time DESC"])[0]
-    return client.search_runs([experiment], f"tags.mlflow.parentRunId = '{grid.info.run_id}'")
+    return client.search_runs(
+        [experiment], f"tags.wd_lab.grid_run = '{grid.info.run_id}' and tags.wd_lab.role = 'cifar10-grid-member'"
+    )
 
 
 def set_executor(project, **values) -> None:

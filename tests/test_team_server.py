@@ -71,7 +71,9 @@ def test_two_queued_ray_grids_log_to_one_server_at_once_epoch_by_epoch(team_serv
     client = mlflow.MlflowClient(team_server)
     experiment = client.get_experiment_by_name("wd-cifar10").experiment_id
     every = client.search_runs([experiment], max_results=1000)
-    assert len(every) == len(SEEDS) * (1 + len(STRENGTHS)), "each queued grid: its run and one run per λ"
+    assert len(every) == len(SEEDS) * (1 + 2 * len(STRENGTHS)), sorted(  # each grid: its run, one per λ, one per seed
+        (run.data.tags.get("dvc.exp_name"), run.data.tags["wd_lab.role"], run.info.run_name) for run in every
+    )
     assert not [run.info.run_name for run in every if run.info.status != "FINISHED"], "none left RUNNING"
     grids = [run for run in every if run.data.tags["wd_lab.role"] == "cifar10-grid"]
     assert len({run.data.tags["dvc.exp_name"] for run in grids}) == len(SEEDS), "one grid per queued experiment"
@@ -86,7 +88,9 @@ def test_two_queued_ray_grids_log_to_one_server_at_once_epoch_by_epoch(team_serv
         assert grid.data.tags["wd_lab.model_md5"] == record["model_md5"], "the output names its run's tag, not its id"
         with dvc_api.open(f"{GRID}/history.csv", repo=str(project), rev=made) as csv:
             history = pd.read_csv(csv, float_precision="round_trip")
-        members = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{grid.info.run_id}'")
+        members = client.search_runs(
+            [experiment], f"tags.wd_lab.grid_run = '{grid.info.run_id}' and tags.wd_lab.role = 'cifar10-grid-member'"
+        )
         assert sorted(float(member.data.params["lambda"]) for member in members) == STRENGTHS
         assert len({member.data.params["seed"] for member in members}) == 1
         seeds.update(int(member.data.params["seed"]) for member in members)

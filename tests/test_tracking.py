@@ -5,6 +5,7 @@ digest changing exactly when the data does)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import time
 
@@ -14,13 +15,14 @@ import torch
 
 from stages import train_synthetic
 from tests.helpers.stages import stage_args
+from wdlab import ui
 from wdlab.errors import StageError, StageInputError
 from wdlab.files import read_json, save_tensors, write_json
 from wdlab.lineage import content_digest, synthetic_datasets
 from wdlab.settings import Settings, parse_settings
 from wdlab.synthetic.data import load_dataset, make_dataset
 from wdlab.tracking import Tracker, tracking_uri
-from wdlab.workspace import free_port, load_params
+from wdlab.workspace import free_port, load_params, write_params
 
 TRACKING = parse_settings(load_params()).tracking
 
@@ -162,6 +164,72 @@ def test_a_run_shorter_than_one_sampling_interval_still_has_system_metrics(store
     assert "system/cpu_utilization_percentage" in mlflow.MlflowClient(store).get_run(run_id).data.metrics
 
 
+# ---------- the run layout of a grid ----------
+
+
+def test_a_grid_logs_a_top_level_run_per_strength_with_the_seed_runs_under_it(store, tmp_path, monkeypatch):
+    """What the UI's runs table and chart view show without expanding a run: the grid's run and one run per strength,
+    `strength` a param and the summary over seeds under the same metric keys in each; each seed's run with its epochs
+    nests under its strength's run, and the grid run is the one the stage's run record names."""
+    monkeypatch.chdir(tmp_path)
+    args = train_l2_grid(tmp_path, synthetic_settings([0, 1, 2]))
+    client = mlflow.MlflowClient(store)
+    (experiment,) = [e.experiment_id for e in client.search_experiments() if e.name == "wd-synthetic"]
+    runs = client.search_runs([experiment], max_results=1000)
+    top = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    (grid,) = [run for run in top if run.data.tags["wd_lab.role"] == "synthetic-grid"]
+    assert json.loads((tmp_path / args.out / "run.json").read_text())["run_id"] == grid.info.run_id
+    strengths = sorted((run for run in top if run is not grid), key=lambda run: float(run.data.params["strength"]))
+    assert [run.info.run_name for run in strengths] == ["l2 0 over 3 seeds", "l2 1 over 3 seeds"]
+    assert len(runs) == 1 + 2 + 2 * 3, "the grid, its strengths, a run per (strength, seed)"
+    keys = {frozenset(run.data.metrics) for run in strengths}
+    assert len(keys) == 1, "every strength run logs the same metric keys"
+    (names,) = keys
+    assert {"test_loss_mean", "test_loss_ci_low", "test_loss_ci_high", "gap_loss_mean", "w_norm_mean"} <= names
+    assert not [key for run in runs for key in run.data.metrics if "lambda" in key], "no metric key names a λ"
+    assert not grid.data.metrics, "the per-strength results live in the strength runs"
+    for run in strengths:
+        assert run.data.tags["wd_lab.role"] == "synthetic-grid-strength"
+        assert run.data.tags["wd_lab.grid_run"] == grid.info.run_id
+        assert run.data.params["regularizer"] == "l2" and run.data.params["lambda"] == run.data.params["strength"]
+        assert run.data.params["seeds"] == "3" and run.data.params["train.epochs"] == "3"
+        seeds = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+        assert sorted(int(seed.data.params["seed"]) for seed in seeds) == [0, 1, 2]
+        assert {seed.data.params["strength"] for seed in seeds} == {run.data.params["strength"]}
+        assert {seed.data.tags["wd_lab.grid_run"] for seed in seeds} == {grid.info.run_id}
+        finals = [seed.data.metrics["final_test_loss"] for seed in seeds]
+        assert run.data.metrics["test_loss_mean"] == pytest.approx(sum(finals) / 3)
+        assert (
+            run.data.metrics["test_loss_ci_low"]
+            < run.data.metrics["test_loss_mean"]
+            < run.data.metrics["test_loss_ci_high"]
+        )
+        gaps = [seed.data.metrics["final_test_loss"] - seed.data.metrics["final_train_loss"] for seed in seeds]
+        assert run.data.metrics["gap_loss_mean"] == pytest.approx(sum(gaps) / 3)
+        history = client.get_metric_history(seeds[0].info.run_id, "test_loss")
+        assert [m.step for m in history] == [0, 1, 2, 3], "each seed's epochs"
+
+    links = dict(ui.study_links("http://127.0.0.1:5000", store, ["wd-synthetic", "wd-cifar10"]))
+    assert links == {
+        "wd-synthetic: runs table": f"http://127.0.0.1:5000/#/experiments/{experiment}?workflowType=machine_learning",
+        "wd-synthetic: l2 grid of 2 strengths: against λ": f"http://127.0.0.1:5000/#/experiments/{experiment}/runs"
+        "?workflowType=machine_learning&compareRunsMode=CHART&viewStateShareKey=synthetic-grid-strength-l2",
+    }, "python -m wdlab.ui's links: the runs table, the grid's chart view; no link to a study not in the store"
+
+
+def test_the_ui_command_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert ui.main([]) == 2
+    assert (
+        capsys.readouterr().err == "error: params.yaml not found: run from the project root, where params.yaml lives\n"
+    )
+    write_params(tmp_path / "params.yaml", load_params())
+    assert ui.main([]) == 2
+    assert capsys.readouterr().err == f"error: no MLflow store at {tmp_path / 'mlflow.db'}: run `dvc repro` first\n"
+
+
 # ---------- the data each run read ----------
 
 
@@ -197,7 +265,8 @@ def test_every_training_run_names_its_data_and_search_runs_finds_them(store, tmp
         return {run.info.run_name for run in client.search_runs([experiment], filter_string)}
 
     members = {f"l2 {strength} seed {seed}" for strength in (0, 1) for seed in (0, 1)}
-    assert found("dataset.name = 'synthetic-train'") == members | {"l2 grid of 2 strengths"}
+    every_seed_runs = {"l2 grid of 2 strengths", "l2 0 over 2 seeds", "l2 1 over 2 seeds"}
+    assert found("dataset.name = 'synthetic-train'") == members | every_seed_runs
     assert found("dataset.name = 'synthetic-test' and dataset.context = 'evaluation'") == found(
         "dataset.name = 'synthetic-train' and dataset.context = 'training'"
     )
@@ -207,7 +276,7 @@ def test_every_training_run_names_its_data_and_search_runs_finds_them(store, tmp
         "l2 1 seed 0",
     }, "a member run names its own seed's draw"
     every_seed = content_digest(train.x, train.y)
-    assert found(f"dataset.digest = '{every_seed}'") == {"l2 grid of 2 strengths"}
+    assert found(f"dataset.digest = '{every_seed}'") == every_seed_runs, "the grid run and its strength runs"
 
     (member,) = client.search_runs([experiment], "attributes.run_name = 'l2 1 seed 0'")
     inputs = {i.dataset.name: i for i in member.inputs.dataset_inputs}

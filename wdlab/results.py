@@ -163,18 +163,14 @@ def mean_curve(history: pd.DataFrame) -> list[dict]:
     return numeric.groupby("epoch", as_index=False).mean().to_dict("records")
 
 
-def seed_aggregates(finals: Mapping[float, Sequence[Mapping[str, float]]]) -> dict[str, float]:
-    """A parent run's summary for MLflow: per λ, each final metric's mean and standard deviation over its seeds'
-    final rows {λ: [row per seed]}, non-finite (diverged) values left out; no λ suffix for a single λ."""
-    import statistics
+def seed_aggregates(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """One strength's summary over its seeds' final rows for MLflow: each metric's `_mean`, `_std`, `_ci_low` and
+    `_ci_high` (the 95 % t-interval of the mean, as `stats`), non-finite (diverged) values left out, and so are
+    statistics one seed cannot give. The same keys for every strength, so MLflow's views compare strengths."""
+    import pandas as pd
 
     summary = {}
-    for strength, rows in finals.items():
-        suffix = "" if len(finals) == 1 else f".lambda_{strength:g}"
-        for name in rows[0]:
-            values = [float(row[name]) for row in rows if math.isfinite(float(row[name]))]
-            if values:
-                summary[f"final_{name}.mean{suffix}"] = statistics.fmean(values)
-            if len(values) > 1:
-                summary[f"final_{name}.std{suffix}"] = statistics.stdev(values)
+    for name in rows[0]:
+        values = pd.Series([float(row[name]) for row in rows]).where(lambda v: v.map(math.isfinite))
+        summary |= {f"{name}_{stat}": value for stat, value in stats(values).items() if math.isfinite(value)}
     return summary

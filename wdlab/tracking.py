@@ -1,5 +1,9 @@
-"""MLflow tracking on MLflow's own API: one store per project, a run per training stage, nested runs per λ, each
-naming the datasets it read.
+"""MLflow tracking on MLflow's own API: one store per project, a run per training stage, a run per strength of a grid
+beside it, each seed's run nested under its strength's, every run naming the datasets it read.
+
+The layout follows MLflow's conventions so the UI's own views show the study: settings are params and outcomes are
+metrics under the same key in every run, so a strength run carries `strength` as a param and `test_loss_mean`,
+`test_loss_ci_low`, … as metrics, and the chart view plots them against λ without expanding a run.
 
 What MLflow does not do for us, and this adds: anchoring a relative sqlite store at the project root (so
 `dvc exp run --queue` copies log to the user's store), failing in seconds on an unreachable server, ending
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import logging
 import os
 import socket
@@ -30,8 +35,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("wd-lab.tracking")
 
+ROLE_TAG, GRID_TAG = "wd_lab.role", "wd_lab.grid_run"  # what a run is; a strength run's grid (its stage's run)
 PID_TAG, HOST_TAG = "wd_lab.pid", "wd_lab.host"  # who owns a RUNNING run, to end it if that process was killed
 START_TAG = "wd_lab.pid_start"  # when that process started: a pid the kernel has since reused is not the owner
+# The MLflow UI's shared views: an experiment tag holding a runs-page state (filter, charts) as JSON, opened by
+# `#/experiments/<id>/runs?viewStateShareKey=<key>`; the UI's own "Share" button writes the same tag.
+VIEW_TAG = "mlflow.sharedViewState."
 SERVER_SCHEMES = ("http://", "https://")  # a tracking server: any process that reaches it can log to a run by its id
 # A training run's DVC output: its stage in dvc.yaml, its path, and its model.pt's md5 (run_record)
 STAGE_TAG, OUTPUT_TAG, MODEL_TAG = "dvc.stage", "wd_lab.output", "wd_lab.model_md5"
@@ -58,7 +67,7 @@ def tracking_uri(settings: TrackingSettings) -> str:
 
 def run_tags(role: str) -> dict[str, str]:
     """Where a run comes from: the git commit and, under `dvc exp run`, the DVC experiment."""
-    tags = {"wd_lab.role": role}
+    tags = {ROLE_TAG: role}
     if commit := _git_commit():
         tags["mlflow.source.git.commit"] = commit
     for variable, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.exp_baseline_rev")):
@@ -102,12 +111,55 @@ def member_params(regularizer: str, strength: float, seed: int) -> dict[str, str
     return {"regularizer": regularizer, "strength": strength, "lambda": strength, "seed": seed}
 
 
+def strength_run_name(regularizer: str, strength: float, seeds: int) -> str:
+    """The MLflow name of one strength of a grid, over its seeds: `l2 3 over 10 seeds`."""
+    return f"{regularizer} {strength:g} over {seeds} seeds"
+
+
+def strength_view(title: str, grid_run: str, role: str, charts: Sequence[str]) -> dict[str, Any]:
+    """The runs-page state that shows one grid's strength runs and, in the chart view, each of `charts` (metric
+    keys of the strength runs) against `strength`: a scatter chart, one point per strength. `title` names the
+    chart section and, for `python -m wdlab.ui`, the link (`wdLabTitle`, a key the UI ignores)."""
+    section = f"wd-lab-{grid_run}"
+    return {
+        "wdLabTitle": title,
+        "searchFilter": f"tags.`{GRID_TAG}` = '{grid_run}' and tags.`{ROLE_TAG}` = '{role}'",
+        "orderByKey": "attributes.start_time",
+        "orderByAsc": False,
+        "runsHiddenMode": "SHOW_ALL",  # the UI charts only the first 10 runs by default
+        "compareRunSections": [
+            {
+                "uuid": section,
+                "name": title,
+                "display": True,
+                "isReordered": False,
+                "deleted": False,
+                "isGenerated": False,
+            }
+        ],
+        "compareRunCharts": [
+            {
+                "uuid": f"{section}-{metric}",
+                "type": "SCATTER",
+                "runsCountToCompare": 100,
+                "metricSectionId": section,
+                "deleted": False,
+                "isGenerated": False,
+                "xaxis": {"key": "strength", "type": "PARAM"},
+                "yaxis": {"key": metric, "type": "METRIC"},
+            }
+            for metric in charts
+        ],
+    }
+
+
 class Tracker:
     """Logs to MLflow, or does nothing when `tracking.enabled` is false."""
 
     def __init__(self, settings: TrackingSettings, experiment: str):
         self.enabled = settings.enabled
         self.uri = tracking_uri(settings) if self.enabled else None
+        self._grid_of: dict[str, str] = {}  # strength run → its grid's run (the stage's)
         if not self.enabled:
             log.info("MLflow tracking is off (tracking.enabled: false)")
             return
@@ -169,25 +221,31 @@ class Tracker:
         name: str,
         params: Mapping[str, Any],
         role: str,
-        nested: bool = False,
+        nested: bool | str | None = False,
         tags: Mapping[str, str] | None = None,
         system_metrics: bool = False,
         datasets: Sequence[DatasetInput] = (),
     ) -> Iterator[str | None]:
-        """An MLflow run (nested under the active one if `nested`) that ends FINISHED, FAILED, or KILLED on Ctrl-C;
-        with `system_metrics`, MLflow samples CPU, memory (and GPU, where there is one) while it runs; `datasets` are
-        logged as its inputs (the UI's Dataset column; `search_runs` filters on `dataset.name`, `dataset.digest`).
-        Nested runs never become the active run, so several can be open at once (and end in any order)."""
+        """An MLflow run (nested under the active one if `nested` is True, under run `nested` if it is a run id) that
+        ends FINISHED, FAILED, or KILLED on Ctrl-C; with `system_metrics`, MLflow samples CPU, memory (and GPU, where
+        there is one) while it runs; `datasets` are logged as its inputs (the UI's Dataset column; `search_runs`
+        filters on `dataset.name`, `dataset.digest`). Nested runs never become the active run, so several can be open
+        at once (and end in any order)."""
         if not self.enabled:
             yield None
             return
-        tags = run_tags(role) | dict(tags or {}) | _owner()
+        tags = self._tags(role, tags)
         if nested:
-            with self._child_run(name, params, tags, system_metrics) as run_id:
+            parent = self.mlflow.active_run().info.run_id if nested is True else nested
+            if parent in self._grid_of:  # a seed's run under a strength run: one search finds all of a grid's runs
+                tags[GRID_TAG] = self._grid_of[parent]
+            with self._side_run(name, params, tags, system_metrics, parent) as run_id:
                 if datasets:
                     self._log_datasets(run_id, datasets)
                 yield run_id
             return
+        # The experiment by id, not the fluent API's active one: with two queued stages starting at once on a fresh
+        # tracking server, a stage's run was seen landing in Default while its other runs went to this experiment.
         with self.mlflow.start_run(
             experiment_id=self.experiment_id, run_name=name, tags=tags, log_system_metrics=system_metrics
         ) as active:
@@ -201,19 +259,73 @@ class Tracker:
                 raise
 
     @contextlib.contextmanager
-    def _child_run(
-        self, name: str, params: Mapping[str, Any], tags: Mapping[str, str], system_metrics: bool
+    def strength_runs(
+        self,
+        regularizer: str,
+        strengths: Sequence[float],
+        params: Mapping[str, Any],
+        role: str,
+        name: Callable[[float], str],
+        charts: Sequence[str],
+        datasets: Sequence[DatasetInput] = (),
+    ) -> Iterator[dict[float, str | None]]:
+        """One top-level run per strength of the active (grid) run, {strength: run id}, open until the block ends,
+        and a shared view of the MLflow UI, `<role>-<regularizer>`, that charts `charts` against the strength.
+
+        Each carries the grid's `params`, its `regularizer`, `strength` and `lambda`, and the grid run's id (tag
+        wd_lab.grid_run, which the seeds' runs under it carry too); its summary over seeds goes in with
+        `log_history(run, {}, seed_aggregates(...))`, the same keys in every strength run, and each seed's run nests
+        under it (`run(..., nested=runs[strength])`).
+        Top level, not under the grid run: the runs table and chart view show top-level runs without expanding any.
+        """
+        if not self.enabled:
+            yield dict.fromkeys(strengths)
+            return
+        grid = self.mlflow.active_run()
+        tags = self._tags(role, {GRID_TAG: grid.info.run_id} if grid is not None else {})
+        if grid is not None:  # the newest grid's view replaces the one an earlier run of this grid shared
+            title = f"{grid.info.run_name}: against λ"
+            self.share_view(f"{role}-{regularizer}", strength_view(title, grid.info.run_id, role, charts))
+        with contextlib.ExitStack() as runs:
+            opened: dict[float, str | None] = {}
+            for strength in strengths:
+                own = {"regularizer": regularizer, "strength": strength, "lambda": strength}
+                opened[strength] = run_id = runs.enter_context(
+                    self._side_run(name(strength), dict(params) | own, tags, False, None)
+                )
+                if datasets:
+                    self._log_datasets(run_id, datasets)
+                if grid is not None:
+                    self._grid_of[run_id] = grid.info.run_id
+            yield opened
+
+    def share_view(self, key: str, state: Mapping[str, Any]) -> None:
+        """A shared view of this experiment's runs page, opened by `…/runs?viewStateShareKey=<key>`."""
+        if self.enabled:
+            self.mlflow.MlflowClient().set_experiment_tag(self.experiment_id, VIEW_TAG + key, json.dumps(state))
+
+    def _tags(self, role: str, tags: Mapping[str, str] | None) -> dict[str, str]:
+        return run_tags(role) | dict(tags or {}) | _owner()
+
+    @contextlib.contextmanager
+    def _side_run(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        tags: Mapping[str, str],
+        system_metrics: bool,
+        parent: str | None,
     ) -> Iterator[str]:
-        """What `mlflow.start_run(nested=True)` makes (the same tags, params and system metrics), through the client:
-        MLflow's fluent API keeps one stack of active runs, in which two open siblings would nest in each other."""
+        """A run that never becomes the active one, nested under run `parent` (or top level): what
+        `mlflow.start_run(nested=True)` makes (the same tags, params and system metrics), through the client. MLflow's
+        fluent API keeps one stack of active runs, in which two open siblings would nest in each other."""
         from mlflow.entities import Param
         from mlflow.tracking.context.registry import resolve_tags
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         client = self.mlflow.MlflowClient()
-        parent = self.mlflow.active_run()
         if parent is not None:
-            tags = dict(tags) | {MLFLOW_PARENT_RUN_ID: parent.info.run_id}
+            tags = dict(tags) | {MLFLOW_PARENT_RUN_ID: parent}
         run_id = client.create_run(self.experiment_id, tags=resolve_tags(dict(tags)), run_name=name).info.run_id
         client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
         monitor = _system_monitor(run_id, self.uri) if system_metrics else None
