@@ -4,7 +4,7 @@ measurements.
 
     python -m benchmarks.strength_sweep                     # the stand-in sweep (SWEEP below), seeds 0 and 1
     python -m benchmarks.strength_sweep --seeds 0 1 2 --only l1
-    python -m benchmarks.strength_sweep --dataset fashion-mnist --net resnet plain --seeds 0 1 2
+    python -m benchmarks.strength_sweep --dataset fashion-mnist --net resnet plain --seeds 0 1 2 --workers 3
     ONEDNN_MAX_CPU_ISA=AVX512_CORE python -m benchmarks.strength_sweep   # as a CPU without bf16 computes (float32)
 
 Every run is the pipeline's own (wdlab.cifar10.grid.train_run with params.yaml's cifar10 settings: cifar10.train for
@@ -15,9 +15,11 @@ regulariser and strength it reports, as means over the seeds: validation accurac
 accuracy, the fraction of conv/linear weights that are exactly zero, ‖θ‖, and the runs that diverged, with each seed's
 test accuracy; per net and regulariser, the strength with the best validation accuracy, whether a larger and a
 smaller strength of the sweep surround it (so the sweep brackets it), and its test-accuracy gain over λ = 0 seed by
-seed with the 95 % t-interval. Each run is printed as it ends. The machine comes first (benchmarks/machine.py); the
-figures go to benchmarks/results/strength_sweep-<machine class>.json for the stand-in,
-strength_sweep_<dataset>-<machine class>.json for a registry dataset, rewritten as each regulariser's sweep ends.
+seed with the 95 % t-interval. Each run is printed as it ends. `--workers N` trains N runs at once, each in a process
+of its own with this one's thread count, so each computes the numbers it computes here. The machine comes first
+(benchmarks/machine.py); the figures go to benchmarks/results/strength_sweep-<machine class>.json for the stand-in,
+strength_sweep_<dataset>-<machine class>.json for a registry dataset, rewritten as each net's sweep of a regulariser
+ends.
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -39,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
 from benchmarks.machine import this_machine, write_result  # noqa: E402
 from wdlab.cifar10 import training  # noqa: E402
@@ -151,29 +156,60 @@ def gain_over_zero(runs: list[dict], strength: float) -> dict | None:
     }
 
 
-def sweep(
-    study: CifarSettings, net: str, regularizer: str, strengths: Sequence[float], seeds: Sequence[int], splits: Splits
-) -> dict:
-    """Every strength on every seed, the pipeline's runs of `net`; the table of means, the validation optimum and
-    its paired gain over λ = 0."""
-    runs = []
-    for strength in strengths:
-        for seed in seeds:
-            result = train_run(RunSpec(study, regularizer, strength, seed, "cpu", architecture=net), splits)
-            final = result.final
-            runs.append(
-                {key: final[key] for key in SUMMARY}
-                | {"seed": seed, "lambda": float(strength), "diverged": result.diverged_epoch is not None}
-            )
-            print(
-                f"{net:6} {regularizer:9} {strength:<7g} seed {seed}  valid {final['valid_accuracy']:.4f}  "
-                f"test {final['test_accuracy']:.4f}  train {final['train_accuracy']:.4f}  "
-                f"zeros {final['zero_fraction']:.3f}  ‖θ‖ {final['w_norm']:.1f}  ({result.seconds:.0f} s)",
-                flush=True,
-            )
+def specs(study: CifarSettings, net: str, regularizer: str, strengths: Sequence[float], seeds: Sequence[int]):
+    """The runs of one sweep, strength by strength, seed by seed."""
+    return [
+        RunSpec(study, regularizer, strength, seed, "cpu", architecture=net) for strength in strengths for seed in seeds
+    ]
+
+
+def run_record(spec: RunSpec, splits: Splits) -> dict:
+    """Train one run of the sweep (the pipeline's `train_run`), print it, and keep its last epoch's figures."""
+    result = train_run(spec, splits)
+    final = result.final
+    print(
+        f"{spec.architecture:6} {spec.regularizer:9} {spec.strength:<7g} seed {spec.seed}  "
+        f"valid {final['valid_accuracy']:.4f}  test {final['test_accuracy']:.4f}  train {final['train_accuracy']:.4f}  "
+        f"zeros {final['zero_fraction']:.3f}  ‖θ‖ {final['w_norm']:.1f}  ({result.seconds:.0f} s)",
+        flush=True,
+    )
+    return {key: final[key] for key in SUMMARY} | {
+        "seed": spec.seed,
+        "lambda": float(spec.strength),
+        "diverged": result.diverged_epoch is not None,
+        "seconds": round(result.seconds),
+    }
+
+
+def tabulate(runs: list[dict], strengths: Sequence[float]) -> dict:
+    """One sweep's runs as its table of means per strength, the validation optimum and its paired gain over λ = 0."""
     by_strength = {f"{s:g}": summarise([run for run in runs if run["lambda"] == float(s)]) for s in strengths}
     best = optimum(by_strength)
     return {"by_strength": by_strength} | best | {"test_accuracy_gain": gain_over_zero(runs, best["best_valid"])}
+
+
+def sweep(
+    study: CifarSettings, net: str, regularizer: str, strengths: Sequence[float], seeds: Sequence[int], splits: Splits
+) -> dict:
+    """Every strength on every seed, one run after another in this process (shaped for the data by `trained_on`)."""
+    runs = [run_record(spec, splits) for spec in specs(study, net, regularizer, strengths, seeds)]
+    return tabulate(runs, strengths)
+
+
+# ── runs in worker processes: each its own process, with the threads this one computes with ──────────────────────
+
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(dataset: str, splits: Splits, threads: int) -> None:
+    torch.set_num_threads(threads)  # the thread count moves a CPU run's last bits: the same as in this process
+    shaped = contextlib.ExitStack()
+    shaped.enter_context(trained_on(get(dataset)))  # for the worker's life
+    _WORKER.update(splits=splits, shaped=shaped)
+
+
+def _run_in_worker(spec: RunSpec) -> dict:
+    return run_record(spec, _WORKER["splits"])
 
 
 def result_name(dataset: str) -> str:
@@ -194,6 +230,9 @@ def main() -> None:
     cli.add_argument(
         "--source", action="append", help="a folder or URL holding a registry dataset's files (default: its mirrors)"
     )
+    cli.add_argument(
+        "--workers", type=int, default=1, help="runs at once, each in its own process (default: 1, in this one)"
+    )
     args = cli.parse_args()
     machine = this_machine()
     print(machine.describe(), flush=True)
@@ -204,16 +243,38 @@ def main() -> None:
         except StageError as err:
             sys.exit(f"error: {err}")
     figures: dict = {"dataset": args.dataset, "seeds": args.seeds, "train_images": len(splits.train.labels)}
-    start = time.perf_counter()
+    figures["workers"] = args.workers
     # regulariser by regulariser, each over the nets that train with it: l2 of every net comes before AdamW
-    for regularizer in args.only or SWEEP:
-        for net in args.net:
-            strengths = sweep_for(args.dataset, net).get(regularizer)
-            if strengths is None:
-                continue
-            trains = study.for_architecture(net)
-            with trained_on(dataset):
-                found = sweep(trains, net, regularizer, strengths, args.seeds, splits)
+    blocks = [
+        (net, regularizer, study.for_architecture(net), sweep_for(args.dataset, net)[regularizer])
+        for regularizer in args.only or SWEEP
+        for net in args.net
+        if regularizer in sweep_for(args.dataset, net)
+    ]
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        if args.workers > 1:  # every run queued at once, in order; each block is tabulated as its runs are back
+            pool = stack.enter_context(
+                ProcessPoolExecutor(
+                    args.workers,
+                    mp_context=multiprocessing.get_context("spawn"),  # a forked torch may hang in its thread pool
+                    initializer=_start_worker,
+                    initargs=(args.dataset if args.dataset != STANDIN else "cifar10", splits, torch.get_num_threads()),
+                )
+            )
+            queued = [
+                [pool.submit(_run_in_worker, spec) for spec in specs(trains, net, reg, lams, args.seeds)]
+                for net, reg, trains, lams in blocks
+            ]
+            outcomes = ([future.result() for future in block] for block in queued)
+        else:
+            stack.enter_context(trained_on(dataset))
+            outcomes = (
+                [run_record(spec, splits) for spec in specs(trains, net, reg, lams, args.seeds)]
+                for net, reg, trains, lams in blocks
+            )
+        for (net, regularizer, trains, strengths), runs in zip(blocks, outcomes, strict=True):
+            found = tabulate(runs, strengths) | {"run_seconds": [run["seconds"] for run in runs]}
             figures.setdefault(net, {"epochs": trains.train.epochs})[regularizer] = found
             print(f"{net} {regularizer}: best validation accuracy at {found['best_valid']:g}", flush=True)
             figures["seconds"] = round(time.perf_counter() - start)

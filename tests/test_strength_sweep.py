@@ -5,6 +5,9 @@ docs/cifar10.md and docs/datasets.md record its runs."""
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
 import pytest
 import torch
 
@@ -12,10 +15,13 @@ from benchmarks.strength_sweep import (
     STANDIN,
     SUMMARY,
     SWEEP,
+    _run_in_worker,
+    _start_worker,
     dataset_splits,
     gain_over_zero,
     optimum,
     result_name,
+    run_record,
     summarise,
     sweep,
     sweep_for,
@@ -121,3 +127,16 @@ def test_each_net_trains_on_one_channel_images(fashion_splits, net):
     for row in found["by_strength"].values():
         assert len(row["test_accuracy_by_seed"]) == 2 and all(0 <= acc <= 1 for acc in row["test_accuracy_by_seed"])
     assert (found["test_accuracy_gain"] is None) == (found["best_valid"] == 0.0)
+
+
+def test_a_run_in_a_worker_process_computes_the_same_numbers(fashion_splits):
+    dataset, splits = fashion_splits
+    study = tiny_settings(**{"cifar10.plain.train.epochs": 1}).cifar10.for_architecture("plain")
+    spec = RunSpec(study, "l2", 1e-2, 0, "cpu", "plain")
+    with trained_on(dataset):
+        here = run_record(spec, splits)
+    spawn = multiprocessing.get_context("spawn")
+    initargs = (dataset.name, splits, torch.get_num_threads())
+    with ProcessPoolExecutor(1, mp_context=spawn, initializer=_start_worker, initargs=initargs) as pool:
+        there = pool.submit(_run_in_worker, spec).result()
+    assert {key: there[key] for key in SUMMARY} == {key: here[key] for key in SUMMARY}, "bit-identical figures"
