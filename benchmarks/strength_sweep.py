@@ -231,6 +231,13 @@ def main() -> None:
         "--source", action="append", help="a folder or URL holding a registry dataset's files (default: its mirrors)"
     )
     cli.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NET=λ,…",
+        help="sweep these strengths with NET, for each regulariser, in place of its grid (repeatable)",
+    )
+    cli.add_argument(
         "--workers", type=int, default=1, help="runs at once, each in its own process (default: 1, in this one)"
     )
     args = cli.parse_args()
@@ -244,9 +251,12 @@ def main() -> None:
             sys.exit(f"error: {err}")
     figures: dict = {"dataset": args.dataset, "seeds": args.seeds, "train_images": len(splits.train.labels)}
     figures["workers"] = args.workers
+    if args.grid:
+        figures["grids"] = args.grid  # strengths swept in place of sweep_for's grids
     # regulariser by regulariser, each over the nets that train with it: l2 of every net comes before AdamW
+    grids = {net: tuple(map(float, lams.split(","))) for net, _, lams in (grid.partition("=") for grid in args.grid)}
     blocks = [
-        (net, regularizer, study.for_architecture(net), sweep_for(args.dataset, net)[regularizer])
+        (net, regularizer, study.for_architecture(net), grids.get(net) or sweep_for(args.dataset, net)[regularizer])
         for regularizer in args.only or SWEEP
         for net in args.net
         if regularizer in sweep_for(args.dataset, net)
