@@ -21,7 +21,7 @@ from wdlab.files import read_json, save_tensors, write_json
 from wdlab.lineage import content_digest, synthetic_datasets
 from wdlab.settings import Settings, parse_settings
 from wdlab.synthetic.data import load_dataset, make_dataset
-from wdlab.tracking import Tracker, tracking_uri
+from wdlab.tracking import Tracker, run_filter, tracking_uri
 from wdlab.workspace import free_port, load_params, write_params
 
 TRACKING = parse_settings(load_params()).tracking
@@ -178,7 +178,8 @@ def test_a_grid_logs_a_top_level_run_per_strength_with_the_seed_runs_under_it(st
     runs = client.search_runs([experiment], max_results=1000)
     top = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
     (grid,) = [run for run in top if run.data.tags["wd_lab.role"] == "synthetic-grid"]
-    assert json.loads((tmp_path / args.out / "run.json").read_text())["run_id"] == grid.info.run_id
+    record = json.loads((tmp_path / args.out / "run.json").read_text())
+    assert client.search_runs([experiment], run_filter(record))[0].info.run_id == grid.info.run_id
     strengths = sorted((run for run in top if run is not grid), key=lambda run: float(run.data.params["strength"]))
     assert [run.info.run_name for run in strengths] == ["l2 0 over 3 seeds", "l2 1 over 3 seeds"]
     assert len(runs) == 1 + 2 + 2 * 3, "the grid, its strengths, a run per (strength, seed)"
