@@ -26,18 +26,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import multiprocessing
 import os
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,11 +44,10 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks.machine import this_machine, write_result  # noqa: E402
-from wdlab.cifar10 import training  # noqa: E402
 from wdlab.cifar10.archive import read_archive  # noqa: E402
-from wdlab.cifar10.data import Splits, cut_splits, normalise  # noqa: E402
+from wdlab.cifar10.data import Splits, cut_splits  # noqa: E402
 from wdlab.cifar10.grid import RunSpec, train_run  # noqa: E402
-from wdlab.cifar10.model import ARCHITECTURES, net_shape  # noqa: E402
+from wdlab.cifar10.model import ARCHITECTURES  # noqa: E402
 from wdlab.cifar10.standin import build_archive  # noqa: E402
 from wdlab.cifar10.summary import paired_gain  # noqa: E402
 from wdlab.datasets.definition import Dataset, Resource  # noqa: E402
@@ -105,21 +102,7 @@ def dataset_splits(
         return get("cifar10"), standin_splits(scratch, data)
     dataset = get(name)
     folder = fetch(dataset, scratch / dataset.name, sources, resources)
-    return dataset, cut_splits(dataset.check(dataset.read(folder), where=str(folder)), data)
-
-
-@contextlib.contextmanager
-def trained_on(dataset: Dataset) -> Iterator[None]:
-    """Runs of wdlab.cifar10.training shaped for `dataset`: nets with its channels, side and classes, pixels
-    normalised by its statistics. The trainer builds CIFAR-10's nets and normalises by CIFAR-10's statistics; for
-    CIFAR-10 itself these are the same numbers, so its runs stay bit-identical."""
-
-    def shape(study: CifarSettings, architecture: str) -> dict[str, Any]:
-        return net_shape(study, architecture) | dataset.net_inputs()
-
-    pixels = functools.partial(normalise, mean=dataset.mean, std=dataset.std)
-    with mock.patch.object(training, "net_shape", shape), mock.patch.object(training, "normalise", pixels):
-        yield
+    return dataset, cut_splits(dataset.check(dataset.read(folder), where=str(folder)), data, dataset.mean, dataset.std)
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -191,7 +174,7 @@ def tabulate(runs: list[dict], strengths: Sequence[float]) -> dict:
 def sweep(
     study: CifarSettings, net: str, regularizer: str, strengths: Sequence[float], seeds: Sequence[int], splits: Splits
 ) -> dict:
-    """Every strength on every seed, one run after another in this process (shaped for the data by `trained_on`)."""
+    """Every strength on every seed, one run after another in this process (the nets sized for `splits`' images)."""
     runs = [run_record(spec, splits) for spec in specs(study, net, regularizer, strengths, seeds)]
     return tabulate(runs, strengths)
 
@@ -201,11 +184,9 @@ def sweep(
 _WORKER: dict[str, Any] = {}
 
 
-def _start_worker(dataset: str, splits: Splits, threads: int) -> None:
+def _start_worker(splits: Splits, threads: int) -> None:
     torch.set_num_threads(threads)  # the thread count moves a CPU run's last bits: the same as in this process
-    shaped = contextlib.ExitStack()
-    shaped.enter_context(trained_on(get(dataset)))  # for the worker's life
-    _WORKER.update(splits=splits, shaped=shaped)
+    _WORKER.update(splits=splits)
 
 
 def _run_in_worker(spec: RunSpec) -> dict:
@@ -269,7 +250,7 @@ def main() -> None:
                     args.workers,
                     mp_context=multiprocessing.get_context("spawn"),  # a forked torch may hang in its thread pool
                     initializer=_start_worker,
-                    initargs=(args.dataset if args.dataset != STANDIN else "cifar10", splits, torch.get_num_threads()),
+                    initargs=(splits, torch.get_num_threads()),
                 )
             )
             queued = [
@@ -278,7 +259,6 @@ def main() -> None:
             ]
             outcomes = ([future.result() for future in block] for block in queued)
         else:
-            stack.enter_context(trained_on(dataset))
             outcomes = (
                 [run_record(spec, splits) for spec in specs(trains, net, reg, lams, args.seeds)]
                 for net, reg, trains, lams in blocks

@@ -25,14 +25,13 @@ from benchmarks.strength_sweep import (
     summarise,
     sweep,
     sweep_for,
-    trained_on,
 )
-from tests.helpers.cifar import tiny_settings
-from wdlab.cifar10 import training
-from wdlab.cifar10.data import normalise
+from tests.helpers.cifar import coloured_splits, tiny_settings
+from wdlab.cifar10.data import MEAN, STD
 from wdlab.cifar10.grid import RunSpec, train_run
-from wdlab.cifar10.model import make_net, net_shape
+from wdlab.cifar10.training import Trainer
 from wdlab.datasets.registry import get
+from wdlab.device import device_formats
 
 
 def run(valid: float, diverged: bool = False, zeros: float = 0.0) -> dict:
@@ -88,13 +87,18 @@ def test_each_dataset_has_its_grids_and_its_results_file():
 
 
 def test_cifar10_runs_are_computed_as_without_the_dataset_shapes():
-    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    splits = coloured_splits()  # CIFAR-10's images: its channels, side, classes and statistics
     study = tiny_settings().cifar10
-    with trained_on(get("cifar10")):
-        inside = training.normalise(images), training.net_shape(study, "plain")
-    assert torch.equal(inside[0], training.normalise(images)), "the same pixels as the trainer's own normalisation"
-    assert make_net(inside[1]).state_dict().keys() == make_net(training.net_shape(study, "plain")).state_dict().keys()
-    assert training.normalise is normalise and training.net_shape is net_shape, "restored on leaving"
+    formats = device_formats(torch.device("cpu"), mixed_precision=False)
+    for net in ("resnet", "plain"):
+        sized = Trainer.create(study, "l2", 0.0, 0, formats, n_train=10, architecture=net, data=splits)
+        default = Trainer.create(study, "l2", 0.0, 0, formats, n_train=10, architecture=net)
+        assert sized.pixels == default.pixels == (MEAN, STD), "the same pixels as the trainer's own normalisation"
+        assert sized.model.state_dict().keys() == default.model.state_dict().keys()
+        assert all(
+            torch.equal(a, b) for a, b in zip(sized.model.state_dict().values(), default.model.state_dict().values())
+        )
+    assert splits.net_inputs() == {"in_channels": 3, "side": 32, "classes": 10}
 
 
 @pytest.fixture
@@ -109,19 +113,19 @@ def fashion_splits(tmp_path):
 def test_a_registry_dataset_is_fetched_and_cut_by_the_pipelines_splits(fashion_splits):
     dataset, splits = fashion_splits
     assert dataset.name == "fashion-mnist" and splits.classes == dataset.classes
+    assert (splits.mean, splits.std) == (dataset.mean, dataset.std), "its pixels normalised by its own statistics"
     assert [tuple(split.images.shape) for split in splits[:3]] == [(30, 1, 28, 28), (20, 1, 28, 28), (50, 1, 28, 28)]
     assert torch.bincount(splits.train.labels).tolist() == [3] * 10, "class-balanced, as cut_splits cuts"
 
 
 @pytest.mark.parametrize("net", ["resnet", "plain"])
 def test_each_net_trains_on_one_channel_images(fashion_splits, net):
-    dataset, splits = fashion_splits
+    _, splits = fashion_splits
     study = tiny_settings(
         **{"cifar10.train.epochs": 1, "cifar10.plain.train.epochs": 1, "cifar10.plain.train.mixed_precision": False}
     ).cifar10.for_architecture(net)
-    with trained_on(dataset):
-        found = sweep(study, net, "l2", (0.0, 1e-2), (0, 1), splits)
-        first_conv = next(w for w in train_run(RunSpec(study, "l2", 0.0, 0, "cpu", net), splits).state_dict.values())
+    found = sweep(study, net, "l2", (0.0, 1e-2), (0, 1), splits)
+    first_conv = next(w for w in train_run(RunSpec(study, "l2", 0.0, 0, "cpu", net), splits).state_dict.values())
     assert first_conv.shape[1] == 1, "the first conv takes Fashion-MNIST's one channel"
     assert list(found["by_strength"]) == ["0", "0.01"] and found["best_valid"] in (0.0, 1e-2)
     for row in found["by_strength"].values():
@@ -130,13 +134,12 @@ def test_each_net_trains_on_one_channel_images(fashion_splits, net):
 
 
 def test_a_run_in_a_worker_process_computes_the_same_numbers(fashion_splits):
-    dataset, splits = fashion_splits
+    _, splits = fashion_splits
     study = tiny_settings(**{"cifar10.plain.train.epochs": 1}).cifar10.for_architecture("plain")
     spec = RunSpec(study, "l2", 1e-2, 0, "cpu", "plain")
-    with trained_on(dataset):
-        here = run_record(spec, splits)
+    here = run_record(spec, splits)
     spawn = multiprocessing.get_context("spawn")
-    initargs = (dataset.name, splits, torch.get_num_threads())
+    initargs = (splits, torch.get_num_threads())
     with ProcessPoolExecutor(1, mp_context=spawn, initializer=_start_worker, initargs=initargs) as pool:
         there = pool.submit(_run_in_worker, spec).result()
     assert {key: there[key] for key in SUMMARY} == {key: here[key] for key in SUMMARY}, "bit-identical figures"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -11,6 +10,7 @@ import torch.nn.functional as F
 
 from wdlab import streams
 from wdlab.cifar10.schedule import steps_per_epoch
+from wdlab.datasets import definition
 from wdlab.errors import StageError
 from wdlab.settings import CifarData
 
@@ -36,9 +36,16 @@ class Splits(NamedTuple):
     valid: Split  # held out from the training set; chooses λ
     test: Split  # the official test set; reported, never used to choose
     classes: tuple[str, ...]
+    mean: tuple[float, ...] = MEAN  # the dataset's per-channel statistics, which normalise its pixels
+    std: tuple[float, ...] = STD
 
     def to(self, device: torch.device) -> Splits:
-        return Splits(self.train.to(device), self.valid.to(device), self.test.to(device), self.classes)
+        return self._replace(train=self.train.to(device), valid=self.valid.to(device), test=self.test.to(device))
+
+    def net_inputs(self) -> dict[str, int]:
+        """What a net needs from the data (make_net's shape keys): channels, side and classes of these images."""
+        channels, side = self.train.images.shape[1:3]
+        return {"in_channels": int(channels), "side": int(side), "classes": len(self.classes)}
 
 
 def load_splits(directory: Path, spec: CifarData) -> Splits:
@@ -48,15 +55,18 @@ def load_splits(directory: Path, spec: CifarData) -> Splits:
     return cut_splits(load_cifar10(directory), spec)
 
 
-def cut_splits(data: Cifar10, spec: CifarData) -> Splits:
+def cut_splits(data: Cifar10, spec: CifarData, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> Splits:
     """A dataset cut into training subset, validation images and test set (by `split_seed`: the same images for
-    every training seed, so seeds differ by training noise alone)."""
+    every training seed, so seeds differ by training noise alone); `mean` and `std` are its channel statistics
+    (a registry dataset's `mean`, `std`; CIFAR-10's by default)."""
     train_idx, valid_idx = split_indices(data.train_labels, spec.train_subset, spec.valid_size, spec.split_seed)
     return Splits(
         Split(data.train_images[train_idx], data.train_labels[train_idx]),
         Split(data.train_images[valid_idx], data.train_labels[valid_idx]),
         Split(data.test_images, data.test_labels),
         data.classes,
+        mean,
+        std,
     )
 
 
@@ -71,7 +81,7 @@ def curve_subsets(splits: Splits, size: int, seed: int) -> Splits:
         idx = balanced_sample(split.labels.cpu(), size, gen).to(split.labels.device)
         return Split(split.images[idx], split.labels[idx])
 
-    return Splits(cut(splits.train), cut(splits.valid), cut(splits.test), splits.classes)
+    return splits._replace(train=cut(splits.train), valid=cut(splits.valid), test=cut(splits.test))
 
 
 def split_indices(
@@ -112,19 +122,7 @@ def normalise(
     std: tuple[float, ...] = STD,
 ) -> torch.Tensor:
     """uint8 pixels → float, per channel: x ← (x/255 − mean)/std (CIFAR-10's statistics unless a dataset's given)."""
-    mean_pixels, std_pixels = _pixel_stats(images.device, mean, std)
-    return ((images.float() - mean_pixels) / std_pixels).contiguous(memory_format=memory_format)
-
-
-@functools.cache
-def _pixel_stats(
-    device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Channel mean and std in 0–255 pixel units, made once per device (a copy per batch would stall a GPU)."""
-    return (
-        torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255,
-        torch.tensor(std, device=device).view(1, -1, 1, 1) * 255,
-    )
+    return definition.normalise(images, mean, std, memory_format)
 
 
 def augmentation_draws(steps: int, batch: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

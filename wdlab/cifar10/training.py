@@ -20,7 +20,9 @@ from tqdm.auto import tqdm
 
 from wdlab import regularizers, streams
 from wdlab.cifar10.data import (
+    MEAN,
     SPLITS,
+    STD,
     Split,
     Splits,
     augment,
@@ -113,6 +115,7 @@ class Trainer:
     strength: float
     regularizer_gen: torch.Generator | None = None  # the regulariser's own draws on the training batch (input noise)
     rotation: AngularUpdates | None = None  # measures each layer's angular update per step; None: not measured
+    pixels: tuple[tuple[float, ...], tuple[float, ...]] = (MEAN, STD)  # the data's channel mean and std
 
     @classmethod
     def create(
@@ -125,10 +128,12 @@ class Trainer:
         n_train: int,
         architecture: str = "resnet",
         measure_angles: bool = True,
+        data: Splits | None = None,
     ) -> Trainer:
         """A fresh model of `architecture` from the init stream, so every run starts from the same weights; the
         regulariser and its strength alone explain the differences. Measuring the angular updates reads the weights
-        only: the run is the same with it or without."""
+        only: the run is the same with it or without. `data` sizes the net (its channels, side and classes) and
+        normalises its pixels by its statistics; CIFAR-10's without it."""
         if formats.device.type == "cpu":
             keep_freed_memory()  # else every step page-faults its activations back in: ~12 % of a CPU step
         definition = regularizers.get(regularizer)
@@ -136,7 +141,8 @@ class Trainer:
         stream = definition.streams[1] if definition.streams else None
         if dropout:
             torch.manual_seed(seed * 1_000_003 + stream)  # nn.Dropout draws from the global streams
-        model = build_net(net_shape(spec, architecture), seed, dropout)
+        inputs = data.net_inputs() if data is not None else {}
+        model = build_net(net_shape(spec, architecture) | inputs, seed, dropout)
         model = model.to(formats.device, memory_format=formats.memory_format)
         optimizer = make_optimizer(model, spec.train, regularizer, strength)
         total_steps = steps_per_epoch(n_train, spec.train.batch_size) * spec.train.epochs
@@ -154,6 +160,7 @@ class Trainer:
             strength,
             streams.generator(seed, stream) if stream is not None else None,
             AngularUpdates(layer_weights(model)) if measure_angles else None,
+            (data.mean, data.std) if data is not None else (MEAN, STD),
         )
 
     def train_epoch(self, split: Split, progress: tqdm | None = None) -> float:
@@ -168,7 +175,7 @@ class Trainer:
             images, labels = split.images[idx], split.labels[idx]
             if spec.data.augment:
                 images = augment(images, flips[step], offsets[step])
-            inputs = normalise(images, self.formats.memory_format)
+            inputs = normalise(images, self.formats.memory_format, *self.pixels)
             if self.regularizer_gen is not None:
                 inputs = self.regularizer.training_images(inputs, self.strength, self.regularizer_gen)
             with self.formats.autocast():
@@ -219,6 +226,7 @@ def train(
         n_train=len(splits.train.labels),
         architecture=architecture,
         measure_angles=measure_angles,
+        data=splits,
     )
     curves = curve_subsets(splits, spec.data.curve_subset, spec.data.split_seed)
     result = RunResult(regularizer, strength, seed)
@@ -278,15 +286,18 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, split: Split, formats: Formats) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy in eval mode (BatchNorm running statistics), without augmentation."""
+def evaluate(
+    model: nn.Module, split: Split, formats: Formats, pixels: tuple[tuple[float, ...], tuple[float, ...]] = (MEAN, STD)
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy in eval mode (BatchNorm running statistics), without augmentation; `pixels`:
+    the data's channel mean and std."""
     model.eval()
     loss_sum = torch.zeros((), device=formats.device)
     correct = torch.zeros((), device=formats.device, dtype=torch.long)
     for start in range(0, len(split.labels), EVAL_BATCH):
         images, labels = split.images[start : start + EVAL_BATCH], split.labels[start : start + EVAL_BATCH]
         with formats.autocast():
-            logits = model(normalise(images, formats.memory_format)).float()
+            logits = model(normalise(images, formats.memory_format, *pixels)).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum")
         correct += (logits.argmax(dim=1) == labels).sum()
     model.train()
@@ -299,7 +310,9 @@ def measure(model: nn.Module, splits: Splits, formats: Formats) -> tuple[dict[st
     """This epoch's losses, accuracies, generalisation gaps and total ‖θ‖; and ‖W‖ per layer."""
     row: dict[str, float] = {}
     for name in SPLITS:
-        row[f"{name}_loss"], row[f"{name}_accuracy"] = evaluate(model, getattr(splits, name), formats)
+        row[f"{name}_loss"], row[f"{name}_accuracy"] = evaluate(
+            model, getattr(splits, name), formats, (splits.mean, splits.std)
+        )
     row["gap_accuracy"] = row["train_accuracy"] - row["test_accuracy"]  # generalisation gap, in accuracy
     row["gap_loss"] = row["test_loss"] - row["train_loss"]  # and in loss
     row["w_norm"] = total_norm(model)

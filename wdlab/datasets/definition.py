@@ -3,6 +3,7 @@ tensors [N, C, H, W], its normalisation and a generated stand-in; everything dow
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,10 +83,8 @@ class Dataset:
         return {"in_channels": self.channels, "side": self.side, "classes": len(self.classes)}
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 pixels → float, per channel: x ← (x/255 − mean)/std."""
-        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1) * 255
-        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1) * 255
-        return (images.float() - mean) / std
+        """uint8 pixels → float, per channel, by this dataset's statistics."""
+        return normalise(images, self.mean, self.std)
 
     def check(self, data: ImageSet, where: str) -> ImageSet:
         """`data` as its reader must return it; anything else is a bug in the reader, named with `where`."""
@@ -106,3 +105,25 @@ class Dataset:
         if tuple(data.classes) != self.classes:
             raise ValueError(f"{where}: the {self.name} reader gave classes {data.classes}, expected {self.classes}")
         return data
+
+
+def normalise(
+    images: torch.Tensor,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    """uint8 pixels → float, per channel: x ← (x/255 − mean)/std."""
+    mean_pixels, std_pixels = _pixel_stats(images.device, mean, std)
+    return ((images.float() - mean_pixels) / std_pixels).contiguous(memory_format=memory_format)
+
+
+@functools.cache
+def _pixel_stats(
+    device: torch.device, mean: tuple[float, ...], std: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel mean and std in 0–255 pixel units, made once per device (a copy per batch would stall a GPU)."""
+    return (
+        torch.tensor(mean, device=device).view(1, -1, 1, 1) * 255,
+        torch.tensor(std, device=device).view(1, -1, 1, 1) * 255,
+    )
