@@ -7,7 +7,6 @@ import contextlib
 import json
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -15,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from wdlab.ui import answers
 from wdlab.workspace import free_port, kill_group, tool_env
 
 HOST = "127.0.0.1"  # the UI has no authentication: never bind it beyond this machine
@@ -74,24 +74,12 @@ def mlflow_server(
             )  # fmt: skip
         base = f"http://{HOST}:{port}"
         try:
-            deadline = time.monotonic() + timeout
-            while True:
-                if proc.poll() is not None:
-                    break  # exited: port taken (retry) or a real failure (raised below)
-                if time.monotonic() > deadline:
-                    raise AssertionError(
-                        f"MLflow server on {base} not up after {timeout:.0f} s; log:\n{_log_tail(log)}"
-                    )
-                try:
-                    with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                        if response.status == 200:
-                            break
-                except (OSError, urllib.error.URLError):
-                    pass
-                time.sleep(0.3)
-            if proc.poll() is None:
+            if answers(proc, base, timeout):
                 yield base
                 return
+            if proc.poll() is None:
+                raise AssertionError(f"MLflow server on {base} not up after {timeout:.0f} s; log:\n{_log_tail(log)}")
+            # exited: the port was taken meanwhile (retry) or a real failure (raised below)
             tail = _log_tail(log)
             if "address already in use" not in tail.lower() or attempt == attempts:
                 raise AssertionError(f"MLflow server exited with {proc.returncode}; log:\n{tail}")

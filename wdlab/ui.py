@@ -27,6 +27,7 @@ from pathlib import Path
 from wdlab.errors import StageError
 from wdlab.settings import PARAMS_FILE, ParamsError, load_settings
 from wdlab.tracking import SERVER_SCHEMES, VIEW_TAG, tracking_uri
+from wdlab.workspace import kill_group
 
 HOST = "127.0.0.1"  # the UI has no authentication and can delete runs: never on a network address
 TRAINING = "workflowType=machine_learning"  # the UI's "Model training" mode: an experiment opens on its runs
@@ -58,31 +59,28 @@ def serve(uri: str, port: int, workers: int) -> subprocess.Popen:
     """`mlflow ui` on HOST:port over the store at `uri`, once it answers; StageError if it exits instead."""
     env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no GenAI job workers: starts in seconds
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", HOST, "--port", str(port)]
-    # A process group of its own (`mlflow ui` runs uvicorn as a child), stopped whole by `stop`.
+    # A process group of its own (`mlflow ui` runs uvicorn as a child), stopped whole by `kill_group`.
     server = subprocess.Popen([*cmd, "--workers", str(workers)], env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while server.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2) as response:
-                    if response.status == 200:
-                        return server
-            time.sleep(0.3)
+        if answers(server, f"http://{HOST}:{port}", timeout=120):
+            return server
     except BaseException:  # Ctrl-C while it starts
-        stop(server)
+        kill_group(server)
         raise
-    stop(server)
+    kill_group(server)
     raise StageError(f"`mlflow ui` did not start on port {port} (see its output above): is the port taken? try --port")
 
 
-def stop(server: subprocess.Popen) -> None:
-    """The server and its workers: SIGTERM, then SIGKILL if they linger."""
-    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(grace)
-            return
+def answers(server: subprocess.Popen, base: str, timeout: float) -> bool:
+    """Whether the MLflow server `server` at `base` answers /health within `timeout` s; False once it has exited."""
+    deadline = time.monotonic() + timeout
+    while server.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError, urllib.error.URLError):
+            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                if response.status == 200:
+                    return True
+        time.sleep(0.3)
+    return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        stop(server)
+        kill_group(server)
     return 0
 
 
