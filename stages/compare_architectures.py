@@ -1,9 +1,7 @@
 """Weight decay in two CIFAR-10 nets: the reference's plain CNN (no normalisation), where λ limits the scale of the
-function, beside the BatchNorm ResNet, whose conv weights are scale-invariant, so λ there sets their effective
-learning rate instead. The plain grid's metrics with every claim of the page as a record of `findings`
-(wdlab/cifar10/architectures.py; the ResNet's own metrics are evaluate_cifar10's), test accuracy, generalisation gap
-and ‖W‖ per layer against λ for both nets over seeds, and the page rendered from its template
-(reports/templates/architectures_cifar10.md.j2)."""
+function, beside the BatchNorm ResNet, whose scale-invariant convs λ gives a larger effective learning rate instead.
+Writes the plain grid's metrics with the page's claims as `findings` (wdlab/cifar10/architectures.py), figures of both
+grids against λ over seeds, and the page from reports/templates/architectures_cifar10.md.j2."""
 
 from __future__ import annotations
 
@@ -12,12 +10,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import matplotlib.pyplot as plt
-import pandas as pd
 import seaborn as sns
 
 from wdlab import figures, pages, stage
 from wdlab.cifar10 import architectures
-from wdlab.cifar10.architectures import LAYER, MADE_BY, NETS, Grid
+from wdlab.cifar10.architectures import MADE_BY, NETS, Grid
 from wdlab.cifar10.model import net_shape
 from wdlab.files import write_json
 from wdlab.settings import Settings
@@ -63,10 +60,7 @@ def render_page(template: Path, metrics: dict, grids: Mapping[str, Grid], settin
 
 
 def plot_accuracy_and_gap(grids: Mapping[str, Grid], path: Path) -> Path:
-    long = pd.concat(
-        [grid.finals[~grid.finals["diverged"].astype(bool)].assign(net=NETS[net]) for net, grid in grids.items()],
-        ignore_index=True,
-    )
+    long = architectures.finished_rows(grids)
     long = long.assign(test=100 * long["test_accuracy"], gap=100 * long["gap_accuracy"])
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     panels = ((axes[0], "test", "test accuracy (%)"), (axes[1], "gap", "train − test accuracy (points)"))
@@ -82,12 +76,7 @@ def plot_accuracy_and_gap(grids: Mapping[str, Grid], path: Path) -> Path:
 def plot_layer_norms(grids: Mapping[str, Grid], path: Path) -> Path:
     fig, axes = plt.subplots(1, len(grids), figsize=(8 * len(grids), 4.8), squeeze=False)
     for ax, (net, grid) in zip(axes[0], grids.items()):
-        finals = grid.finals[~grid.finals["diverged"].astype(bool)]
-        long = finals.melt(
-            id_vars=["lambda", "seed"], value_vars=[LAYER + layer for layer in grid.layers], var_name="layer"
-        )
-        long["layer"] = long["layer"].str.removeprefix(LAYER)
-        long["BatchNorm after it"] = long["layer"].isin(grid.invariant).map({True: "yes: scale-invariant", False: "no"})
+        long = architectures.layer_norms_long(grid)
         sns.lineplot(
             data=long,
             x="lambda",

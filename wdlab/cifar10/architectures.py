@@ -106,10 +106,10 @@ def net_findings(grid: Grid, strengths: tuple[float, ...]) -> dict:
     """One net's claims, each paired over the seeds λ = 0 and the other strength share: the validation choice (its
     grid edge, its test-accuracy gain, the gap there), and from λ = 0 to the strongest finished λ, how far each layer's
     ‖W‖ and the total ‖θ‖ shrink and whether train accuracy falls: λ limiting what the net can fit."""
-    finished = grid.finals[~grid.finals["diverged"].astype(bool)]
+    runs = finished(grid)
 
     def at(strength: float, column: str) -> pd.Series:
-        return finished[finished["lambda"] == strength].set_index("seed")[column]
+        return runs[runs["lambda"] == strength].set_index("seed")[column]
 
     choice = validation_choice(grid.summary, grid.finals)
     chosen = None if choice is None else choice["lambda"]
@@ -119,7 +119,7 @@ def net_findings(grid: Grid, strengths: tuple[float, ...]) -> dict:
         "scale_invariant": ", ".join(layer for layer in grid.layers if layer in grid.invariant),  # a name: exact
         "invariant_layers": len(grid.invariant),
     }
-    if 0.0 not in set(finished["lambda"]):
+    if 0.0 not in set(runs["lambda"]):
         return record
     if chosen is not None:
         record["gain"] = findings.paired(at(chosen, "test_accuracy"), at(0.0, "test_accuracy"), better="higher")
@@ -175,7 +175,27 @@ def claims(grids: Mapping[str, Grid], strengths: Mapping[str, tuple[float, ...]]
     }
 
 
-# ── the page's tables ──────────────────────────────────────────────────────────────────────────────
+# ── the figures' data and the page's tables ───────────────────────────────────────────────────────────────────────────
+
+
+def finished_rows(grids: Mapping[str, Grid]) -> pd.DataFrame:
+    """Both nets' final rows in one long table, `net` naming each; diverged runs left out."""
+    return pd.concat([finished(grid).assign(net=NETS[net]) for net, grid in grids.items()], ignore_index=True)
+
+
+def layer_norms_long(grid: Grid) -> pd.DataFrame:
+    """A net's final ‖W‖ per (λ, seed, layer), diverged runs left out, with whether BatchNorm follows the layer."""
+    long = finished(grid).melt(
+        id_vars=["lambda", "seed"], value_vars=[LAYER + layer for layer in grid.layers], var_name="layer"
+    )
+    long["layer"] = long["layer"].str.removeprefix(LAYER)
+    long["BatchNorm after it"] = long["layer"].isin(grid.invariant).map({True: "yes: scale-invariant", False: "no"})
+    return long
+
+
+def finished(grid: Grid) -> pd.DataFrame:
+    """A grid's final rows of the runs that did not diverge."""
+    return grid.finals[~grid.finals["diverged"].astype(bool)]
 
 
 def net_table(grids: Mapping[str, Grid]) -> str:
