@@ -164,13 +164,17 @@ def claims(grids: Mapping[str, Grid], strengths: Mapping[str, tuple[float, ...]]
     """Every claim of the architectures page, per net, and the contrast between them: which nets' train accuracy
     λ lowers (it limits their capacity) and which it leaves."""
     nets = {net: net_findings(grid, strengths[net]) for net, grid in grids.items()}
+    verdicts = {
+        net: record["capacity"]["train_accuracy"]["verdict"] for net, record in nets.items() if "capacity" in record
+    }
     limited = [net for net, record in nets.items() if record.get("capacity", {}).get("limits")]
-    compared = [net for net, record in nets.items() if "capacity" in record]
+    unjudged = [net for net, verdict in verdicts.items() if verdict == findings.ONE_SEED]  # no interval to judge by
     return nets | {
         "contrast": {
-            "compared": ", ".join(compared),  # names: the check compares them exactly
+            "compared": ", ".join(verdicts),  # names: the check compares them exactly
+            "unjudged": ", ".join(unjudged),
             "capacity_limited": ", ".join(limited),
-            "mechanisms_differ": len(compared) == 2 and len(limited) == 1,
+            "mechanisms_differ": len(verdicts) == 2 and not unjudged and len(limited) == 1,
         }
     }
 
