@@ -103,7 +103,12 @@ def test_the_plain_cnn_grid_is_trained_compared_and_covered_by_the_check(reprodu
 
     page = (project / "reports/architectures_cifar10.md").read_text()
     assert "**Plain CNN**" in page and "**ResNet (BatchNorm)**" in page and "effective learning rate" in page
-    assert len(re.findall(r"^\| (Plain CNN|ResNet \(BatchNorm\)) \| ", page, flags=re.MULTILINE)) == 4, page  # 2 λ each
+    nets = [row[0] for row in table_rows(page) if row[0] in ("Plain CNN", "ResNet (BatchNorm)")]
+    assert nets.count("Plain CNN") == nets.count("ResNet (BatchNorm)") == 2, page  # one row per λ of each grid
+    found = plain["findings"]
+    assert found["plain"]["scale_invariant"] == "" and found["resnet"]["invariant_layers"] > 0
+    assert found["plain"]["capacity"]["strength"] == 0.05 and found["plain"]["chosen"]["strength"] in (0, 0.05)
+    assert "From λ = 0 to λ = 0.05, the strongest every seed finished" in page
     for png in ("accuracy_gap_vs_lambda", "layer_norms_vs_lambda"):
         assert (project / f"reports/figures/architectures_cifar10/{png}.png").stat().st_size > 10_000
 
