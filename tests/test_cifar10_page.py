@@ -55,7 +55,7 @@ def rotation(measured_over_predicted: list[float]) -> cifar_findings.Rotation:
         for epoch, ratio in enumerate(measured_over_predicted, start=1)
         for layer in LAYERS
     ]
-    return cifar_findings.Rotation("l2", {0.05: equilibrium}, pd.DataFrame(rows), {0.05: 4.0}, list(LAYERS), 100)
+    return cifar_findings.Rotation("l2", {0.05: equilibrium}, pd.DataFrame(rows), {0.05: EFOLDS}, list(LAYERS), 100)
 
 
 def made_up(gain: list[float], ratios: list[float]) -> dict:
@@ -89,6 +89,7 @@ def page(metrics: dict) -> str:
     return report_cifar10.render_page(TEMPLATE, metrics, setup, SETTINGS, ["figures/cifar10/curves.png"])
 
 
+EFOLDS = [0.8, 1.6, 2.4, 3.2, 4.0]  # the relaxation so far at each epoch's end: 100 steps at ηλ·c = 0.04
 STEADY, NOISY = [0.012, 0.010, 0.011], [0.04, -0.03, 0.005]  # the gain per seed: separated from 0, or not
 REACHES, NEVER = [2.0, 1.1, 0.97, 1.05, 0.3], [3.0, 2.6, 2.4, 2.2, 2.1]  # measured / predicted per epoch
 
@@ -120,6 +121,9 @@ def test_the_equilibrium_record_says_whether_and_when_the_angles_come_within_20_
     assert not reaching["at_end"] and reaching["lags"], "0.3 in the last epoch: η_t falls faster than ‖W‖ follows"
     assert reaching["closest"]["epoch"] == 3 and reaching["closest"]["median"] == pytest.approx(0.97)
     assert reaching["per_epoch"]["epoch_1"]["median"] == pytest.approx(2.0)
+    assert reaching["per_epoch"]["epoch_2"]["efolds"] == 1.6 and reaching["efolds"] == 4.0, (
+        "the run's e-folds: its end's"
+    )
     assert not reaching["per_epoch"]["epoch_1"]["within"] and reaching["per_epoch"]["epoch_2"]["within"]
     late = (0.97 + 1.05 + 0.3) / 3  # the last three epochs
     assert reaching["per_layer"] == {layer: pytest.approx(late) for layer in LAYERS}
@@ -146,7 +150,8 @@ def test_the_page_says_whether_the_gain_exceeds_the_seed_spread():
 
 def test_the_page_says_whether_the_angles_reach_the_equilibrium():
     reaching = page(made_up(STEADY, REACHES))
-    assert "measured within 20 % of θ* in epochs 2–4" in reaching and "never within 20 % of θ*" not in reaching
+    assert "measured within 20 % of θ* in epochs 2–4, first after 1.6 e-folds" in reaching
+    assert "never within 20 % of θ*" not in reaching
     assert "where η_t falls faster than ‖W‖ can follow" in reaching
     assert "λ = 0.05 reaches θ*" in reaching and "the theory predicts an accuracy apart from λ = 0's" in reaching
     never = page(made_up(STEADY, NEVER))

@@ -38,7 +38,7 @@ class Rotation:
     regularizer: str
     equilibria: dict[float, Equilibrium]  # per λ > 0
     angles: pd.DataFrame  # per (seed, λ, layer, epoch ≥ 1): angular_update (measured), predicted (NaN at λ = 0), norm
-    efolds: dict[float, float]  # per λ > 0: the relaxation towards equilibrium the whole run allows, in e-folds
+    efolds: dict[float, list[float]]  # per λ > 0 and epoch: the relaxation towards equilibrium so far, in e-folds
     layers: list[str]  # the scale-invariant layers, input to output
     steps: int  # optimiser steps in the run
 
@@ -100,8 +100,8 @@ def rotation(regularizer: str, folder: RunFolder, train: CifarTrain) -> Rotation
             predicted[s][e - 1] if s in predicted else math.nan for s, e in zip(angles["lambda"], angles["epoch"])
         ]
     )
-    # e-folds = Σ_t rate(η_t): the distance to equilibrium shrinks by e^(−Σ rate) over the run
-    efolds = {s: float(eq.relaxation_rate(lrs).sum()) for s, eq in equilibria.items()}
+    # e-folds = Σ_t rate(η_t) up to each epoch's end: the distance to equilibrium has shrunk by e^(−Σ rate) there
+    efolds = {s: eq.relaxation_rate(lrs).sum(axis=1).cumsum().tolist() for s, eq in equilibria.items()}
     return Rotation(regularizer, equilibria, angles, efolds, list(pd.unique(angles["layer"])), lrs.size)
 
 
@@ -199,7 +199,7 @@ def equilibrium(rotation: Rotation, finals: pd.DataFrame) -> dict:
         "steps": rotation.steps,
         "layers": len(rotation.layers),
         "has_zero": bool(has_zero),
-        "settles": bool(rotation.efolds and max(rotation.efolds.values()) >= SETTLING_EFOLDS),
+        "settles": any(efolds[-1] >= SETTLING_EFOLDS for efolds in rotation.efolds.values()),
         "zero_accuracy": json_record(stats(accuracy[0.0])) if has_zero else None,
         "strengths": {},
     }
@@ -214,7 +214,7 @@ def equilibrium(rotation: Rotation, finals: pd.DataFrame) -> dict:
         late = layers[layers.index.get_level_values("epoch").isin(summary.index[-LAST_EPOCHS:])]
         entry = {
             "strength": strength,
-            "efolds": rotation.efolds[strength],
+            "efolds": rotation.efolds[strength][-1],  # the whole run's
             "reaches": bool(epochs),
             "epochs_within": epoch_ranges(epochs),
             "first_within": epochs[0] if epochs else None,
@@ -223,7 +223,8 @@ def equilibrium(rotation: Rotation, finals: pd.DataFrame) -> dict:
             "last_epochs": last,
             "lags": bool(last < 1 - TOLERANCE),  # η_t falls faster than ‖W‖ can follow
             "per_epoch": {
-                f"epoch_{int(e)}": row | {"within": bool(abs(row["median"] - 1) <= TOLERANCE)}
+                f"epoch_{int(e)}": row
+                | {"efolds": rotation.efolds[strength][int(e) - 1], "within": bool(abs(row["median"] - 1) <= TOLERANCE)}
                 for e, row in summary.to_dict("index").items()
             },
             "per_layer": late.groupby("layer").mean().reindex(rotation.layers).dropna().to_dict(),
