@@ -117,7 +117,7 @@ def curves(history: pd.DataFrame, path: Path) -> Path:
     axes[2].set(xlabel="epoch", ylabel="‖θ‖₂ (all parameters)")
     for ax in axes:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    fig.suptitle("Loss, accuracy and ‖θ‖ per epoch at each λ (mean over seeds, 95 % band)")
+    fig.suptitle(f"Loss, accuracy and ‖θ‖ per epoch at each λ\n({figures.band_note(history)})")
     return figures.save(fig, path)
 
 
