@@ -1,6 +1,7 @@
 """Evaluate the CIFAR-10 study over seeds: for every regulariser and strength, final accuracy, loss, generalisation
 gap, ‖θ‖ and exact zeros with their spread; the strength validation picks; the study's regulariser
-(cifar10.regularizer) in detail."""
+(cifar10.regularizer) in detail; and every claim reports/cifar10.md makes, as records under `findings`
+(wdlab/cifar10/findings.py), the rotational equilibrium of each decayed grid among them."""
 
 from __future__ import annotations
 

@@ -147,9 +147,7 @@ def study(finals: pd.DataFrame, grid: Sequence[float], chosen: float | None, cha
     trained = sorted(means.index)
     record: dict = {
         "edge": findings.grid_edge(chosen, grid),
-        "diverged_strengths": ", ".join(
-            fmt_lambda(s) for s in grid if per_seed(finals, s, "test_accuracy").isna().any()
-        ),
+        "diverged_strengths": ", ".join(fmt_lambda(s) for s in grid if test[s].isna().any()),  # names: checked exactly
     }
     if chosen is not None and chosen != 0 and 0.0 in trained:
         record["gain"] = findings.paired(test[chosen], test[0.0], better="higher") | {
