@@ -124,7 +124,7 @@ def layer_table(equilibrium: dict) -> str:
     """Per scale-invariant layer (input to output), each λ's measured angle over the last epochs against θ*."""
     columns = {
         f"λ = {fmt_lambda(x['strength'])}": {
-            layer: f"{100 * (ratio - 1):+.0f} %" for layer, ratio in x["per_layer"].items()
+            layer: f"{round(100 * (ratio - 1)):+d} %" for layer, ratio in x["per_layer"].items()
         }
         for x in equilibrium["strengths"].values()
     }
