@@ -1,6 +1,7 @@
 """Evaluate the CIFAR-10 study over seeds: for every regulariser and strength, final accuracy, loss, generalisation
 gap, ‖θ‖ and exact zeros with their spread; the strength validation picks; the study's regulariser
-(cifar10.regularizer) in detail."""
+(cifar10.regularizer) in detail; and every claim reports/cifar10.md makes, as records under `findings`
+(wdlab/cifar10/findings.py), the rotational equilibrium of each decayed grid among them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import pandas as pd
 
 import wdlab
 from wdlab import stage
+from wdlab.cifar10 import findings
+from wdlab.cifar10.archive import N_CLASSES
 from wdlab.cifar10.summary import FINAL_KEYS, validation_choice
 from wdlab.errors import StageInputError
 from wdlab.files import (
@@ -73,6 +76,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         "regularizer": study.regularizer,
         "regularizers": chosen_per_regularizer(table),
     }
+    result["findings"] = claims(settings, args.grids, grid, compared, result["chosen_by_validation"])
     write_json(args.metrics, result)
     write_csv(args.headline_curve, mean_curve(read_table(headline_history, "headline_cifar10")))
     head = result["headline"]
@@ -112,6 +116,23 @@ def write_chosen(folder: Path, grid: Path, regularizer: str, chosen: dict | None
             | {key: nets[key][members] for key in ("lambdas", "seeds", "diverged_epoch") if key in nets}
             | {"state_dicts": [nets["state_dicts"][i] for i in members], "metrics": record},
         )
+
+
+def claims(settings: Settings, grids: Path, grid: pd.DataFrame, compared: pd.DataFrame, chosen: dict | None) -> dict:
+    """Every claim reports/cifar10.md makes, as records (wdlab/cifar10/findings.py): the study regulariser's on its
+    own grid (`grid`), and each decayed grid's rotational equilibrium beside its accuracy (`compared`: every
+    regulariser's final rows)."""
+    study = settings.cifar10
+    choice = chosen["lambda"] if chosen else None
+    return {
+        "study": findings.study(grid, study.strength_grid, choice, chance=1 / N_CLASSES),
+        "equilibrium": {
+            name: findings.equilibrium(
+                findings.rotation(name, folder, study.train), compared[compared["regularizer"] == name]
+            )
+            for name, folder in findings.decayed_grids(grids, settings).items()
+        },
+    }
 
 
 def with_shared_baseline(every: pd.DataFrame) -> pd.DataFrame:

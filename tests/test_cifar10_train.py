@@ -23,6 +23,7 @@ from tests.helpers.pages import table_rows
 from tests.helpers.stages import stage_args
 from wdlab import regularizers, results
 from wdlab.cifar10 import data as cifar_data
+from wdlab.cifar10 import findings as cifar_findings
 from wdlab.cifar10 import model as cifar_model
 from wdlab.cifar10 import summary
 from wdlab.cifar10 import training as cifar_training
@@ -327,15 +328,19 @@ def test_the_gain_over_no_decay_is_judged_seed_by_seed():
     assert 0 < gain["ci_low"] < gain["mean"] < gain["ci_high"]
     unpaired = {lam: results.stats(pd.Series(accs)) for lam, accs in test.items()}
     assert not results.separated(unpaired[0.0], unpaired[0.05]), "unpaired, the intervals overlap"
-    page = report_cifar10.gain_verdict(gain, results.separated(unpaired[0.0], unpaired[0.05]))
-    assert "exceeds the seed spread, although the two means' unpaired intervals overlap" in page
+    record = cifar_findings.study(
+        finals.assign(train_accuracy=0.9, gap_accuracy=0.2, w_norm=1.0), (0.0, 0.05), 0.05, 0.1
+    )
+    assert record["gain"]["verdict"] == "better" and record["gain"]["unpaired_apart"] is False
+    assert record["gain"]["mean"] == pytest.approx(gain["mean"]), "the page's record is the metrics' paired gain"
     # a seed whose run diverged at either strength has no pair; a swapped sign holds 0 in its interval
     finals.loc[(finals["seed"] == 2) & (finals["lambda"] == 0.0), "diverged"] = True
     assert summary.paired_gain(finals, "test_accuracy", 0.05)["mean"] == pytest.approx(differences[:2].mean())
     finals.loc[finals["seed"] == 1, "test_accuracy"] = [0.70, 0.64]
-    assert "within the seed spread" in report_cifar10.gain_verdict(
-        summary.paired_gain(finals, "test_accuracy", 0.05), None
+    swapped = cifar_findings.study(
+        finals.assign(train_accuracy=0.9, gap_accuracy=0.2, w_norm=1.0), (0.0, 0.05), 0.05, 0.1
     )
+    assert swapped["gain"]["verdict"] == "indistinguishable", "the interval holds 0"
     assert summary.paired_gain(finals, "test_accuracy", 0.5) is None  # not in the grid
 
 

@@ -74,7 +74,7 @@ def test_the_branch_runs_and_the_model_learns(reproduced):
         assert run["epochs_run"] == 3 and not run["diverged"]
     assert result["grid"]["lambda_0.01"]["w_norm"]["mean"] < result["grid"]["lambda_0"]["w_norm"]["mean"]
     page = (project / "reports/cifar10.md").read_text()
-    by_lambda = re.findall(r"^\| (\S+) \| [\d.]+% \|", page, flags=re.MULTILINE)  # the metrics table: one row per λ
+    by_lambda = [row[0] for row in table_rows(page) if re.fullmatch(r"[\d.]+%", row[1])]  # the metrics table, per λ
     assert by_lambda == ["0", "0.01"], page
     for png in ("accuracy_vs_lambda", "gap_vs_lambda", "curves", "layer_norms"):
         assert (project / f"reports/figures/cifar10/{png}.png").stat().st_size > 10_000
