@@ -347,8 +347,22 @@ def load_checks(path: Path) -> dict:
         raise StageInputError(f"{path} is missing: it declares the baselines and tolerances of the regression check")
     checks = YAML(typ="safe", pure=True).load(path.read_text())
     for study, spec in checks["studies"].items():
+        spec["tolerances"] = in_order(spec["tolerances"])
         parse_rules(spec["tolerances"], f"{path}, study {study}")
     return checks
+
+
+def in_order(rules: dict | list[dict]) -> dict:
+    """A study's rules: one mapping, or a list of mappings read in order (its own rules, then another study's anchor:
+    a YAML merge key would put the anchor's first). The first pattern that matches wins, so where two mappings name
+    the same pattern, the earlier one's rule stands."""
+    if isinstance(rules, dict):
+        return rules
+    ordered: dict = {}
+    for part in rules:
+        for pattern, rule in part.items():
+            ordered.setdefault(pattern, rule)
+    return ordered
 
 
 def render(rows: list[Row]) -> str:
