@@ -37,6 +37,7 @@ from wdlab.tracking import Tracker
 
 log = logging.getLogger("wd-lab.evaluate_cifar10")
 
+GRID_KEYS = ("regularizer", "lambdas", "seeds", "width", "state_dicts")  # what the chosen nets are taken from
 COMPARED = ("train_accuracy", "valid_accuracy", "test_accuracy", "gap_accuracy", "w_norm", "zero_fraction")
 
 
@@ -92,22 +93,24 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         log.info(
             "validation accuracy picks λ=%g (test accuracy %.3f)", chosen["lambda"], chosen["test_accuracy"]["mean"]
         )
-    write_chosen(args.chosen, args.grids / study.regularizer, study.regularizer, chosen)
-    record, _ = log_chosen_model(settings, args, chosen["lambda"] if chosen else None)
+    # the chosen strength's nets, read once for the registry's entry and the MLflow model
+    made_by = f"train_cifar10@{study.regularizer}"
+    nets = load_tensors(RunFolder(args.grids / study.regularizer).model, made_by=made_by, required=GRID_KEYS)
+    write_chosen(args.chosen, nets, study.regularizer, chosen)
+    record, _ = log_chosen_model(settings, args, chosen["lambda"] if chosen else None, nets)
     write_json(args.model_record, record)
 
 
-def write_chosen(folder: Path, grid: Path, regularizer: str, chosen: dict | None) -> None:
+def write_chosen(folder: Path, nets: dict, regularizer: str, chosen: dict | None) -> None:
     """The model registry's entry (dvc.yaml's `artifacts:`): the study's regulariser at the strength validation
-    chose, every seed's net, with the choice's metrics (its strength, validation and test accuracy over seeds) inside
-    model.pt and beside it in metrics.json. No strength to choose (every one diverged) writes the metrics alone."""
+    chose, every seed's net (of its grid's checkpoint, `nets`), with the choice's metrics (its strength, validation
+    and test accuracy over seeds) inside model.pt and beside it in metrics.json. No strength to choose (every one
+    diverged) writes the metrics alone."""
     record = {"regularizer": regularizer} | (chosen or {"lambda": None})
     with atomic_dir(folder) as tmp:  # the folder appears whole, or not at all: nothing of an earlier choice stays
         write_json(tmp / "metrics.json", record)
         if chosen is None:
             return
-        made_by = f"train_cifar10@{regularizer}"
-        nets = load_tensors(RunFolder(grid).model, made_by=made_by, required=("lambdas", "seeds", "state_dicts"))
         members = [i for i, strength in enumerate(nets["lambdas"].tolist()) if strength == chosen["lambda"]]
         per_member = {"lambdas", "seeds", "state_dicts", "diverged_epoch"}
         save_tensors(
@@ -165,11 +168,14 @@ def chosen_per_regularizer(table: pd.DataFrame) -> dict:
     return chosen
 
 
-def log_chosen_model(settings: Settings, args: argparse.Namespace, chosen: float | None) -> tuple[dict, str | None]:
+def log_chosen_model(
+    settings: Settings, args: argparse.Namespace, chosen: float | None, grid: dict
+) -> tuple[dict, str | None]:
     """The chosen strength's net (first seed) of the study's regulariser as an MLflow model on its grid's run, ready
     for the UI's Models view, `mlflow.pytorch.load_model` and the model registry. Returns the record of what was
     chosen (the grid's stage and model md5 find that run, `tracking.run_filter`; its model is `runs:/<run id>/model`)
-    and the model's URI, which stays out of the record: it would change the record's hash at every run."""
+    and the model's URI, which stays out of the record: it would change the record's hash at every run. `grid`: the
+    grid's checkpoint."""
     regularizer = settings.cifar10.regularizer
     record: dict[str, Any] = {"regularizer": regularizer, "lambda": chosen}
     if chosen is None:
@@ -181,9 +187,6 @@ def log_chosen_model(settings: Settings, args: argparse.Namespace, chosen: float
 
     folder, made_by = RunFolder(args.grids / regularizer), f"train_cifar10@{regularizer}"
     grid_record = read_json(folder.record, made_by=made_by, required=("stage", "model_md5"))
-    grid = load_tensors(
-        folder.model, made_by=made_by, required=("regularizer", "lambdas", "seeds", "width", "state_dicts")
-    )
     member = grid["lambdas"].tolist().index(chosen)
     record |= {"seed": int(grid["seeds"][member]), "stage": made_by, "model_md5": grid_record["model_md5"]}
     tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)
