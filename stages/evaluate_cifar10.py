@@ -93,9 +93,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         log.info(
             "validation accuracy picks λ=%g (test accuracy %.3f)", chosen["lambda"], chosen["test_accuracy"]["mean"]
         )
-    # the chosen strength's nets, read once for the registry's entry and the MLflow model
-    made_by = f"train_cifar10@{study.regularizer}"
-    nets = load_tensors(RunFolder(args.grids / study.regularizer).model, made_by=made_by, required=GRID_KEYS)
+    nets = read_grid(args, study.regularizer)  # read once, for the registry's entry and the MLflow model
     write_chosen(args.chosen, nets, study.regularizer, chosen)
     record, _ = log_chosen_model(settings, args, chosen["lambda"] if chosen else None, nets)
     write_json(args.model_record, record)
@@ -166,6 +164,12 @@ def chosen_per_regularizer(table: pd.DataFrame) -> dict:
             | {"by_strength": by_strength(rows, ("valid_accuracy", "test_accuracy"))}
         )
     return chosen
+
+
+def read_grid(args: argparse.Namespace, regularizer: str) -> dict:
+    """The checkpoint of the regulariser's grid (every strength and seed), as `train_cifar10@<regularizer>` wrote it."""
+    made_by = f"train_cifar10@{regularizer}"
+    return load_tensors(RunFolder(args.grids / regularizer).model, made_by=made_by, required=GRID_KEYS)
 
 
 def log_chosen_model(

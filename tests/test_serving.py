@@ -69,7 +69,8 @@ def chosen(tmp_path_factory) -> Logged:
         patch.setenv("MLFLOW_TRACKING_URI", store)
         save_cifar10(read_archive(archive.path), grid.data, source_md5=archive.md5)
         train_cifar10.main(settings, grid)
-        record, uri = evaluate_cifar10.log_chosen_model(settings, evaluated, STRENGTH)
+        checkpoint = evaluate_cifar10.read_grid(evaluated, "l2")
+        record, uri = evaluate_cifar10.log_chosen_model(settings, evaluated, STRENGTH, checkpoint)
     assert uri, record
     return Logged(root, store, uri)
 
