@@ -46,7 +46,7 @@ from wdlab.cifar10.data import Split, Splits, curve_subsets, cut_splits
 from wdlab.cifar10.grid import RunSpec, train_run
 from wdlab.cifar10.training import RunResult, Trainer, measure
 from wdlab.device import Formats, device_formats, pick_device, set_cuda_determinism
-from wdlab.settings import REGULARIZERS, CifarSettings
+from wdlab.settings import REGULARIZERS, ImageStudy
 
 # params.yaml's cifar10 section with the GPU preset of docs/cifar10.md (every training image, width 64, 30 epochs of
 # batch 256, augmentation, curves on 2,000 images, the full strength grids). Written out because reading params.yaml
@@ -66,6 +66,7 @@ TRAIN = {
     "deterministic": True,
 }
 RECIPE = {
+    "dataset": "cifar10",
     "seeds": [0, 1, 2],
     "regularizer": "l2",
     "wd": 5.0e-4,
@@ -123,13 +124,13 @@ TINY = Scale(
 )
 
 
-def recipe(scale: Scale) -> CifarSettings:
+def recipe(scale: Scale) -> ImageStudy:
     """The GPU preset, with the scale's overrides."""
     raw = {key: value | scale.overrides[key] if key in scale.overrides else value for key, value in RECIPE.items()}
-    return CifarSettings.model_validate(raw)
+    return ImageStudy.model_validate(raw)
 
 
-def with_values(study: CifarSettings, section: str, **values: Any) -> CifarSettings:
+def with_values(study: ImageStudy, section: str, **values: Any) -> ImageStudy:
     return study.model_copy(update={section: getattr(study, section).model_copy(update=values)})
 
 
@@ -181,7 +182,7 @@ def seconds(work: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def epoch_rate(study: CifarSettings, train: Split, formats: Formats, repeats: int) -> tuple[Trainer, dict[str, float]]:
+def epoch_rate(study: ImageStudy, train: Split, formats: Formats, repeats: int) -> tuple[Trainer, dict[str, float]]:
     """Training passes over `train` (on the device) after a warm-up one: the best pass's seconds, images/s, FLOPs.
 
     FLOPs are FlopCounterMode's count of one step (convolutions and matmuls, forward and backward); BatchNorm,
@@ -205,7 +206,7 @@ def epoch_rate(study: CifarSettings, train: Split, formats: Formats, repeats: in
     }
 
 
-def configuration(study: CifarSettings, n_train: int, formats: Formats) -> dict[str, Any]:
+def configuration(study: ImageStudy, n_train: int, formats: Formats) -> dict[str, Any]:
     return {
         "width": study.model.width,
         "batch_size": study.train.batch_size,
@@ -220,7 +221,7 @@ def configuration(study: CifarSettings, n_train: int, formats: Formats) -> dict[
 
 
 def recipe_epoch(
-    study: CifarSettings, splits: Splits, formats: Formats, repeats: int, peak_tflops: float
+    study: ImageStudy, splits: Splits, formats: Formats, repeats: int, peak_tflops: float
 ) -> tuple[dict, dict | None]:
     """One epoch of the recipe: its training pass, deterministic and with torch's defaults, and the per-epoch curves
     (eval mode on `curve_subset` images of each split); and the memory the run held at its peak (CUDA)."""
@@ -268,7 +269,7 @@ def run_memory(device: torch.device) -> dict[str, float]:
 
 
 def airbench_epoch(
-    study: CifarSettings, data: Cifar10, batch: int, formats: Formats, repeats: int, peak_tflops: float
+    study: ImageStudy, data: Cifar10, batch: int, formats: Formats, repeats: int, peak_tflops: float
 ) -> dict:
     """An epoch at airbench94's size: every training image, width 64, its batch; and airbench94's A100 epoch,
     scaled to this GPU by how much faster its bf16 matmul is than the A100's datasheet peak."""
@@ -288,7 +289,7 @@ def airbench_epoch(
     }
 
 
-def same_seed(study: CifarSettings, data: Cifar10, scale: Scale, device: torch.device) -> dict:
+def same_seed(study: ImageStudy, data: Cifar10, scale: Scale, device: torch.device) -> dict:
     """Two short runs of one spec through the function every executor trains with: identical, or how far apart."""
     study = with_values(
         with_values(study, "data", train_subset=scale.same_seed_subset), "train", epochs=scale.same_seed_epochs
@@ -323,7 +324,7 @@ def largest_difference(first: RunResult, second: RunResult) -> float:
     return max(metrics + weights)
 
 
-def study_time(study: CifarSettings, seconds_per_epoch: float) -> dict:
+def study_time(study: ImageStudy, seconds_per_epoch: float) -> dict:
     """The full study on one GPU, one run after another: every strength of every regulariser on every seed (the
     headline run is the grid's), each `epochs` epochs long."""
     runs = len(study.seeds) * sum(len(study.strengths.of(regularizer)) for regularizer in REGULARIZERS)

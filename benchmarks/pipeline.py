@@ -37,9 +37,9 @@ from wdlab.cifar10.standin import build_archive  # noqa: E402
 from wdlab.workspace import SYNTHETIC_BRANCH, commit_all, dvc, git, load_params, set_key, tool_env, write_params  # noqa: E402
 
 CIFAR_BRANCH = (
-    "report_cifar10",
-    "compare_cifar10",
-    "compare_architectures",
+    "report_images@cifar10",
+    "compare_images@cifar10",
+    "compare_architectures@cifar10",
 )  # with everything they depend on: download, the grids (both nets'), headline, evaluate
 
 

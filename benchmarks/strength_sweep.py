@@ -54,7 +54,7 @@ from wdlab.datasets.definition import Dataset, Resource  # noqa: E402
 from wdlab.datasets.registry import REGISTRY, get  # noqa: E402
 from wdlab.datasets.sources import fetch  # noqa: E402
 from wdlab.errors import StageError  # noqa: E402
-from wdlab.settings import CifarData, CifarSettings, load_settings  # noqa: E402
+from wdlab.settings import ImageData, ImageStudy, load_settings  # noqa: E402
 
 STANDIN = "cifar10-standin"  # the generated CIFAR-10 stand-in, not a registry name: CIFAR-10 can't be fetched here
 
@@ -82,7 +82,7 @@ def sweep_for(dataset: str, net: str) -> dict[str, tuple[float, ...]]:
     return FASHION_MNIST_SWEEP if dataset == "fashion-mnist" else SWEEP
 
 
-def standin_splits(scratch: Path, data: CifarData) -> Splits:
+def standin_splits(scratch: Path, data: ImageData) -> Splits:
     """The full-size stand-in, cut into the splits `data` (params.yaml's cifar10.data) asks for."""
     archive = build_archive(scratch, images_per_batch=10_000, difficulty="ci")
     return cut_splits(read_archive(archive.path), data)
@@ -91,7 +91,7 @@ def standin_splits(scratch: Path, data: CifarData) -> Splits:
 def dataset_splits(
     name: str,
     scratch: Path,
-    data: CifarData,
+    data: ImageData,
     sources: Sequence[str] | None = None,
     resources: Sequence[Resource] | None = None,
 ) -> tuple[Dataset, Splits]:
@@ -139,7 +139,7 @@ def gain_over_zero(runs: list[dict], strength: float) -> dict | None:
     }
 
 
-def specs(study: CifarSettings, net: str, regularizer: str, strengths: Sequence[float], seeds: Sequence[int]):
+def specs(study: ImageStudy, net: str, regularizer: str, strengths: Sequence[float], seeds: Sequence[int]):
     """The runs of one sweep, strength by strength, seed by seed."""
     return [
         RunSpec(study, regularizer, strength, seed, "cpu", architecture=net) for strength in strengths for seed in seeds
@@ -172,7 +172,7 @@ def tabulate(runs: list[dict], strengths: Sequence[float]) -> dict:
 
 
 def sweep(
-    study: CifarSettings, net: str, regularizer: str, strengths: Sequence[float], seeds: Sequence[int], splits: Splits
+    study: ImageStudy, net: str, regularizer: str, strengths: Sequence[float], seeds: Sequence[int], splits: Splits
 ) -> dict:
     """Every strength on every seed, one run after another in this process (the nets sized for `splits`' images)."""
     runs = [run_record(spec, splits) for spec in specs(study, net, regularizer, strengths, seeds)]

@@ -1,7 +1,7 @@
 """Weight decay in two CIFAR-10 nets: the reference's plain CNN (no normalisation), where λ limits the scale of the
 function, beside the BatchNorm ResNet, whose scale-invariant convs λ gives a larger effective learning rate instead.
 Writes the plain grid's metrics with the page's claims as `findings` (wdlab/cifar10/architectures.py), figures of both
-grids against λ over seeds, and the page from reports/templates/architectures_cifar10.md.j2."""
+grids against λ over seeds, and the page from reports/templates/architectures_images.md.j2."""
 
 from __future__ import annotations
 
@@ -14,39 +14,49 @@ import seaborn as sns
 
 from wdlab import figures, pages, stage
 from wdlab.cifar10 import architectures
-from wdlab.cifar10.architectures import MADE_BY, NETS, Grid
+from wdlab.cifar10.architectures import NETS, Grid
 from wdlab.cifar10.model import net_shape
+from wdlab.datasets.registry import get as get_dataset
 from wdlab.files import write_json
 from wdlab.settings import Settings
 from wdlab.tracking import Tracker
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    study = settings.cifar10
+    study = settings.study(args.study)
     strengths = {"resnet": study.strengths.l2, "plain": study.plain.l2}
-    grids = {net: architectures.read_grid(net, getattr(args, net), grid, settings) for net, grid in strengths.items()}
+    grids = {
+        net: architectures.read_grid(net, getattr(args, net), grid, study, architectures.made_by(net, args.study))
+        for net, grid in strengths.items()
+    }
     plain = architectures.grid_metrics(grids["plain"], len(study.seeds))
-    metrics = plain | {"findings": architectures.claims(grids, strengths)}
+    dataset = get_dataset(study.dataset).source_record(study.download.md5)
+    metrics = plain | {"dataset": dataset, "findings": architectures.claims(grids, strengths)}
     write_json(args.metrics, metrics)
     figures.set_theme()
     pngs = [
         plot_accuracy_and_gap(grids, args.figures / "accuracy_gap_vs_lambda.png"),
         plot_layer_norms(grids, args.figures / "layer_norms_vs_lambda.png"),
     ]
-    page = render_page(args.template, metrics, grids, settings, figures.relative_to_page(pngs, args.page))
-    records = {MADE_BY[net]: grid.record for net, grid in grids.items()}
-    tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)
+    page = render_page(args.template, metrics, grids, settings, args.study, figures.relative_to_page(pngs, args.page))
+    records = {architectures.made_by(net, args.study): grid.record for net, grid in grids.items()}
+    tracker = Tracker(settings.tracking, settings.tracking.experiment(args.study))
     figures.publish(args.page, page, pngs, tracker, records, folder="architectures")
 
 
-def render_page(template: Path, metrics: dict, grids: Mapping[str, Grid], settings: Settings, links: list[str]) -> str:
-    """The page: its template, given the plain grid's metrics and findings, both nets' recipes, tables and figures."""
-    study = settings.cifar10
+def render_page(
+    template: Path, metrics: dict, grids: Mapping[str, Grid], settings: Settings, key: str, links: list[str]
+) -> str:
+    """The page of image study `key`: its template, given the plain grid's metrics and findings, both nets' recipes,
+    tables and figures."""
+    study = settings.study(key)
     return pages.render(
         template,
         m=metrics,
         f=metrics["findings"],
         study=study,
+        key=key,
+        dataset=metrics["dataset"],
         nets=NETS,
         shapes={net: net_shape(study, net) for net in NETS},
         recipes={"resnet": study.train, "plain": study.plain.train},
@@ -97,17 +107,19 @@ def plot_layer_norms(grids: Mapping[str, Grid], path: Path) -> Path:
 
 
 def parser() -> argparse.ArgumentParser:
-    return stage.parser_with_paths(
-        __doc__,
-        "python -m stages.compare_architectures",
-        {
-            "resnet": "the ResNet's L2 grid folder (train_cifar10@l2): history, layer norms, run record",
-            "plain": "the plain CNN's L2 grid folder (train_cifar10_plain): the same files",
-            "metrics": "the plain grid's DVC metrics file, with the page's findings (output)",
-            "page": "the comparison page (output)",
-            "figures": "the folder of its figures (output)",
-            "template": "the page's Jinja2 template",
-        },
+    return stage.add_study(
+        stage.parser_with_paths(
+            __doc__,
+            "python -m stages.compare_architectures",
+            {
+                "resnet": "the ResNet's L2 grid folder (train_images@<study>-l2): history, layer norms, run record",
+                "plain": "the plain CNN's L2 grid folder (train_images_plain@<study>): the same files",
+                "metrics": "the plain grid's DVC metrics file, with the page's findings (output)",
+                "page": "the comparison page (output)",
+                "figures": "the folder of its figures (output)",
+                "template": "the page's Jinja2 template",
+            },
+        )
     )
 
 

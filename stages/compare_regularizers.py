@@ -18,15 +18,17 @@ from wdlab.files import grid_folders, read_json, read_table
 from wdlab.metrics import SYNTHETIC
 from wdlab.regularizers import BASELINE, REGISTRY, sharing_baseline_zero, zero_makers
 from wdlab.results import fmt_lambda, pm, separated
-from wdlab.settings import REGULARIZERS, Settings
+from wdlab.settings import IMAGE_STUDIES, REGULARIZERS, Settings
 from wdlab.tracking import Tracker
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    metrics = read_json(args.metrics, made_by=f"evaluate_{args.study}")
+    synthetic = args.study == "synthetic"
+    evaluated = "evaluate_synthetic" if synthetic else stage.image_stage("evaluate_images", args.study)
+    metrics = read_json(args.metrics, made_by=evaluated)
     folders = grid_folders(args.grids, REGULARIZERS)
     figures.set_theme()
-    if args.study == "synthetic":
+    if synthetic:
         by_seed = read_table(
             args.by_seed,
             "evaluate_synthetic",
@@ -40,24 +42,29 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     else:
         by_seed = read_table(
             args.by_seed,
-            "evaluate_cifar10",
+            evaluated,
             required=("regularizer", "seed", "lambda", "test_accuracy", "gap_accuracy", "w_norm"),
         )
-        table = read_table(args.table, "evaluate_cifar10", required=("regularizer", "lambda", "test_accuracy_mean"))
+        table = read_table(args.table, evaluated, required=("regularizer", "lambda", "test_accuracy_mean"))
         norms = pd.concat(
             [
                 read_table(
                     folder.layer_norms,
-                    f"train_cifar10@{name}",
+                    stage.image_stage("train_images", args.study, name),
                     required=("regularizer", "seed", "lambda", "epoch", "layer", "norm"),
                 )
                 for name, folder in folders.items()
             ]
         )
         pngs = cifar_figures(by_seed, norms, args.figures)
-        page = cifar_page(args.template, metrics, table, settings, figures.relative_to_page(pngs, args.page))
-        experiment = settings.tracking.experiment_cifar10
-    records = {f"train_{args.study}@{name}": folder.record for name, folder in folders.items()}  # every grid's run
+        page = cifar_page(
+            args.template, metrics, table, settings, args.study, figures.relative_to_page(pngs, args.page)
+        )
+    experiment = settings.tracking.experiment(args.study)
+    records = {  # every grid's run
+        (f"train_synthetic@{name}" if synthetic else stage.image_stage("train_images", args.study, name)): folder.record
+        for name, folder in folders.items()
+    }
     figures.publish(args.page, page, pngs, Tracker(settings.tracking, experiment), records, folder="comparison")
 
 
@@ -247,8 +254,11 @@ def synthetic_page(template: Path, metrics: dict, settings: Settings, links: lis
     )
 
 
-def cifar_page(template: Path, metrics: dict, table: pd.DataFrame, settings: Settings, links: list[str]) -> str:
-    """The CIFAR-10 comparison: each regulariser at the strength validation chooses, and at its strongest."""
+def cifar_page(
+    template: Path, metrics: dict, table: pd.DataFrame, settings: Settings, key: str, links: list[str]
+) -> str:
+    """An image study's comparison (`key`): each regulariser at the strength validation chooses, and at its
+    strongest."""
     compared = metrics["regularizers"]
     ranked = sorted(compared, key=lambda r: -(compared[r]["test_accuracy"]["mean"] or 0))
     best = ranked[0]
@@ -267,7 +277,9 @@ def cifar_page(template: Path, metrics: dict, table: pd.DataFrame, settings: Set
     return pages.render(
         template,
         m=metrics,
-        study=settings.cifar10,
+        study=settings.study(key),
+        key=key,
+        dataset=metrics["dataset"],
         registry=REGISTRY,
         baseline=BASELINE,
         best=best,
@@ -318,7 +330,7 @@ def parser() -> argparse.ArgumentParser:
             "template": "the page's Jinja2 template",
         },
     )
-    cli.add_argument("study", choices=("synthetic", "cifar10"))
+    cli.add_argument("study", choices=("synthetic", *IMAGE_STUDIES), help="synthetic, or an image study")
     return cli
 
 

@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 
 from wdlab import stage
+from wdlab.datasets.registry import REGISTRY
 from wdlab.files import write_text
-from wdlab.settings import Settings
+from wdlab.settings import IMAGE_STUDIES, ParamsError, Settings
 
 STAMP = "params.yaml passed validation (wdlab/settings.py); this text never changes, so no stage reruns for it\n"
 # `dvc exp run -S` leaves its change in params.yaml when a stage fails, and no experiment: git holds the last good one
@@ -21,7 +22,15 @@ FIX = "no output was touched: fix params.yaml, or `git checkout params.yaml` to 
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    write_text(args.stamp, STAMP)  # run_stage validated the params before calling main: reaching here is the check
+    # run_stage validated the params before calling main; the dataset names are checked against the registry here,
+    # which settings.py does not import (its models need pydantic alone)
+    for key in IMAGE_STUDIES:
+        if (name := settings.study(key).dataset) not in REGISTRY:
+            raise ParamsError(
+                f"{args.params}: {key}.dataset = {name!r} names no dataset of wdlab/datasets/registry.py: "
+                f"choose one of {', '.join(sorted(REGISTRY))}"
+            )
+    write_text(args.stamp, STAMP)
 
 
 def parser() -> argparse.ArgumentParser:

@@ -47,7 +47,7 @@ def results(tmp_path):
     write_result(
         "pipeline",
         CPU,
-        {"noop_repro_s": [0.6123, 0.71], "stages_s": {"train_cifar10@l2": 1246.44, "report": 4.2}, "branch_s": 3318},
+        {"noop_repro_s": [0.6123, 0.71], "stages_s": {"train_images@l2": 1246.44, "report": 4.2}, "branch_s": 3318},
         results=folder,
     )
     write_result(
@@ -98,7 +98,7 @@ def test_the_page_gets_a_table_per_benchmark_headed_by_its_machine(results, page
     ) in generated
     for row in (
         "| noop_repro_s | 0.6123, 0.71 |",  # a list: one cell
-        "| stages_s.train_cifar10@l2 | 1246 |",  # nested: dotted keys; 4 significant digits
+        "| stages_s.train_images@l2 | 1246 |",  # nested: dotted keys; 4 significant digits
         "| branch_s | 3318 |",
         "| peak.tflops | 612.3 |",
         "| peak.kernel | 8192² bf16 matmul |",

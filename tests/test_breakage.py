@@ -56,7 +56,7 @@ def test_the_clean_code_passes_the_check_on_another_kernel_set(clean):
 # A CIFAR-10 break is reproduced on the l2 grid (the study's regulariser, whose metrics the check reads at each λ),
 # the headline that takes its runs, and the evaluation, each alone (--single-item): the other grids keep the clean
 # outputs, so a break costs 9 of the profile's runs, not all of them. Every failure asserted below is l2's.
-L2_BRANCH = ("--single-item", "train_cifar10@l2", "headline_cifar10", "evaluate_cifar10")
+L2_BRANCH = ("--single-item", "train_images@cifar10-l2", "headline_images@cifar10", "evaluate_images@cifar10")
 
 
 def checked_after(

@@ -10,13 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from stages import check, compare_architectures, train_cifar10
+from stages import check, compare_architectures, train_images
 from tests.helpers.cifar import CPU, coloured_splits, tiny_settings
 from tests.helpers.pages import table_rows
 from wdlab.cifar10 import architectures
 from wdlab.cifar10 import data as cifar_data
 from wdlab.cifar10 import model as cifar_model
 from wdlab.cifar10.grid import RunSpec, train_run
+from wdlab.datasets.registry import get as get_dataset
 from wdlab.errors import StageError
 from wdlab.workspace import ROOT
 
@@ -112,18 +113,21 @@ def test_a_run_spec_trains_the_plain_net_and_l2_shrinks_its_every_layer(splits):
 
 def test_the_training_stage_trains_the_plain_net_over_its_l2_grid_only():
     study = tiny_settings(**{"cifar10.plain.l2": [0, 0.01]}).cifar10
-    assert train_cifar10.grid_strengths(study, "l2", "plain") == (0, 0.01)
-    assert train_cifar10.grid_strengths(study, "l2", "resnet") == study.strengths.l2
+    assert train_images.grid_strengths(study, "l2", "plain") == (0, 0.01)
+    assert train_images.grid_strengths(study, "l2", "resnet") == study.strengths.l2
     for run in ("headline", "dropout"):
-        with pytest.raises(StageError, match=r"L2 grid only \(cifar10.plain.l2\)"):
-            train_cifar10.grid_strengths(study, run, "plain")
-    assert train_cifar10.stage_name("plain") == "train_cifar10_plain" and train_cifar10.stage_name("resnet") == (
-        "train_cifar10"
+        with pytest.raises(StageError, match=r"L2 grid only \(<study>.plain.l2\)"):
+            train_images.grid_strengths(study, run, "plain")
+    assert train_images.stage_name("plain") == "train_images_plain" and train_images.stage_name("resnet") == (
+        "train_images"
     )
-    args = train_cifar10.parser().parse_args(["l2", "--architecture", "plain", "--data", "d", "--out", "o"])
+    args = train_images.parser().parse_args(
+        ["l2", "--architecture", "plain", "--study", "cifar10", "--data", "d", "--out", "o"]
+    )
     assert (
         args.architecture == "plain"
-        and train_cifar10.parser().parse_args(["l2", "--data", "d", "--out", "o"]).architecture == "resnet"
+        and train_images.parser().parse_args(["l2", "--study", "cifar10", "--data", "d", "--out", "o"]).architecture
+        == "resnet"
     )
 
 
@@ -165,9 +169,17 @@ def architectures_page(seeds: int = 3, **resnet) -> tuple[str, dict]:
         "plain": made_up_grid("plain", train_fall=0.1, test_gain=0.03, seeds=seeds),
     }
     strengths = {"resnet": (0.0, 0.05), "plain": (0.0, 0.05)}
-    metrics = architectures.grid_metrics(grids["plain"], 3) | {"findings": architectures.claims(grids, strengths)}
+    metrics = architectures.grid_metrics(grids["plain"], 3) | {
+        "dataset": get_dataset("cifar10").source_record(None),
+        "findings": architectures.claims(grids, strengths),
+    }
     page = compare_architectures.render_page(
-        ROOT / "reports/templates/architectures_cifar10.md.j2", metrics, grids, tiny_settings(), ["figures/a.png"]
+        ROOT / "reports/templates/architectures_images.md.j2",
+        metrics,
+        grids,
+        tiny_settings(),
+        "cifar10",
+        ["figures/a.png"],
     )
     return page, metrics["findings"]
 

@@ -8,17 +8,18 @@ import pandas as pd
 import pytest
 from ruamel.yaml import YAML
 
-from stages import check, report_cifar10
+from stages import check, report_images
 from wdlab import findings
 from wdlab.cifar10 import findings as cifar_findings
 from wdlab.cifar10.summary import FINAL_KEYS
+from wdlab.datasets.registry import get as get_dataset
 from wdlab.equilibrium import Equilibrium
 from wdlab.results import json_record, seed_summary
 from wdlab.settings import parse_settings
 from wdlab.workspace import ROOT, load_params
 
 SETTINGS = parse_settings(load_params())
-TEMPLATE = ROOT / "reports/templates/cifar10.md.j2"
+TEMPLATE = ROOT / "reports/templates/images.md.j2"
 SEEDS = (0, 1, 2)
 GRID = (0.0, 0.05)
 LAYERS = ("prep", "layer1")
@@ -59,7 +60,7 @@ def rotation(measured_over_predicted: list[float]) -> cifar_findings.Rotation:
 
 
 def made_up(gain: list[float], ratios: list[float], seeds: tuple[int, ...] = SEEDS) -> dict:
-    """The metrics evaluate_cifar10 writes for the made-up grid, their findings from the real functions."""
+    """The metrics evaluate_images writes for the made-up grid, their findings from the real functions."""
     rows = finals(gain, seeds=seeds)
     summary = seed_summary(rows, FINAL_KEYS)
 
@@ -73,6 +74,7 @@ def made_up(gain: list[float], ratios: list[float], seeds: tuple[int, ...] = SEE
     chosen = {"lambda": 0.05, "test_accuracy": grid["lambda_0.05"]["test_accuracy"]}
     return {
         "seeds": len(seeds),
+        "dataset": get_dataset("cifar10").source_record(None),
         "grid": grid,
         "headline": {"lambda": 0.05} | grid["lambda_0.05"],
         "chosen_by_validation": chosen | {"valid_accuracy": grid["lambda_0.05"]["valid_accuracy"]},
@@ -86,7 +88,7 @@ def made_up(gain: list[float], ratios: list[float], seeds: tuple[int, ...] = SEE
 
 def page(metrics: dict) -> str:
     setup = {"n_images": {"train": 2000, "valid": 2000, "test": 10000}, "device": "cpu", "formats": "float32"}
-    return report_cifar10.render_page(TEMPLATE, metrics, setup, SETTINGS, ["figures/cifar10/curves.png"])
+    return report_images.render_page(TEMPLATE, metrics, setup, SETTINGS, "cifar10", ["figures/cifar10/curves.png"])
 
 
 EFOLDS = [0.8, 1.6, 2.4, 3.2, 4.0]  # the relaxation so far at each epoch's end: 100 steps at ηλ·c = 0.04
@@ -181,3 +183,16 @@ def test_with_one_seed_the_page_says_there_is_no_interval():
     text = page(made_up(STEADY, REACHES, seeds=(0,)))
     assert "with one seed the spread is unknown" in text and "(mean over 1 seed)" in text
     assert "+1.2 points, on 1 seed: no interval" in text and "95 % interval" not in text
+
+
+def test_the_page_names_its_data_and_says_when_the_archive_is_not_the_official_one():
+    """The data-source line turns with the record: the official files, or an archive another md5 names."""
+    official = made_up(STEADY, REACHES)
+    assert "the official CIFAR-10 files" in page(official) and "not the official" not in page(official)
+    standin = made_up(STEADY, REACHES) | {"dataset": get_dataset("cifar10").source_record("0" * 32)}
+    text = page(standin)
+    assert "**not the official CIFAR-10 archive** (md5 `00000000000000000000000000000000`)" in text
+    assert "the official CIFAR-10 files" not in text
+    fashion = made_up(STEADY, REACHES) | {"dataset": get_dataset("fashion-mnist").source_record(None)}
+    assert "# Weight decay on Fashion-MNIST" in page(fashion)
+    assert "the official Fashion-MNIST files, each verified by the md5 of its content" in page(fashion)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-from stages import compare_regularizers, evaluate_cifar10, report_cifar10, train_cifar10
+from stages import compare_regularizers, evaluate_images, report_images, train_images
 from tests.helpers.cifar import CLASSES, CPU, coloured_splits, tiny_settings
 from tests.helpers.pages import table_rows
 from tests.helpers.stages import stage_args
@@ -273,13 +273,13 @@ def run_of(client: mlflow.MlflowClient, record: dict) -> mlflow.entities.Run:
 
 def folder(name: str) -> RunFolder:
     """The output folder of training stage `name` (a grid or the headline), as dvc.yaml gives it."""
-    return RunFolder(args(name, train_cifar10).out)
+    return RunFolder(args(name, train_images).out)
 
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory, splits) -> Path:
-    """Every regulariser's grid (one l2 λ diverges), the headline, evaluate_cifar10, report_cifar10 and
-    compare_cifar10 in a temp project."""
+    """Every regulariser's grid (one l2 λ diverges), the headline, evaluate_images, report_images and
+    compare_images in a temp project."""
     root = tmp_path_factory.mktemp("project")
     shutil.copytree(ROOT / "reports/templates", root / "reports/templates")  # the pages' templates, as code
     test = splits.test
@@ -287,7 +287,7 @@ def pipeline(tmp_path_factory, splits) -> Path:
     train_y = torch.cat([splits.train.labels, splits.valid.labels])
     save_cifar10(
         Cifar10(train_x, train_y, test.images, test.labels, CLASSES),
-        root / args("train_cifar10@l2", train_cifar10).data,
+        root / args("train_images@cifar10-l2", train_images).data,
         source_md5="0" * 32,
     )
     settings = tiny_settings(
@@ -302,13 +302,13 @@ def pipeline(tmp_path_factory, splits) -> Path:
         patch.chdir(root)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         for name in [
-            *(f"train_cifar10@{r}" for r in REGULARIZERS),
-            "headline_cifar10",
+            *(f"train_images@cifar10-{r}" for r in REGULARIZERS),
+            "headline_images@cifar10",
         ]:  # the headline takes l2's λ = 5e-4
-            train_cifar10.main(settings, args(name, train_cifar10))
-        evaluate_cifar10.main(settings, args("evaluate_cifar10", evaluate_cifar10))
-        report_cifar10.main(settings, args("report_cifar10", report_cifar10))
-        compare_regularizers.main(settings, args("compare_cifar10", compare_regularizers))
+            train_images.main(settings, args(name, train_images))
+        evaluate_images.main(settings, args("evaluate_images@cifar10", evaluate_images))
+        report_images.main(settings, args("report_images@cifar10", report_images))
+        compare_regularizers.main(settings, args("compare_images@cifar10", compare_regularizers))
     return root
 
 
@@ -346,9 +346,9 @@ def test_the_gain_over_no_decay_is_judged_seed_by_seed():
 
 def test_stages_write_metrics_curves_and_report(pipeline):
     evaluated, grid, report = (
-        args("evaluate_cifar10", evaluate_cifar10),
-        folder("train_cifar10@l2"),
-        args("report_cifar10", report_cifar10),
+        args("evaluate_images@cifar10", evaluate_images),
+        folder("train_images@cifar10-l2"),
+        args("report_images@cifar10", report_images),
     )
     metrics = json.loads((pipeline / evaluated.metrics).read_text())
     assert set(metrics["grid"]) == {"lambda_0", "lambda_0.0005", "lambda_1000"}
@@ -419,10 +419,10 @@ def test_stages_write_metrics_curves_and_report(pipeline):
 
 
 def test_mlflow_has_a_parent_run_with_one_nested_run_per_lambda(pipeline):
-    record = json.loads((pipeline / folder("train_cifar10@l2").record).read_text())
+    record = json.loads((pipeline / folder("train_images@cifar10-l2").record).read_text())
     client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
     parent = run_of(client, record)
-    assert parent.data.tags["wd_lab.output"] == folder("train_cifar10@l2").root.as_posix()
+    assert parent.data.tags["wd_lab.output"] == folder("train_images@cifar10-l2").root.as_posix()
     children = client.search_runs(
         [parent.info.experiment_id],
         filter_string=f"tags.wd_lab.grid_run = '{parent.info.run_id}' and tags.wd_lab.role = 'cifar10-grid-member'",
@@ -466,7 +466,7 @@ def test_every_training_run_names_the_splits_it_read(pipeline):
     """Each grid's and the headline's runs, nested ones too (the headline's reused from the grid included), log the
     three splits as MLflow datasets: digests of the images themselves, the archive and split as their source."""
     study = tiny_settings().cifar10
-    splits = cifar_data.load_splits(pipeline / args("train_cifar10@l2", train_cifar10).data, study.data)
+    splits = cifar_data.load_splits(pipeline / args("train_images@cifar10-l2", train_images).data, study.data)
     client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("wd-cifar10").experiment_id
     training = {
@@ -487,9 +487,10 @@ def test_every_training_run_names_the_splits_it_read(pipeline):
     (run,) = client.search_runs([experiment], "attributes.run_name = 'l2 0.0005 seed 1'", max_results=1)
     train = next(i for i in run.inputs.dataset_inputs if i.dataset.name == "cifar10-train")
     assert json.loads(train.dataset.source)["tags"] == {
+        "dataset": "cifar10",
         "archive_url": study.download.url,
         "archive_md5": study.download.md5,
-        "file": str(args("train_cifar10@l2", train_cifar10).data),
+        "file": str(args("train_images@cifar10-l2", train_images).data),
         "split": "train",
         "split_seed": 0,
         "train_subset": 0,
@@ -498,7 +499,7 @@ def test_every_training_run_names_the_splits_it_read(pipeline):
 
 
 def test_the_headline_takes_its_runs_from_the_grid_and_trains_none(pipeline):
-    grid, headline = folder("train_cifar10@l2"), folder("headline_cifar10")
+    grid, headline = folder("train_images@cifar10-l2"), folder("headline_images@cifar10")
     grid_rows = pd.read_csv(pipeline / grid.history)
     headline_rows = pd.read_csv(pipeline / headline.history)
     pd.testing.assert_frame_equal(grid_rows[grid_rows["lambda"] == 5e-4].reset_index(drop=True), headline_rows)
@@ -521,8 +522,8 @@ def test_a_headline_lambda_outside_the_grid_is_trained(pipeline, tmp_path, monke
             "cifar10.wd": 1e-2,
         }
     )
-    headline = args("headline_cifar10", train_cifar10)
-    train_cifar10.main(settings, headline)
+    headline = args("headline_images@cifar10", train_images)
+    train_images.main(settings, headline)
     rows = pd.read_csv(RunFolder(headline.out).history)
     assert set(rows["lambda"]) == {1e-2} and set(rows["seed"]) == {0, 1}
     record = json.loads(RunFolder(headline.out).record.read_text())
@@ -531,7 +532,7 @@ def test_a_headline_lambda_outside_the_grid_is_trained(pipeline, tmp_path, monke
 
 
 def test_the_comparison_page_sets_every_regulariser_side_by_side(pipeline):
-    compare = args("compare_cifar10", compare_regularizers)
+    compare = args("compare_images@cifar10", compare_regularizers)
     page = (pipeline / compare.page).read_text()
     for regularizer in REGULARIZERS:
         assert regularizer in [row[0] for row in table_rows(page)], regularizer
@@ -563,7 +564,7 @@ def test_curves_are_measured_on_subsets_the_last_epoch_on_every_image(splits):
 
 def test_metrics_reach_mlflow_as_each_epoch_ends_and_the_chosen_model_loads(pipeline):
     client = mlflow.MlflowClient(f"sqlite:///{pipeline / 'mlflow.db'}")
-    grid = run_of(client, json.loads((pipeline / folder("train_cifar10@l2").record).read_text()))
+    grid = run_of(client, json.loads((pipeline / folder("train_images@cifar10-l2").record).read_text()))
     member = client.search_runs(
         [grid.info.experiment_id],
         filter_string=f"tags.wd_lab.grid_run = '{grid.info.run_id}' and params.lambda = '0.0' "
@@ -574,13 +575,13 @@ def test_metrics_reach_mlflow_as_each_epoch_ends_and_the_chosen_model_loads(pipe
         "logged live, epoch by epoch"
     )
 
-    chosen = json.loads((pipeline / args("evaluate_cifar10", evaluate_cifar10).model_record).read_text())
+    chosen = json.loads((pipeline / args("evaluate_images@cifar10", evaluate_images).model_record).read_text())
     assert chosen["lambda"] in (0.0, 5e-4) and not {"run_id", "model_uri"} & chosen.keys(), "no run identity"
     assert run_of(client, chosen).info.run_id == grid.info.run_id, "the record finds the grid's run, which holds it"
     mlflow.set_tracking_uri(f"sqlite:///{pipeline / 'mlflow.db'}")
     model = mlflow.pytorch.load_model(f"runs:/{grid.info.run_id}/model")
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    checkpoint = torch.load(pipeline / folder("train_cifar10@l2").model, weights_only=True)
+    checkpoint = torch.load(pipeline / folder("train_images@cifar10-l2").model, weights_only=True)
     net = cifar_model.ResNet(checkpoint["width"])
     net.load_state_dict(checkpoint["state_dicts"][checkpoint["lambdas"].tolist().index(chosen["lambda"])])
     expected = net.eval()(cifar_data.normalise(images))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import itertools
 import shlex
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -89,17 +90,34 @@ def foreach_keys(foreach: str | list) -> list[str]:
 
 
 def stage_definitions(pipeline: Mapping) -> Iterator[tuple[str, dict]]:
-    """Each stage of dvc.yaml with its `cmd` and `deps`, a foreach member as `name@key` with ${key} filled in."""
+    """Each stage of dvc.yaml with its `cmd`, `deps` and `outs`, a foreach member as `name@key` with ${key} filled in,
+    a matrix member as `name@v1-v2` (its values in the matrix's order) with ${item.<axis>} filled in."""
     for name, stage in pipeline["stages"].items():
         if "foreach" in stage:
             keys = foreach_keys(stage["foreach"])
             assert keys, f"{name}: its foreach has no members"
             for key in keys:
-                body = stage["do"]
-                cmd = body["cmd"].replace("${key}", key).replace("${item}", key)
-                yield f"{name}@{key}", {"cmd": cmd, "deps": body.get("deps", [])}
+                yield f"{name}@{key}", filled(stage["do"], {"${key}": key, "${item}": key})
+        elif "matrix" in stage:
+            axes = {axis: foreach_keys(values) for axis, values in stage["matrix"].items()}
+            body = {k: v for k, v in stage.items() if k != "matrix"}
+            for values in itertools.product(*axes.values()):
+                members = {f"${{item.{axis}}}": value for axis, value in zip(axes, values)}
+                yield f"{name}@{'-'.join(values)}", filled(body, members)
         else:
-            yield name, stage
+            yield name, filled(stage, {})
+
+
+def filled(body: Mapping, values: Mapping[str, str]) -> dict:
+    """A stage body with each ${...} of `values` replaced in its cmd, deps and outs (an out's path, not its options)."""
+
+    def fill(text: str) -> str:
+        for placeholder, value in values.items():
+            text = text.replace(placeholder, value)
+        return text
+
+    outs = [fill(next(iter(out)) if isinstance(out, Mapping) else out) for out in body.get("outs", [])]
+    return {"cmd": fill(body["cmd"]), "deps": [fill(dep) for dep in body.get("deps", [])], "outs": outs}
 
 
 def entry_point(cmd: str) -> Path:
@@ -157,11 +175,7 @@ def test_the_plumbing_list_names_real_modules():
 def test_every_registry_artifact_is_a_stage_output(pipeline):
     """dvc.yaml's `artifacts:` (the model registry) names files a stage writes, so `dvc artifacts get` finds them
     in DVC's cache."""
-    outs = [
-        Path(next(iter(out)) if isinstance(out, Mapping) else out)
-        for stage in pipeline["stages"].values()
-        for out in stage.get("do", stage).get("outs", [])  # a foreach member's: its ${key} matches no artifact
-    ]
+    outs = [Path(out) for _, stage in stage_definitions(pipeline) for out in stage["outs"]]
     artifacts = pipeline.get("artifacts", {})
     assert artifacts, "dvc.yaml registers no artifact"
     for name, artifact in artifacts.items():

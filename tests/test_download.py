@@ -22,10 +22,11 @@ from ruamel.yaml import YAML
 
 from stages import download as download_stage
 from tests.helpers.stages import stage, stage_args
-from wdlab.cifar10.archive import cached_archive_path, file_md5, load_cifar10
+from wdlab.cifar10.archive import cached_archive_path, file_md5
 from wdlab.cifar10.standin import CLASSES, TRAIN_BATCHES, FixtureArchive, build_archive, make_batches, py2_pickle
+from wdlab.datasets.registry import load_stored
 from wdlab.errors import StageError, StageInputError
-from wdlab.settings import CifarDownload, Settings, load_settings
+from wdlab.settings import ImageDownload, Settings, load_settings
 from wdlab.workspace import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ IMAGES_PER_BATCH = 20
 SEED = 7
 ARCHIVE_URL_PATH = "/cifar-10-python.tar.gz"
 OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"
-STAGE_ARGS = download_stage.parser().parse_args(stage_args("download"))  # the paths dvc.yaml gives the stage
+STAGE_ARGS = download_stage.parser().parse_args(stage_args("download@cifar10"))  # the paths dvc.yaml gives the stage
 CIFAR_DATA, ARCHIVE_CACHE = STAGE_ARGS.out, STAGE_ARGS.cache
 
 
@@ -107,7 +108,7 @@ def download(base_settings: Settings, workspace: Path) -> Callable[[str, str], N
     """Run the stage's main() with `cifar10.download` set to (url, md5)."""
 
     def run(url: str, md5: str) -> None:
-        cifar10 = base_settings.cifar10.model_copy(update={"download": CifarDownload(url=url, md5=md5)})
+        cifar10 = base_settings.cifar10.model_copy(update={"download": ImageDownload(url=url, md5=md5)})
         download_stage.main(base_settings.model_copy(update={"cifar10": cifar10}), STAGE_ARGS)
 
     return run
@@ -168,16 +169,23 @@ def test_http_download_writes_uint8_tensors_in_channel_row_column_layout(
     assert np.array_equal(test["images"][0].numpy().reshape(-1), raw["test_batch"][b"data"][0])
 
     meta = json.loads((CIFAR_DATA / "meta.json").read_text())
-    assert meta == {"classes": list(CLASSES), "source_md5": archive.md5, "n_train": 5 * n, "n_test": n}
+    assert meta == {
+        "dataset": "cifar10",
+        "classes": list(CLASSES),
+        "source_md5": archive.md5,
+        "official": False,  # a generated archive: its md5 is not the official one's
+        "n_train": 5 * n,
+        "n_test": n,
+    }
     assert server.hits == [ARCHIVE_URL_PATH]
     assert files_under(workspace / "data") == [f"cifar10/{name}" for name in ("meta.json", "test.pt", "train.pt")] + [
         f"downloads/cifar-10-python-{archive.md5}.tar.gz"
     ]
 
 
-def test_load_cifar10_returns_what_the_stage_wrote(download, serve_archive, archive):
+def test_load_stored_returns_what_the_stage_wrote(download, serve_archive, archive):
     download(serve_archive, archive.md5)
-    train_images, train_labels, test_images, test_labels, classes = load_cifar10(CIFAR_DATA)
+    train_images, train_labels, test_images, test_labels, classes = load_stored(CIFAR_DATA)
     train = torch.load(CIFAR_DATA / "train.pt", weights_only=True)
     assert torch.equal(train_images, train["images"]) and torch.equal(train_labels, train["labels"])
     assert test_images.shape == (IMAGES_PER_BATCH, 3, 32, 32) and test_labels.shape == (IMAGES_PER_BATCH,)
@@ -193,7 +201,7 @@ def test_local_copy_works_behind_a_firewall(form, download, archive, workspace):
 
     download(url, archive.md5)
 
-    assert load_cifar10(CIFAR_DATA).train_images.shape == (5 * IMAGES_PER_BATCH, 3, 32, 32)
+    assert load_stored(CIFAR_DATA).train_images.shape == (5 * IMAGES_PER_BATCH, 3, 32, 32)
     assert local.exists()  # the user's copy is read, never moved
 
 
@@ -402,7 +410,7 @@ def test_archive_member_escaping_the_target_is_refused(kind, download, archive, 
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated", "wrong shape", "wrong dtype"])
-def test_load_cifar10_names_the_file_and_the_fix(damage, download, archive):
+def test_load_stored_names_the_file_and_the_fix(damage, download, archive):
     download(str(archive.path), archive.md5)
     train_file = CIFAR_DATA / "train.pt"
     train = torch.load(train_file, weights_only=True)
@@ -416,9 +424,9 @@ def test_load_cifar10_names_the_file_and_the_fix(damage, download, archive):
         torch.save({"images": train["images"].float(), "labels": train["labels"]}, train_file)
 
     with pytest.raises(StageInputError) as caught:
-        load_cifar10(CIFAR_DATA)
+        load_stored(CIFAR_DATA)
 
-    assert str(train_file) in str(caught.value) and "run `dvc repro download`" in str(caught.value)
+    assert str(train_file) in str(caught.value) and "run `dvc repro download@cifar10`" in str(caught.value)
 
 
 # ── the stage command, as dvc repro runs it ───────────────────────────────────────────────────────
@@ -429,7 +437,9 @@ def run_stage_command(workspace: Path, url: str, md5: str) -> subprocess.Complet
     params = yaml.load(REPO / "params.yaml")
     params["cifar10"]["download"]["url"], params["cifar10"]["download"]["md5"] = url, md5
     yaml.dump(params, workspace / "params.yaml")
-    return stage("download", workspace, "--params", "params.yaml", check=False, timeout=120, PYTHONPATH=str(REPO))
+    return stage(
+        "download@cifar10", workspace, "--params", "params.yaml", check=False, timeout=120, PYTHONPATH=str(REPO)
+    )
 
 
 def test_stage_command_writes_the_dataset_and_exits_0(archive, workspace):

@@ -14,6 +14,7 @@ from ruamel.yaml import YAML
 
 from stages import check, compare_regularizers, report_synthetic
 from wdlab import findings
+from wdlab.datasets.registry import get as get_dataset
 from wdlab.metrics import SYNTHETIC
 from wdlab.results import json_record, stats
 from wdlab.settings import parse_settings
@@ -223,6 +224,7 @@ def test_the_cifar_comparison_page_turns_with_the_intervals():
     accuracy = {"mean": 0.6, "std": 0.01, "ci_low": 0.58, "ci_high": 0.62}
     metrics = {
         "seeds": 3,
+        "dataset": get_dataset("cifar10").source_record(None),
         "regularizers": {
             r: {"valid_strength": 0.05, "valid_accuracy": accuracy, "gap_accuracy": accuracy}
             | {"test_accuracy": accuracy | {"mean": 0.6 - 0.1 * i, "ci_low": 0.58 - 0.1 * i, "ci_high": 0.62 - 0.1 * i}}
@@ -234,12 +236,14 @@ def test_the_cifar_comparison_page_turns_with_the_intervals():
         {"regularizer": ["l2"], "lambda": [0.0], "gap_accuracy_mean": [0.3], "w_norm_mean": [10.0]}
         | {"zero_fraction_mean": [0.0]}
     )
-    template = TEMPLATES / "regularizers_cifar10.md.j2"
-    apart = compare_regularizers.cifar_page(template, metrics, table, SETTINGS, [])
+    template = TEMPLATES / "regularizers_images.md.j2"
+    apart = compare_regularizers.cifar_page(template, metrics, table, SETTINGS, "cifar10", [])
     assert "its 95 % t-interval over seeds lies above those of decoupled" in apart and "AdamW" in apart
     close = copy.deepcopy(metrics)
     close["regularizers"]["decoupled"]["test_accuracy"] = accuracy | {"mean": 0.59}
-    assert "its interval overlaps the others'" in compare_regularizers.cifar_page(template, close, table, SETTINGS, [])
+    assert "its interval overlaps the others'" in compare_regularizers.cifar_page(
+        template, close, table, SETTINGS, "cifar10", []
+    )
 
 
 # ── one declaration per metric, no import circle ───────────────────────────────────────────────────

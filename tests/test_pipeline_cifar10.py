@@ -22,7 +22,7 @@ from wdlab.workspace import ROOT, clone_project, commit_all, dvc
 
 pytestmark = pytest.mark.slow
 
-TARGET = "report_cifar10"
+TARGET = "report_images@cifar10"
 TINY = {
     "cifar10.seeds": [0],  # one seed keeps the branch quick; tests/test_cifar10_train.py runs the stages on two
     "cifar10.data.train_subset": 0,
@@ -46,7 +46,11 @@ def reproduced(tmp_path_factory):
     """The branch reproduced once for the module: tests read it, and a test that changes a project takes its own
     clone."""
     return cifar_project(
-        tmp_path_factory.mktemp("cifar-pipeline"), TINY, TARGET, "compare_cifar10", "compare_architectures"
+        tmp_path_factory.mktemp("cifar-pipeline"),
+        TINY,
+        TARGET,
+        "compare_images@cifar10",
+        "compare_architectures@cifar10",
     )
 
 
@@ -58,14 +62,14 @@ def test_the_branch_runs_and_the_model_learns(reproduced):
     project, output = reproduced
     assert ran_stages(output) == {
         "validate",
-        "download",
-        "headline_cifar10",
-        *(f"train_cifar10@{r}" for r in REGULARIZERS),
-        "evaluate_cifar10",
+        "download@cifar10",
+        "headline_images@cifar10",
+        *(f"train_images@cifar10-{r}" for r in REGULARIZERS),
+        "evaluate_images@cifar10",
         TARGET,
-        "compare_cifar10",
-        "train_cifar10_plain",
-        "compare_architectures",
+        "compare_images@cifar10",
+        "train_images_plain@cifar10",
+        "compare_architectures@cifar10",
     }
     result = metrics(project)
     assert set(result["grid"]) == {"lambda_0", "lambda_0.01"}
@@ -150,7 +154,7 @@ def test_exp_run_on_cifar_wd_reruns_only_the_headline_branch(reproduced, tmp_pat
     project = clone_project(reproduced[0], tmp_path / "project")
     before = metrics(project)
     run = dvc(project, "exp", "run", "-S", "cifar10.wd=0.01", TARGET)
-    assert ran_stages(run.stdout) == {"validate", "headline_cifar10", "evaluate_cifar10", TARGET}
+    assert ran_stages(run.stdout) == {"validate", "headline_images@cifar10", "evaluate_images@cifar10", TARGET}
     assert "none retrained" in run.stdout + run.stderr, "λ = 0.01 is in the grid: its runs are taken, not trained again"
     after = metrics(project)
     assert after["headline"]["lambda"] == 0.01 and after["grid"] == before["grid"]
@@ -160,7 +164,7 @@ def test_exp_run_on_cifar_wd_reruns_only_the_headline_branch(reproduced, tmp_pat
         assert after["headline"][key] == after["grid"]["lambda_0.01"][key], key
 
     outside = dvc(project, "exp", "run", "-S", "cifar10.wd=0.003", TARGET)
-    assert ran_stages(outside.stdout) == {"validate", "headline_cifar10", "evaluate_cifar10", TARGET}
+    assert ran_stages(outside.stdout) == {"validate", "headline_images@cifar10", "evaluate_images@cifar10", TARGET}
     assert (
         "training headline run" in outside.stdout + outside.stderr and metrics(project)["headline"]["lambda"] == 0.003
     )
@@ -173,7 +177,7 @@ def test_same_seed_gives_identical_metrics_on_cpu(reproduced, tmp_path):
     ]  # dropout: its masks are seeded too
     before = [path.read_bytes() for path in paths]
     for regularizer in ("l2", "dropout"):
-        dvc(project, "repro", "--force", "--single-item", f"train_cifar10@{regularizer}")
+        dvc(project, "repro", "--force", "--single-item", f"train_images@cifar10-{regularizer}")
     assert [path.read_bytes() for path in paths] == before
 
 

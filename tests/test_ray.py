@@ -51,7 +51,7 @@ OUTPUTS = tuple(
     for r in REGULARIZERS
     for name in ("model.pt", "history.csv", "layer_norms.csv", "run.json")
 )
-GRID = "train_cifar10@l2"
+GRID = "train_images@cifar10-l2"
 METRICS = "metrics/cifar10.json"
 
 
@@ -59,7 +59,7 @@ METRICS = "metrics/cifar10.json"
 def local_grid(tmp_path_factory):
     """A project whose grid was trained by the local executor, committed: (project, its output bytes). Each test
     runs in its own clone of it, so none sees what another did."""
-    project, _ = cifar_project(tmp_path_factory.mktemp("ray-grid"), TINY, "evaluate_cifar10")
+    project, _ = cifar_project(tmp_path_factory.mktemp("ray-grid"), TINY, "evaluate_images@cifar10")
     commit_all(project, "grid trained and evaluated locally")
     return project, outputs(project) | {METRICS: (project / METRICS).read_bytes()}
 
@@ -106,11 +106,11 @@ def stage_killed_mid_run(project, cluster) -> tuple[int, str]:
 def test_the_grid_on_two_nodes_gives_the_local_outputs(local_grid, tmp_path):
     project, expected = clone_project(local_grid[0], tmp_path / "project"), local_grid[1]
     with ray_cluster(workers=1) as cluster:
-        run = dvc(project, "exp", "run", "-f", "-s", "-S", "executor.kind=ray", "train_cifar10", **cluster.env)
+        run = dvc(project, "exp", "run", "-f", "-s", "-S", "executor.kind=ray", "train_images", **cluster.env)
         nodes = cluster.node_ids
         # then the rest of the branch: the ray-trained grids are the local ones to the byte, so nothing after reruns
-        evaluated = dvc(project, "repro", "evaluate_cifar10", **cluster.env)
-    assert ran_stages(run.stdout) == {f"train_cifar10@{r}" for r in REGULARIZERS}, (
+        evaluated = dvc(project, "repro", "evaluate_images@cifar10", **cluster.env)
+    assert ran_stages(run.stdout) == {f"train_images@cifar10-{r}" for r in REGULARIZERS}, (
         "--single-item: the grids alone, on the cluster"
     )
     assert outputs(project).items() <= expected.items(), (
@@ -119,7 +119,7 @@ def test_the_grid_on_two_nodes_gives_the_local_outputs(local_grid, tmp_path):
     # every regulariser's grid, dropout's masks and L1's thresholding included, spread over both nodes
     spread = {member.data.tags["wd_lab.node"] for r in REGULARIZERS for member in grid_members(project, r)}
     assert spread == set(nodes.values())
-    assert not {"headline_cifar10", "evaluate_cifar10"} & ran_stages(evaluated.stdout), (
+    assert not {"headline_images@cifar10", "evaluate_images@cifar10"} & ran_stages(evaluated.stdout), (
         "the grids' folders hash as the local ones did: where their runs trained is in MLflow, not in the outputs"
     )
     assert (project / METRICS).read_bytes() == expected[METRICS], "the branch's metrics are local's, to the byte"

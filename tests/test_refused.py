@@ -80,7 +80,7 @@ def test_a_refused_value_leaves_every_output_as_it_was(synthetic_template, tmp_p
     assert dvc(project, "exp", "run", "-S", "synthetic.train.momentum=0.9", check=False).returncode != 0
     # a value edited by hand and `dvc repro` of a CIFAR-10 stage: refused before the download stage is reached
     write_params(project / "params.yaml", set_key(load_params(project / "params.yaml"), "cifar10.wd", -0.1))
-    assert "cifar10.wd = -0.1 must be >= 0" in refusal(dvc(project, "repro", "headline_cifar10", check=False))
+    assert "cifar10.wd = -0.1 must be >= 0" in refusal(dvc(project, "repro", "headline_images@cifar10", check=False))
     git(project, "checkout", "params.yaml")
     assert workspace(project) == before and not git(project, "status", "--porcelain").stdout
 

@@ -2,7 +2,7 @@
 logits the model gives in-process, and refuses images of another layout in one line.
 
 The model is the real one: the training stage's l2 grid (one strength, one seed, one epoch of a width-8 net on a
-stand-in archive), logged by evaluate_cifar10's own `log_chosen_model` to a store in a temp folder.
+stand-in archive), logged by evaluate_images's own `log_chosen_model` to a store in a temp folder.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from stages import evaluate_cifar10, train_cifar10
+from stages import evaluate_images, train_images
 from tests.helpers.stages import stage_args
 from wdlab.cifar10.archive import read_archive, save_cifar10
 from wdlab.cifar10.standin import build_archive
@@ -43,7 +43,7 @@ class Logged(NamedTuple):
 
 @pytest.fixture(scope="module")
 def chosen(tmp_path_factory) -> Logged:
-    """train_cifar10@l2 at one strength, then evaluate_cifar10's `log_chosen_model` picking it: the model's URI, which
+    """train_images@l2 at one strength, then evaluate_images's `log_chosen_model` picking it: the model's URI, which
     the grid's run (found from models/cifar10/chosen_model.json) gives as `runs:/<run id>/model`."""
     root = tmp_path_factory.mktemp("serving")
     archive = build_archive(root / "archive", images_per_batch=60)
@@ -61,16 +61,16 @@ def chosen(tmp_path_factory) -> Logged:
     }.items():
         set_key(params, key, value)
     settings = parse_settings(params)
-    grid = train_cifar10.parser().parse_args(stage_args("train_cifar10@l2"))
-    evaluated = evaluate_cifar10.parser().parse_args(stage_args("evaluate_cifar10"))
+    grid = train_images.parser().parse_args(stage_args("train_images@cifar10-l2"))
+    evaluated = evaluate_images.parser().parse_args(stage_args("evaluate_images@cifar10"))
     store = f"sqlite:///{root / 'mlflow.db'}"
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.setenv("MLFLOW_TRACKING_URI", store)
         save_cifar10(read_archive(archive.path), grid.data, source_md5=archive.md5)
-        train_cifar10.main(settings, grid)
-        checkpoint = evaluate_cifar10.read_grid(evaluated, "l2")
-        record, uri = evaluate_cifar10.log_chosen_model(settings, evaluated, STRENGTH, checkpoint)
+        train_images.main(settings, grid)
+        checkpoint = evaluate_images.read_grid(evaluated, "l2")
+        record, uri = evaluate_images.log_chosen_model(settings, evaluated, STRENGTH, checkpoint)
     assert uri, record
     return Logged(root, store, uri)
 

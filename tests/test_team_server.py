@@ -56,10 +56,10 @@ def team_server(tmp_path_factory):
 
 def test_two_queued_ray_grids_log_to_one_server_at_once_epoch_by_epoch(team_server, tmp_path):
     # a tiny CIFAR-10 project whose params.yaml logs to the server, its data downloaded and committed
-    project, _ = cifar_project(tmp_path, TINY | {"tracking.uri": team_server}, "download")
+    project, _ = cifar_project(tmp_path, TINY | {"tracking.uri": team_server}, "download@cifar10")
     commit_all(project, "data downloaded")
     for seed in SEEDS:
-        dvc(project, "exp", "run", "--queue", "-S", f"cifar10.seeds=[{seed}]", "train_cifar10@l2")
+        dvc(project, "exp", "run", "--queue", "-S", f"cifar10.seeds=[{seed}]", "train_images@cifar10-l2")
     try:
         with ray_cluster(workers=0) as cluster:
             dvc(project, "queue", "start", "-j", "2", **cluster.env, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="0.5")

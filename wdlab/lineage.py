@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     import torch
 
     from wdlab.cifar10.data import Splits
-    from wdlab.settings import CifarSettings, SyntheticSettings
+    from wdlab.settings import ImageStudy, SyntheticSettings
     from wdlab.synthetic.data import Split
 
 
@@ -64,10 +64,12 @@ def synthetic_datasets(
     return every | {seed: inputs({"seed": seed}, slice(s, s + 1)) for s, seed in enumerate(study.seeds)}
 
 
-def cifar10_datasets(path: Path, study: CifarSettings, splits: Splits) -> list[DatasetInput]:
-    """The CIFAR-10 splits a run trains on, validates on and is tested on (the same for every seed); the source is
-    the archive (URL and md5, as params.yaml gives them) and, for the training images, how they were split."""
-    archive = {"archive_url": study.download.url, "archive_md5": study.download.md5, "file": str(path)}
+def image_datasets(path: Path, study: ImageStudy, splits: Splits) -> list[DatasetInput]:
+    """An image study's splits a run trains on, validates on and is tested on (the same for every seed); the source
+    is the dataset (and its archive's URL and md5 where params.yaml gives them) and, for the training images, how
+    they were split."""
+    given = {"archive_url": study.download.url, "archive_md5": study.download.md5}
+    archive = {"dataset": study.dataset} | {k: v for k, v in given.items() if v is not None} | {"file": str(path)}
     cut = {key: getattr(study.data, key) for key in ("split_seed", "train_subset", "valid_size")}
     contexts: Sequence[tuple[str, str, Mapping[str, Any]]] = (
         ("train", "training", cut),
@@ -76,7 +78,7 @@ def cifar10_datasets(path: Path, study: CifarSettings, splits: Splits) -> list[D
     )
     return [
         DatasetInput(
-            f"cifar10-{name}", content_digest(*getattr(splits, name)), archive | {"split": name} | how, context
+            f"{study.dataset}-{name}", content_digest(*getattr(splits, name)), archive | {"split": name} | how, context
         )
         for name, context, how in contexts
     ]

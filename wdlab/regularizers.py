@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 
 class Recipe(Protocol):
-    """The optimiser settings a CIFAR-10 run's method line names (wdlab.settings.CifarTrain has them)."""
+    """The optimiser settings a CIFAR-10 run's method line names (wdlab.settings.ImageTrain has them)."""
 
     lr: float
     adamw_lr: float

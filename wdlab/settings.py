@@ -99,6 +99,11 @@ class TrackingSettings(_Model):
     )
     experiment_synthetic: Text
     experiment_cifar10: Text
+    experiment_fashion_mnist: Text
+
+    def experiment(self, study: str) -> str:
+        """The MLflow experiment of `study` (synthetic or an image study's key)."""
+        return getattr(self, f"experiment_{study}")
 
 
 class SyntheticData(_Model):
@@ -139,12 +144,17 @@ class SyntheticSettings(_Model):
     cv_folds: int = Field(ge=2, description="k-fold cross-validation on the training set picks λ")
 
 
-class CifarDownload(_Model):
-    url: Text = Field(description="the official archive, a mirror, a file:// URL or a local path")
-    md5: Text
+class ImageDownload(_Model):
+    """Where a study's dataset comes from. null keys: the dataset's own sources (wdlab/datasets/), verified by the
+    checksums its definition declares; CIFAR-10's archive is named by its md5, so it needs both."""
+
+    url: Text | None = Field(
+        None, description="the official archive, a mirror, a file:// URL or a local path; null: the dataset's own"
+    )
+    md5: Text | None = Field(None, description="the archive's md5 (CIFAR-10); null: the definition's checksums")
 
 
-class CifarData(_Model):
+class ImageData(_Model):
     split_seed: int = Field(
         ge=0, description="draws the training subset and the validation images, the same for every seed"
     )
@@ -159,7 +169,7 @@ class CifarData(_Model):
     augment: bool = Field(description="random flip + crop")
 
 
-class CifarModel(_Model):
+class ImageModel(_Model):
     width: int = Field(ge=1, description="channels of the first layer")
 
 
@@ -168,7 +178,7 @@ class PlainModel(_Model):
     hidden: int = Field(ge=1, description="units of the hidden linear layer (the reference's: 128)")
 
 
-class CifarTrain(_Model):
+class ImageTrain(_Model):
     lr: float = Field(gt=0, description="peak learning rate of SGD (regularisers l2, l1, dropout)")
     adamw_lr: float = Field(gt=0, description="peak learning rate of AdamW (regulariser decoupled)")
     momentum: Probability = Field(description="SGD momentum; AdamW's β₁")
@@ -190,45 +200,55 @@ class CifarTrain(_Model):
     )
 
 
-class CifarPlain(_Model):
+class PlainSettings(_Model):
     """The reference material's plain CNN (no normalisation), the architecture axis beside the ResNet: its own size,
-    training settings and L2 grid, on every seed of cifar10.seeds and the same data."""
+    training settings and L2 grid, on every seed of the study's seeds and the same data."""
 
     model: PlainModel
-    train: CifarTrain
+    train: ImageTrain
     l2: LambdaGrid = Field(description="the λ grid of L2 (SGD + λ·w in the gradient) for the plain CNN")
 
 
-CifarStrengths = _strengths(
-    "CifarStrengths",
+ImageStrengths = _strengths(
+    "ImageStrengths",
     "Each regulariser's own strength grid for the CNN; every strength is trained on every seed.",
     "cifar_meaning",
 )
 
 
-class CifarSettings(_Model):
+class ImageStudy(_Model):
+    """One image study: a registered dataset (wdlab/datasets/), the ResNet over every regulariser's grid and the
+    plain CNN over its L2 grid, on every seed. params.yaml holds one section per study (cifar10, fashion_mnist)."""
+
+    dataset: Text = Field(description="a dataset of wdlab/datasets/registry.py (stages/validate.py checks the name)")
     seeds: Seeds = Field(
         description="one run of every λ per seed: each draws its own initial weights, batch order and augmentation"
     )
     regularizer: Regularizer = Field(
-        description="the headline run's (strength = cifar10.wd) and the one the CIFAR-10 report studies"
+        description="the headline run's (strength = <study>.wd) and the one the study's report studies"
     )
-    wd: float = Field(ge=0, description="strength of the CIFAR-10 headline run: λ, or the dropout rate p")
-    download: CifarDownload
-    data: CifarData
-    model: CifarModel
-    train: CifarTrain
-    strengths: CifarStrengths
-    plain: CifarPlain
+    wd: float = Field(ge=0, description="strength of the study's headline run: λ, or the dropout rate p")
+    download: ImageDownload = ImageDownload()
+    data: ImageData
+    model: ImageModel
+    train: ImageTrain
+    strengths: ImageStrengths
+    plain: PlainSettings
+
+    @model_validator(mode="after")
+    def _archive_named(self) -> ImageStudy:
+        if self.dataset == "cifar10" and not (self.download.url and self.download.md5):
+            raise ValueError("a CIFAR-10 study needs download.url and download.md5: its archive is named by its md5")
+        return self
 
     @property
     def strength_grid(self) -> tuple[float, ...]:
         """The strength grid of the regulariser this study reports on."""
         return self.strengths.of(self.regularizer)
 
-    def for_architecture(self, architecture: str) -> CifarSettings:
+    def for_architecture(self, architecture: str) -> ImageStudy:
         """The settings a run of `architecture` trains with: these for the ResNet; for the plain CNN its own training
-        settings (cifar10.plain.train) in place of cifar10.train (its size: cifar10.plain.model, read by the net)."""
+        settings (<study>.plain.train) in place of <study>.train (its size: <study>.plain.model, read by the net)."""
         return self if architecture == "resnet" else self.model_copy(update={"train": self.plain.train})
 
 
@@ -265,12 +285,33 @@ class Settings(_Model):
     wd: float = Field(ge=0, description="strength of the synthetic headline run: λ, or the dropout rate p")
     tracking: TrackingSettings
     synthetic: SyntheticSettings
-    cifar10: CifarSettings
+    images: Annotated[tuple[str, ...], Field(strict=False)] = Field(
+        description="the image studies `dvc repro` runs, each a section below (cifar10, fashion_mnist)"
+    )
+    fashion_mnist: ImageStudy
+    cifar10: ImageStudy
     executor: ExecutorSettings = ExecutorSettings()
+
+    def study(self, key: str) -> ImageStudy:
+        """The image study `key` (a section of params.yaml: fashion_mnist, cifar10)."""
+        if key not in IMAGE_STUDIES:
+            raise ParamsError(f"no image study is called {key!r}: choose one of {', '.join(IMAGE_STUDIES)}")
+        return getattr(self, key)
+
+    @model_validator(mode="after")
+    def _known_studies(self) -> Settings:
+        if unknown := [key for key in self.images if key not in IMAGE_STUDIES]:
+            raise ValueError(
+                f"images = {list(self.images)}: {unknown[0]} is no image study ({', '.join(IMAGE_STUDIES)})"
+            )
+        if len(set(self.images)) != len(self.images):
+            raise ValueError(f"images = {list(self.images)} names a study twice")
+        return self
 
     @model_validator(mode="after")
     def _rates_below_one(self) -> Settings:
-        for key, value, study in (("wd", self.wd, "synthetic"), ("cifar10.wd", self.cifar10.wd, "cifar10")):
+        headlines = [("wd", self.wd, "synthetic")] + [(f"{key}.wd", self.study(key).wd, key) for key in IMAGE_STUDIES]
+        for key, value, study in headlines:
             definition = regularizers.get(getattr(self, study).regularizer)
             if definition.is_rate and not value < 1:
                 raise ValueError(
@@ -278,6 +319,11 @@ class Settings(_Model):
                     f"when {study}.regularizer is {definition.name}"
                 )
         return self
+
+
+IMAGE_STUDIES: tuple[str, ...] = tuple(
+    name for name, field in Settings.model_fields.items() if field.annotation is ImageStudy
+)  # the params.yaml sections of image studies, in their order there
 
 
 def load_settings(path: Path | str = PARAMS_FILE) -> Settings:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from wdlab.errors import StageError
-from wdlab.settings import PARAMS_FILE, REGULARIZERS, ParamsError, Settings, load_settings
+from wdlab.settings import IMAGE_STUDIES, PARAMS_FILE, REGULARIZERS, ParamsError, Settings, load_settings
 from wdlab.startup import resume_collection
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
@@ -31,6 +31,20 @@ def parser_with_paths(module_doc: str | None, prog: str, paths: Mapping[str, str
     cli = parser(module_doc, prog)
     for name, what in paths.items():
         cli.add_argument(f"--{name}", type=Path, required=True, help=what.replace("%", "%%"))  # argparse formats help
+    return cli
+
+
+def image_stage(base: str, study: str, regularizer: str | None = None) -> str:
+    """A stage of an image study as dvc.yaml names it: `evaluate_images@fashion_mnist` (a foreach member over
+    `images`), `train_images@cifar10-l2` (a matrix member: study, then regulariser)."""
+    return f"{base}@{study}" + (f"-{regularizer}" if regularizer else "")
+
+
+def add_study(cli: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The image study a stage works on: its section of params.yaml (dvc.yaml passes `${item}`)."""
+    cli.add_argument(
+        "--study", required=True, choices=IMAGE_STUDIES, help="the image study: its section of params.yaml"
+    )
     return cli
 
 

@@ -39,7 +39,7 @@ def cifar_project(root: Path, overrides: Mapping[str, Any], *targets: str) -> tu
     with CIFAR-10 downloaded over HTTP from a generated stand-in archive served on 127.0.0.1: (project, its stdout)."""
     project = copy_project(root / "project")
     archive = build_archive(root / "serve", images_per_batch=60)
-    params = load_params()
+    params = set_key(load_params(), "images", ["cifar10"])  # the CIFAR-10 study alone, unless `overrides` say more
     for key, value in overrides.items():
         set_key(params, key, value)
     with served(archive) as url:

@@ -1,8 +1,8 @@
 """How a test runs a stage: its entry point exactly as dvc.yaml's `cmd` gives it (module, paths and run).
 
     stage("train_synthetic@l2", project)          # run it in a subprocess, as `dvc repro` would (without DVC)
-    stage_command("train_cifar10@l2")             # its argv, for a test that needs the process (background, kill)
-    stage_args("download")                        # the arguments alone, for `parser().parse_args()` in-process
+    stage_command("train_images@cifar10-l2")     # its argv, for a test that needs the process (background, kill)
+    stage_args("download@cifar10")                # the arguments alone, for `parser().parse_args()` in-process
     ran_stages(dvc(project, "repro").stdout)      # the stages a `dvc repro` or `dvc exp run` ran
     wait_for_queue(project)                       # until `dvc queue start`'s experiments have all ended
 
@@ -24,12 +24,20 @@ from wdlab.workspace import ROOT, dvc, run
 
 
 def stage_command(name: str, *extra: str) -> list[str]:
-    """The command dvc.yaml runs for stage `name` ('train_synthetic@l1' for a foreach member) as argv, this venv's
+    """The command dvc.yaml runs for stage `name` ('train_synthetic@l1' for a foreach member, 'train_images@cifar10-l2'
+    for a matrix member) as argv, this venv's
     python first, then `extra`: tests run a stage exactly as the pipeline does, with the paths dvc.yaml gives it."""
     stages = YAML(typ="safe", pure=True).load((ROOT / "dvc.yaml").read_text())["stages"]
     base, _, key = name.partition("@")
-    # a foreach over a list names each member by its item: ${item} and ${key} are the same string then
-    cmd = stages[base]["do"]["cmd"].replace("${key}", key).replace("${item}", key) if key else stages[base]["cmd"]
+    definition = stages[base]
+    if "matrix" in definition:  # a matrix member is named by its values in order, joined by "-": cifar10-l2
+        cmd = definition["cmd"]
+        for axis, value in zip(definition["matrix"], key.split("-"), strict=True):
+            cmd = cmd.replace(f"${{item.{axis}}}", value)
+    elif key:  # a foreach over a list names each member by its item: ${item} and ${key} are the same string then
+        cmd = definition["do"]["cmd"].replace("${key}", key).replace("${item}", key)
+    else:
+        cmd = definition["cmd"]
     program, *argv = shlex.split(cmd)
     assert program == "python", f"dvc.yaml runs {program} for {name}"
     return [sys.executable, *argv, *extra]

@@ -27,10 +27,18 @@ from wdlab.results import (
     stats,
     stats_of,
 )
-from wdlab.settings import Settings
+from wdlab.settings import ImageStudy
+from wdlab.stage import image_stage
 
 NETS = {"resnet": "ResNet (BatchNorm)", "plain": "Plain CNN"}
-MADE_BY = {"resnet": "train_cifar10@l2", "plain": "train_cifar10_plain"}
+
+
+def made_by(net: str, study: str) -> str:
+    """The stage that trains `net`'s L2 grid of image study `study`: train_images@<study>-l2 or
+    train_images_plain@<study>."""
+    return image_stage("train_images", study, "l2") if net == "resnet" else image_stage("train_images_plain", study)
+
+
 LAYER = "layer_w_norm."  # a layer's final ‖W‖ in the final rows and their summary: layer_w_norm.<layer>
 
 
@@ -47,12 +55,13 @@ class Grid:
     record: Path  # the training stage's run record (its MLflow run)
 
 
-def read_grid(net: str, root: Path, strengths: tuple[float, ...], settings: Settings) -> Grid:
-    """A net's grid folder as final rows and their summary; a grid that does not match the params is refused."""
-    folder, made_by = RunFolder(root), MADE_BY[net]
+def read_grid(net: str, root: Path, strengths: tuple[float, ...], study: ImageStudy, made_by: str) -> Grid:
+    """A net's grid folder (written by stage `made_by`) as final rows and their summary; a grid that does not match
+    the params is refused."""
+    folder = RunFolder(root)
     history = read_table(folder.history, made_by, required=("seed", "lambda", "epoch", "diverged", *FINAL_KEYS))
     norms = read_table(folder.layer_norms, made_by, required=("seed", "lambda", "epoch", "layer", "norm"))
-    if set(history["lambda"]) != set(strengths) or set(history["seed"]) != set(settings.cifar10.seeds):
+    if set(history["lambda"]) != set(strengths) or set(history["seed"]) != set(study.seeds):
         raise StageInputError(
             f"{folder.history} does not hold the λ grid and seeds of params.yaml: run `dvc repro {made_by}`"
         )
@@ -62,7 +71,7 @@ def read_grid(net: str, root: Path, strengths: tuple[float, ...], settings: Sett
     wide = final_norms.pivot_table(index=["lambda", "seed"], columns="layer", values="norm").add_prefix(LAYER)
     finals = finals.merge(wide.reset_index(), on=["lambda", "seed"])
     layers = list(dict.fromkeys(norms["layer"]))  # as recorded: input → output
-    invariant = scale_invariant_layers(make_net(net_shape(settings.cifar10, net)))
+    invariant = scale_invariant_layers(make_net(net_shape(study, net)))
     return summarise(net, finals, layers, invariant, folder.record)
 
 

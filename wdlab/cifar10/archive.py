@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from wdlab.datasets import sources
+from wdlab.datasets import sources, store
 from wdlab.datasets.definition import ImageSet
 from wdlab.datasets.sources import CHUNK_BYTES, file_md5, reason
-from wdlab.errors import StageError, StageInputError
-from wdlab.files import atomic_path, load_tensors, read_json, save_tensors, write_json
+from wdlab.errors import StageError
+from wdlab.files import atomic_path
 
 log = logging.getLogger("wd-lab.download")
 
@@ -30,12 +30,12 @@ META_BATCH = "batches.meta"
 IMAGE_SHAPE = (3, 32, 32)  # a row of b"data" holds the red, green and blue 32×32 planes, each row-major
 N_CLASSES = 10
 
-TRAIN_FILE, TEST_FILE, META_FILE = "train.pt", "test.pt", "meta.json"
-MADE_BY = "download"  # the DVC stage that writes the dataset directory
 URL_PARAM, MD5_PARAM = "cifar10.download.url", "cifar10.download.md5"
 USE_ANOTHER_SOURCE = f"set `{URL_PARAM}` to a mirror, a file:// URL or a local path"
 USE_OFFICIAL_ARCHIVE = f"point `{URL_PARAM}` and `{MD5_PARAM}` at the official cifar-10-python.tar.gz"
 
+
+OFFICIAL_MD5 = "c58f30108f718f92721af3b95e74349a"  # of the official cifar-10-python.tar.gz
 
 Cifar10 = ImageSet  # (train_images, train_labels, test_images, test_labels, classes), images [N, 3, 32, 32]
 
@@ -250,55 +250,6 @@ def _describe(value: Any) -> str:
 
 
 def save_cifar10(dataset: Cifar10, directory: Path | str, source_md5: str) -> None:
-    """Write train.pt, test.pt ({"images", "labels"}, loadable with weights_only=True) and meta.json."""
-    directory = Path(directory)
-    save_tensors(directory / TRAIN_FILE, {"images": dataset.train_images, "labels": dataset.train_labels})
-    save_tensors(directory / TEST_FILE, {"images": dataset.test_images, "labels": dataset.test_labels})
-    # No URL here: the same bytes from a mirror must give the same output, so DVC sees no change.
-    meta = {
-        "classes": list(dataset.classes),
-        "source_md5": source_md5,
-        "n_train": len(dataset.train_labels),
-        "n_test": len(dataset.test_labels),
-    }
-    write_json(directory / META_FILE, meta)
-
-
-def load_cifar10(directory: Path | str) -> Cifar10:
-    """Read what the download stage wrote; a missing, truncated or misshapen file names itself and the fix."""
-    directory = Path(directory)
-    train_images, train_labels = _load_split(directory / TRAIN_FILE)
-    test_images, test_labels = _load_split(directory / TEST_FILE)
-    return Cifar10(train_images, train_labels, test_images, test_labels, _load_classes(directory / META_FILE))
-
-
-def _load_split(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    split = load_tensors(path, MADE_BY, required=("images", "labels"))
-    images, labels = split["images"], split["labels"]
-    well_formed = (
-        isinstance(images, torch.Tensor)
-        and images.dtype == torch.uint8
-        and images.ndim == 4
-        and tuple(images.shape[1:]) == IMAGE_SHAPE
-        and isinstance(labels, torch.Tensor)
-        and labels.dtype == torch.int64
-        and labels.shape == images.shape[:1]
-    )
-    if not well_formed:
-        raise StageInputError(
-            f"{path} holds images {_describe(images)} and labels {_describe(labels)}, expected uint8 [N, 3, 32, 32] "
-            f"and int64 [N]: run `dvc repro {MADE_BY}` to make it again"
-        )
-    if len(labels) and (labels.min() < 0 or labels.max() >= N_CLASSES):
-        raise StageInputError(
-            f"{path} has labels outside 0–{N_CLASSES - 1}: run `dvc repro {MADE_BY}` to make it again"
-        )
-    return images, labels
-
-
-def _load_classes(path: Path) -> tuple[str, ...]:
-    meta = read_json(path, MADE_BY)
-    classes = meta.get("classes") if isinstance(meta, dict) else None
-    if not (isinstance(classes, list) and len(classes) == N_CLASSES and all(isinstance(c, str) for c in classes)):
-        raise StageInputError(f"{path} lacks {N_CLASSES} class names: run `dvc repro {MADE_BY}` to make it again")
-    return tuple(classes)
+    """Write train.pt, test.pt and meta.json (wdlab/datasets/store.py), naming the archive by its md5 (read them
+    back with wdlab.datasets.registry.load_stored)."""
+    store.save_images(dataset, directory, "cifar10", {"source_md5": source_md5, "official": source_md5 == OFFICIAL_MD5})

@@ -11,14 +11,13 @@ import torch.nn.functional as F
 from wdlab import streams
 from wdlab.cifar10.schedule import steps_per_epoch
 from wdlab.datasets import definition
+from wdlab.datasets.cifar10 import MEAN, STD  # CIFAR-10's statistics: the defaults where no dataset is given
 from wdlab.errors import StageError
-from wdlab.settings import CifarData
+from wdlab.settings import ImageData
 
 if TYPE_CHECKING:
     from wdlab.cifar10.archive import Cifar10
 
-MEAN = (0.4914, 0.4822, 0.4465)  # per channel over the training set, pixels in [0, 1]
-STD = (0.2470, 0.2435, 0.2616)
 CROP_PADDING = 4  # random crop of the zero-padded image = a random shift of −4…4 pixels
 SPLITS = ("train", "valid", "test")
 
@@ -48,18 +47,27 @@ class Splits(NamedTuple):
         return {"in_channels": int(channels), "side": int(side), "classes": len(self.classes)}
 
 
-def load_splits(directory: Path, spec: CifarData) -> Splits:
-    """The download stage's dataset, cut into its splits."""
-    from wdlab.cifar10.archive import load_cifar10
+def load_splits(directory: Path, spec: ImageData) -> Splits:
+    """The download stage's dataset (data/<study>), cut into its splits and normalised by its definition's
+    statistics."""
+    from wdlab.datasets import registry, store
 
-    return cut_splits(load_cifar10(directory), spec)
+    dataset = registry.stored(directory)
+    data = store.load_images(directory, dataset)
+    return cut_splits(data, spec, dataset.mean, dataset.std, study=Path(directory).name)
 
 
-def cut_splits(data: Cifar10, spec: CifarData, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD) -> Splits:
+def cut_splits(
+    data: Cifar10,
+    spec: ImageData,
+    mean: tuple[float, ...] = MEAN,
+    std: tuple[float, ...] = STD,
+    study: str = "cifar10",
+) -> Splits:
     """A dataset cut into training subset, validation images and test set (by `split_seed`: the same images for
     every training seed, so seeds differ by training noise alone); `mean` and `std` are its channel statistics
     (a registry dataset's `mean`, `std`; CIFAR-10's by default)."""
-    train_idx, valid_idx = split_indices(data.train_labels, spec.train_subset, spec.valid_size, spec.split_seed)
+    train_idx, valid_idx = split_indices(data.train_labels, spec.train_subset, spec.valid_size, spec.split_seed, study)
     return Splits(
         Split(data.train_images[train_idx], data.train_labels[train_idx]),
         Split(data.train_images[valid_idx], data.train_labels[valid_idx]),
@@ -85,14 +93,14 @@ def curve_subsets(splits: Splits, size: int, seed: int) -> Splits:
 
 
 def split_indices(
-    labels: torch.Tensor, train_subset: int, valid_size: int, seed: int
+    labels: torch.Tensor, train_subset: int, valid_size: int, seed: int, study: str = "cifar10"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Class-balanced and seeded: `valid_size` held-out images first, then `train_subset` of the rest (0 = all)."""
     needed = valid_size + max(train_subset, 1)
     if needed > len(labels):
         raise StageError(
-            f"the training set has {len(labels)} images, too few for cifar10.data.valid_size = {valid_size} "
-            f"plus cifar10.data.train_subset = {train_subset}: lower them in params.yaml"
+            f"the training set has {len(labels)} images, too few for {study}.data.valid_size = {valid_size} "
+            f"plus {study}.data.train_subset = {train_subset}: lower them in params.yaml"
         )
     gen = streams.generator(seed, streams.CIFAR_SPLIT)
     valid = balanced_sample(labels, valid_size, gen)

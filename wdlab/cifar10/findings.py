@@ -1,7 +1,8 @@
-"""The CIFAR-10 study's findings as records: each claim reports/cifar10.md makes (the chosen strength against λ = 0,
+"""An image study's findings as records: each claim its page (reports/<study>.md) makes (the chosen strength
+against λ = 0,
 the grid's edge, λ = 0's overfit, accuracy against chance, and each decayed grid's rotational equilibrium per layer and
 epoch), computed from the grids' outputs with wdlab.findings' records, so checks.yaml guards them and the page's
-template (reports/templates/cifar10.md.j2) only words them. Needs pandas and numpy, not torch."""
+template (reports/templates/images.md.j2) only words them. Needs pandas and numpy, not torch."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from wdlab.equilibrium import Equilibrium
 from wdlab.files import RunFolder, grid_folders, read_json, read_table
 from wdlab.regularizers import REGISTRY, Regularizer
 from wdlab.results import fmt_lambda, json_record, separated, stats
-from wdlab.settings import CifarTrain, Settings
+from wdlab.settings import ImageTrain, Settings
 
 TOLERANCE = 0.2  # "at equilibrium": the measured angular update within 20 % of the prediction
 LAST_EPOCHS = 3  # "the last epochs" of a run, where the schedule's lr is lowest
@@ -64,26 +65,27 @@ class Rotation:
         return float(ratio.groupby("layer").mean().median())
 
 
-def decayed_grids(grids: Path, settings: Settings) -> dict[str, RunFolder]:
-    """The grids whose strength is weight decay (l2 through SGD, decoupled through AdamW) with some λ > 0."""
+def decayed_grids(grids: Path, settings: Settings, study: str) -> dict[str, RunFolder]:
+    """The grids of `study` whose strength is weight decay (l2 through SGD, decoupled through AdamW) with some
+    λ > 0."""
     names = [
         name
-        for name, strengths in settings.cifar10.strengths.model_dump().items()
+        for name, strengths in settings.study(study).strengths.model_dump().items()
         if any(REGISTRY[name].weight_decay(s) > 0 for s in strengths)
     ]
     return grid_folders(grids, names)
 
 
-def equilibrium_of(definition: Regularizer, strength: float, train: CifarTrain) -> Equilibrium:
+def equilibrium_of(definition: Regularizer, strength: float, train: ImageTrain) -> Equilibrium:
     """The equilibrium of a regulariser's optimiser at strength λ: SGD (Nesterov as configured) or AdamW."""
     nesterov = definition.optimizer == "sgd" and train.nesterov and train.momentum > 0
     return Equilibrium(definition.optimizer, definition.weight_decay(strength), train.momentum, nesterov)
 
 
-def rotation(regularizer: str, folder: RunFolder, train: CifarTrain) -> Rotation:
+def rotation(regularizer: str, folder: RunFolder, train: ImageTrain, made_by: str) -> Rotation:
     """The grid's measured angular updates beside the equilibrium under the schedule's η_t: the prediction for an
-    epoch is the mean over its steps of θ*(η_t), as the measurement is the mean over its steps of the angle."""
-    made_by = f"train_cifar10@{regularizer}"
+    epoch is the mean over its steps of θ*(η_t), as the measurement is the mean over its steps of the angle;
+    `made_by`: the stage that wrote the grid's folder."""
     n_train = read_json(folder.record, made_by=made_by)["n_images"]["train"]
     table = read_table(
         folder.layer_norms,

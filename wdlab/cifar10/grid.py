@@ -9,7 +9,7 @@ from typing import Any
 from wdlab.cifar10.data import Splits
 from wdlab.cifar10.training import EpochCallback, RunResult, train
 from wdlab.device import device_formats, pick_device, set_cuda_determinism
-from wdlab.settings import CifarSettings
+from wdlab.settings import ImageStudy
 
 
 @dataclass(frozen=True)
@@ -17,7 +17,7 @@ class RunSpec:
     """Everything that decides one run's numbers besides the data: the study's settings (as the architecture trains
     with them), the regulariser and its strength, the seed, the device kind, the net."""
 
-    study: CifarSettings
+    study: ImageStudy
     regularizer: str
     strength: float  # λ, or the dropout rate p
     seed: int

@@ -14,7 +14,7 @@ from torch import nn
 from wdlab import streams
 
 if TYPE_CHECKING:
-    from wdlab.settings import CifarSettings
+    from wdlab.settings import ImageStudy
 
 LOGIT_SCALE = 0.125  # as in ResNet-9: keeps the initial logits small, so early steps stay stable
 
@@ -108,7 +108,7 @@ def plain_cnn_side(side: int) -> int:
 ARCHITECTURES = ("resnet", "plain")  # resnet: cifar10.model, cifar10.train; plain: cifar10.plain.model, .train
 
 
-def net_shape(study: CifarSettings, architecture: str) -> dict[str, Any]:
+def net_shape(study: ImageStudy, architecture: str) -> dict[str, Any]:
     """What rebuilds a net of `architecture` (make_net), as checkpoints and MLflow params record it: the ResNet's
     {"width"}, as before there was a choice of net; the plain CNN's {"architecture": "plain", "channels", "hidden"}."""
     if architecture == "plain":

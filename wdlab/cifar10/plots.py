@@ -1,4 +1,4 @@
-"""The CIFAR-10 study's figures (report_cifar10): accuracy and the generalisation gap against λ, the curves per epoch,
+"""The CIFAR-10 study's figures (report_images): accuracy and the generalisation gap against λ, the curves per epoch,
 each layer's final norm, and each decayed grid's angle per step against the equilibrium. Titles describe what a figure
 shows; what it means is the page's, from the findings."""
 

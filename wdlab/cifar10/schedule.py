@@ -7,14 +7,14 @@ import math
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from wdlab.settings import CifarTrain
+    from wdlab.settings import ImageTrain
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return max(1, n // batch_size)
 
 
-def lr_factor(step: int, total_steps: int, spec: CifarTrain) -> float:
+def lr_factor(step: int, total_steps: int, spec: ImageTrain) -> float:
     """Multiplier of the peak lr at `step`: linear warm-up, then hold (constant), linear (onecycle) or cosine decay
     to 0."""
     warmup = round(spec.warmup_fraction * total_steps)
@@ -28,7 +28,7 @@ def lr_factor(step: int, total_steps: int, spec: CifarTrain) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def step_lrs(spec: CifarTrain, peak_lr: float, n_train: int) -> list[list[float]]:
+def step_lrs(spec: ImageTrain, peak_lr: float, n_train: int) -> list[list[float]]:
     """The lr of every step of a run on `n_train` images, epoch by epoch: [epoch][step in the epoch]."""
     steps = steps_per_epoch(n_train, spec.batch_size)
     total = steps * spec.epochs

@@ -1,5 +1,5 @@
 """What the CIFAR-10 evaluations keep of each run and how they choose a strength, shared by the stages that read the
-grids' histories (evaluate_cifar10, compare_architectures). Needs pandas, not torch."""
+grids' histories (evaluate_images, compare_architectures). Needs pandas, not torch."""
 
 from __future__ import annotations
 

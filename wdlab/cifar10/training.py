@@ -37,7 +37,7 @@ from wdlab.device import Formats, keep_freed_memory
 from wdlab.progress import progress
 from wdlab.regularizers import Regularizer
 from wdlab.rotation import AngularUpdates
-from wdlab.settings import CifarSettings, CifarTrain
+from wdlab.settings import ImageStudy, ImageTrain
 
 log = logging.getLogger("wd-lab.cifar10")
 
@@ -65,7 +65,7 @@ def param_groups(model: nn.Module, weight_decay: float, decay_norm_and_bias: boo
     return [group for group in groups if group["params"]]
 
 
-def make_optimizer(model: nn.Module, spec: CifarTrain, regularizer: str, strength: float) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, spec: ImageTrain, regularizer: str, strength: float) -> torch.optim.Optimizer:
     """SGD, or AdamW where the regulariser says so, with its weight_decay on the decayed group."""
     regularizer = regularizers.get(regularizer)
     groups = param_groups(model, regularizer.weight_decay(strength), spec.decay_norm_and_bias)
@@ -107,7 +107,7 @@ class Trainer:
     model: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LRScheduler
-    spec: CifarSettings
+    spec: ImageStudy
     formats: Formats
     order_gen: torch.Generator
     augment_gen: torch.Generator
@@ -120,7 +120,7 @@ class Trainer:
     @classmethod
     def create(
         cls,
-        spec: CifarSettings,
+        spec: ImageStudy,
         regularizer: str,
         strength: float,
         seed: int,
@@ -201,7 +201,7 @@ EpochCallback = Callable[[int, dict[str, float], dict[str, float], dict[str, flo
 
 def train(
     splits: Splits,
-    spec: CifarSettings,
+    spec: ImageStudy,
     regularizer: str,
     strength: float,
     seed: int,

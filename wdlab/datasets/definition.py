@@ -82,6 +82,19 @@ class Dataset:
         """What a net needs from the data (wdlab.cifar10.model.make_net's shape keys)."""
         return {"in_channels": self.channels, "side": self.side, "classes": len(self.classes)}
 
+    def source_record(self, archive_md5: str | None = None) -> dict[str, Any]:
+        """What a study's page says of its data: name, title, the archive's md5 where one names the data, and
+        whether the files are the official ones (content verified against this definition, or an archive whose md5
+        is the official archive's)."""
+        official = archive_md5 is None or archive_md5.lower() in {resource.md5 for resource in self.resources}
+        return {
+            "name": self.name,
+            "title": self.title,
+            "archive_md5": archive_md5,
+            "official": official,
+            "chance": self.chance,
+        }
+
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 pixels → float, per channel, by this dataset's statistics."""
         return normalise(images, self.mean, self.std)

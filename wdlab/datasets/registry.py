@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from wdlab.datasets import store
 from wdlab.datasets.cifar10 import CIFAR10
-from wdlab.datasets.definition import Dataset
+from wdlab.datasets.definition import Dataset, ImageSet
 from wdlab.datasets.fashion_mnist import FASHION_MNIST
 from wdlab.errors import StageError
 
@@ -25,6 +28,23 @@ def get(name: str) -> Dataset:
         return REGISTRY[name]
     except KeyError:
         raise StageError(f"no dataset is called {name!r}: choose one of {', '.join(sorted(REGISTRY))}") from None
+
+
+def stored(directory: Path | str) -> Dataset:
+    """The registered dataset a folder of the download stage holds (data/<study>), by its meta.json."""
+    name = store.read_meta(directory)["dataset"]
+    if name not in REGISTRY:
+        meta = Path(directory) / store.META_FILE
+        raise StageError(
+            f"{meta} names dataset {name!r}, which no definition registers: "
+            f"run `dvc repro {store.made_by(Path(directory))}` to make it again"
+        )
+    return REGISTRY[name]
+
+
+def load_stored(directory: Path | str) -> ImageSet:
+    """What the download stage wrote (data/<study>), checked against its dataset's definition."""
+    return store.load_images(directory, stored(directory))
 
 
 for _dataset in (CIFAR10, FASHION_MNIST):

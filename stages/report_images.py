@@ -1,5 +1,5 @@
-"""Report the CIFAR-10 study: seaborn figures and a Markdown page rendered from its template
-(reports/templates/cifar10.md.j2) and the findings evaluate_cifar10 recorded (wdlab/cifar10/findings.py)."""
+"""Report an image study (--study): seaborn figures and a Markdown page rendered from the template
+(reports/templates/images.md.j2) and the findings evaluate_images recorded (wdlab/cifar10/findings.py)."""
 
 from __future__ import annotations
 
@@ -30,22 +30,26 @@ BY_SEED_COLUMNS = (
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    metrics = read_json(args.metrics, made_by="evaluate_cifar10", required=("findings",))
-    regularizer = settings.cifar10.regularizer
-    by_seed = read_table(args.by_seed, "evaluate_cifar10", required=BY_SEED_COLUMNS)
+    evaluated = stage.image_stage("evaluate_images", args.study)
+    metrics = read_json(args.metrics, made_by=evaluated, required=("findings",))
+    study = settings.study(args.study)
+    regularizer = study.regularizer
+    by_seed = read_table(args.by_seed, evaluated, required=BY_SEED_COLUMNS)
     by_seed = by_seed[by_seed["regularizer"] == regularizer]
-    by_lambda = means(
-        read_table(args.table, "evaluate_cifar10", required=("lambda", "seeds", "diverged", "epochs_run"))
-    )
-    folder, made_by = RunFolder(args.grids / regularizer), f"train_cifar10@{regularizer}"
+    by_lambda = means(read_table(args.table, evaluated, required=("lambda", "seeds", "diverged", "epochs_run")))
+    folder = RunFolder(args.grids / regularizer)
+    made_by = stage.image_stage("train_images", args.study, regularizer)
     setup = read_json(folder.record, made_by=made_by)  # the grid's record: device, formats and image counts
     history = read_table(
         folder.history, made_by, required=("seed", "lambda", "epoch", "train_accuracy", "test_accuracy", "w_norm")
     )
     layer_norms = read_table(folder.layer_norms, made_by, required=("seed", "lambda", "epoch", "layer", "norm"))
     chosen = (metrics.get("chosen_by_validation") or {}).get("lambda")
-    decayed = findings.decayed_grids(args.grids, settings)
-    rotations = [findings.rotation(name, grid, settings.cifar10.train) for name, grid in decayed.items()]
+    decayed = findings.decayed_grids(args.grids, settings, args.study)
+    rotations = [
+        findings.rotation(name, grid, study.train, stage.image_stage("train_images", args.study, name))
+        for name, grid in decayed.items()
+    ]
 
     figures.set_theme()
     pngs = [
@@ -55,9 +59,13 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         plots.layer_norms(layer_norms, args.figures / "layer_norms.png"),
         *(plots.angular_updates(r, args.figures / f"angular_updates_{r.regularizer}.png") for r in rotations),
     ]
-    page = render_page(args.template, metrics, setup, settings, figures.relative_to_page(pngs, args.page))
-    records = {made_by: folder.record, "headline_cifar10": RunFolder(args.headline).record}
-    figures.publish(args.page, page, pngs, Tracker(settings.tracking, settings.tracking.experiment_cifar10), records)
+    page = render_page(args.template, metrics, setup, settings, args.study, figures.relative_to_page(pngs, args.page))
+    records = {
+        made_by: folder.record,
+        stage.image_stage("headline_images", args.study): RunFolder(args.headline).record,
+    }
+    tracker = Tracker(settings.tracking, settings.tracking.experiment(args.study))
+    figures.publish(args.page, page, pngs, tracker, records)
 
 
 def means(summary: pd.DataFrame) -> pd.DataFrame:
@@ -69,16 +77,21 @@ def means(summary: pd.DataFrame) -> pd.DataFrame:
 # ── the page ──────────────────────────────────────────────────────────────────────────────────────
 
 
-def render_page(template: Path, metrics: dict, setup: dict, settings: Settings, figure_links: list[str]) -> str:
-    """The study page: its template, given the metrics (whose `findings` each sentence turns on), the grid's run
-    record (`setup`: image counts, device), the settings, the tables and the figures' links."""
-    study = settings.cifar10
+def render_page(
+    template: Path, metrics: dict, setup: dict, settings: Settings, key: str, figure_links: list[str]
+) -> str:
+    """The page of image study `key`: its template, given the metrics (whose `findings` each sentence turns on, and
+    whose `dataset` names the data), the grid's run record (`setup`: image counts, device), the settings, the tables
+    and the figures' links."""
+    study = settings.study(key)
     definition = REGISTRY[study.regularizer]
     return pages.render(
         template,
         m=metrics,
         f=metrics["findings"],
         study=study,
+        key=key,
+        dataset=metrics["dataset"],
         r=definition,
         baseline=BASELINE,
         optimizer=definition.cifar_method(study.train),
@@ -133,19 +146,21 @@ def layer_table(equilibrium: dict) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    cli = stage.parser_with_paths(
-        __doc__,
-        "python -m stages.report_cifar10",
-        {
-            "metrics": "the DVC metrics file evaluate_cifar10 wrote, with its findings",
-            "by-seed": "final metrics per (regulariser, seed, strength)",
-            "table": "the study's regulariser: final metrics per strength over seeds",
-            "headline": "the headline run's folder: its run record",
-            "grids": "the grids' folder: the studied regulariser's history, layer norms and run record",
-            "page": "the report page (output)",
-            "figures": "the folder of the report's figures (output)",
-            "template": "the page's Jinja2 template",
-        },
+    cli = stage.add_study(
+        stage.parser_with_paths(
+            __doc__,
+            "python -m stages.report_images",
+            {
+                "metrics": "the DVC metrics file evaluate_images wrote, with its findings",
+                "by-seed": "final metrics per (regulariser, seed, strength)",
+                "table": "the study's regulariser: final metrics per strength over seeds",
+                "headline": "the headline run's folder: its run record",
+                "grids": "the grids' folder: the studied regulariser's history, layer norms and run record",
+                "page": "the report page (output)",
+                "figures": "the folder of the report's figures (output)",
+                "template": "the page's Jinja2 template",
+            },
+        )
     )
     return cli
 

@@ -1,7 +1,8 @@
-"""Evaluate the CIFAR-10 study over seeds: for every regulariser and strength, final accuracy, loss, generalisation
-gap, ‖θ‖ and exact zeros with their spread; the strength validation picks; the study's regulariser
-(cifar10.regularizer) in detail; and every claim reports/cifar10.md makes, as records under `findings`
-(wdlab/cifar10/findings.py), the rotational equilibrium of each decayed grid among them."""
+"""Evaluate an image study (--study) over seeds: for every regulariser and strength, final accuracy, loss,
+generalisation gap, ‖θ‖ and exact zeros with their spread; the strength validation picks; the study's regulariser
+(<study>.regularizer) in detail; the dataset it ran on (whether its files are the official ones); and every claim
+the study's page makes, as records under `findings` (wdlab/cifar10/findings.py), the rotational equilibrium of each
+decayed grid among them."""
 
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ import pandas as pd
 import wdlab
 from wdlab import stage
 from wdlab.cifar10 import findings
-from wdlab.cifar10.archive import N_CLASSES
 from wdlab.cifar10.summary import FINAL_KEYS, validation_choice
+from wdlab.datasets.registry import get as get_dataset
 from wdlab.errors import StageInputError
 from wdlab.files import (
     RunFolder,
@@ -35,24 +36,32 @@ from wdlab.results import best_lambda, by_strength, json_record, last_epochs, me
 from wdlab.settings import REGULARIZERS, Settings
 from wdlab.tracking import Tracker
 
-log = logging.getLogger("wd-lab.evaluate_cifar10")
+log = logging.getLogger("wd-lab.evaluate_images")
 
 GRID_KEYS = ("regularizer", "lambdas", "seeds", "width", "state_dicts")  # what the chosen nets are taken from
 COMPARED = ("train_accuracy", "valid_accuracy", "test_accuracy", "gap_accuracy", "w_norm", "zero_fraction")
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
-    study = settings.cifar10
+    study = settings.study(args.study)
     folders = grid_folders(args.grids, REGULARIZERS)
-    headline_history = RunFolder(args.headline).history
-    headline = final_rows(headline_history, "headline_cifar10")
-    every = pd.concat([final_rows(folder.history, f"train_cifar10@{name}") for name, folder in folders.items()])
+    headline_history, headline_stage = (
+        RunFolder(args.headline).history,
+        stage.image_stage("headline_images", args.study),
+    )
+    headline = final_rows(headline_history, headline_stage)
+    every = pd.concat(
+        [
+            final_rows(folder.history, stage.image_stage("train_images", args.study, name))
+            for name, folder in folders.items()
+        ]
+    )
     for regularizer in REGULARIZERS:
         rows = every[every["regularizer"] == regularizer]
         if set(rows["lambda"]) != set(study.strengths.of(regularizer)) or set(rows["seed"]) != set(study.seeds):
             raise StageInputError(
-                f"the grid histories do not match cifar10.strengths.{regularizer} and seeds: "
-                f"run `dvc repro train_cifar10@{regularizer}`"
+                f"the grid histories do not match {args.study}.strengths.{regularizer} and seeds: "
+                f"run `dvc repro {stage.image_stage('train_images', args.study, regularizer)}`"
             )
     grid = every[every["regularizer"] == study.regularizer]
     summary = seed_summary(grid, FINAL_KEYS)
@@ -73,13 +82,15 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     )
     write_csv(args.table, [json_record(row) for row in summary.to_dict("records")])
     write_csv(args.compare, [json_record(row) for row in table.to_dict("records")])
+    dataset = get_dataset(study.dataset)
     result = metrics(headline, summary, grid, len(study.seeds)) | {
+        "dataset": dataset.source_record(study.download.md5),
         "regularizer": study.regularizer,
         "regularizers": chosen_per_regularizer(table),
     }
-    result["findings"] = claims(settings, args.grids, grid, compared, result["chosen_by_validation"])
+    result["findings"] = claims(settings, args, grid, compared, result["chosen_by_validation"], dataset.chance)
     write_json(args.metrics, result)
-    write_csv(args.headline_curve, mean_curve(read_table(headline_history, "headline_cifar10")))
+    write_csv(args.headline_curve, mean_curve(read_table(headline_history, headline_stage)))
     head = result["headline"]
     log.info(
         "headline λ=%g over %d seeds: test accuracy %.3f (std %s), gap %+.3f",
@@ -119,19 +130,27 @@ def write_chosen(folder: Path, nets: dict, regularizer: str, chosen: dict | None
         )
 
 
-def claims(settings: Settings, grids: Path, grid: pd.DataFrame, compared: pd.DataFrame, chosen: dict | None) -> dict:
-    """Every claim reports/cifar10.md makes, as records (wdlab/cifar10/findings.py): the study regulariser's on its
-    own grid (`grid`), and each decayed grid's rotational equilibrium beside its accuracy (`compared`: every
-    regulariser's final rows)."""
-    study = settings.cifar10
+def claims(
+    settings: Settings,
+    args: argparse.Namespace,
+    grid: pd.DataFrame,
+    compared: pd.DataFrame,
+    chosen: dict | None,
+    chance: float,
+) -> dict:
+    """Every claim the study's page makes, as records (wdlab/cifar10/findings.py): the study regulariser's on its
+    own grid (`grid`, against `chance`, guessing's accuracy), and each decayed grid's rotational equilibrium beside
+    its accuracy (`compared`: every regulariser's final rows)."""
+    study = settings.study(args.study)
     choice = chosen["lambda"] if chosen else None
     return {
-        "study": findings.study(grid, study.strength_grid, choice, chance=1 / N_CLASSES),
+        "study": findings.study(grid, study.strength_grid, choice, chance=chance),
         "equilibrium": {
             name: findings.equilibrium(
-                findings.rotation(name, folder, study.train), compared[compared["regularizer"] == name]
+                findings.rotation(name, folder, study.train, stage.image_stage("train_images", args.study, name)),
+                compared[compared["regularizer"] == name],
             )
-            for name, folder in findings.decayed_grids(grids, settings).items()
+            for name, folder in findings.decayed_grids(args.grids, settings, args.study).items()
         },
     }
 
@@ -167,8 +186,9 @@ def chosen_per_regularizer(table: pd.DataFrame) -> dict:
 
 
 def read_grid(args: argparse.Namespace, regularizer: str) -> dict:
-    """The checkpoint of the regulariser's grid (every strength and seed), as `train_cifar10@<regularizer>` wrote it."""
-    made_by = f"train_cifar10@{regularizer}"
+    """The checkpoint of the regulariser's grid (every strength and seed), as `train_images@<study>-<regularizer>`
+    wrote it."""
+    made_by = stage.image_stage("train_images", args.study, regularizer)
     return load_tensors(RunFolder(args.grids / regularizer).model, made_by=made_by, required=GRID_KEYS)
 
 
@@ -180,27 +200,31 @@ def log_chosen_model(
     chosen (the grid's stage and model md5 find that run, `tracking.run_filter`; its model is `runs:/<run id>/model`)
     and the model's URI, which stays out of the record: it would change the record's hash at every run. `grid`: the
     grid's checkpoint."""
-    regularizer = settings.cifar10.regularizer
+    study = settings.study(args.study)
+    regularizer = study.regularizer
     record: dict[str, Any] = {"regularizer": regularizer, "lambda": chosen}
     if chosen is None:
         return record, None
     import torch
 
-    from wdlab.cifar10.data import MEAN, STD
-    from wdlab.cifar10.model import ImageClassifier, ResNet
+    from wdlab.cifar10.model import ImageClassifier, make_net
 
-    folder, made_by = RunFolder(args.grids / regularizer), f"train_cifar10@{regularizer}"
+    dataset = get_dataset(study.dataset)
+    folder, made_by = RunFolder(args.grids / regularizer), stage.image_stage("train_images", args.study, regularizer)
     grid_record = read_json(folder.record, made_by=made_by, required=("stage", "model_md5"))
     member = grid["lambdas"].tolist().index(chosen)
     record |= {"seed": int(grid["seeds"][member]), "stage": made_by, "model_md5": grid_record["model_md5"]}
-    tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)
+    tracker = Tracker(settings.tracking, settings.tracking.experiment(args.study))
     run_id = tracker.find_run(grid_record)
     if run_id is None:
         return record, None
-    net = ResNet(grid["width"])  # dropout has no weights: the trained net serves without it, as in eval mode
+    net = make_net(grid)  # dropout has no weights: the trained net serves without it, as in eval mode
     net.load_state_dict(grid["state_dicts"][member])
-    example = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    uri = tracker.log_model(run_id, ImageClassifier(net, MEAN, STD).eval(), example, code=Path(wdlab.__file__).parent)
+    example = torch.randint(
+        0, 256, (2, *dataset.image_shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    classifier = ImageClassifier(net, dataset.mean, dataset.std).eval()
+    uri = tracker.log_model(run_id, classifier, example, code=Path(wdlab.__file__).parent)
     log.info("logged the %s %g model (seed %d) as %s", regularizer, chosen, record["seed"], uri)
     return record, uri
 
@@ -246,25 +270,28 @@ def summary_of(row: Mapping[str, Any], epochs_run: int) -> dict:
 
 
 def parser() -> argparse.ArgumentParser:
-    cli = stage.parser_with_paths(
-        __doc__,
-        "python -m stages.evaluate_cifar10",
-        {
-            "headline": "the headline run's folder: its per-epoch history, per seed",
-            "grids": "the grids' folder: each regulariser's history, weights and run record (its MLflow run)",
-            "metrics": "the DVC metrics file (output)",
-            "by-seed": "final metrics per (regulariser, seed, strength), long format (output)",
-            "table": (
-                "the study's regulariser per strength: mean, std and 95 % interval over seeds, for dvc plots (output)"
-            ),
-            "compare": "every regulariser per strength: mean, std and 95 % interval over seeds (output)",
-            "headline-curve": "the headline run's per-epoch curves averaged over seeds, for dvc plots (output)",
-            "chosen": (
-                "the validation-chosen strength's nets, every seed, and that choice's metrics: the model registry's "
-                "entry (output folder: model.pt, metrics.json)"
-            ),
-            "model-record": "which model was logged to MLflow, its URI (output)",
-        },
+    cli = stage.add_study(
+        stage.parser_with_paths(
+            __doc__,
+            "python -m stages.evaluate_images",
+            {
+                "headline": "the headline run's folder: its per-epoch history, per seed",
+                "grids": "the grids' folder: each regulariser's history, weights and run record (its MLflow run)",
+                "metrics": "the DVC metrics file (output)",
+                "by-seed": "final metrics per (regulariser, seed, strength), long format (output)",
+                "table": (
+                    "the study's regulariser per strength: mean, std and 95 % interval over seeds, for dvc plots "
+                    "(output)"
+                ),
+                "compare": "every regulariser per strength: mean, std and 95 % interval over seeds (output)",
+                "headline-curve": "the headline run's per-epoch curves averaged over seeds, for dvc plots (output)",
+                "chosen": (
+                    "the validation-chosen strength's nets, every seed, and that choice's metrics: the model "
+                    "registry's entry (output folder: model.pt, metrics.json)"
+                ),
+                "model-record": "which model was logged to MLflow, its URI (output)",
+            },
+        )
     )
     return cli
 

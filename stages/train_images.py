@@ -1,9 +1,9 @@
-"""Train the CIFAR-10 residual net on every seed: one regulariser's whole grid (a run per strength of
-cifar10.strengths.<regulariser>), or the headline run (cifar10.regularizer at strength cifar10.wd), which takes
-that grid's runs for the strength when the grid trained them with the same settings and trains only when it did
-not (`dvc exp run -S cifar10.wd=X` with X outside the grid trains just that strength). `--architecture plain`
-trains the reference's plain CNN instead, over its own L2 grid (cifar10.plain.l2) with its own settings
-(cifar10.plain), the same way."""
+"""Train an image study's residual net (--study: fashion_mnist, cifar10) on every seed: one regulariser's whole grid
+(a run per strength of <study>.strengths.<regulariser>), or the headline run (<study>.regularizer at strength
+<study>.wd), which takes that grid's runs for the strength when the grid trained them with the same settings and
+trains only when it did not (`dvc exp run -S cifar10.wd=X` with X outside the grid trains just that strength).
+`--architecture plain` trains the reference's plain CNN instead, over its own L2 grid (<study>.plain.l2) with its
+own settings (<study>.plain), the same way."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from wdlab.cifar10.data import SPLITS, Splits, load_splits
 from wdlab.cifar10.grid import RunSpec, as_record, epoch_metrics, from_record, train_run
 from wdlab.cifar10.model import ARCHITECTURES, make_net, net_shape, scale_invariant_layers
 from wdlab.cifar10.training import RunResult
+from wdlab.datasets import registry
 from wdlab.device import Formats, device_formats, pick_device
 from wdlab.errors import StageError
 from wdlab.executor import Live, Placement, check_address, check_device, run_all
@@ -38,23 +39,23 @@ from wdlab.files import (
     write_csv,
     write_json,
 )
-from wdlab.lineage import DatasetInput, cifar10_datasets
+from wdlab.lineage import DatasetInput, image_datasets
 from wdlab.results import flatten, seed_aggregates
 from wdlab.runcache import RunCache
-from wdlab.settings import CifarSettings, ExecutorSettings, Settings
+from wdlab.settings import ExecutorSettings, ImageStudy, Settings
 from wdlab.tracking import Tracker, member_params, strength_params, strength_run_name, training_run_name
 
-log = logging.getLogger("wd-lab.train_cifar10")
+log = logging.getLogger("wd-lab.train_images")
 
 
 def main(settings: Settings, args: argparse.Namespace) -> None:
     architecture = args.architecture
-    study, seeds = settings.cifar10.for_architecture(architecture), settings.cifar10.seeds
+    study, seeds = settings.study(args.study).for_architecture(architecture), settings.study(args.study).seeds
     regularizer = study.regularizer if args.run == "headline" else args.run
     strengths = grid_strengths(study, args.run, architecture)
-    shape = net_shape(study, architecture)
+    shape = net_shape(study, architecture) | registry.stored(args.data).net_inputs()  # sized by the data
     formats = device_formats(pick_device(settings.device), study.train.mixed_precision)
-    tracker = Tracker(settings.tracking, settings.tracking.experiment_cifar10)  # fails fast, before training
+    tracker = Tracker(settings.tracking, settings.tracking.experiment(args.study))  # fails fast, before training
     made_as = fingerprint(study, formats, settings.executor, shape)
     reused = reuse_grid(args, regularizer, study.wd, made_as) if args.run == "headline" else None
     if reused:
@@ -74,19 +75,19 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         setup = run_setup(splits, formats) | {"fingerprint": made_as, "regularizer": regularizer}
         if architecture != "resnet":
             setup["architecture"] = architecture
-        cache = RunCache(f"{stage_name(architecture)}-{args.run}", made_as)
+        cache = RunCache(f"{stage_name(architecture)}-{args.study}-{args.run}", made_as)
     params = (
         {"seeds": len(seeds)}
         | flatten({k: setup[k] for k in ("device", "formats", "n_images")})
         | flatten({"data": study.data.model_dump(), "model": shape, "train": study.train.model_dump()})
     )
     data = (  # what every run reads, digested once: a reused grid's splits are loaded for this alone
-        cifar10_datasets(args.data, study, load_splits(args.data, study.data) if reused else splits)
+        image_datasets(args.data, study, load_splits(args.data, study.data) if reused else splits)
         if tracker.enabled
         else []
     )
 
-    role = "cifar10-headline" if args.run == "headline" else "-".join(("cifar10", *named(architecture), "grid"))
+    role = f"{args.study}-headline" if args.run == "headline" else "-".join((args.study, *named(architecture), "grid"))
     with (
         tracker.run(
             " ".join((*named(architecture), training_run_name(args.run, regularizer, strengths))),
@@ -125,7 +126,7 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         folder = RunFolder(tmp)
         model_md5 = save_tensors(folder.model, checkpoint(results, shape))
         # where each run trained (Ray node, host, seconds) is in its MLflow tags: here it would change the hash
-        record = tracker.run_record(run_id, dvc_stage(architecture, args.run), args.out, model_md5)
+        record = tracker.run_record(run_id, dvc_stage(args.study, architecture, args.run), args.out, model_md5)
         write_json(folder.record, record | setup)
         write_csv(folder.history, history_rows(results))
         write_csv(folder.layer_norms, layer_norm_rows(results, shape))
@@ -147,14 +148,14 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
         )
 
 
-def grid_strengths(study: CifarSettings, run: str, architecture: str) -> tuple[float, ...]:
+def grid_strengths(study: ImageStudy, run: str, architecture: str) -> tuple[float, ...]:
     """The strengths this stage trains: the headline's one, the regulariser's grid, or the plain CNN's L2 grid."""
     if architecture == "resnet":
         return (study.wd,) if run == "headline" else study.strengths.of(run)
     if run != "l2":
         raise StageError(
-            f"the {architecture} CNN trains an L2 grid only (cifar10.{architecture}.l2), not {run}: "
-            f"run `python -m stages.train_cifar10 l2 --architecture {architecture}`"
+            f"the {architecture} CNN trains an L2 grid only (<study>.{architecture}.l2), not {run}: "
+            f"run `python -m stages.train_images l2 --architecture {architecture}`"
         )
     return study.plain.l2
 
@@ -164,16 +165,19 @@ def named(architecture: str) -> tuple[str, ...]:
     return () if architecture == "resnet" else (architecture,)
 
 
-def dvc_stage(architecture: str, run: str) -> str:
-    """This run's stage in dvc.yaml: headline_cifar10, train_cifar10@<regulariser>, or train_cifar10_plain."""
+def dvc_stage(study: str, architecture: str, run: str) -> str:
+    """This run's stage in dvc.yaml: headline_images@<study>, train_images@<study>-<regulariser>, or
+    train_images_plain@<study>."""
     if run == "headline":
-        return "headline_cifar10"
-    return f"train_cifar10@{run}" if architecture == "resnet" else stage_name(architecture)
+        return stage.image_stage("headline_images", study)
+    if architecture == "resnet":
+        return stage.image_stage("train_images", study, run)
+    return stage.image_stage(stage_name(architecture), study)
 
 
 def stage_name(architecture: str) -> str:
-    """The training stage of `architecture` in dvc.yaml: train_cifar10 (per regulariser), train_cifar10_plain."""
-    return "_".join(("train_cifar10", *named(architecture)))
+    """The training stage of `architecture` in dvc.yaml: train_images (per regulariser), train_images_plain."""
+    return "_".join(("train_images", *named(architecture)))
 
 
 def per_strength_runs(
@@ -287,7 +291,7 @@ def member_run(
     )
 
 
-def fingerprint(study: CifarSettings, formats: Formats, executor: ExecutorSettings, shape: dict) -> str:
+def fingerprint(study: ImageStudy, formats: Formats, executor: ExecutorSettings, shape: dict) -> str:
     """What decides a run's numbers besides the regulariser and its strength: seeds, data, the net (`shape`:
     net_shape's), training settings, device and formats, and on a CPU the torch threads a run computes with (they
     move the last bits), whichever executor runs it."""
@@ -311,7 +315,7 @@ def reuse_grid(
     trained λ with the same settings on the same kind of device."""
     if args.grids is None:
         raise StageError("the headline run takes the grids' folder: give --grids (see dvc.yaml)")
-    folder, made_by = RunFolder(args.grids / regularizer), f"train_cifar10@{regularizer}"
+    folder, made_by = RunFolder(args.grids / regularizer), stage.image_stage("train_images", args.study, regularizer)
     record = read_json(folder.record, made_by=made_by)
     if record.get("fingerprint") != wanted:
         return None
@@ -447,7 +451,9 @@ def layer_norm_rows(results: list[RunResult], shape: dict) -> list[dict]:
 
 
 def parser() -> argparse.ArgumentParser:
-    cli = stage.training_parser(__doc__, "python -m stages.train_cifar10", "cifar10.strengths", "cifar10.wd")
+    cli = stage.add_study(
+        stage.training_parser(__doc__, "python -m stages.train_images", "<study>.strengths", "<study>.wd")
+    )
     cli.add_argument(
         "--grids", type=Path, help="headline only: the grids' folder, whose runs it reuses where they hold its strength"
     )
@@ -455,8 +461,8 @@ def parser() -> argparse.ArgumentParser:
         "--architecture",
         choices=ARCHITECTURES,
         default="resnet",
-        help="resnet: the residual net (cifar10.model, cifar10.train); plain: the reference's plain CNN, its L2 grid "
-        "(cifar10.plain)",
+        help="resnet: the residual net (<study>.model, <study>.train); plain: the reference's plain CNN, its L2 grid "
+        "(<study>.plain)",
     )
     return cli
 
