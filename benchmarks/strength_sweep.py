@@ -5,10 +5,14 @@ measurements.
     python -m benchmarks.strength_sweep                     # the stand-in sweep (SWEEP below), seeds 0 and 1
     python -m benchmarks.strength_sweep --seeds 0 1 2 --only l1
     python -m benchmarks.strength_sweep --dataset fashion-mnist --net resnet plain --seeds 0 1 2 --workers 3
+    # the full-data preset: every training image but the 2,000 held out for validation (58,000 of Fashion-MNIST's)
+    python -m benchmarks.strength_sweep --dataset fashion-mnist --train-subset 0 --only l2 --seeds 0 \
+        --net resnet plain --grid resnet=0,0.05 --grid plain=0,0.005
     ONEDNN_MAX_CPU_ISA=AVX512_CORE python -m benchmarks.strength_sweep   # as a CPU without bf16 computes (float32)
 
-Every run is the pipeline's own (wdlab.cifar10.grid.train_run with params.yaml's cifar10 settings: cifar10.train for
-the ResNet, cifar10.plain for the plain CNN) on the splits wdlab.cifar10.data.cut_splits cuts by cifar10.data. The
+Every run is the pipeline's own (wdlab.cifar10.grid.train_run with the settings of params.yaml's study of that
+dataset, cifar10 for the stand-in: <study>.train for the ResNet, <study>.plain for the plain CNN) on the splits
+wdlab.cifar10.data.cut_splits cuts by <study>.data (`--train-subset` replacing its train_subset). The
 data: the generated stand-in archive (wdlab/cifar10/standin.py, the "ci" kind, 50,000 training and 10,000 test
 images), or a registry dataset (wdlab/datasets/) fetched, verified, from its own mirrors or `--source`. Per net,
 regulariser and strength it reports, as means over the seeds: validation accuracy (what chooses), test and train
@@ -18,8 +22,8 @@ smaller strength of the sweep surround it (so the sweep brackets it), and its te
 seed with the 95 % t-interval. Each run is printed as it ends. `--workers N` trains N runs at once, each in a process
 of its own with this one's thread count, so each computes the numbers it computes here. The machine comes first
 (benchmarks/machine.py); the figures go to benchmarks/results/strength_sweep-<machine class>.json for the stand-in,
-strength_sweep_<dataset>-<machine class>.json for a registry dataset, rewritten as each net's sweep of a regulariser
-ends.
+strength_sweep_<dataset>-<machine class>.json for a registry dataset (strength_sweep_<dataset>_<n>, n the training
+images, with `--train-subset`), rewritten as each net's sweep of a regulariser ends.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ from wdlab.datasets.definition import Dataset, Resource  # noqa: E402
 from wdlab.datasets.registry import REGISTRY, get  # noqa: E402
 from wdlab.datasets.sources import fetch  # noqa: E402
 from wdlab.errors import StageError  # noqa: E402
-from wdlab.settings import ImageData, ImageStudy, load_settings  # noqa: E402
+from wdlab.settings import IMAGE_STUDIES, ImageData, ImageStudy, Settings, load_settings  # noqa: E402
 
 STANDIN = "cifar10-standin"  # the generated CIFAR-10 stand-in, not a registry name: CIFAR-10 can't be fetched here
 
@@ -193,9 +197,24 @@ def _run_in_worker(spec: RunSpec) -> dict:
     return run_record(spec, _WORKER["splits"])
 
 
-def result_name(dataset: str) -> str:
-    """The results file's benchmark name: the stand-in's as before, a registry dataset's with its name in it."""
-    return "strength_sweep" if dataset == STANDIN else "strength_sweep_" + dataset.replace("-", "_")
+def result_name(dataset: str, train_images: int | None = None) -> str:
+    """The results file's benchmark name: the stand-in's as before, a registry dataset's with its name in it, and
+    the training images' count where `--train-subset` set it."""
+    name = "strength_sweep" if dataset == STANDIN else "strength_sweep_" + dataset.replace("-", "_")
+    return name if train_images is None else f"{name}_{train_images}"
+
+
+def study_for(settings: Settings, dataset: str, train_subset: int | None) -> ImageStudy:
+    """The image study of params.yaml that trains on `dataset` (cifar10's for the stand-in), with `train_subset`
+    in place of its own where given."""
+    name = "cifar10" if dataset == STANDIN else dataset
+    studies = [settings.study(key) for key in IMAGE_STUDIES if settings.study(key).dataset == name]
+    if not studies:
+        sys.exit(f"error: no study of params.yaml trains on {name}: add a section with `dataset: {name}`")
+    study = studies[0]
+    if train_subset is None:
+        return study
+    return study.model_copy(update={"data": study.data.model_copy(update={"train_subset": train_subset})})
 
 
 def main() -> None:
@@ -219,12 +238,18 @@ def main() -> None:
         help="sweep these strengths with NET, for each regulariser, in place of its grid (repeatable)",
     )
     cli.add_argument(
+        "--train-subset",
+        type=int,
+        metavar="N",
+        help="train on N images (0: every one not held out for validation) in place of <study>.data.train_subset",
+    )
+    cli.add_argument(
         "--workers", type=int, default=1, help="runs at once, each in its own process (default: 1, in this one)"
     )
     args = cli.parse_args()
     machine = this_machine()
     print(machine.describe(), flush=True)
-    study = load_settings(ROOT / "params.yaml").cifar10
+    study = study_for(load_settings(ROOT / "params.yaml"), args.dataset, args.train_subset)
     with tempfile.TemporaryDirectory(prefix="wd-lab-sweep-") as scratch:
         try:
             dataset, splits = dataset_splits(args.dataset, Path(scratch), study.data, args.source)
@@ -232,6 +257,7 @@ def main() -> None:
             sys.exit(f"error: {err}")
     figures: dict = {"dataset": args.dataset, "seeds": args.seeds, "train_images": len(splits.train.labels)}
     figures["workers"] = args.workers
+    trained_on = None if args.train_subset is None else len(splits.train.labels)  # in the results file's name
     if args.grid:
         figures["grids"] = args.grid  # strengths swept in place of sweep_for's grids
     # regulariser by regulariser, each over the nets that train with it: l2 of every net comes before AdamW
@@ -269,7 +295,7 @@ def main() -> None:
             print(f"{net} {regularizer}: best validation accuracy at {found['best_valid']:g}", flush=True)
             figures["seconds"] = round(time.perf_counter() - start)
             figures["load_end"] = round(os.getloadavg()[0], 2)  # times vary with the load; accuracies don't
-            print(f"written: {write_result(result_name(args.dataset), machine, figures)}", flush=True)
+            print(f"written: {write_result(result_name(args.dataset, trained_on), machine, figures)}", flush=True)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ from benchmarks.strength_sweep import (
     gain_over_zero,
     optimum,
     result_name,
+    study_for,
     run_record,
     summarise,
     sweep,
@@ -84,6 +85,17 @@ def test_each_dataset_has_its_grids_and_its_results_file():
     assert sweep_for("fashion-mnist", "resnet")["l2"] == (0.0, 1e-2, 5e-2, 1e-1, 2e-1)
     assert sweep_for("fashion-mnist", "plain") == {"l2": (0.0, 5e-3, 5e-2, 2e-1)}
     assert result_name(STANDIN) == "strength_sweep" and result_name("fashion-mnist") == "strength_sweep_fashion_mnist"
+    # --train-subset: its own file, so the full-data preset does not overwrite the default-sized sweep
+    assert result_name("fashion-mnist", 58_000) == "strength_sweep_fashion_mnist_58000"
+
+
+def test_each_dataset_sweeps_with_its_own_study_of_params():
+    settings = tiny_settings(**{"fashion_mnist.data.train_subset": 77})
+    assert study_for(settings, STANDIN, None) == settings.cifar10
+    fashion = study_for(settings, "fashion-mnist", None)
+    assert fashion == settings.fashion_mnist and fashion.data.train_subset == 77
+    full = study_for(settings, "fashion-mnist", 0)
+    assert full.data.train_subset == 0 and full.data.valid_size == fashion.data.valid_size and full.train == fashion.train
 
 
 def test_cifar10_runs_are_computed_as_without_the_dataset_shapes():
