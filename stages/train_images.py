@@ -53,8 +53,10 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
     study, seeds = settings.study(args.study).for_architecture(architecture), settings.study(args.study).seeds
     regularizer = study.regularizer if args.run == "headline" else args.run
     strengths = grid_strengths(study, args.run, architecture)
-    shape = net_shape(study, architecture) | registry.stored(args.data).net_inputs()  # sized by the data
     formats = device_formats(pick_device(settings.device), study.train.mixed_precision)
+    if args.run != "headline":  # a grid always trains: a cluster that is not there fails first, in seconds
+        check_executor(settings.executor, formats)
+    shape = net_shape(study, architecture) | registry.stored(args.data).net_inputs()  # sized by the data
     tracker = Tracker(settings.tracking, settings.tracking.experiment(args.study))  # fails fast, before training
     made_as = fingerprint(study, formats, settings.executor, shape)
     reused = reuse_grid(args, regularizer, study.wd, made_as) if args.run == "headline" else None
@@ -68,9 +70,8 @@ def main(settings: Settings, args: argparse.Namespace) -> None:
             len(seeds),
         )
     else:
-        if settings.executor.kind == "ray":
-            check_device(settings.executor, formats.device.type)
-            check_address(settings.executor)  # a cluster that is not there fails in seconds, before any run starts
+        if args.run == "headline":  # only now does it train
+            check_executor(settings.executor, formats)
         splits = load_splits(args.data, study.data)
         setup = run_setup(splits, formats) | {"fingerprint": made_as, "regularizer": regularizer}
         if architecture != "resnet":
@@ -289,6 +290,14 @@ def member_run(
         datasets=datasets,
         **options,
     )
+
+
+def check_executor(executor: ExecutorSettings, formats: Formats) -> None:
+    """Under Ray: the device it asks for and the cluster exist; a cluster that is not there fails in seconds, before
+    any run starts."""
+    if executor.kind == "ray":
+        check_device(executor, formats.device.type)
+        check_address(executor)
 
 
 def fingerprint(study: ImageStudy, formats: Formats, executor: ExecutorSettings, shape: dict) -> str:
