@@ -55,8 +55,8 @@ def checkout(rev: str, dest: Path) -> Path:
     git(dest, "init", "-q", "-b", "main")
     git(dest, "config", "user.email", "bench@wd-lab.invalid")
     git(dest, "config", "user.name", "wd-lab benchmark")
-    for generated in ("dvc.lock", "metrics", "reports", "results"):
-        path = dest / generated
+    generated = [dest / "dvc.lock", dest / "metrics", dest / "results", dest / "reports" / "figures"]
+    for path in [*generated, *(dest / "reports").glob("*.md")]:  # the pages, not their templates (reports/templates)
         shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     commit_all(dest, f"benchmark of {rev}")
     return dest
