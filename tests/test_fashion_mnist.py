@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import struct
 import subprocess
 import sys
@@ -221,3 +222,66 @@ def test_fetch_command_failure_is_one_line_and_exit_2(tmp_path):
     assert done.stderr.count("\n") == 1 and not (tmp_path / "fashion").exists()
     unknown = cli("fetch", "mnist", "--out", str(tmp_path / "x"))
     assert unknown.returncode == 2 and "choose one of cifar10, fashion-mnist" in unknown.stderr
+
+
+# ── the pipeline's download stage (download@fashion_mnist) ─────────────────────────────────────────────────────────
+
+
+def run_download_stage(url: str | None) -> None:
+    """`python -m stages.download --study fashion_mnist`'s main() with the paths dvc.yaml gives it and
+    `fashion_mnist.download.url` set to `url` (None: the definition's sources, Debian's copy first)."""
+    from stages import download as download_stage
+    from tests.helpers.stages import stage_args
+    from wdlab.settings import ImageDownload, load_settings
+
+    settings = load_settings(REPO / "params.yaml")
+    study = settings.fashion_mnist.model_copy(update={"download": ImageDownload(url=url)})
+    args = download_stage.parser().parse_args(stage_args("download@fashion_mnist"))
+    download_stage.main(settings.model_copy(update={"fashion_mnist": study}), args)
+
+
+@needs_debian_copy
+def test_the_stage_stores_the_official_files_and_reuses_its_verified_copy(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    run_download_stage(None)
+    train = torch.load("data/fashion_mnist/train.pt", weights_only=True)
+    assert train["images"].shape == (60_000, 1, 28, 28) and train["images"].dtype == torch.uint8
+    meta = json.loads(Path("data/fashion_mnist/meta.json").read_text())
+    assert meta["dataset"] == "fashion-mnist" and meta["official"] is True
+    assert meta["files"] == {r.file: r.md5 for r in fm.FASHION_MNIST.resources}
+    assert (meta["n_train"], meta["n_test"]) == (60_000, 10_000)
+    written = Path("data/fashion_mnist/train.pt").read_bytes()
+
+    # the verified copy in data/downloads is read again without asking any source: one that holds nothing is fine
+    run_download_stage((tmp_path / "no-mirror-here").as_uri())
+    assert Path("data/fashion_mnist/train.pt").read_bytes() == written, "the same bytes: DVC sees no change"
+
+
+def test_the_stage_refuses_files_that_are_not_the_official_ones_and_keeps_earlier_data(tmp_path, monkeypatch, standin):
+    """A mirror serving other content (here the generated stand-in) fails on the first file's md5, in one line
+    naming it; data/fashion_mnist stays as it was and nothing enters the verified cache."""
+    project = tmp_path / "project"
+    (project / "data/fashion_mnist").mkdir(parents=True)
+    (project / "data/fashion_mnist/meta.json").write_text("earlier\n")
+    monkeypatch.chdir(project)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    with served_directory(standin.folder) as base:
+        with pytest.raises(StageError) as caught:
+            run_download_stage(base)
+    message = str(caught.value)
+    assert "\n" not in message and "md5" in message and base in message
+    assert files_under(project / "data") == ["fashion_mnist/meta.json"]
+    assert (project / "data/fashion_mnist/meta.json").read_text() == "earlier\n"
+
+
+def test_an_md5_for_a_dataset_verified_file_by_file_is_refused():
+    from wdlab.settings import ParamsError, parse_settings
+    from wdlab.workspace import load_params
+
+    params = load_params()
+    params["fashion_mnist"]["download"]["md5"] = "0" * 32
+    with pytest.raises(
+        ParamsError, match=r"^params.yaml: fashion_mnist: download.md5 = '0+': .* takes no md5: set it to null$"
+    ):
+        parse_settings(params)

@@ -21,8 +21,8 @@ from benchmarks.strength_sweep import (
     gain_over_zero,
     optimum,
     result_name,
-    study_for,
     run_record,
+    study_for,
     summarise,
     sweep,
     sweep_for,
@@ -95,7 +95,8 @@ def test_each_dataset_sweeps_with_its_own_study_of_params():
     fashion = study_for(settings, "fashion-mnist", None)
     assert fashion == settings.fashion_mnist and fashion.data.train_subset == 77
     full = study_for(settings, "fashion-mnist", 0)
-    assert full.data.train_subset == 0 and full.data.valid_size == fashion.data.valid_size and full.train == fashion.train
+    assert full.data.train_subset == 0 and full.data.valid_size == fashion.data.valid_size
+    assert full.train == fashion.train
 
 
 def test_cifar10_runs_are_computed_as_without_the_dataset_shapes():

@@ -239,6 +239,11 @@ class ImageStudy(_Model):
     def _archive_named(self) -> ImageStudy:
         if self.dataset == "cifar10" and not (self.download.url and self.download.md5):
             raise ValueError("a CIFAR-10 study needs download.url and download.md5: its archive is named by its md5")
+        if self.dataset != "cifar10" and self.download.md5 is not None:
+            raise ValueError(
+                f"download.md5 = {self.download.md5!r}: {self.dataset} is verified file by file by the checksums its "
+                "definition declares (wdlab/datasets/), so it takes no md5: set it to null"
+            )
         return self
 
     @property
@@ -379,6 +384,8 @@ def _message(err: Mapping[str, Any], source: str) -> str:
         return f"{source}: unknown key '{key}'; allowed here: {', '.join(_model_at(loc[:-1]).model_fields)}"
     if kind == "value_error" and not loc:  # a rule across keys
         return f"{source}: {err['ctx']['error']}"
+    if kind == "value_error" and isinstance(err["input"], Mapping):  # a rule across the keys of one section
+        return f"{source}: {key}: {err['ctx']['error']}"
     if kind == "model_type":
         return f"{source}: {key or 'the top level'} must be a mapping of keys, got {err['input']!r}"
     field = _field_at(loc)
