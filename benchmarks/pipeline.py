@@ -134,12 +134,18 @@ def synthetic(project: Path, repeat: int) -> dict:
     return {"noop_repro_s": [round(t, 2) for t in noops], "exp_run_wd3_s": [round(t, 1) for t in exps]}
 
 
-def cifar(project: Path, archive: Path, md5: str, keep: Path | None) -> dict:
+def use_standin(project: Path, archive: Path, md5: str) -> dict:
+    """Point the project's CIFAR-10 download at the local stand-in archive and commit it; its params."""
     params = load_params(project / "params.yaml")
     set_key(params, "cifar10.download.url", str(archive))
     set_key(params, "cifar10.download.md5", md5)
     write_params(project / "params.yaml", params)
     commit_all(project, "local CIFAR-10 stand-in")
+    return params
+
+
+def cifar(project: Path, archive: Path, md5: str, keep: Path | None) -> dict:
+    params = use_standin(project, archive, md5)
     load = os.getloadavg()[0]
     total, cpu, lines = timed_lines(project, "repro", *CIFAR_BRANCH)
     # CPU seconds beside wall: on a machine shared with other jobs the wall time is an upper bound, the CPU time is not
@@ -217,11 +223,7 @@ def study_of(stage: str, images: list[str]) -> str:
 
 def default_repro(project: Path, archive: Path, md5: str) -> dict:
     """The whole default `dvc repro` from nothing: its wall and CPU time, each stage's, and each study's sum."""
-    params = load_params(project / "params.yaml")
-    set_key(params, "cifar10.download.url", str(archive))
-    set_key(params, "cifar10.download.md5", md5)
-    write_params(project / "params.yaml", params)
-    commit_all(project, "local CIFAR-10 stand-in")
+    params = use_standin(project, archive, md5)
     load = os.getloadavg()[0]
     total, cpu, lines = timed_lines(project, "repro")
     stages = {name: round(seconds, 1) for name, seconds in stage_spans(lines).items()}
